@@ -1,0 +1,3 @@
+from wippy_queue.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""``wippy-queue``: validate entry files, run them, inspect queues."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from wippy_queue import logs
+from wippy_queue.errors import ConfigError, WippyQueueError
+from wippy_queue.registry.loader import load_registry
+from wippy_queue.runtime import Runtime
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wippy-queue", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    validate = sub.add_parser("validate", help="check entry files; list every problem")
+    validate.add_argument("paths", nargs="+", metavar="PATH")
+
+    run = sub.add_parser("run", help="start the runtime on entry files")
+    run.add_argument("paths", nargs="+", metavar="PATH")
+    run.add_argument(
+        "--publish",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("QUEUE_ID", "JSON"),
+        help="publish a message once started (repeatable)",
+    )
+    run.add_argument("--until-idle", action="store_true", help="stop once every queue is idle")
+    run.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this long")
+    run.add_argument("--log-format", choices=["text", "json"], default="text")
+    run.add_argument("--log-level", default="INFO")
+
+    info = sub.add_parser("info", help="list the entries, services and queues of entry files")
+    info.add_argument("paths", nargs="+", metavar="PATH")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            return _validate(args.paths)
+        if args.command == "info":
+            return _info(args.paths)
+        logs.setup(args.log_format, args.log_level)
+        return asyncio.run(_run(args))
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    except WippyQueueError as err:
+        print(f"wippy-queue: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _validate(paths: list[str]) -> int:
+    runtime = Runtime.load(*paths)
+    registry = runtime.registry
+    for warning in registry.warnings:
+        print(warning, file=sys.stderr)
+    kinds: dict[str, int] = {}
+    for entry in registry:
+        kinds[entry.kind] = kinds.get(entry.kind, 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    print(f"ok: {len(registry.entries)} entries ({summary})")
+    return 0
+
+
+def _info(paths: list[str]) -> int:
+    from wippy_queue.components import default_components
+
+    registry = load_registry(paths, default_components().kinds)
+    for entry_id in registry.start_order():
+        entry = registry.get(entry_id)
+        deps = ", ".join(registry.dependencies.get(entry_id, ())) or "-"
+        print(f"{entry_id:40} {entry.kind:22} requires: {deps}")
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> int:
+    runtime = Runtime.load(*args.paths)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    async with runtime:
+        for queue_id, text in args.publish:
+            message_id = await runtime.publish(queue_id, _json_arg(text))
+            print(f"published {message_id} to {queue_id}", file=sys.stderr)
+        waiters = [asyncio.create_task(stop.wait())]
+        if args.until_idle:
+            waiters.append(asyncio.create_task(runtime.join()))
+        done, pending = await asyncio.wait(
+            waiters, timeout=args.timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in pending:
+            task.cancel()
+        if not done and args.until_idle:
+            print(f"wippy-queue: not idle after {args.timeout}s; stopping", file=sys.stderr)
+            code = 3
+    return code

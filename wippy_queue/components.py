@@ -1,0 +1,44 @@
+"""The kinds wippy-queue understands and what builds each one at run time.
+
+This is the one table a new kind is added to: its config model (for the loader)
+and its builder (for the runtime). Neither the loader nor the runtime names kinds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from wippy_queue.drivers.memory import MemoryDriver
+from wippy_queue.functions.base import Handler
+from wippy_queue.functions.python import build_python
+from wippy_queue.queue.driver import Driver
+from wippy_queue.registry.entry import Entry
+from wippy_queue.registry.kinds import KindTable
+from wippy_queue.registry.models import (
+    ConsumerConfig,
+    MemoryDriverConfig,
+    PythonFunctionConfig,
+    QueueConfig,
+)
+
+DriverFactory = Callable[[Entry], Driver]
+FunctionFactory = Callable[[Entry], Handler]
+
+
+@dataclass
+class Components:
+    kinds: KindTable = field(default_factory=KindTable)
+    drivers: dict[str, DriverFactory] = field(default_factory=dict)
+    functions: dict[str, FunctionFactory] = field(default_factory=dict)
+
+
+def default_components() -> Components:
+    c = Components()
+    c.kinds.register("queue.queue", QueueConfig)
+    c.kinds.register("queue.consumer", ConsumerConfig)
+    c.kinds.register("queue.driver.memory", MemoryDriverConfig)
+    c.drivers["queue.driver.memory"] = lambda entry: MemoryDriver(entry.id)
+    c.kinds.register("function.python", PythonFunctionConfig)
+    c.functions["function.python"] = build_python
+    return c

@@ -1,0 +1,76 @@
+"""The call context: who is calling, under which policies, for which message.
+
+It is the ONE place that touches the context-variable library
+(contextvars-extras' ``ContextVarsRegistry``), so that replacing it is a one-file
+change. Everything a handler calls (a publish, a nested function, a sync handler in
+the thread pool) sees the same context; each message gets its own, so nothing
+leaks between messages or between concurrent workers.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from contextvars_extras import ContextVarsRegistry
+
+from wippy_queue.security.actor import Actor
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from wippy_queue.queue.handle import MessageHandle
+    from wippy_queue.queue.publisher import Publisher
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Immutable; derive a changed copy with ``evolve``."""
+
+    publisher: Publisher | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    actor: Actor | None = None
+    scope: Any = None  # security.scope.Scope once a consumer has a security block
+    checked: bool = False  # True when the security block applies to this call
+    message: MessageHandle | None = None
+    consumer: str | None = None
+    trace_id: str | None = None
+
+    def evolve(self, **changes: Any) -> CallContext:
+        return replace(self, **changes)
+
+
+class _Vars(ContextVarsRegistry):
+    call: CallContext | None = None
+
+
+_vars = _Vars()
+
+
+def current() -> CallContext | None:
+    """The call context of the running handler, or None outside any."""
+    return _vars.call
+
+
+@contextmanager
+def bound(ctx: CallContext) -> Iterator[CallContext]:
+    """Run the block under ``ctx``; the previous context is restored afterwards."""
+    with _vars(call=ctx):
+        yield ctx
+
+
+def run_in_executor(
+    loop: asyncio.AbstractEventLoop, executor: Executor | None, fn: Callable[..., T], *args: Any
+) -> asyncio.Future[T]:
+    """``loop.run_in_executor`` that carries the caller's call context into the thread.
+
+    The stdlib does not copy context variables into executor threads by itself.
+    """
+    ctx = contextvars.copy_context()
+    return loop.run_in_executor(executor, ctx.run, fn, *args)

@@ -1,0 +1,1 @@
+"""Queue backends, one module each; optional ones import their library lazily."""

@@ -1,0 +1,249 @@
+"""The embedded in-memory driver: Wippy's memory driver without its losses.
+
+Each queue is bounded by ``max_length`` (default 1000) and publish waits while it
+is full. Unlike the original, a nacked message is never dropped (requeues may go
+past the bound), attempts are counted, nacks may be delayed, and stopping the
+driver keeps every queued message for the next start within the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from wippy_queue.errors import DriverError
+from wippy_queue.queue.driver import Delivery, Driver, QueueInfo, Subscription, SubscriptionClosed
+from wippy_queue.queue.message import ATTEMPTS, Message
+
+
+class MemoryQueueOptions(BaseModel):
+    """``driver_options: {memory: {...}}`` of a queue on the memory driver."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_length: int = Field(default=1000, gt=0, le=10_000_000)
+
+
+def _wake_one(waiters: deque[asyncio.Future[None]]) -> None:
+    while waiters:
+        waiter = waiters.popleft()
+        if not waiter.done():
+            waiter.set_result(None)
+            return
+
+
+def _wake_all(waiters: deque[asyncio.Future[None]]) -> None:
+    while waiters:
+        waiter = waiters.popleft()
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+class _MemoryQueue:
+    """The state of one queue; all methods run on the event loop thread."""
+
+    def __init__(self, name: str, max_length: int) -> None:
+        self.name = name
+        self.max_length = max_length
+        self.ready: deque[Message] = deque()
+        self.in_flight = 0
+        self.delayed: dict[asyncio.TimerHandle, Message] = {}
+        self.consumers = 0
+        self.getters: deque[asyncio.Future[None]] = deque()
+        self.putters: deque[asyncio.Future[None]] = deque()
+        self.idle_waiters: deque[asyncio.Future[None]] = deque()
+
+    def full(self) -> bool:
+        return len(self.ready) + len(self.delayed) >= self.max_length
+
+    def push(self, message: Message, *, front: bool = False) -> None:
+        if front:
+            self.ready.appendleft(message)
+        else:
+            self.ready.append(message)
+        _wake_one(self.getters)
+
+    def pop(self) -> Message:
+        message = self.ready.popleft()
+        self.in_flight += 1
+        message.headers[ATTEMPTS] = int(message.headers.get(ATTEMPTS, 0)) + 1
+        _wake_one(self.putters)
+        return message
+
+    def settled(self) -> None:
+        self.in_flight -= 1
+        self.check_idle()
+
+    def check_idle(self) -> None:
+        if not self.ready and not self.in_flight and not self.delayed:
+            _wake_all(self.idle_waiters)
+
+    def info(self) -> QueueInfo:
+        ready, delayed = len(self.ready), len(self.delayed)
+        return QueueInfo(
+            queue=self.name,
+            message_count=ready + self.in_flight + delayed,
+            consumer_count=self.consumers,
+            ready=ready,
+            in_flight=self.in_flight,
+            delayed=delayed,
+        )
+
+    def flush_delayed(self) -> None:
+        """Make every delayed message ready now (on stop: never lose them)."""
+        for handle, message in list(self.delayed.items()):
+            handle.cancel()
+            self.ready.append(message)
+        self.delayed.clear()
+
+
+class MemoryDelivery(Delivery):
+    __slots__ = ("_handle", "_queue")
+
+    def __init__(self, queue: _MemoryQueue, message: Message) -> None:
+        super().__init__(message)
+        self._queue = queue
+        self._handle: asyncio.TimerHandle | None = None
+
+    async def _ack(self) -> None:
+        self._queue.settled()
+
+    async def _nack(self, *, requeue: bool, delay_s: float, reason: str) -> None:
+        queue = self._queue
+        if requeue:
+            if delay_s > 0:
+                loop = asyncio.get_running_loop()
+                self._handle = loop.call_later(delay_s, self._undelay)
+                queue.delayed[self._handle] = self.message
+            else:
+                queue.push(self.message)
+        queue.settled()
+
+    def _undelay(self) -> None:
+        message = self._queue.delayed.pop(self._handle, None) if self._handle else None
+        if message is not None:
+            self._queue.push(message)
+
+    async def _release(self) -> None:
+        headers = self.message.headers
+        attempts = int(headers.get(ATTEMPTS, 1)) - 1
+        if attempts > 0:
+            headers[ATTEMPTS] = attempts
+        else:
+            headers.pop(ATTEMPTS, None)
+        self._queue.push(self.message, front=True)
+        self._queue.settled()
+
+
+class MemorySubscription(Subscription):
+    def __init__(self, driver: MemoryDriver, queue: _MemoryQueue) -> None:
+        self._driver = driver
+        self._queue = queue
+        self._closed = False
+        queue.consumers += 1
+
+    async def receive(self) -> Delivery:
+        queue = self._queue
+        while True:
+            if self._closed or not self._driver.running:
+                raise SubscriptionClosed(f"subscription to {queue.name!r} is closed")
+            if queue.ready:
+                return MemoryDelivery(queue, queue.pop())
+            waiter = asyncio.get_running_loop().create_future()
+            queue.getters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                waiter.cancel()
+                if queue.ready and not waiter.cancelled():
+                    _wake_one(queue.getters)
+                raise
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.consumers -= 1
+            _wake_all(self._queue.getters)
+
+
+class MemoryDriver(Driver):
+    """``queue.driver.memory``."""
+
+    def __init__(self, entry_id: str) -> None:
+        super().__init__(entry_id)
+        self._queues: dict[str, _MemoryQueue] = {}
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def start(self) -> None:
+        self._running = True
+
+    async def stop(self) -> None:
+        self._running = False
+        for queue in self._queues.values():
+            queue.flush_delayed()
+            _wake_all(queue.getters)
+            _wake_all(queue.putters)
+
+    async def declare(self, queue: str, options: Mapping[str, Any]) -> None:
+        try:
+            parsed = MemoryQueueOptions.model_validate(dict(options))
+        except ValidationError as err:
+            raise DriverError(f"memory driver options for queue {queue!r}: {err}") from err
+        existing = self._queues.get(queue)
+        if existing is None:
+            self._queues[queue] = _MemoryQueue(queue, parsed.max_length)
+        else:
+            existing.max_length = parsed.max_length
+
+    def _queue(self, name: str) -> _MemoryQueue:
+        try:
+            return self._queues[name]
+        except KeyError:
+            raise DriverError(
+                f"queue {name!r} is not declared on driver {self.entry_id}"
+            ) from None
+
+    async def publish(self, queue: str, message: Message) -> None:
+        state = self._queue(queue)
+        while True:
+            if not self._running:
+                raise self.not_running_error()
+            if not state.full():
+                state.push(message)
+                return
+            waiter = asyncio.get_running_loop().create_future()
+            state.putters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                waiter.cancel()
+                if not state.full():
+                    _wake_one(state.putters)
+                raise
+
+    async def subscribe(self, queue: str, *, prefetch: int) -> Subscription:
+        if not self._running:
+            raise self.not_running_error()
+        return MemorySubscription(self, self._queue(queue))
+
+    async def info(self, queue: str) -> QueueInfo:
+        return self._queue(queue).info()
+
+    async def wait_idle(self, queue: str, *, timeout_s: float | None = None) -> None:
+        state = self._queue(queue)
+        async with asyncio.timeout(timeout_s):
+            while not state.info().idle:
+                waiter = asyncio.get_running_loop().create_future()
+                state.idle_waiters.append(waiter)
+                await waiter
+
+    def dead_letters(self, queue: str) -> list[Message]:
+        """The messages waiting in ``queue`` (inspect a dead-letter queue in tests)."""
+        return list(self._queue(queue).ready)

@@ -1,0 +1,1 @@
+"""Handler functions: ``function.python`` and ``function.lua``."""

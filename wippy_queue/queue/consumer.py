@@ -1,0 +1,243 @@
+"""A consumer: a prefetch buffer, ``concurrency`` workers, settle from the result.
+
+Backpressure: a consumer holds at most ``prefetch + concurrency`` unsettled
+deliveries (a credit is taken before each receive and returned after settle).
+Stop is graceful and loses nothing: no new deliveries, prefetched ones go back
+untried, in-flight handlers get ``stop_timeout`` to finish, then are cancelled and
+their messages go back too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from wippy_queue import context
+from wippy_queue.errors import LifecycleError
+from wippy_queue.functions.base import Handler, outcome_of
+from wippy_queue.queue.codec import DecodeError
+from wippy_queue.queue.driver import Delivery, Subscription, SubscriptionClosed
+from wippy_queue.queue.handle import MessageHandle
+from wippy_queue.queue.middleware import Job, Middleware, build_chain
+from wippy_queue.queue.outcome import ACK, Outcome
+from wippy_queue.queue.queue import Queue
+
+log = logging.getLogger(__name__)
+
+
+class Consumer:
+    def __init__(
+        self,
+        entry_id: str,
+        queue: Queue,
+        handler: Handler,
+        *,
+        concurrency: int,
+        prefetch: int,
+        base_context: context.CallContext,
+        middlewares: Sequence[Middleware] = (),
+        timeout_s: float | None = None,
+        stop_timeout_s: float = 10.0,
+        auto_ack: bool = False,
+    ) -> None:
+        self.entry_id = entry_id
+        self.queue = queue
+        self.handler = handler
+        self.concurrency = concurrency
+        self.prefetch = prefetch
+        self.timeout_s = timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.auto_ack = auto_ack
+        self._base_context = base_context
+        self._middlewares = tuple(middlewares)
+        self._chain = build_chain(self._middlewares, self._invoke)
+        self._subscription: Subscription | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._fetcher: asyncio.Task[None] | None = None
+        self._buffer: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._credits = asyncio.Semaphore(prefetch + concurrency)
+        self._active: dict[asyncio.Task[Any], Delivery] = {}
+        self._stopping = False
+        #: resolves with the error if the consumer dies while running (the supervisor restarts it)
+        self.failed: asyncio.Future[BaseException] | None = None
+
+    @property
+    def held(self) -> int:
+        """Unsettled deliveries this consumer holds (never above prefetch + concurrency)."""
+        return self.prefetch + self.concurrency - self._credits._value
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopping = False
+        self.failed = loop.create_future()
+        self._base_context = self._base_context.evolve(loop=loop, consumer=self.entry_id)
+        await self.handler.start(concurrency=self.concurrency)
+        self._subscription = await self.queue.driver.subscribe(
+            self.queue.name, prefetch=self.prefetch
+        )
+        self._credits = asyncio.Semaphore(self.prefetch + self.concurrency)
+        self._buffer = asyncio.Queue()
+        self._fetcher = asyncio.create_task(self._fetch(), name=f"{self.entry_id}:fetch")
+        self._tasks = [
+            asyncio.create_task(self._work(), name=f"{self.entry_id}:worker-{i}")
+            for i in range(self.concurrency)
+        ]
+
+    async def _fetch(self) -> None:
+        assert self._subscription is not None
+        try:
+            while True:
+                await self._credits.acquire()
+                try:
+                    delivery = await self._subscription.receive()
+                except BaseException:
+                    self._credits.release()
+                    raise
+                self._buffer.put_nowait(delivery)
+        except SubscriptionClosed:
+            if not self._stopping:
+                self._fail(LifecycleError(f"consumer {self.entry_id}: its driver stopped"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.exception("consumer %s: receiving failed", self.entry_id)
+            self._fail(err)
+
+    def _fail(self, err: BaseException) -> None:
+        if self.failed is not None and not self.failed.done():
+            self.failed.set_result(err)
+
+    async def _work(self) -> None:
+        while True:
+            delivery = await self._buffer.get()
+            if self._stopping:
+                await delivery.release()
+                self._credits.release()
+                continue
+            task = asyncio.current_task()
+            assert task is not None
+            self._active[task] = delivery
+            try:
+                await self._process(delivery)
+            except asyncio.CancelledError:
+                if not delivery.settled:  # cut off by stop: give it back, lose nothing
+                    await delivery.release()
+                raise
+            finally:
+                del self._active[task]
+                self._credits.release()
+
+    async def _process(self, delivery: Delivery) -> None:
+        message = delivery.message
+        queue = self.queue
+        loop = asyncio.get_running_loop()
+
+        async def settle(outcome: Outcome) -> None:
+            if not self.auto_ack:
+                await queue.settle(delivery, outcome, self.entry_id)
+
+        if self.auto_ack:
+            await delivery.ack()
+        try:
+            data = queue.codec.decode(message.body)
+        except DecodeError as err:
+            log.error("consumer %s: message %s: %s", self.entry_id, message.id, err)
+            await settle(Outcome.nack("decode_error", str(err)))
+            return
+        handle = MessageHandle(message, data, queue.id, settle, loop)
+        job = Job(self.entry_id, queue.id, handle, data, message.headers, delivery.attempt)
+        ctx = self._base_context.evolve(message=handle, trace_id=message.id)
+        with context.bound(ctx):
+            try:
+                outcome = await self._chain(job)
+            except asyncio.CancelledError:
+                handle.release()
+                raise
+            except Exception as err:  # a middleware failed: fail closed
+                log.exception("consumer %s: middleware failed", self.entry_id)
+                outcome = Outcome.nack("middleware_error", f"{type(err).__name__}: {err}")
+        await handle.finish(outcome)
+
+    async def _invoke(self, job: Job) -> Outcome:
+        started = time.monotonic()
+        try:
+            if self.timeout_s is None:
+                result = await self.handler.call(job.data)
+            else:
+                async with asyncio.timeout(self.timeout_s):
+                    result = await self.handler.call(job.data)
+        except TimeoutError:
+            log.error(
+                "consumer %s: handler timed out after %.3gs on message %s",
+                self.entry_id,
+                self.timeout_s,
+                job.handle.id,
+            )
+            return Outcome.nack("timeout", f"handler did not finish within {self.timeout_s}s")
+        except Exception as err:
+            log.error(
+                "consumer %s: handler failed on message %s: %s: %s",
+                self.entry_id,
+                job.handle.id,
+                type(err).__name__,
+                err,
+                extra={"fields": {"traceback": traceback.format_exc()}},
+            )
+            return Outcome.nack("handler_error", f"{type(err).__name__}: {err}")
+        outcome = outcome_of(result)
+        if outcome is ACK:
+            log.debug(
+                "consumer %s: message %s done in %.1f ms",
+                self.entry_id,
+                job.handle.id,
+                (time.monotonic() - started) * 1000,
+            )
+        else:
+            log.warning(
+                "consumer %s: message %s nacked: %s", self.entry_id, job.handle.id, outcome.error
+            )
+        return outcome
+
+    async def stop(self) -> None:
+        """Stop taking deliveries, drain in-flight work, give back everything unfinished."""
+        self._stopping = True
+        if self._fetcher is not None:
+            self._fetcher.cancel()
+            await asyncio.gather(self._fetcher, return_exceptions=True)
+        if self._subscription is not None:
+            await self._subscription.close()
+        while not self._buffer.empty():
+            await self._buffer.get_nowait().release()
+            self._credits.release()
+        unfinished = await self._drain()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self.handler.close()
+        if unfinished:
+            raise LifecycleError(
+                f"consumer {self.entry_id}: {len(unfinished)} handler(s) did not finish within "
+                f"stop_timeout {self.stop_timeout_s}s; their messages were returned to the "
+                f"queue: {', '.join(unfinished)}"
+            )
+
+    async def _drain(self) -> list[str]:
+        """Wait for in-flight handlers; cancel the late ones, returning their messages."""
+        busy = list(self._active)
+        if not busy:
+            return []
+        _, pending = await asyncio.wait(busy, timeout=self.stop_timeout_s)
+        unfinished = []
+        for task in pending:
+            delivery = self._active.get(task)
+            if delivery is not None:
+                unfinished.append(delivery.message.id)
+                task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        return unfinished

@@ -1,0 +1,118 @@
+"""The message as a handler sees it: ``wippy_queue.current_message()``.
+
+Settling is single-shot: the first ``ack``/``nack`` wins, a second raises
+SettleError, and once the handler has returned the handle is released and every
+method raises. ``ack``/``nack`` are plain methods so that async handlers, sync
+handlers (in a worker thread) and Lua all use them the same way; the actual
+settle runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from wippy_queue.errors import SettleError
+from wippy_queue.queue.message import HeaderValue, Headers, Message
+from wippy_queue.queue.outcome import ACK, Outcome
+
+Settle = Callable[[Outcome], Awaitable[None]]
+
+
+class MessageHandle:
+    __slots__ = (
+        "_decision",
+        "_loop",
+        "_loop_thread",
+        "_message",
+        "_pending",
+        "_released",
+        "_settle",
+        "data",
+        "queue_id",
+    )
+
+    def __init__(
+        self,
+        message: Message,
+        data: Any,
+        queue_id: str,
+        settle: Settle,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._message = message
+        self.data = data
+        self.queue_id = queue_id
+        self._settle = settle
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._decision: Outcome | None = None
+        self._pending: asyncio.Future[None] | concurrent.futures.Future[None] | None = None
+        self._released = False
+
+    def _live(self) -> Message:
+        if self._released:
+            raise SettleError(
+                f"message {self._message.id} was released when its handler returned; "
+                "use it only inside the handler"
+            )
+        return self._message
+
+    @property
+    def id(self) -> str:
+        return self._live().id
+
+    @property
+    def body(self) -> bytes:
+        return self._live().body
+
+    @property
+    def attempt(self) -> int:
+        return self._live().attempts
+
+    def header(self, key: str) -> HeaderValue | None:
+        return self._live().headers.get(key)
+
+    def headers(self) -> Headers:
+        return dict(self._live().headers)
+
+    def ack(self) -> None:
+        self._decide(ACK)
+
+    def nack(self, reason: str = "", *, delay_s: float | None = None) -> None:
+        self._decide(Outcome.nack("nack", reason or None, delay_s))
+
+    @property
+    def decision(self) -> Outcome | None:
+        return self._decision
+
+    def _decide(self, outcome: Outcome) -> None:
+        message = self._live()
+        if self._decision is not None:
+            done = "acked" if self._decision.ack else "nacked"
+            raise SettleError(f"message {message.id} was already {done}; settle a message once")
+        self._decision = outcome
+        if threading.get_ident() == self._loop_thread:
+            self._pending = self._loop.create_task(self._settle(outcome))  # type: ignore[arg-type]
+        else:
+            coro = self._settle(outcome)
+            self._pending = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+
+    async def finish(self, outcome: Outcome) -> Outcome:
+        """Release the handle and settle with ``outcome`` unless the handler already did."""
+        self._released = True
+        if self._pending is None:
+            self._decision = outcome
+            await self._settle(outcome)
+        elif isinstance(self._pending, asyncio.Future):
+            await self._pending
+        else:
+            await asyncio.wrap_future(self._pending)
+        assert self._decision is not None
+        return self._decision
+
+    def release(self) -> None:
+        self._released = True

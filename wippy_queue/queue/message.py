@@ -1,0 +1,68 @@
+"""The message a driver carries: an id, an encoded body and flat headers."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from wippy_queue.errors import PublishError
+
+HeaderValue = str | int | float | bool
+Headers = dict[str, HeaderValue]
+
+#: Header keys the runtime writes for its own bookkeeping; users may not set them.
+RESERVED_PREFIX = "x_"
+ATTEMPTS = "attempts"
+TIMESTAMP = "timestamp"
+
+
+@dataclass(slots=True)
+class Message:
+    """A message as stored by a driver; ``body`` is already encoded by the queue codec."""
+
+    id: str
+    body: bytes
+    headers: Headers = field(default_factory=dict)
+
+    @property
+    def attempts(self) -> int:
+        """How many deliveries this message has had, counting the current one."""
+        value = self.headers.get(ATTEMPTS, 0)
+        return int(value)
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+def user_headers(headers: Mapping[Any, Any] | None) -> Headers:
+    """Validate headers given by a publisher; reserved keys and odd values are refused."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise PublishError(f"headers must be a mapping of str to str/int/float/bool, got {headers!r}")
+    checked: Headers = {}
+    for key, value in headers.items():
+        if not isinstance(key, str) or not key:
+            raise PublishError(f"header keys must be non-empty strings, got {key!r}")
+        if key.startswith(RESERVED_PREFIX) or key in (ATTEMPTS, TIMESTAMP):
+            raise PublishError(
+                f"header {key!r} is reserved for the runtime (keys starting 'x_', "
+                f"'attempts' and 'timestamp'); use another name"
+            )
+        if not isinstance(value, str | int | float | bool):
+            raise PublishError(
+                f"header {key!r} has a {type(value).__name__} value {value!r}; "
+                "header values must be str, int, float or bool"
+            )
+        checked[key] = value
+    return checked
+
+
+def stamp_new(message_id: str | None, body: bytes, headers: Headers) -> Message:
+    """Create a fresh message: an id (UUID4 unless given) and a ``timestamp`` header."""
+    headers[TIMESTAMP] = int(time.time())
+    return Message(id=message_id or new_message_id(), body=body, headers=headers)

@@ -1,0 +1,51 @@
+"""Per-message middleware: an onion of ``(job, call_next) -> Outcome`` steps.
+
+A step stops a message by returning an Outcome without calling ``call_next``
+(this is how the security check denies). The chain is built once, when the
+consumer starts, and never changes while it runs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from wippy_queue.queue.handle import MessageHandle
+from wippy_queue.queue.outcome import Outcome
+
+
+@dataclass(slots=True)
+class Job:
+    """One message on its way through the chain to the handler."""
+
+    consumer_id: str
+    queue_id: str
+    handle: MessageHandle
+    data: Any
+    headers: dict[str, Any]
+    attempt: int
+
+
+CallNext = Callable[[Job], Awaitable[Outcome]]
+
+
+class Middleware(ABC):
+    @abstractmethod
+    async def __call__(self, job: Job, call_next: CallNext) -> Outcome: ...
+
+
+def build_chain(middlewares: Sequence[Middleware], last: CallNext) -> CallNext:
+    """Compose so that ``middlewares[0]`` runs first and ``last`` runs innermost."""
+    chain = last
+    for middleware in reversed(middlewares):
+        chain = _bind(middleware, chain)
+    return chain
+
+
+def _bind(middleware: Middleware, call_next: CallNext) -> CallNext:
+    async def step(job: Job) -> Outcome:
+        return await middleware(job, call_next)
+
+    return step

@@ -1,0 +1,180 @@
+"""Entry files -> a validated Registry, or a ConfigError listing EVERY problem found."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import ValidationError
+
+from wippy_queue.errors import ConfigError, Problem
+from wippy_queue.registry.entry import Entry, Location
+from wippy_queue.registry.ids import valid_part
+from wippy_queue.registry.kinds import KindTable
+from wippy_queue.registry.registry import Registry
+from wippy_queue.registry.source import LineDict, RawEntry, read_entries
+
+
+def load_registry(paths: Iterable[str | os.PathLike[str]], kinds: KindTable) -> Registry:
+    raws, problems = read_entries(paths)
+    entries: dict[str, Entry] = {}
+    for raw in raws:
+        entry = _validate(raw, kinds, entries, problems)
+        if entry is not None:
+            entries[entry.id] = entry
+    dependencies = _check_references(entries, problems)
+    problems += _find_cycles(entries, dependencies)
+    registry = Registry(entries, dependencies)
+    warnings: list[Problem] = []
+    if not problems:
+        for check in kinds.checks:
+            for found in check(registry):
+                (warnings if found.severity == "warning" else problems).append(found)
+    if [p for p in problems if p.severity == "error"]:
+        raise ConfigError(problems)
+    return Registry(entries, dependencies, tuple(warnings))
+
+
+def _validate(
+    raw: RawEntry, kinds: KindTable, seen: dict[str, Entry], problems: list[Problem]
+) -> Entry | None:
+    def problem(message: str, field: str | None = None, entry_id: str | None = None) -> None:
+        line = raw.field_lines.get(field, raw.line) if field else raw.line
+        problems.append(Problem(message, raw.file, line, entry_id, field))
+
+    if not isinstance(raw.name, str) or not raw.name:
+        problem("missing 'name': every entry needs a name", "name")
+        return None
+    entry_id = f"{raw.namespace}:{raw.name}"
+    if not valid_part(raw.name) or not valid_part(raw.namespace):
+        problem("a name is letters, digits, '_', '.' and '-'; rename it", "name", entry_id)
+        return None
+    if not isinstance(raw.kind, str) or not raw.kind:
+        problem("missing 'kind': say what this entry is, e.g. queue.queue", "kind", entry_id)
+        return None
+    model = kinds.model(raw.kind)
+    if model is None:
+        known = ", ".join(kinds.known())
+        problem(f"unknown kind {raw.kind!r}; known kinds: {known}", "kind", entry_id)
+        return None
+    if entry_id in seen:
+        first = seen[entry_id].location
+        problem(
+            f"duplicate ID: already defined at {first.file}:{first.line}; rename one",
+            "name",
+            entry_id,
+        )
+        return None
+    try:
+        config = model.model_validate(raw.data, context={"namespace": raw.namespace})
+    except ValidationError as err:
+        for error in err.errors():
+            field, line = _locate(error["loc"], raw)
+            problems.append(
+                Problem(_explain(error, model), raw.file, line, entry_id, field or None)
+            )
+        return None
+    location = Location(raw.file, raw.line, raw.field_lines)
+    return Entry(entry_id, raw.kind, raw.namespace, raw.name, raw.meta, config, location)
+
+
+def _locate(loc: tuple[int | str, ...], raw: RawEntry) -> tuple[str, int]:
+    """The dotted field path and the best line we know for it."""
+    parts = [str(p) for p in loc]
+    line = raw.field_lines.get(parts[0], raw.line) if parts else raw.line
+    node: Any = raw.data.get(parts[0]) if parts else None
+    for part in loc[1:]:
+        if isinstance(node, LineDict) and part in node:
+            line = node.key_lines.get(part, line)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+            line = getattr(node, "line", line)
+        else:
+            break
+    return ".".join(parts), line
+
+
+def _explain(error: Any, model: type) -> str:
+    kind, msg, value = error["type"], error["msg"], error.get("input")
+    if kind == "extra_forbidden":
+        fields = getattr(model, "model_fields", {})
+        return f"unknown field; known fields: {', '.join(fields)}"
+    if kind == "missing":
+        return "required field is missing"
+    if kind in ("value_error", "assertion_error"):
+        return str(msg).removeprefix("Value error, ")
+    if kind == "less_than_equal":
+        return f"{value!r} is too large: {msg.lower()}"
+    return f"{msg} (got {value!r})"
+
+
+def _check_references(entries: dict[str, Entry], problems: list[Problem]) -> dict[str, tuple[str, ...]]:
+    dependencies: dict[str, tuple[str, ...]] = {}
+    for entry in entries.values():
+        deps: list[str] = []
+        for ref in entry.config.references():
+            line = entry.location.line_of(ref.field)
+            target = entries.get(ref.target)
+            if target is None:
+                problems.append(
+                    Problem(
+                        f"refers to {ref.target!r}, which is not defined; "
+                        "check the name or add the entry",
+                        entry.location.file,
+                        line,
+                        entry.id,
+                        ref.field,
+                    )
+                )
+            elif not ref.allows(target.kind):
+                problems.append(
+                    Problem(
+                        f"refers to {ref.target!r}, a {target.kind}; it must be "
+                        f"{' or '.join(ref.kinds)}",
+                        entry.location.file,
+                        line,
+                        entry.id,
+                        ref.field,
+                    )
+                )
+            elif ref.dependency and ref.target not in deps:
+                deps.append(ref.target)
+        dependencies[entry.id] = tuple(deps)
+    return dependencies
+
+
+def _find_cycles(entries: dict[str, Entry], deps: dict[str, tuple[str, ...]]) -> list[Problem]:
+    problems: list[Problem] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+    reported: set[frozenset[str]] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        path.append(node)
+        for dep in deps.get(node, ()):
+            if state.get(dep) == 1:
+                cycle = [*path[path.index(dep) :], dep]
+                key = frozenset(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    entry = entries[dep]
+                    problems.append(
+                        Problem(
+                            f"dependency cycle: {' -> '.join(cycle)}; remove one of these "
+                            "requires/depends_on or references",
+                            entry.location.file,
+                            entry.location.line,
+                            dep,
+                        )
+                    )
+            elif dep not in state:
+                visit(dep, path)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(entries):
+        if node not in state:
+            visit(node, [])
+    return problems

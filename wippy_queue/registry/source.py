@@ -1,0 +1,235 @@
+"""Reading entry files: YAML with line numbers, ``${env:NAME}`` and ``file://`` paths.
+
+An entry file holds ``version`` (optional), ``namespace`` (required), file-level
+``meta`` and ``entries``. Problems are collected, never raised one at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wippy_queue.errors import Problem
+
+ENTRY_SUFFIXES = (".yaml", ".yml")
+_ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_FILE_KEYS = frozenset({"version", "namespace", "meta", "entries"})
+
+
+class LineDict(dict[Any, Any]):
+    """A mapping that remembers the line of itself and of each key."""
+
+    line: int = 0
+    key_lines: dict[Any, int]
+
+
+class _LineLoader(yaml.SafeLoader):
+    duplicate_keys: list[tuple[Any, int]]
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    mapping = LineDict()
+    mapping.line = node.start_mark.line + 1
+    mapping.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+        line = key_node.start_mark.line + 1
+        if key in mapping.key_lines:
+            loader.duplicate_keys.append((key, line))
+        mapping[key] = loader.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
+        mapping.key_lines[key] = line
+    return mapping
+
+
+_LineLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
+@dataclass
+class RawEntry:
+    """An entry as written, before its kind's model validates it."""
+
+    file: str
+    line: int
+    namespace: str
+    name: Any
+    kind: Any
+    meta: dict[str, Any]
+    data: dict[str, Any]
+    field_lines: dict[str, int] = field(default_factory=dict)
+
+
+def entry_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path, bool]]:
+    """Yield each entry file and whether it was named explicitly (not found by a walk)."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for found in sorted(path.rglob("*")):
+                if found.suffix in ENTRY_SUFFIXES and found.is_file():
+                    yield found, False
+        else:
+            yield path, True
+
+
+def _interpolate(value: Any, problems: list[str]) -> Any:
+    if isinstance(value, str):
+
+        def env(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            problems.append(
+                f"environment variable {name} is not set; export it or write "
+                f"${{env:{name}:-default}}"
+            )
+            return ""
+
+        return _ENV.sub(env, value)
+    if isinstance(value, LineDict):
+        out = LineDict({k: _interpolate(v, problems) for k, v in value.items()})
+        out.line, out.key_lines = value.line, value.key_lines
+        return out
+    if isinstance(value, list):
+        return [_interpolate(v, problems) for v in value]
+    return value
+
+
+def _resolve_files(value: Any, base: Path) -> Any:
+    """Make ``file://relative`` values absolute, relative to the entry file."""
+    if isinstance(value, str) and value.startswith("file://"):
+        rel = value.removeprefix("file://")
+        return "file://" + str((base / rel).resolve())
+    if isinstance(value, LineDict):
+        out = LineDict({k: _resolve_files(v, base) for k, v in value.items()})
+        out.line, out.key_lines = value.line, value.key_lines
+        return out
+    if isinstance(value, list):
+        return [_resolve_files(v, base) for v in value]
+    return value
+
+
+def _parse(path: Path, problems: list[Problem]) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        problems.append(Problem(f"cannot read entry file: {err}", file=str(path)))
+        return None
+    loader = _LineLoader(text)
+    loader.duplicate_keys = []
+    try:
+        document = loader.get_single_data()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        reason = getattr(err, "problem", None) or str(err)
+        problems.append(
+            Problem(f"malformed YAML: {reason}; fix the syntax", file=str(path), line=line)
+        )
+        return None
+    finally:
+        loader.dispose()  # type: ignore[no-untyped-call]
+    for key, line in loader.duplicate_keys:
+        problems.append(
+            Problem(f"key {key!r} is written twice; keep one", file=str(path), line=line)
+        )
+    return document
+
+
+def read_entries(
+    paths: Iterable[str | os.PathLike[str]],
+) -> tuple[list[RawEntry], list[Problem]]:
+    entries: list[RawEntry] = []
+    problems: list[Problem] = []
+    for path, explicit in entry_files(paths):
+        if not path.exists():
+            problems.append(Problem("no such file or directory", file=str(path)))
+            continue
+        document = _parse(path, problems)
+        if document is None and not explicit:
+            continue
+        entries.extend(_file_entries(path, document, explicit, problems))
+    return entries, problems
+
+
+def _file_entries(
+    path: Path, document: Any, explicit: bool, problems: list[Problem]
+) -> list[RawEntry]:
+    file = str(path)
+    if not isinstance(document, LineDict):
+        if explicit:
+            problems.append(
+                Problem("an entry file is a mapping with 'namespace' and 'entries'", file=file)
+            )
+        return []
+    if not explicit and "namespace" not in document and "entries" not in document:
+        return []  # some other YAML file (e.g. policy test cases) in a scanned folder
+    for key in document:
+        if key not in _FILE_KEYS:
+            problems.append(
+                Problem(
+                    f"unknown file-level key {key!r}; known: {', '.join(sorted(_FILE_KEYS))}",
+                    file=file,
+                    line=document.key_lines.get(key),
+                )
+            )
+    namespace = document.get("namespace")
+    if not isinstance(namespace, str) or not namespace:
+        problems.append(
+            Problem(
+                "missing 'namespace': add e.g. 'namespace: app.queue' at the top of the file",
+                file=file,
+                line=document.key_lines.get("namespace", 1),
+            )
+        )
+        return []
+    file_meta = document.get("meta") or {}
+    raw_entries = document.get("entries")
+    if not isinstance(raw_entries, list):
+        problems.append(
+            Problem(
+                "'entries' must be a list of entries",
+                file=file,
+                line=document.key_lines.get("entries", document.line),
+            )
+        )
+        return []
+    out = []
+    for item in raw_entries:
+        entry = _raw_entry(path, namespace, file_meta, item, problems)
+        if entry is not None:
+            out.append(entry)
+    return out
+
+
+def _raw_entry(
+    path: Path, namespace: str, file_meta: Any, item: Any, problems: list[Problem]
+) -> RawEntry | None:
+    file = str(path)
+    if not isinstance(item, LineDict):
+        problems.append(Problem(f"an entry must be a mapping, got {item!r}", file=file))
+        return None
+    env_problems: list[str] = []
+    item = _resolve_files(_interpolate(item, env_problems), path.parent)
+    name, kind = item.get("name"), item.get("kind")
+    entry_id = f"{namespace}:{name}" if name else None
+    for message in env_problems:
+        problems.append(Problem(message, file=file, line=item.line, entry_id=entry_id))
+    meta = {**(file_meta if isinstance(file_meta, dict) else {}), **(item.get("meta") or {})}
+    data = {k: v for k, v in item.items() if k not in ("name", "kind", "meta", "data")}
+    lines = dict(item.key_lines)
+    explicit = item.get("data")
+    if isinstance(explicit, LineDict):
+        data.update(explicit)
+        lines.update(explicit.key_lines)
+    return RawEntry(file, item.line, namespace, name, kind, meta, data, lines)

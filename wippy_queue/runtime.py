@@ -1,0 +1,214 @@
+"""The runtime: a loaded registry turned into running drivers, queues and consumers.
+
+There is no global runtime: create one with ``Runtime.load(paths)`` and pass it
+where it is needed. Handler code reaches the runtime's publisher only through its
+call context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from wippy_queue import context
+from wippy_queue.components import Components, default_components
+from wippy_queue.errors import ConfigError, HandlerError, Problem
+from wippy_queue.lifecycle.service import ServiceState
+from wippy_queue.lifecycle.supervisor import Supervised, Supervisor
+from wippy_queue.queue.codec import get_codec
+from wippy_queue.queue.consumer import Consumer
+from wippy_queue.queue.driver import Driver, QueueInfo
+from wippy_queue.queue.publisher import Publisher
+from wippy_queue.queue.queue import Queue
+from wippy_queue.registry.entry import Entry
+from wippy_queue.registry.loader import load_registry
+from wippy_queue.registry.models import ConsumerConfig, QueueConfig, ServiceModel
+from wippy_queue.registry.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+class DriverService:
+    """A driver as a supervised service: start it, then declare its queues."""
+
+    def __init__(self, driver: Driver, queues: list[tuple[Queue, dict[str, Any]]]) -> None:
+        self.driver = driver
+        self.queues = queues
+        self.failed: asyncio.Future[BaseException] | None = None
+
+    async def start(self) -> None:
+        await self.driver.start()
+        for queue, options in self.queues:
+            await self.driver.declare(queue.name, options)
+
+    async def stop(self) -> None:
+        await self.driver.stop()
+
+
+class Runtime:
+    def __init__(self, registry: Registry, *, components: Components | None = None) -> None:
+        self.registry = registry
+        self.components = components or default_components()
+        self.drivers: dict[str, Driver] = {}
+        self.queues: dict[str, Queue] = {}
+        self.consumers: dict[str, Consumer] = {}
+        self._build_queues()
+        self.publisher = Publisher(self.queues)
+        self._build_consumers()
+        self.supervisor = self._build_supervisor()
+
+    @classmethod
+    def load(
+        cls, *paths: str | os.PathLike[str], components: Components | None = None
+    ) -> Runtime:
+        """Load entry files (or folders of them); raise ConfigError listing every problem."""
+        components = components or default_components()
+        return cls(load_registry(paths, components.kinds), components=components)
+
+    # -- building ---------------------------------------------------------------
+
+    def _build_queues(self) -> None:
+        for entry in self.registry.of_kind("queue.driver.*"):
+            self.drivers[entry.id] = self.components.drivers[entry.kind](entry)
+        for entry in self.registry.of_kind("queue.queue"):
+            config = _config(entry, QueueConfig)
+            self.queues[entry.id] = Queue(
+                id=entry.id,
+                name=config.queue_name or entry.name,
+                driver=self.drivers[config.driver],
+                codec=get_codec(config.codec),
+            )
+        for entry in self.registry.of_kind("queue.queue"):
+            config = _config(entry, QueueConfig)
+            if config.dead_letter:
+                queue = self.queues[entry.id]
+                queue.dead_letter = self.queues[config.dead_letter.queue]
+                queue.max_attempts = config.dead_letter.max_attempts
+
+    def _build_consumers(self) -> None:
+        problems = []
+        base = context.CallContext(publisher=self.publisher)
+        for entry in self.registry.of_kind("queue.consumer"):
+            config = _config(entry, ConsumerConfig)
+            func = self.registry.get(config.func)
+            try:
+                handler = self.components.functions[func.kind](func)
+            except HandlerError as err:
+                problems.append(
+                    Problem(str(err), func.location.file, func.location.line, func.id, "source")
+                )
+                continue
+            queue = self.queues[config.queue]
+            queue.consumers.append(entry.id)
+            self.consumers[entry.id] = Consumer(
+                entry.id,
+                queue,
+                handler,
+                concurrency=config.concurrency,
+                prefetch=config.prefetch,
+                base_context=base,
+                timeout_s=config.timeout,
+                stop_timeout_s=config.lifecycle.stop_timeout,
+                auto_ack=config.auto_ack,
+            )
+        if problems:
+            raise ConfigError(problems)
+
+    def _build_supervisor(self) -> Supervisor:
+        services: dict[str, Supervised] = {}
+        for entry_id, driver in self.drivers.items():
+            bound = [
+                (q, _config(self.registry.get(q.id), QueueConfig).options_for(_driver_type(entry_id, self.registry)))
+                for q in self.queues.values()
+                if q.driver is driver
+            ]
+            services[entry_id] = self._supervised(entry_id, DriverService(driver, bound))
+        for entry_id, consumer in self.consumers.items():
+            services[entry_id] = self._supervised(entry_id, consumer)
+        for unit in services.values():
+            closure = self.registry.closure(unit.id)[:-1]
+            unit.requires = tuple(s for s in closure if s in services)
+        return Supervisor(services, self.registry.start_order())
+
+    def _supervised(self, entry_id: str, service: Any) -> Supervised:
+        config = self.registry.config(entry_id)
+        assert isinstance(config, ServiceModel)
+        return Supervised(entry_id, service, config.lifecycle)
+
+    # -- running ----------------------------------------------------------------
+
+    async def __aenter__(self) -> Runtime:
+        await self.start_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop_all()
+
+    async def start_all(self) -> None:
+        """Start every ``auto_start`` service, dependencies first."""
+        await self.supervisor.start_all()
+
+    async def stop_all(self) -> None:
+        """Stop every service, dependents first, draining consumers gracefully."""
+        await self.supervisor.stop_all()
+
+    async def start(self, service_id: str) -> None:
+        await self.supervisor.start(service_id)
+
+    async def stop(self, service_id: str) -> None:
+        await self.supervisor.stop(service_id)
+
+    def state(self, service_id: str) -> ServiceState:
+        return self.supervisor.get(service_id).state
+
+    def states(self) -> dict[str, ServiceState]:
+        return self.supervisor.states()
+
+    async def publish(
+        self,
+        queue_id: str,
+        data: Any,
+        headers: Mapping[str, Any] | None = None,
+        *,
+        message_id: str | None = None,
+    ) -> str:
+        """Publish from outside any handler; returns the message id."""
+        return await self.publisher.publish(queue_id, data, headers, message_id=message_id)
+
+    async def info(self, queue_id: str) -> QueueInfo:
+        return await self.publisher.queue(queue_id).info()
+
+    async def join(self, queue_id: str | None = None, *, timeout: float | None = None) -> None:
+        """Return once ``queue_id`` (or every queue that has a consumer) is idle.
+
+        Idle means nothing ready, in flight or delayed; raise TimeoutError otherwise.
+        """
+        if queue_id is not None:
+            queues = [self.publisher.queue(queue_id)]
+        else:
+            queues = [q for q in self.queues.values() if q.consumers]
+        async with asyncio.timeout(timeout):
+            while True:
+                for queue in queues:
+                    await queue.driver.wait_idle(queue.name)
+                if all([(await q.info()).idle for q in queues]):
+                    return
+
+
+def _config(entry: Entry, model: type[Any]) -> Any:
+    assert isinstance(entry.config, model)
+    return entry.config
+
+
+def _driver_type(driver_id: str, registry: Registry) -> str:
+    """``queue.driver.memory`` -> ``memory`` (the key of ``driver_options``)."""
+    return registry.get(driver_id).kind.removeprefix("queue.driver.")

@@ -1,0 +1,19 @@
+"""Who a call runs as: an actor ``{id, meta}`` (Wippy's shape)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    id: str
+    meta: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def tenant(self) -> str | None:
+        value = self.meta.get("tenant")
+        return None if value is None else str(value)
