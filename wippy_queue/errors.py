@@ -44,7 +44,8 @@ class ConfigError(WippyQueueError):
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = list(problems)
         count = len(self.problems)
-        lines = "\n".join(f"  {p}" for p in self.problems)
+        # one problem per line, FILE:LINE first, so editors and grep can jump to it
+        lines = "\n".join(str(p) for p in self.problems)
         super().__init__(f"{count} configuration problem{'s' * (count != 1)}:\n{lines}")
 
 

@@ -23,8 +23,11 @@ def load_registry(paths: Iterable[str | os.PathLike[str]], kinds: KindTable) -> 
         entry = _validate(raw, kinds, entries, problems)
         if entry is not None:
             entries[entry.id] = entry
-    dependencies = _check_references(entries, problems)
-    problems += _find_cycles(entries, dependencies)
+    # entries written but invalid already have their own problems: a reference to
+    # one is not reported again as "not defined"
+    declared = {f"{raw.namespace}:{raw.name}" for raw in raws if isinstance(raw.name, str)}
+    dependencies, fields = _check_references(entries, declared, problems)
+    problems += _find_cycles(entries, dependencies, fields)
     registry = Registry(entries, dependencies)
     warnings: list[Problem] = []
     if not problems:
@@ -110,13 +113,19 @@ def _explain(error: Any, model: type) -> str:
     return f"{msg} (got {value!r})"
 
 
-def _check_references(entries: dict[str, Entry], problems: list[Problem]) -> dict[str, tuple[str, ...]]:
+def _check_references(
+    entries: dict[str, Entry], declared: set[str], problems: list[Problem]
+) -> tuple[dict[str, tuple[str, ...]], dict[tuple[str, str], str]]:
+    """Each entry's dependencies, and the field that makes each dependency edge."""
     dependencies: dict[str, tuple[str, ...]] = {}
+    fields: dict[tuple[str, str], str] = {}
     for entry in entries.values():
         deps: list[str] = []
         for ref in entry.config.references():
             line = entry.location.line_of(ref.field)
             target = entries.get(ref.target)
+            if target is None and ref.target in declared:
+                continue
             if target is None:
                 problems.append(
                     Problem(
@@ -141,11 +150,16 @@ def _check_references(entries: dict[str, Entry], problems: list[Problem]) -> dic
                 )
             elif ref.dependency and ref.target not in deps:
                 deps.append(ref.target)
+                fields[(entry.id, ref.target)] = ref.field
         dependencies[entry.id] = tuple(deps)
-    return dependencies
+    return dependencies, fields
 
 
-def _find_cycles(entries: dict[str, Entry], deps: dict[str, tuple[str, ...]]) -> list[Problem]:
+def _find_cycles(
+    entries: dict[str, Entry],
+    deps: dict[str, tuple[str, ...]],
+    fields: dict[tuple[str, str], str],
+) -> list[Problem]:
     problems: list[Problem] = []
     state: dict[str, int] = {}  # 1 visiting, 2 done
     reported: set[frozenset[str]] = set()
@@ -159,14 +173,16 @@ def _find_cycles(entries: dict[str, Entry], deps: dict[str, tuple[str, ...]]) ->
                 key = frozenset(cycle)
                 if key not in reported:
                     reported.add(key)
-                    entry = entries[dep]
+                    # reported where the cycle's first entry names the next one
+                    entry, field = entries[dep], fields[(dep, cycle[1])]
                     problems.append(
                         Problem(
                             f"dependency cycle: {' -> '.join(cycle)}; remove one of these "
                             "requires/depends_on or references",
                             entry.location.file,
-                            entry.location.line,
+                            entry.location.line_of(field),
                             dep,
+                            field,
                         )
                     )
             elif dep not in state:

@@ -1,0 +1,71 @@
+"""Shared test helpers.
+
+``async def`` tests run here with ``asyncio.run`` (no pytest-asyncio dependency),
+each bounded by ``ASYNC_TEST_TIMEOUT_S`` so that a hang fails fast with a clear
+error instead of waiting for pytest-timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import textwrap
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ASYNC_TEST_TIMEOUT_S = 20.0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # Some dev venvs carry pytest-asyncio (not a dependency of ours): its configure hook
+    # warns about an unset option, which ``filterwarnings = error`` turns into a crash.
+    warnings.filterwarnings(
+        "ignore",
+        message='The configuration option "asyncio_default_fixture_loop_scope" is unset',
+        category=pytest.PytestDeprecationWarning,
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run ``async def`` tests in a fresh event loop."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    kwargs = {name: pyfuncitem.funcargs[name] for name in names}
+
+    async def bounded() -> None:
+        async with asyncio.timeout(ASYNC_TEST_TIMEOUT_S):
+            await pyfuncitem.obj(**kwargs)
+
+    asyncio.run(bounded())
+    return True
+
+
+def write(path: Path, text: str) -> Path:
+    """Write dedented ``text`` to ``path`` (parents created); return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def write_file(tmp_path: Path) -> Callable[[str, str], Path]:
+    """``write_file("app/_index.yaml", text)`` writes under ``tmp_path``."""
+
+    def _write(name: str, text: str) -> Path:
+        return write(tmp_path / name, text)
+
+    return _write
+
+
+async def wait_for(predicate: Callable[[], Any], timeout_s: float = 5.0) -> None:
+    """Yield to the loop until ``predicate()`` is true (bounded; for state without events)."""
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.001)
