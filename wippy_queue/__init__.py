@@ -13,7 +13,7 @@ from wippy_queue.errors import (
     WippyQueueError,
 )
 from wippy_queue.lifecycle.service import ServiceState
-from wippy_queue.queue.api import current_message
+from wippy_queue.queue.api import current_actor, current_message
 from wippy_queue.queue.driver import QueueInfo
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.message import Message
@@ -29,6 +29,7 @@ __all__ = [
     "Message",
     "MessageHandle",
     "current_message",
+    "current_actor",
     "Actor",
     # errors
     "WippyQueueError",

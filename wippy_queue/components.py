@@ -21,6 +21,7 @@ from wippy_queue.registry.models import (
     PythonFunctionConfig,
     QueueConfig,
 )
+from wippy_queue.security import kinds as security_kinds
 
 DriverFactory = Callable[[Entry], Driver]
 FunctionFactory = Callable[[Entry], Handler]
@@ -41,4 +42,5 @@ def default_components() -> Components:
     c.drivers["queue.driver.memory"] = lambda entry: MemoryDriver(entry.id)
     c.kinds.register("function.python", PythonFunctionConfig)
     c.functions["function.python"] = build_python
+    security_kinds.register(c.kinds)
     return c

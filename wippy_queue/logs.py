@@ -60,3 +60,4 @@ def setup(fmt: str = "text", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("casbin").setLevel(max(logging.WARNING, root.level))

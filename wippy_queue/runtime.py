@@ -28,6 +28,7 @@ from wippy_queue.registry.entry import Entry
 from wippy_queue.registry.loader import load_registry
 from wippy_queue.registry.models import ConsumerConfig, QueueConfig, ServiceModel
 from wippy_queue.registry.registry import Registry
+from wippy_queue.security.manager import Security
 
 log = logging.getLogger(__name__)
 
@@ -50,24 +51,41 @@ class DriverService:
 
 
 class Runtime:
-    def __init__(self, registry: Registry, *, components: Components | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        components: Components | None = None,
+        strict: bool | None = None,
+        signing_key: str | None = None,
+    ) -> None:
         self.registry = registry
         self.components = components or default_components()
+        self.security = Security(registry, strict=strict, signing_key=signing_key)
         self.drivers: dict[str, Driver] = {}
         self.queues: dict[str, Queue] = {}
         self.consumers: dict[str, Consumer] = {}
         self._build_queues()
-        self.publisher = Publisher(self.queues)
+        self.publisher = Publisher(self.queues, [self.security.publish_guard()])
         self._build_consumers()
         self.supervisor = self._build_supervisor()
 
     @classmethod
     def load(
-        cls, *paths: str | os.PathLike[str], components: Components | None = None
+        cls,
+        *paths: str | os.PathLike[str],
+        components: Components | None = None,
+        strict: bool | None = None,
+        signing_key: str | None = None,
     ) -> Runtime:
-        """Load entry files (or folders of them); raise ConfigError listing every problem."""
+        """Load entry files (or folders of them); raise ConfigError listing every problem.
+
+        ``strict`` (default: the ``security.settings`` entry, else off) denies consumers
+        and publishers that have no security block; ``signing_key`` signs provenance.
+        """
         components = components or default_components()
-        return cls(load_registry(paths, components.kinds), components=components)
+        registry = load_registry(paths, components.kinds)
+        return cls(registry, components=components, strict=strict, signing_key=signing_key)
 
     # -- building ---------------------------------------------------------------
 
@@ -104,13 +122,15 @@ class Runtime:
                 continue
             queue = self.queues[config.queue]
             queue.consumers.append(entry.id)
+            guard = self.security.consume_guard(entry)
             self.consumers[entry.id] = Consumer(
                 entry.id,
                 queue,
                 handler,
                 concurrency=config.concurrency,
                 prefetch=config.prefetch,
-                base_context=base,
+                base_context=base.evolve(**self.security.consumer_context(entry)),
+                middlewares=[guard] if guard else [],
                 timeout_s=config.timeout,
                 stop_timeout_s=config.lifecycle.stop_timeout,
                 auto_ack=config.auto_ack,
@@ -122,7 +142,12 @@ class Runtime:
         services: dict[str, Supervised] = {}
         for entry_id, driver in self.drivers.items():
             bound = [
-                (q, _config(self.registry.get(q.id), QueueConfig).options_for(_driver_type(entry_id, self.registry)))
+                (
+                    q,
+                    _config(self.registry.get(q.id), QueueConfig).options_for(
+                        _driver_type(entry_id, self.registry)
+                    ),
+                )
                 for q in self.queues.values()
                 if q.driver is driver
             ]

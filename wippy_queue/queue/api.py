@@ -9,6 +9,7 @@ from typing import Any
 from wippy_queue import context
 from wippy_queue.errors import HandlerError
 from wippy_queue.queue.handle import MessageHandle
+from wippy_queue.security.actor import Actor
 
 
 def _ctx() -> context.CallContext:
@@ -29,9 +30,13 @@ def current_message() -> MessageHandle:
     return ctx.message
 
 
-async def publish_async(
-    queue_id: str, data: Any, headers: Mapping[str, Any] | None = None
-) -> str:
+def current_actor() -> Actor | None:
+    """The actor the running handler acts as (None when its consumer has none)."""
+    ctx = context.current()
+    return ctx.actor if ctx else None
+
+
+async def publish_async(queue_id: str, data: Any, headers: Mapping[str, Any] | None = None) -> str:
     """Publish from an async handler, under the handler's actor and policies."""
     ctx = _ctx()
     assert ctx.publisher is not None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wippy_queue.queue.handle import MessageHandle
+from wippy_queue.queue.message import Message
 from wippy_queue.queue.outcome import Outcome
 
 
@@ -23,8 +24,8 @@ class Job:
     consumer_id: str
     queue_id: str
     handle: MessageHandle
+    message: Message
     data: Any
-    headers: dict[str, Any]
     attempt: int
 
 

@@ -1,0 +1,80 @@
+"""Wippy's condition operators, evaluated against a Request."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from wippy_queue.security.request import Request
+
+OPERATORS = (
+    "eq",
+    "ne",
+    "lt",
+    "gt",
+    "lte",
+    "gte",
+    "in",
+    "nin",
+    "exists",
+    "nexists",
+    "contains",
+    "ncontains",
+    "matches",
+    "nmatches",
+)
+UNARY = ("exists", "nexists")
+
+
+def _cmp(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+    def compare(left: Any, right: Any) -> bool:
+        if left is None or right is None:
+            return False
+        try:
+            return op(float(left), float(right))
+        except (TypeError, ValueError):
+            return op(str(left), str(right))
+
+    return compare
+
+
+def _in(left: Any, right: Any) -> bool:
+    return isinstance(right, list | tuple | set) and left in right
+
+
+def _contains(left: Any, right: Any) -> bool:
+    if isinstance(left, str):
+        return isinstance(right, str) and right in left
+    return isinstance(left, list | tuple | set | dict) and right in left
+
+
+def _matches(left: Any, right: Any) -> bool:
+    return isinstance(left, str) and re.search(str(right), left) is not None
+
+
+_BINARY: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": lambda a, b: a is not None and (a == b or str(a) == str(b)),
+    "lt": _cmp(lambda a, b: a < b),
+    "gt": _cmp(lambda a, b: a > b),
+    "lte": _cmp(lambda a, b: a <= b),
+    "gte": _cmp(lambda a, b: a >= b),
+    "in": _in,
+    "contains": _contains,
+    "matches": _matches,
+}
+_NEGATED = {"ne": "eq", "nin": "in", "ncontains": "contains", "nmatches": "matches"}
+
+
+def evaluate(
+    field: str, operator: str, request: Request, value: Any = None, value_from: str | None = None
+) -> bool:
+    left = request.value(field)
+    if operator == "exists":
+        return left is not None
+    if operator == "nexists":
+        return left is None
+    right = request.value(value_from) if value_from else value
+    if operator in _NEGATED:
+        return not _BINARY[_NEGATED[operator]](left, right)
+    return _BINARY[operator](left, right)

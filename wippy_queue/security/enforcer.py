@@ -1,0 +1,181 @@
+"""A wrapper around one pycasbin enforcer (composition, never subclassing).
+
+It reads model and policy text with line numbers so that every problem names
+the file and line, keeps pycasbin from touching the process's logging config,
+and refuses to decide if enforcement was ever switched off (pycasbin answers
+"allow" to everything then).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import casbin
+from casbin.model.model_fast import FastModel
+from casbin.util.log import DEFAULT_LOGGING
+
+from wippy_queue.errors import Problem, WippyQueueError
+
+_CASBIN_LOGGERS = tuple(DEFAULT_LOGGING["loggers"])  # type: ignore[arg-type]
+_DROP = logging.Logger("wippy_queue.casbin.requests", level=logging.CRITICAL + 1)
+_SECTION = re.compile(r"^\[(\w+)\]\s*$")
+
+
+class PolicyLoadError(WippyQueueError):
+    """A Casbin model or policy file is broken; ``problems`` says where."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyLine:
+    ptype: str
+    values: tuple[str, ...]
+    file: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What we need from a model file: request tokens, rule shapes, where ``r =`` is."""
+
+    request_tokens: tuple[str, ...]
+    request_line: int
+    rule_sizes: dict[str, int]
+
+
+def read_model(text: str, file: str) -> ModelInfo:
+    sections: dict[str, dict[str, tuple[str, int]]] = {}
+    current: str | None = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _SECTION.match(line)
+        if match:
+            current = match.group(1)
+            sections.setdefault(current, {})
+            continue
+        key, sep, value = line.partition("=")
+        if current is None or not sep:
+            raise PolicyLoadError([Problem(f"not a model line: {raw.strip()!r}", file, number)])
+        sections[current][key.strip()] = (value.strip(), number)
+    needed = ("request_definition", "policy_definition", "policy_effect", "matchers")
+    missing = [s for s in needed if s not in sections]
+    if missing:
+        raise PolicyLoadError([Problem(f"model has no [{', '.join(missing)}] section", file, 1)])
+    request = sections["request_definition"].get("r")
+    if request is None:
+        raise PolicyLoadError([Problem("[request_definition] has no 'r = ...'", file, 1)])
+    sizes = {k: len(v.split(",")) for k, (v, _) in sections["policy_definition"].items()}
+    sizes.update(
+        {k: len(v.split(",")) for k, (v, _) in sections.get("role_definition", {}).items()}
+    )
+    tokens = tuple(t.strip() for t in request[0].split(","))
+    return ModelInfo(tokens, request[1], sizes)
+
+
+def read_policy(text: str, file: str, model: ModelInfo, first_line: int = 1) -> list[PolicyLine]:
+    """Parse CSV policy lines, checking each against the model's rule shapes."""
+    problems: list[Problem] = []
+    lines: list[PolicyLine] = []
+    for offset, raw in enumerate(text.splitlines()):
+        number = first_line + offset
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        row = [cell.strip() for cell in next(csv.reader(io.StringIO(raw), skipinitialspace=True))]
+        ptype, values = row[0], tuple(row[1:])
+        size = model.rule_sizes.get(ptype)
+        if size is None:
+            known = ", ".join(model.rule_sizes)
+            problems.append(
+                Problem(f"rule type {ptype!r} is not in the model ({known})", file, number)
+            )
+        elif len(values) != size:
+            problems.append(
+                Problem(
+                    f"{ptype} rule has {len(values)} fields, the model's {ptype} has {size}",
+                    file,
+                    number,
+                )
+            )
+        else:
+            lines.append(PolicyLine(ptype, values, file, number))
+    if problems:
+        raise PolicyLoadError(problems)
+    return lines
+
+
+def _quiet_construct(factory: Callable[[], Any]) -> Any:
+    """Build an enforcer without letting pycasbin change logging configuration."""
+    saved = {name: logging.getLogger(name).disabled for name in _CASBIN_LOGGERS}
+    try:
+        return factory()
+    finally:
+        for name, disabled in saved.items():
+            logging.getLogger(name).disabled = disabled
+
+
+class Enforcer:
+    """One model plus its rules; ``decide`` answers allow, deny, or no opinion (None)."""
+
+    def __init__(
+        self,
+        model_text: str,
+        rules: Sequence[PolicyLine],
+        *,
+        functions: dict[str, Callable[..., Any]] | None = None,
+        index: Sequence[int] = (),
+        source: str = "<model>",
+    ) -> None:
+        self.source = source
+        try:
+            if index:
+                model: casbin.model.Model = FastModel(list(index))
+            else:
+                model = casbin.model.Model()
+            model.load_model_from_text(model_text)
+            if index:
+                self._e = _quiet_construct(
+                    lambda: casbin.FastEnforcer(model, cache_key_order=list(index))
+                )
+            else:
+                self._e = _quiet_construct(lambda: casbin.Enforcer(model))
+            # pycasbin logs every request at INFO/WARNING; decisions are logged (and
+            # audited) by us, so give it a detached logger that drops them.
+            self._e.logger = _DROP
+            for name, fn in (functions or {}).items():
+                self._e.add_function(name, fn)
+            for rule in rules:
+                self._add(rule)
+            self._e.build_role_links()
+        except PolicyLoadError:
+            raise
+        except Exception as err:
+            raise PolicyLoadError(
+                [Problem(f"Casbin cannot load this model: {type(err).__name__}: {err}", source, 1)]
+            ) from err
+
+    def _add(self, rule: PolicyLine) -> None:
+        if rule.ptype.startswith("g"):
+            self._e.add_named_grouping_policy(rule.ptype, list(rule.values))
+        else:
+            self._e.add_named_policy(rule.ptype, list(rule.values))
+
+    def decide(self, *request: Any) -> tuple[str | None, list[str]]:
+        if not self._e.enabled:
+            raise WippyQueueError(f"enforcement was switched off on {self.source}; refusing")
+        allowed, explain = self._e.enforce_ex(*request)
+        if allowed:
+            return "allow", list(explain)
+        if explain:
+            return "deny", list(explain)
+        return None, []

@@ -1,0 +1,132 @@
+"""Entry models of the security kinds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from wippy_queue.registry.entry import EntryModel
+from wippy_queue.registry.types import Duration
+from wippy_queue.security.conditions import OPERATORS, UNARY
+from wippy_queue.security.request import FIELD_PATHS, known_path
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_path(value: str) -> str:
+    if not known_path(value):
+        raise ValueError(f"unknown field {value!r}; use one of {', '.join(FIELD_PATHS)}")
+    return value
+
+
+class Condition(_Strict):
+    field: str
+    operator: Literal[OPERATORS]  # type: ignore[valid-type]
+    value: Any = None
+    value_from: str | None = None
+
+    _field = field_validator("field")(classmethod(lambda cls, v: _check_path(v)))
+
+    @model_validator(mode="after")
+    def _operand(self) -> Condition:
+        if self.value_from is not None:
+            _check_path(self.value_from)
+            if self.value is not None:
+                raise ValueError("give either 'value' or 'value_from', not both")
+        elif self.value is None and self.operator not in UNARY:
+            raise ValueError(f"operator {self.operator!r} needs 'value' or 'value_from'")
+        return self
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class WippyRule(_Strict):
+    actions: list[str] = Field(min_length=1)
+    resources: list[str] = Field(min_length=1)
+    effect: Literal["allow", "deny"]
+    conditions: list[Condition] = Field(default_factory=list)
+
+    @field_validator("actions", "resources", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return _as_list(value)
+
+    @field_validator("actions", "resources")
+    @classmethod
+    def _no_commas(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not value or "," in value:
+                raise ValueError(f"{value!r}: patterns are non-empty and have no commas")
+        return values
+
+
+class WippyPolicyConfig(EntryModel):
+    """``security.policy``: Wippy's native rule, compiled to Casbin under policies/wippy.conf."""
+
+    policy: WippyRule
+    groups: list[str] = Field(default_factory=list)
+
+
+def _existing_file(value: str, what: str) -> str:
+    if not value.startswith("file://"):
+        raise ValueError(f"{what} must be a file:// path, got {value!r}")
+    path = Path(value.removeprefix("file://"))
+    if not path.is_file():
+        raise ValueError(f"{what} file {path} does not exist")
+    return value
+
+
+class CasbinPolicyConfig(EntryModel):
+    """``security.policy.casbin``: a Casbin model with a policy file or inline rules."""
+
+    model: str
+    policy: str | None = None
+    rules: list[str] = Field(default_factory=list)
+    request: list[str] = Field(min_length=1)
+    index: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+
+    @field_validator("model")
+    @classmethod
+    def _model_file(cls, value: str) -> str:
+        return _existing_file(value, "model")
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_file(cls, value: str | None) -> str | None:
+        return None if value is None else _existing_file(value, "policy")
+
+    @field_validator("request")
+    @classmethod
+    def _request(cls, tokens: list[str]) -> list[str]:
+        for token in tokens:
+            _check_path(token)
+        return tokens
+
+    @model_validator(mode="after")
+    def _has_rules(self) -> CasbinPolicyConfig:
+        if self.policy is None and not self.rules:
+            raise ValueError("give 'policy: file://...csv' or inline 'rules:' lines")
+        for token in self.index:
+            if token not in self.request:
+                raise ValueError(f"index token {token!r} is not in 'request'")
+        return self
+
+
+class DenyBackoff(_Strict):
+    initial: Duration = 0.05
+    max: Duration = 5.0
+
+
+class SecuritySettingsConfig(EntryModel):
+    """``security.settings``: runtime-wide security switches (at most one entry)."""
+
+    strict: bool = False
+    signing_key: str | None = Field(default=None, min_length=16)
+    deny_backoff: DenyBackoff = Field(default_factory=DenyBackoff)

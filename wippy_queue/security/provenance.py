@@ -1,0 +1,90 @@
+"""Who published a message: a stamp in reserved headers, HMAC-signed when a key is set.
+
+The signature covers the message id, the queue, the body and every header except
+the runtime's delivery bookkeeping (``attempts``, the signature itself and the
+``x_dead_letter_*`` headers added when a message is dead-lettered). A message
+whose stamp does not verify is forged: it is denied, never handled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+
+from wippy_queue.queue.message import ATTEMPTS, Message
+from wippy_queue.queue.queue import DL_QUEUE
+from wippy_queue.security.actor import Actor
+
+PUBLISHER = "x_publisher"
+PUBLISHER_TENANT = "x_publisher_tenant"
+SIGNATURE = "x_signature"
+_UNSIGNED_PREFIX = "x_dead_letter_"
+
+
+class ForgedProvenance(Exception):
+    """The stamp is missing its signature or the signature does not match."""
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    publisher: str | None
+    tenant: str | None
+
+
+ANONYMOUS = Provenance(None, None)
+
+
+def _digest(key: bytes, message: Message, queue_id: str) -> str:
+    headers = {
+        k: v
+        for k, v in message.headers.items()
+        if k not in (ATTEMPTS, SIGNATURE) and not k.startswith(_UNSIGNED_PREFIX)
+    }
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in (
+        message.id.encode(),
+        queue_id.encode(),
+        message.body,
+        json.dumps(headers, sort_keys=True, separators=(",", ":")).encode(),
+    ):
+        mac.update(len(part).to_bytes(8, "big"))
+        mac.update(part)
+    return mac.hexdigest()
+
+
+class Stamper:
+    def __init__(self, key: str | None) -> None:
+        self._key = key.encode() if key else None
+
+    @property
+    def signing(self) -> bool:
+        return self._key is not None
+
+    def stamp(self, message: Message, queue_id: str, actor: Actor) -> None:
+        message.headers[PUBLISHER] = actor.id
+        if actor.tenant is not None:
+            message.headers[PUBLISHER_TENANT] = actor.tenant
+        if self._key is not None:
+            message.headers[SIGNATURE] = _digest(self._key, message, queue_id)
+
+    def verify(self, message: Message, queue_id: str) -> Provenance:
+        """The verified publisher; raise ForgedProvenance when the stamp does not hold."""
+        headers = message.headers
+        publisher = headers.get(PUBLISHER)
+        signature = headers.get(SIGNATURE)
+        if publisher is None and signature is None and PUBLISHER_TENANT not in headers:
+            return ANONYMOUS
+        if self._key is not None:
+            if not isinstance(signature, str):
+                raise ForgedProvenance("the publisher stamp is not signed")
+            # a dead-lettered copy was signed for the queue it was first published to
+            signed_for = str(headers.get(DL_QUEUE, queue_id))
+            expected = _digest(self._key, message, signed_for)
+            if not hmac.compare_digest(signature, expected):
+                raise ForgedProvenance("the publisher stamp's signature does not match")
+        if not isinstance(publisher, str):
+            raise ForgedProvenance("a publisher tenant without a publisher")
+        tenant = headers.get(PUBLISHER_TENANT)
+        return Provenance(publisher, None if tenant is None else str(tenant))

@@ -1,0 +1,109 @@
+"""What a security check is asked about, and the attribute paths policies may read."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from wippy_queue.security.actor import Actor
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+#: Paths a condition field or a Casbin request token may name; ``*`` = any key.
+FIELD_PATHS = (
+    "actor",
+    "actor.id",
+    "actor.meta.*",
+    "action",
+    "resource",
+    "meta.*",
+    "message",
+    "message.headers.*",
+    "message.publisher",
+    "message.tenant",
+)
+
+
+def known_path(path: str) -> bool:
+    for pattern in FIELD_PATHS:
+        if pattern.endswith(".*"):
+            prefix = pattern[:-1]
+            if path.startswith(prefix) and len(path) > len(prefix):
+                return True
+        elif path == pattern:
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One question: may ``actor`` do ``action`` on ``resource`` for this message?
+
+    ``publisher`` and ``tenant`` are the VERIFIED publisher's actor id and tenant
+    (from the provenance stamp), never a header the publisher chose.
+    """
+
+    action: str
+    resource: str
+    actor: Actor | None
+    headers: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    publisher: str | None = None
+    tenant: str | None = None
+
+    def value(self, path: str) -> Any:
+        """The value at ``path`` (see FIELD_PATHS); None when absent."""
+        head, _, rest = path.partition(".")
+        if head == "action":
+            return self.action
+        if head == "resource":
+            return self.resource
+        if head == "actor":
+            return _actor_value(self.actor, rest)
+        if head == "meta":
+            return self.headers.get(rest)
+        if head == "message":
+            return self._message_value(rest)
+        return None
+
+    def _message_value(self, rest: str) -> Any:
+        if not rest:
+            return MessageView(dict(self.headers), self.publisher, self.tenant)
+        if rest == "publisher":
+            return self.publisher
+        if rest == "tenant":
+            return self.tenant
+        if rest.startswith("headers."):
+            return self.headers.get(rest.removeprefix("headers."))
+        return None
+
+
+def _actor_value(actor: Actor | None, rest: str) -> Any:
+    if not rest:
+        return ActorView(actor.id, dict(actor.meta), actor.tenant) if actor else None
+    if actor is None:
+        return None
+    if rest == "id":
+        return actor.id
+    if rest.startswith("meta."):
+        return actor.meta.get(rest.removeprefix("meta."))
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ActorView:
+    """The whole actor as a Casbin ABAC matcher sees it: ``r.sub.id``, ``r.sub.tenant``."""
+
+    id: str
+    meta: dict[str, Any]
+    tenant: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    """The whole message for ABAC matchers: ``r.obj.tenant``, ``r.obj.publisher``."""
+
+    headers: dict[str, Any]
+    publisher: str | None
+    tenant: str | None

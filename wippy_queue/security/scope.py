@@ -1,0 +1,96 @@
+"""A scope: the policies an actor acts under, combined into one decision.
+
+Deny overrides allow; no allow is a deny; an error while deciding is a deny.
+Decisions are cached per scope, keyed by everything the request's answer depends
+on (only when every such value is a plain value), and dropped on ``clear``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+from wippy_queue.security.request import Request
+from wippy_queue.security.units import PolicyUnit, Verdict
+
+log = logging.getLogger(__name__)
+
+CACHE_LIMIT = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    #: ``policy`` (a rule decided), ``no_allow``, ``strict_mode``, ``forged_provenance``, ``error``
+    reason: str
+    policy: str | None = None
+    rule: tuple[str, ...] = ()
+    error: str | None = None
+
+    def describe(self) -> str:
+        verdict = "allow" if self.allowed else "deny"
+        text = f"{verdict} ({self.reason})"
+        if self.policy:
+            text += f" by {self.policy}"
+        if self.rule:
+            text += f" rule [{', '.join(self.rule)}]"
+        if self.error:
+            text += f": {self.error}"
+        return text
+
+
+NO_ALLOW = Decision(False, "no_allow")
+
+
+class Scope:
+    def __init__(self, name: str, units: Sequence[PolicyUnit]) -> None:
+        self.name = name
+        self.units = tuple(units)
+        self._cache: dict[Hashable, Decision] = {}
+
+    @property
+    def policies(self) -> tuple[str, ...]:
+        return tuple(p for unit in self.units for p in unit.policies)
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def check(self, request: Request) -> Decision:
+        key = self._key(request)
+        if key is not None:
+            cached = self._cache.get(key)
+            if cached is not None:
+                return cached
+        try:
+            decision = self._decide(request)
+        except Exception as err:  # fail closed, never cached
+            log.exception("scope %s: deciding %s failed", self.name, request.action)
+            return Decision(False, "error", error=f"{type(err).__name__}: {err}")
+        if key is not None:
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = decision
+        return decision
+
+    def _key(self, request: Request) -> Hashable | None:
+        actor = request.actor.id if request.actor else None
+        parts: list[Hashable] = [request.action, request.resource, actor]
+        for unit in self.units:
+            part = unit.cache_key(request)
+            if part is None:
+                return None
+            parts.append(part)
+        return tuple(parts)
+
+    def _decide(self, request: Request) -> Decision:
+        allow: Verdict | None = None
+        for unit in self.units:
+            verdict = unit.decide(request)
+            if verdict.effect == "deny":
+                return Decision(False, "policy", verdict.policy, verdict.rule)
+            if verdict.effect == "allow" and allow is None:
+                allow = verdict
+        if allow is not None:
+            return Decision(True, "policy", allow.policy, allow.rule)
+        return NO_ALLOW
