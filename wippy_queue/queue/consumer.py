@@ -149,7 +149,7 @@ class Consumer:
             await settle(Outcome.nack("decode_error", str(err)))
             return
         handle = MessageHandle(message, data, queue.id, settle, loop)
-        job = Job(self.entry_id, queue.id, handle, data, message.headers, delivery.attempt)
+        job = Job(self.entry_id, queue.id, handle, message, data, delivery.attempt)
         ctx = self._base_context.evolve(message=handle, trace_id=message.id)
         with context.bound(ctx):
             try:
