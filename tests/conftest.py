@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-ASYNC_TEST_TIMEOUT_S = 20.0
+ASYNC_TEST_TIMEOUT_S = 8.0
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -68,7 +68,7 @@ class Consumer:
     @property
     def held(self) -> int:
         """Unsettled deliveries this consumer holds (never above prefetch + concurrency)."""
-        return self.prefetch + self.concurrency - self._credits._value
+        return self._buffer.qsize() + len(self._active)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -130,6 +130,8 @@ class Consumer:
             finally:
                 del self._active[task]
                 self._credits.release()
+            if self._stopping:
+                return  # stop() waits for this task: done with its message, it is done
 
     async def _process(self, delivery: Delivery) -> None:
         message = delivery.message
@@ -237,7 +239,7 @@ class Consumer:
             delivery = self._active.get(task)
             if delivery is not None:
                 unfinished.append(delivery.message.id)
-                task.cancel()
+            task.cancel()
         if pending:
             await asyncio.wait(pending)
         return unfinished

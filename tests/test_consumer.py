@@ -1,0 +1,745 @@
+"""Consumers through the Runtime: settle rules, the message handle, the call context,
+dead letters, timeouts, backpressure, concurrency, graceful stop, publish checks."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import write
+
+import wippy_queue
+from wippy_queue import (
+    HandlerError,
+    LifecycleError,
+    MessageHandle,
+    PublishError,
+    Runtime,
+    ServiceState,
+    SettleError,
+)
+from wippy_queue.components import default_components
+from wippy_queue.drivers.memory import MemoryDriver
+from wippy_queue.functions.python import PythonHandler
+from wippy_queue.queue import publish, publish_async
+from wippy_queue.queue.message import Message
+
+WAIT_S = 5.0
+JOBS, DEAD, RESULTS, WORKER, DRIVER = "t:jobs", "t:dead", "t:results", "t:worker", "t:mem"
+
+
+def app(
+    tmp_path: Path,
+    handler: Callable[..., Any],
+    *,
+    concurrency: int = 1,
+    prefetch: int = 10,
+    timeout: float | None = None,
+    stop_timeout: float = 5.0,
+    max_attempts: int | None = None,
+    auto_ack: bool = False,
+    auto_start: bool = True,
+) -> Runtime:
+    """A runtime with queue ``t:jobs`` consumed by ``t:worker`` calling ``handler``.
+
+    ``t:dead`` is the dead-letter queue when ``max_attempts`` is given; ``t:results``
+    is a queue with no consumer for handlers to publish to.
+    """
+    jobs: dict[str, Any] = {"name": "jobs", "kind": "queue.queue", "driver": "mem"}
+    if max_attempts is not None:
+        jobs["dead_letter"] = {"queue": "dead", "max_attempts": max_attempts}
+    consumer: dict[str, Any] = {
+        "name": "worker",
+        "kind": "queue.consumer",
+        "queue": "jobs",
+        "func": "fn",
+        "concurrency": concurrency,
+        "prefetch": prefetch,
+        "auto_ack": auto_ack,
+        "lifecycle": {"auto_start": auto_start, "stop_timeout": stop_timeout},
+    }
+    if timeout is not None:
+        consumer["timeout"] = timeout
+    document = {
+        "version": "1.0",
+        "namespace": "t",
+        "entries": [
+            {"name": "mem", "kind": "queue.driver.memory", "lifecycle": {"auto_start": True}},
+            jobs,
+            {"name": "dead", "kind": "queue.queue", "driver": "mem"},
+            {"name": "results", "kind": "queue.queue", "driver": "mem"},
+            # the source is a placeholder: the test's callable is injected below
+            {"name": "fn", "kind": "function.python", "source": "builtins:print"},
+            consumer,
+        ],
+    }
+    path = write(tmp_path / "app.yaml", yaml.safe_dump(document, sort_keys=False))
+    components = default_components()
+    components.functions["function.python"] = lambda entry: PythonHandler(entry.id, handler)
+    return Runtime.load(path, components=components)
+
+
+def memory(runtime: Runtime) -> MemoryDriver:
+    driver = runtime.drivers[DRIVER]
+    assert isinstance(driver, MemoryDriver)
+    return driver
+
+
+def waiting(runtime: Runtime, queue_name: str) -> list[Message]:
+    """Messages ready in a queue nobody consumes (dead letters, results)."""
+    return memory(runtime).dead_letters(queue_name)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = WAIT_S) -> None:
+    """Re-check a condition that has no event of its own, up to a bound."""
+    async with asyncio.timeout(timeout_s):
+        while not await check():
+            await asyncio.sleep(0.001)
+
+
+async def publish_many(runtime: Runtime, n: int) -> list[str]:
+    return [await runtime.publish(JOBS, {"n": i}) for i in range(n)]
+
+
+# -- settle from the handler's result ------------------------------------------------
+
+OUTCOMES: list[tuple[str, Callable[[Any], Any], str | None]] = [
+    ("return a value", lambda data: {"ok": data}, None),
+    ("return None", lambda data: None, None),
+    ("return (value, None)", lambda data: ("done", None), None),
+    ("raise", lambda data: 1 / 0, "handler_error"),
+    ("return (None, err)", lambda data: (None, "no stock"), "handler_error"),
+    ("return False", lambda data: False, "returned_false"),
+]
+
+
+@pytest.mark.parametrize("style", ["sync", "async"])
+@pytest.mark.parametrize(("what", "result", "nack_reason"), OUTCOMES, ids=[o[0] for o in OUTCOMES])
+async def test_handler_result_acks_or_nacks(
+    tmp_path: Path,
+    style: str,
+    what: str,
+    result: Callable[[Any], Any],
+    nack_reason: str | None,
+) -> None:
+    calls: list[Any] = []
+
+    def sync_handler(data: Any) -> Any:
+        calls.append(data)
+        return result(data)
+
+    async def async_handler(data: Any) -> Any:
+        calls.append(data)
+        return result(data)
+
+    handler = sync_handler if style == "sync" else async_handler
+    async with app(tmp_path, handler, max_attempts=1) as runtime:
+        message_id = await runtime.publish(JOBS, {"task": 7})
+        await runtime.join(JOBS, timeout=WAIT_S)
+        dead = waiting(runtime, "dead")
+    assert calls == [{"task": 7}]  # the body arrives decoded
+    if nack_reason is None:
+        assert dead == []
+    else:
+        assert [m.id for m in dead] == [message_id]
+        assert dead[0].headers["x_dead_letter_reason"] == nack_reason
+
+
+async def test_nacked_message_is_retried_until_the_handler_acks(tmp_path: Path) -> None:
+    attempts: list[int] = []
+
+    async def flaky(data: Any) -> Any:
+        attempts.append(wippy_queue.current_message().attempt)
+        if len(attempts) < 3:
+            raise RuntimeError("not yet")
+        return True
+
+    async with app(tmp_path, flaky) as runtime:
+        await runtime.publish(JOBS, {"n": 1})
+        await runtime.join(JOBS, timeout=WAIT_S)
+    assert attempts == [1, 2, 3]
+
+
+async def test_undecodable_body_is_nacked_with_decode_error(tmp_path: Path) -> None:
+    calls: list[Any] = []
+    async with app(tmp_path, calls.append, max_attempts=1) as runtime:
+        broken = Message(str(uuid.uuid4()), b"{not json", {})
+        await runtime.queues[JOBS].put(broken)
+        await runtime.join(JOBS, timeout=WAIT_S)
+        dead = waiting(runtime, "dead")
+    assert calls == []
+    assert [m.id for m in dead] == [broken.id]
+    assert dead[0].headers["x_dead_letter_reason"] == "decode_error"
+
+
+async def test_auto_ack_acks_before_the_handler_runs(tmp_path: Path) -> None:
+    def failing(data: Any) -> Any:
+        raise RuntimeError("lost on purpose: auto_ack")
+
+    async with app(tmp_path, failing, auto_ack=True, max_attempts=1) as runtime:
+        await runtime.publish(JOBS, {"n": 1})
+        await runtime.join(JOBS, timeout=WAIT_S)
+        assert waiting(runtime, "dead") == []
+        assert (await runtime.info(JOBS)).message_count == 0
+
+
+# -- the message handle --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", ["sync", "async"])
+async def test_current_message_id_headers_and_single_shot_settle(
+    tmp_path: Path, style: str
+) -> None:
+    seen: dict[str, Any] = {}
+    handles: list[MessageHandle] = []
+
+    def inspect_and_settle() -> Any:
+        message = wippy_queue.current_message()
+        handles.append(message)
+        seen["id"] = message.id
+        seen["tenant"] = message.header("tenant")
+        seen["missing"] = message.header("nope")
+        seen["headers"] = message.headers()
+        seen["thread"] = threading.get_ident()
+        message.ack()
+        for second in (message.ack, message.nack):
+            try:
+                second()
+            except SettleError as err:
+                seen.setdefault("second", []).append(str(err))
+        return False  # ignored: the explicit ack came first
+
+    def sync_handler(data: Any) -> Any:
+        return inspect_and_settle()
+
+    async def async_handler(data: Any) -> Any:
+        return inspect_and_settle()
+
+    handler = sync_handler if style == "sync" else async_handler
+    async with app(tmp_path, handler, max_attempts=1) as runtime:
+        message_id = await runtime.publish(JOBS, {"n": 1}, {"tenant": "acme", "priority": 5})
+        await runtime.join(JOBS, timeout=WAIT_S)
+        assert waiting(runtime, "dead") == []  # acked, not nacked by the `return False`
+
+    assert seen["id"] == message_id
+    assert (seen["tenant"], seen["missing"]) == ("acme", None)
+    assert seen["headers"]["tenant"] == "acme" and seen["headers"]["priority"] == 5
+    assert seen["headers"]["attempts"] == 1
+    assert len(seen["second"]) == 2 and "already acked" in seen["second"][0]
+    main_thread = threading.get_ident()
+    if style == "sync":
+        assert seen["thread"] != main_thread  # ran in the consumer's thread pool
+    else:
+        assert seen["thread"] == main_thread
+
+    # released once the handler returned: every method now raises
+    (handle,) = handles
+    for use in (lambda: handle.id, lambda: handle.header("tenant"), handle.headers, handle.ack):
+        with pytest.raises(SettleError, match="released"):
+            use()
+
+
+async def test_explicit_nack_redelivers(tmp_path: Path) -> None:
+    attempts: list[int] = []
+
+    def handler(data: Any) -> Any:
+        message = wippy_queue.current_message()
+        attempts.append(message.attempt)
+        if message.attempt == 1:
+            message.nack("first time is never right")
+        return True  # ignored after an explicit nack
+
+    async with app(tmp_path, handler) as runtime:
+        await runtime.publish(JOBS, {"n": 1})
+        await runtime.join(JOBS, timeout=WAIT_S)
+    assert attempts == [1, 2]
+
+
+async def test_current_message_outside_a_handler_is_an_error() -> None:
+    with pytest.raises(HandlerError):
+        wippy_queue.current_message()
+    with pytest.raises(HandlerError):
+        publish(RESULTS, {"x": 1})
+    with pytest.raises(HandlerError):
+        await publish_async(RESULTS, {"x": 1})
+
+
+@pytest.mark.parametrize("style", ["sync", "async"])
+async def test_each_concurrent_handler_sees_its_own_message(tmp_path: Path, style: str) -> None:
+    mismatches: list[tuple[Any, Any]] = []
+    n = 4
+    thread_barrier = threading.Barrier(n, timeout=WAIT_S)
+    loop_barrier = asyncio.Barrier(n)
+
+    def sync_handler(data: Any) -> Any:
+        thread_barrier.wait()  # all n run at once, so contexts could mix up
+        if wippy_queue.current_message().id != data["id"]:
+            mismatches.append((data, wippy_queue.current_message().id))
+
+    async def async_handler(data: Any) -> Any:
+        await loop_barrier.wait()
+        if wippy_queue.current_message().id != data["id"]:
+            mismatches.append((data, wippy_queue.current_message().id))
+
+    handler = sync_handler if style == "sync" else async_handler
+    async with app(tmp_path, handler, concurrency=n) as runtime:
+        for _ in range(n * 3):
+            message_id = str(uuid.uuid4())
+            await runtime.publish(JOBS, {"id": message_id}, message_id=message_id)
+        await runtime.join(JOBS, timeout=WAIT_S)
+    assert mismatches == []
+
+
+# -- publishing from handlers --------------------------------------------------------
+
+
+async def test_sync_handler_publishes_with_publish(tmp_path: Path) -> None:
+    def handler(data: Any) -> Any:
+        return publish(RESULTS, {"from": data["n"]}, {"correlation_id": "c-1"})
+
+    async with app(tmp_path, handler) as runtime:
+        await runtime.publish(JOBS, {"n": 42})
+        await runtime.join(JOBS, timeout=WAIT_S)
+        (result,) = waiting(runtime, "results")
+    assert result.body == b'{"from":42}'
+    assert result.headers["correlation_id"] == "c-1"
+
+
+async def test_async_handler_publishes_with_publish_async(tmp_path: Path) -> None:
+    errors: list[str] = []
+
+    async def handler(data: Any) -> Any:
+        try:
+            publish(RESULTS, {"blocking": True})  # would block the loop: refused
+        except HandlerError as err:
+            errors.append(str(err))
+        return await publish_async(RESULTS, {"from": data["n"]})
+
+    async with app(tmp_path, handler) as runtime:
+        await runtime.publish(JOBS, {"n": 5})
+        await runtime.join(JOBS, timeout=WAIT_S)
+        (result,) = waiting(runtime, "results")
+    assert result.body == b'{"from":5}'
+    assert len(errors) == 1 and "publish_async" in errors[0]
+
+
+async def test_file_handler_resolved_from_source_and_method(tmp_path: Path) -> None:
+    """The real ``file://`` + ``method`` path, publishing from a plain function."""
+    write(
+        tmp_path / "handlers" / "echo.py",
+        """
+        from wippy_queue.queue import message, publish
+
+        def echo(data):
+            publish("t:results", {"echo": data, "id": message().id})
+        """,
+    )
+    write(
+        tmp_path / "app.yaml",
+        """
+        namespace: t
+        entries:
+          - {name: mem, kind: queue.driver.memory, lifecycle: {auto_start: true}}
+          - {name: jobs, kind: queue.queue, driver: mem}
+          - {name: results, kind: queue.queue, driver: mem}
+          - {name: echo, kind: function.python, source: "file://handlers/echo.py", method: echo}
+          - name: worker
+            kind: queue.consumer
+            queue: jobs
+            func: echo
+            lifecycle: {auto_start: true}
+        """,
+    )
+    async with Runtime.load(tmp_path / "app.yaml") as runtime:
+        message_id = await runtime.publish(JOBS, ["a", 1])
+        await runtime.join(JOBS, timeout=WAIT_S)
+        (result,) = waiting(runtime, "results")
+    assert result.body == f'{{"echo":["a",1],"id":"{message_id}"}}'.encode()
+
+
+# -- dead letters and timeouts -------------------------------------------------------
+
+
+async def test_dead_letter_at_max_attempts_with_reason_headers(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def always_fails(data: Any) -> Any:
+        calls.append(wippy_queue.current_message().attempt)
+        raise ValueError("boom")
+
+    async with app(tmp_path, always_fails, max_attempts=3) as runtime:
+        before = time.time()
+        message_id = await runtime.publish(JOBS, {"n": 1}, {"tenant": "acme"})
+        await runtime.join(JOBS, timeout=WAIT_S)
+        (dead,) = waiting(runtime, "dead")
+        assert (await runtime.info(JOBS)).message_count == 0
+    assert calls == [1, 2, 3]
+    assert (dead.id, dead.body, dead.headers["tenant"]) == (message_id, b'{"n":1}', "acme")
+    headers = dead.headers
+    assert headers["x_dead_letter_reason"] == "handler_error"
+    assert headers["x_dead_letter_queue"] == JOBS
+    assert headers["x_dead_letter_consumer"] == WORKER
+    assert headers["x_dead_letter_attempts"] == 3
+    assert "ValueError: boom" in str(headers["x_dead_letter_error"])
+    assert before <= float(headers["x_dead_letter_time"]) <= time.time()
+
+
+async def test_hung_handler_times_out_as_a_nack(tmp_path: Path) -> None:
+    never = asyncio.Event()
+
+    async def hangs(data: Any) -> Any:
+        await never.wait()
+
+    async with app(tmp_path, hangs, timeout=0.05, max_attempts=2) as runtime:
+        message_id = await runtime.publish(JOBS, {"n": 1})
+        await runtime.join(JOBS, timeout=WAIT_S)
+        (dead,) = waiting(runtime, "dead")
+    assert dead.id == message_id
+    assert dead.headers["x_dead_letter_reason"] == "timeout"
+    assert dead.headers["x_dead_letter_attempts"] == 2
+
+
+async def test_hung_sync_handler_times_out_as_a_nack(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def hangs(data: Any) -> Any:
+        release.wait(WAIT_S)
+
+    try:
+        async with app(tmp_path, hangs, timeout=0.05, max_attempts=1) as runtime:
+            message_id = await runtime.publish(JOBS, {"n": 1})
+            await runtime.join(JOBS, timeout=WAIT_S)
+            (dead,) = waiting(runtime, "dead")
+    finally:
+        release.set()
+    assert (dead.id, dead.headers["x_dead_letter_reason"]) == (message_id, "timeout")
+
+
+# -- backpressure and concurrency ----------------------------------------------------
+
+
+async def test_consumer_never_holds_more_than_prefetch_plus_concurrency(tmp_path: Path) -> None:
+    concurrency, prefetch = 2, 3
+    gate = asyncio.Event()
+    started = 0
+    handled: list[int] = []
+
+    async def handler(data: Any) -> Any:
+        nonlocal started
+        started += 1
+        await gate.wait()
+        handled.append(data["n"])
+
+    async with app(tmp_path, handler, concurrency=concurrency, prefetch=prefetch) as runtime:
+        consumer = runtime.consumers[WORKER]
+        await publish_many(runtime, 20)
+
+        async def full() -> bool:
+            return (await runtime.info(JOBS)).in_flight == concurrency + prefetch
+
+        await eventually(full)
+        # give the consumer every chance to over-fetch, then look again
+        for _ in range(20):
+            await asyncio.sleep(0)
+        info = await runtime.info(JOBS)
+        assert (info.in_flight, info.ready) == (concurrency + prefetch, 20 - 5)
+        assert started == concurrency
+        assert consumer.held == concurrency + prefetch
+
+        gate.set()
+        await runtime.join(JOBS, timeout=WAIT_S)
+        assert sorted(handled) == list(range(20))
+        assert consumer.held == 0  # nothing held once the queue is drained
+
+
+@pytest.mark.parametrize("style", ["sync", "async"])
+async def test_concurrency_runs_n_handlers_at_once(tmp_path: Path, style: str) -> None:
+    n = 4
+    thread_barrier = threading.Barrier(n, timeout=WAIT_S)
+    loop_barrier = asyncio.Barrier(n)
+    passed: list[int] = []
+
+    # each handler waits until n are running together: fewer at once never gets through
+    def sync_handler(data: Any) -> Any:
+        thread_barrier.wait()
+        passed.append(data["n"])
+
+    async def async_handler(data: Any) -> Any:
+        await loop_barrier.wait()
+        passed.append(data["n"])
+
+    handler = sync_handler if style == "sync" else async_handler
+    async with app(tmp_path, handler, concurrency=n, prefetch=1) as runtime:
+        await publish_many(runtime, n * 2)
+        await runtime.join(JOBS, timeout=WAIT_S)
+    assert sorted(passed) == list(range(n * 2))
+
+
+# -- graceful stop -------------------------------------------------------------------
+
+
+async def test_stop_lets_in_flight_finish_and_returns_prefetched(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    both_running = asyncio.Event()
+    started: list[int] = []
+    attempts: list[int] = []
+    handled: Counter[int] = Counter()
+
+    async def handler(data: Any) -> Any:
+        attempts.append(wippy_queue.current_message().attempt)
+        started.append(data["n"])
+        if len(started) <= 2:  # the first two hold on until the stop has begun
+            if len(started) == 2:
+                both_running.set()
+            await gate.wait()
+        handled[data["n"]] += 1
+
+    async with app(tmp_path, handler, concurrency=2, prefetch=5, stop_timeout=5.0) as runtime:
+        sent = await publish_many(runtime, 10)
+        async with asyncio.timeout(WAIT_S):
+            await both_running.wait()
+        stopping = asyncio.create_task(runtime.stop(WORKER))
+        done, _ = await asyncio.wait([stopping], timeout=0.05)
+        assert not done, "stop must wait for in-flight handlers"
+        assert runtime.state(WORKER) is ServiceState.STOPPING
+
+        gate.set()
+        async with asyncio.timeout(1.0):  # well inside stop_timeout: no waiting it out
+            await stopping
+        assert runtime.state(WORKER) is ServiceState.STOPPED
+        assert sum(handled.values()) == 2
+        info = await runtime.info(JOBS)
+        assert (info.ready, info.in_flight, info.consumer_count) == (8, 0, 0)
+
+        await runtime.start(WORKER)
+        await runtime.join(JOBS, timeout=WAIT_S)
+    assert len(sent) == 10
+    assert handled == Counter(range(10))  # every message exactly once
+    assert attempts == [1] * 10  # prefetched messages came back untried
+
+
+async def test_handler_outliving_stop_timeout_is_cancelled_and_its_message_returns(
+    tmp_path: Path,
+) -> None:
+    hang = True
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+    handled: list[str] = []
+
+    async def handler(data: Any) -> Any:
+        if hang:
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        handled.append(wippy_queue.current_message().id)
+
+    async with app(tmp_path, handler, stop_timeout=0.05) as runtime:
+        stuck = await runtime.publish(JOBS, {"n": 1})
+        async with asyncio.timeout(WAIT_S):
+            await started.wait()
+        with pytest.raises(LifecycleError) as caught:
+            await runtime.stop(WORKER)
+        assert stuck in str(caught.value)
+        assert WORKER in str(caught.value)
+        assert cancelled.is_set()
+        info = await runtime.info(JOBS)
+        assert (info.ready, info.in_flight) == (1, 0)
+
+        hang = False
+        await runtime.start(WORKER)
+        await runtime.join(JOBS, timeout=WAIT_S)
+    assert handled == [stuck]
+
+
+async def test_sync_handler_outliving_stop_timeout_loses_nothing(tmp_path: Path) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+    late_settle: list[BaseException] = []
+
+    def handler(data: Any) -> Any:
+        message = wippy_queue.current_message()
+        if message.attempt == 1 and not entered.is_set():
+            entered.set()
+            release.wait(WAIT_S)
+            try:
+                message.ack()  # too late: the message went back on stop
+            except SettleError as err:
+                late_settle.append(err)
+        return True
+
+    try:
+        async with app(tmp_path, handler, stop_timeout=0.05) as runtime:
+            message_id = await runtime.publish(JOBS, {"n": 1})
+            await asyncio.to_thread(entered.wait, WAIT_S)
+            with pytest.raises(LifecycleError, match=message_id):
+                await runtime.stop(WORKER)
+            assert (await runtime.info(JOBS)).ready == 1
+            release.set()
+            await runtime.start(WORKER)
+            await runtime.join(JOBS, timeout=WAIT_S)
+    finally:
+        release.set()
+    assert len(late_settle) == 1
+
+
+async def test_stop_and_restart_loses_nothing(tmp_path: Path) -> None:
+    handled: Counter[str] = Counter()
+    tenth = asyncio.Event()
+
+    async def handler(data: Any) -> Any:
+        await asyncio.sleep(0)
+        handled[wippy_queue.current_message().id] += 1
+        if sum(handled.values()) == 10:
+            tenth.set()
+
+    async with app(tmp_path, handler, concurrency=3, prefetch=5) as runtime:
+        sent = await publish_many(runtime, 50)
+        async with asyncio.timeout(WAIT_S):
+            await tenth.wait()
+        await runtime.stop(WORKER)
+        assert 10 <= sum(handled.values()) < 50
+        await runtime.start(WORKER)
+        more = await publish_many(runtime, 10)
+        # the driver too: the runtime stops the consumer first, then the driver
+        await runtime.stop(DRIVER)
+        assert runtime.state(WORKER) is ServiceState.STOPPED
+        await runtime.start(WORKER)  # starts the driver it requires first
+        assert runtime.state(DRIVER) is ServiceState.RUNNING
+        await runtime.join(JOBS, timeout=WAIT_S)
+    assert handled == Counter(sent + more)
+
+
+# -- publish -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("queue_id", "data", "headers", "words"),
+    [
+        (JOBS, "", None, "empty"),
+        (JOBS, {}, None, "empty"),
+        (JOBS, [], None, "empty"),
+        (JOBS, None, None, "empty"),
+        (JOBS, {"a": 1}, {1: "x"}, "header keys must be non-empty strings"),
+        (JOBS, {"a": 1}, {"k": [1, 2]}, "header values must be str, int, float or bool"),
+        (JOBS, {"a": 1}, {"k": None}, "header values must be str, int, float or bool"),
+        (JOBS, {"a": 1}, {"x_actor": "admin"}, "reserved"),
+        (JOBS, {"a": 1}, {"attempts": 9}, "reserved"),
+        (JOBS, {"a": 1}, {"timestamp": 1}, "reserved"),
+        (JOBS, {"a": 1}, ["not", "a", "mapping"], "mapping"),
+        (JOBS, {1, 2}, None, "JSON"),
+        ("t:nope", {"a": 1}, None, "no queue 't:nope'; known queues: t:dead, t:jobs"),
+    ],
+)
+async def test_publish_refuses_bad_input_with_a_clear_error(
+    tmp_path: Path, queue_id: str, data: Any, headers: Any, words: str
+) -> None:
+    async with app(tmp_path, lambda data: True, auto_start=False) as runtime:
+        with pytest.raises(PublishError) as caught:
+            await runtime.publish(queue_id, data, headers)
+        assert words in str(caught.value)
+        assert (await runtime.info(JOBS)).message_count == 0
+
+
+async def test_every_message_gets_a_uuid4_id_and_a_timestamp(tmp_path: Path) -> None:
+    seen: list[tuple[str, Any]] = []
+
+    def handler(data: Any) -> Any:
+        message = wippy_queue.current_message()
+        seen.append((message.id, message.header("timestamp")))
+
+    async with app(tmp_path, handler) as runtime:
+        before = int(time.time())
+        first = await runtime.publish(JOBS, {"n": 1})
+        second = await runtime.publish(JOBS, {"n": 2})
+        given = await runtime.publish(JOBS, {"n": 3}, message_id="my-id-1")
+        await runtime.join(JOBS, timeout=WAIT_S)
+        after = int(time.time())
+    assert uuid.UUID(first).version == 4 and uuid.UUID(second).version == 4
+    assert first != second
+    assert given == "my-id-1"
+    assert [s[0] for s in seen] == [first, second, given]
+    for _, stamp in seen:
+        assert isinstance(stamp, int) and before <= stamp <= after
+
+
+# -- join and info -------------------------------------------------------------------
+
+
+async def test_join_waits_for_ready_and_in_flight_and_times_out(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+
+    async def handler(data: Any) -> Any:
+        await gate.wait()
+
+    async with app(tmp_path, handler) as runtime:
+        async with asyncio.timeout(WAIT_S):
+            await runtime.join(JOBS)  # idle: returns at once
+            await runtime.join()
+        await publish_many(runtime, 3)
+        with pytest.raises(TimeoutError):
+            await runtime.join(JOBS, timeout=0.05)
+        with pytest.raises(TimeoutError):
+            await runtime.join(timeout=0.05)
+        # join() ignores queues nobody consumes (results, dead letters)
+        await runtime.publish(RESULTS, {"n": 1})
+        joining = asyncio.create_task(runtime.join(timeout=WAIT_S))
+        gate.set()
+        await joining
+        assert (await runtime.info(JOBS)).idle
+        assert (await runtime.info(RESULTS)).message_count == 1
+        with pytest.raises(PublishError, match="t:nope"):
+            await runtime.join("t:nope", timeout=WAIT_S)
+
+
+async def test_info_reports_counts_by_queue_id(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    running = asyncio.Event()
+
+    async def handler(data: Any) -> Any:
+        running.set()
+        await gate.wait()
+
+    async with app(tmp_path, handler, concurrency=1, prefetch=1, auto_start=False) as runtime:
+        await publish_many(runtime, 4)
+        info = await runtime.info(JOBS)
+        assert info.queue == JOBS
+        assert (info.message_count, info.consumer_count, info.ready, info.in_flight) == (
+            4,
+            0,
+            4,
+            0,
+        )
+        assert runtime.state(WORKER) is ServiceState.UNKNOWN
+
+        await runtime.start(WORKER)
+        async with asyncio.timeout(WAIT_S):
+            await running.wait()
+
+        async def settled_in() -> bool:
+            return (await runtime.info(JOBS)).in_flight == 2
+
+        await eventually(settled_in)
+        info = await runtime.info(JOBS)
+        assert (info.message_count, info.consumer_count, info.ready, info.in_flight) == (
+            4,
+            1,
+            2,
+            2,
+        )
+        assert runtime.states()[WORKER] is ServiceState.RUNNING
+        gate.set()
+        await runtime.join(JOBS, timeout=WAIT_S)
+        await runtime.stop(WORKER)
+        info = await runtime.info(JOBS)
+        assert (info.message_count, info.consumer_count) == (0, 0)
