@@ -22,7 +22,7 @@ from wippy_queue.functions.base import Handler, outcome_of
 from wippy_queue.queue.codec import DecodeError
 from wippy_queue.queue.driver import Delivery, Subscription, SubscriptionClosed
 from wippy_queue.queue.handle import MessageHandle
-from wippy_queue.queue.middleware import Job, Middleware, build_chain
+from wippy_queue.queue.middleware import Job, Middleware, SettleHook, build_chain
 from wippy_queue.queue.outcome import ACK, Outcome
 from wippy_queue.queue.queue import Queue
 
@@ -40,6 +40,7 @@ class Consumer:
         prefetch: int,
         base_context: context.CallContext,
         middlewares: Sequence[Middleware] = (),
+        settle_hooks: Sequence[SettleHook] = (),
         timeout_s: float | None = None,
         stop_timeout_s: float = 10.0,
         auto_ack: bool = False,
@@ -54,6 +55,8 @@ class Consumer:
         self.auto_ack = auto_ack
         self._base_context = base_context
         self._middlewares = tuple(middlewares)
+        self._settle_hooks = tuple(settle_hooks)
+        self._gates = [h.gate for h in self._settle_hooks if h.gate is not None]
         self._chain = build_chain(self._middlewares, self._invoke)
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,6 +94,8 @@ class Consumer:
         assert self._subscription is not None
         try:
             while True:
+                for gate in self._gates:
+                    await gate.wait()
                 await self._credits.acquire()
                 try:
                     delivery = await self._subscription.receive()
@@ -136,22 +141,38 @@ class Consumer:
     async def _process(self, delivery: Delivery) -> None:
         message = delivery.message
         queue = self.queue
-        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        job = Job(self.entry_id, queue.id, None, message, None, delivery.attempt)
 
         async def settle(outcome: Outcome) -> None:
-            if not self.auto_ack:
-                await queue.settle(delivery, outcome, self.entry_id)
+            if self.auto_ack:
+                return
+            action = queue.plan(delivery, outcome)
+            try:
+                for hook in self._settle_hooks:
+                    await hook.before_settle(job, outcome, action, time.monotonic() - started)
+            except Exception as err:
+                log.error(
+                    "consumer %s: message %s given back unsettled: %s",
+                    self.entry_id,
+                    message.id,
+                    err,
+                )
+                await delivery.release()
+                return
+            await queue.apply(delivery, outcome, action, self.entry_id)
 
         if self.auto_ack:
             await delivery.ack()
         try:
-            data = queue.codec.decode(message.body)
+            job.data = queue.codec.decode(message.body)
         except DecodeError as err:
             log.error("consumer %s: message %s: %s", self.entry_id, message.id, err)
             await settle(Outcome.nack("decode_error", str(err)))
             return
-        handle = MessageHandle(message, data, queue.id, settle, loop)
-        job = Job(self.entry_id, queue.id, handle, message, data, delivery.attempt)
+        handle = job.handle = MessageHandle(
+            message, job.data, queue.id, settle, asyncio.get_running_loop()
+        )
         ctx = self._base_context.evolve(message=handle, trace_id=message.id)
         with context.bound(ctx):
             try:
@@ -177,14 +198,14 @@ class Consumer:
                 "consumer %s: handler timed out after %.3gs on message %s",
                 self.entry_id,
                 self.timeout_s,
-                job.handle.id,
+                job.message.id,
             )
             return Outcome.nack("timeout", f"handler did not finish within {self.timeout_s}s")
         except Exception as err:
             log.error(
                 "consumer %s: handler failed on message %s: %s: %s",
                 self.entry_id,
-                job.handle.id,
+                job.message.id,
                 type(err).__name__,
                 err,
                 extra={"fields": {"traceback": traceback.format_exc()}},
@@ -195,12 +216,12 @@ class Consumer:
             log.debug(
                 "consumer %s: message %s done in %.1f ms",
                 self.entry_id,
-                job.handle.id,
+                job.message.id,
                 (time.monotonic() - started) * 1000,
             )
         else:
             log.warning(
-                "consumer %s: message %s nacked: %s", self.entry_id, job.handle.id, outcome.error
+                "consumer %s: message %s nacked: %s", self.entry_id, job.message.id, outcome.error
             )
         return outcome
 

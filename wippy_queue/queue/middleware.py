@@ -7,10 +7,11 @@ consumer starts, and never changes while it runs.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.message import Message
@@ -23,13 +24,30 @@ class Job:
 
     consumer_id: str
     queue_id: str
-    handle: MessageHandle
+    handle: MessageHandle | None
     message: Message
     data: Any
     attempt: int
+    #: what a security middleware decided (the audit record reads it)
+    decision: Any = None
 
 
 CallNext = Callable[[Job], Awaitable[Outcome]]
+
+
+class SettleHook(Protocol):
+    """Runs after the outcome is known and before the delivery is settled.
+
+    Raising refuses the settle: the message goes back to the queue untried (this
+    is how the audit trail makes sure nothing is acked unaudited). While ``gate``
+    is clear the consumer takes no new deliveries.
+    """
+
+    gate: asyncio.Event | None
+
+    async def before_settle(
+        self, job: Job, outcome: Outcome, action: str, duration_s: float
+    ) -> None: ...
 
 
 class Middleware(ABC):

@@ -50,16 +50,28 @@ class Queue:
     def exhausted(self, delivery: Delivery) -> bool:
         return self.dead_letter is not None and delivery.attempt >= self.max_attempts
 
+    def plan(self, delivery: Delivery, outcome: Outcome) -> str:
+        """What settling ``outcome`` will do: ``ack``, ``nack`` or ``dead_letter``."""
+        if outcome.ack:
+            return "ack"
+        return "dead_letter" if self.exhausted(delivery) else "nack"
+
     async def settle(self, delivery: Delivery, outcome: Outcome, consumer_id: str) -> str:
         """Ack, nack, or move to the dead-letter queue; returns what was done."""
-        if outcome.ack:
+        action = self.plan(delivery, outcome)
+        await self.apply(delivery, outcome, action, consumer_id)
+        return action
+
+    async def apply(
+        self, delivery: Delivery, outcome: Outcome, action: str, consumer_id: str
+    ) -> None:
+        if action == "ack":
             await delivery.ack()
-            return "ack"
-        if self.dead_letter is not None and self.exhausted(delivery):
+        elif action == "dead_letter":
             await self._dead_letter(delivery, outcome, consumer_id)
-            return "dead_letter"
-        await delivery.nack(requeue=True, delay_s=outcome.delay_s or 0.0, reason=outcome.reason)
-        return "nack"
+        else:
+            delay_s = outcome.delay_s or 0.0
+            await delivery.nack(requeue=True, delay_s=delay_s, reason=outcome.reason)
 
     async def _dead_letter(self, delivery: Delivery, outcome: Outcome, consumer_id: str) -> None:
         assert self.dead_letter is not None
