@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from wippy_queue import logs
+from wippy_queue import cli_audit, logs
 from wippy_queue.errors import ConfigError, WippyQueueError
 from wippy_queue.registry.loader import load_registry
 from wippy_queue.runtime import Runtime
@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this long")
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("--log-level", default="INFO")
+    run.add_argument(
+        "--strict", action="store_true", help="deny consumers and publishers without security"
+    )
+    run.add_argument("--audit", metavar="PATH", help="write the audit trail to PATH")
+
+    cli_audit.add_parser(sub)
 
     info = sub.add_parser("info", help="list the entries, services and queues of entry files")
     info.add_argument("paths", nargs="+", metavar="PATH")
@@ -57,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args.paths)
         if args.command == "info":
             return _info(args.paths)
+        if args.command == "audit":
+            return cli_audit.run(args)
         logs.setup(args.log_format, args.log_level)
         return asyncio.run(_run(args))
     except ConfigError as err:
@@ -94,7 +102,7 @@ def _info(paths: list[str]) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    runtime = Runtime.load(*args.paths)
+    runtime = Runtime.load(*args.paths, strict=args.strict or None, audit_path=args.audit)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -28,7 +28,11 @@ from wippy_queue.registry.entry import Entry
 from wippy_queue.registry.loader import load_registry
 from wippy_queue.registry.models import ConsumerConfig, QueueConfig, ServiceModel
 from wippy_queue.registry.registry import Registry
+from wippy_queue.security.audit.recorder import AuditRecorder
+from wippy_queue.security.audit.trail import AuditTrail
 from wippy_queue.security.manager import Security
+from wippy_queue.security.models import AuditConfig
+from wippy_queue.security.reload import PolicyWatcher
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +62,21 @@ class Runtime:
         components: Components | None = None,
         strict: bool | None = None,
         signing_key: str | None = None,
+        audit_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.registry = registry
         self.components = components or default_components()
-        self.security = Security(registry, strict=strict, signing_key=signing_key)
+        self.audit = _audit_trail(registry, audit_path)
+        self._recorder = AuditRecorder(self.audit) if self.audit else None
+        recorders = [self._recorder] if self._recorder else []
+        self.security = Security(
+            registry, strict=strict, signing_key=signing_key, recorders=recorders
+        )
+        self.policy_watcher = PolicyWatcher(
+            list(self.security.casbin_units.values()),
+            self.security.clear_caches,
+            [self._recorder.policy_reload] if self._recorder else [],
+        )
         self.drivers: dict[str, Driver] = {}
         self.queues: dict[str, Queue] = {}
         self.consumers: dict[str, Consumer] = {}
@@ -77,15 +92,23 @@ class Runtime:
         components: Components | None = None,
         strict: bool | None = None,
         signing_key: str | None = None,
+        audit_path: str | os.PathLike[str] | None = None,
     ) -> Runtime:
         """Load entry files (or folders of them); raise ConfigError listing every problem.
 
         ``strict`` (default: the ``security.settings`` entry, else off) denies consumers
-        and publishers that have no security block; ``signing_key`` signs provenance.
+        and publishers that have no security block; ``signing_key`` signs provenance;
+        ``audit_path`` writes the audit trail there (over a ``security.audit`` entry).
         """
         components = components or default_components()
         registry = load_registry(paths, components.kinds)
-        return cls(registry, components=components, strict=strict, signing_key=signing_key)
+        return cls(
+            registry,
+            components=components,
+            strict=strict,
+            signing_key=signing_key,
+            audit_path=audit_path,
+        )
 
     # -- building ---------------------------------------------------------------
 
@@ -131,6 +154,7 @@ class Runtime:
                 prefetch=config.prefetch,
                 base_context=base.evolve(**self.security.consumer_context(entry)),
                 middlewares=[guard] if guard else [],
+                settle_hooks=[self._recorder] if self._recorder else [],
                 timeout_s=config.timeout,
                 stop_timeout_s=config.lifecycle.stop_timeout,
                 auto_ack=config.auto_ack,
@@ -179,12 +203,27 @@ class Runtime:
         await self.stop_all()
 
     async def start_all(self) -> None:
-        """Start every ``auto_start`` service, dependencies first."""
-        await self.supervisor.start_all()
+        """Open the audit trail, watch policy files, start every ``auto_start`` service."""
+        if self.audit is not None:
+            await self.audit.open()
+        await self.policy_watcher.start()
+        try:
+            await self.supervisor.start_all()
+        except BaseException:
+            await self._stop_security()
+            raise
 
     async def stop_all(self) -> None:
         """Stop every service, dependents first, draining consumers gracefully."""
-        await self.supervisor.stop_all()
+        try:
+            await self.supervisor.stop_all()
+        finally:
+            await self._stop_security()
+
+    async def _stop_security(self) -> None:
+        await self.policy_watcher.stop()
+        if self.audit is not None:
+            await self.audit.close()
 
     async def start(self, service_id: str) -> None:
         await self.supervisor.start(service_id)
@@ -237,3 +276,14 @@ def _config(entry: Entry, model: type[Any]) -> Any:
 def _driver_type(driver_id: str, registry: Registry) -> str:
     """``queue.driver.memory`` -> ``memory`` (the key of ``driver_options``)."""
     return registry.get(driver_id).kind.removeprefix("queue.driver.")
+
+
+def _audit_trail(registry: Registry, path: str | os.PathLike[str] | None) -> AuditTrail | None:
+    """The trail of the ``security.audit`` entry, or at ``path`` (``--audit``) if given."""
+    entries = registry.of_kind("security.audit")
+    config = entries[0].config if entries else None
+    assert config is None or isinstance(config, AuditConfig)
+    if path is None and config is None:
+        return None
+    target = path if path is not None else config.file()  # type: ignore[union-attr]
+    return AuditTrail(target, fsync=config.fsync if config else "batch")

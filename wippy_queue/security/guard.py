@@ -45,7 +45,6 @@ class ConsumeGuard(Middleware):
         strict: bool,
         stamper: Stamper,
         backoff: DenyBackoff,
-        recorders: Sequence[Recorder] = (),
     ) -> None:
         self.consumer_id = consumer_id
         self.actor = actor
@@ -53,7 +52,6 @@ class ConsumeGuard(Middleware):
         self.strict = strict
         self.stamper = stamper
         self.backoff = backoff
-        self.recorders = recorders
 
     def decide(self, job: Job) -> tuple[Decision, Request | None]:
         try:
@@ -78,16 +76,7 @@ class ConsumeGuard(Middleware):
 
     async def __call__(self, job: Job, call_next: CallNext) -> Outcome:
         decision, request = self.decide(job)
-        for recorder in self.recorders:
-            recorder.decision(
-                "consume",
-                decision,
-                request,
-                consumer=self.consumer_id,
-                queue=job.queue_id,
-                message_id=job.message.id,
-                attempt=job.attempt,
-            )
+        job.decision = (decision, request)
         if decision.allowed:
             return await call_next(job)
         reason = (

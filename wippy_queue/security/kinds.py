@@ -10,6 +10,7 @@ from wippy_queue.registry.models import ConsumerConfig
 from wippy_queue.registry.registry import Registry
 from wippy_queue.security.enforcer import PolicyLoadError
 from wippy_queue.security.models import (
+    AuditConfig,
     CasbinPolicyConfig,
     SecuritySettingsConfig,
     WippyPolicyConfig,
@@ -21,6 +22,7 @@ def register(kinds: KindTable) -> None:
     kinds.register("security.policy", WippyPolicyConfig)
     kinds.register("security.policy.casbin", CasbinPolicyConfig)
     kinds.register("security.settings", SecuritySettingsConfig)
+    kinds.register("security.audit", AuditConfig)
     kinds.add_check(check_groups)
     kinds.add_check(check_settings)
     kinds.add_check(check_casbin_files)
@@ -54,14 +56,15 @@ def check_groups(registry: Registry) -> Iterator[Problem]:
 
 
 def check_settings(registry: Registry) -> Iterator[Problem]:
-    entries = registry.of_kind("security.settings")
-    for extra in entries[1:]:
-        yield Problem(
-            f"a second security.settings entry; {entries[0].id} already sets them",
-            extra.location.file,
-            extra.location.line,
-            extra.id,
-        )
+    for kind in ("security.settings", "security.audit"):
+        entries = registry.of_kind(kind)
+        for extra in entries[1:]:
+            yield Problem(
+                f"a second {kind} entry; {entries[0].id} already sets it: keep one",
+                extra.location.file,
+                extra.location.line,
+                extra.id,
+            )
 
 
 def check_casbin_files(registry: Registry) -> Iterator[Problem]:

@@ -114,7 +114,6 @@ class Security:
             strict=self.strict,
             stamper=self.stamper,
             backoff=self.backoff,
-            recorders=self.recorders,
         )
 
     def publish_guard(self) -> PublishGuard:

@@ -130,3 +130,13 @@ class SecuritySettingsConfig(EntryModel):
     strict: bool = False
     signing_key: str | None = Field(default=None, min_length=16)
     deny_backoff: DenyBackoff = Field(default_factory=DenyBackoff)
+
+
+class AuditConfig(EntryModel):
+    """``security.audit``: where the hash-chained audit trail goes, and how durably."""
+
+    path: str = Field(min_length=1)
+    fsync: Literal["always", "batch", "never"] = "batch"
+
+    def file(self) -> Path:
+        return Path(self.path.removeprefix("file://"))

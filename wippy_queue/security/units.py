@@ -180,9 +180,9 @@ class CasbinUnit(PolicyUnit):
             ) from err
         return enforcer
 
-    def reload(self) -> None:
-        """Swap in freshly read files; on error the old rules stay in force."""
-        self._enforcer = self.load()
+    def install(self, enforcer: Enforcer) -> None:
+        """Put rules made by ``load`` in force (on the event loop, between decisions)."""
+        self._enforcer = enforcer
 
     def _values(self, request: Request) -> tuple[Any, ...]:
         return tuple(request.value(t) for t in self._tokens)

@@ -1,0 +1,50 @@
+"""``wippy-queue audit verify|show``: check and read audit trail files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from wippy_queue.security.audit.chain import verify_file
+from wippy_queue.security.audit.show import Filter, parse_time, records, table
+
+
+def add_parser(sub: Any) -> None:
+    audit = sub.add_parser("audit", help="verify or show an audit trail file")
+    commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = commands.add_parser("verify", help="check the hash chain; exit 1 if tampered")
+    verify.add_argument("file", type=Path)
+    show = commands.add_parser("show", help="print records as a table")
+    show.add_argument("file", type=Path)
+    show.add_argument("--denied", action="store_true", help="only denied decisions")
+    show.add_argument("--actor", metavar="ID")
+    show.add_argument("--queue", metavar="ID")
+    show.add_argument("--since", metavar="TIME", help="ISO time, e.g. 2026-11-27T18:00:00Z")
+    show.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        print(f"wippy-queue audit: {args.file}: no such file", file=sys.stderr)
+        return 2
+    if args.audit_command == "verify":
+        result = verify_file(args.file)
+        print(f"{args.file}: {result.summary()}")
+        return 0 if result.ok else 1
+    try:
+        since = parse_time(args.since) if args.since else None
+    except ValueError:
+        print(f"wippy-queue audit: --since {args.since!r} is not an ISO time", file=sys.stderr)
+        return 2
+    keep = Filter(args.denied, args.actor, args.queue, since)
+    rows = [r for r in records(args.file) if keep.keep(r)]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+    else:
+        print(table(rows))
+        print(f"({len(rows)} records)")
+    return 0

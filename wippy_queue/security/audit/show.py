@@ -1,0 +1,69 @@
+"""Reading an audit file for people: filters and a table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from wippy_queue.security.audit.chain import HEADER, RESUMED
+
+COLUMNS = ("seq", "time", "event", "action", "decision", "reason", "actor", "queue", "message_id", "outcome")
+
+
+@dataclass(frozen=True)
+class Filter:
+    denied: bool = False
+    actor: str | None = None
+    queue: str | None = None
+    since: datetime | None = None
+
+    def keep(self, record: dict[str, Any]) -> bool:
+        if record.get("event") in (HEADER, RESUMED):
+            return False
+        if self.denied and record.get("decision") != "deny":
+            return False
+        if self.actor and record.get("actor") != self.actor:
+            return False
+        if self.queue and record.get("queue") != self.queue:
+            return False
+        return not (self.since and parse_time(str(record.get("time", ""))) < self.since)
+
+
+def parse_time(text: str) -> datetime:
+    """ISO 8601 (``2026-11-27T18:00:00Z``, or a date); naive times are UTC."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def records(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue  # a torn line; `audit verify` reports it
+            if isinstance(record, dict):
+                yield record
+
+
+def _cell(record: dict[str, Any], column: str) -> str:
+    value = record.get(column)
+    if column == "time" and isinstance(value, str):
+        return value[:23].replace("T", " ")
+    if column == "message_id" and isinstance(value, str):
+        return value[:8]
+    if column == "outcome" and record.get("event") == "policy_reload":
+        return f"{record.get('result')} {record.get('policy')}"
+    return "-" if value is None else str(value)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    cells = [[_cell(r, c) for c in COLUMNS] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(COLUMNS)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(COLUMNS, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
