@@ -78,6 +78,7 @@ class Supervisor:
             if self._services[dep].state is not ServiceState.RUNNING:
                 await self.start(dep)
         if unit.state is not ServiceState.RUNNING:
+            await self._cancel_watcher(unit)  # a pending restart: this start replaces it
             await self._start_one(unit)
 
     async def _start_one(self, unit: Supervised) -> None:
@@ -136,12 +137,15 @@ class Supervisor:
                 await self.stop(other)
         await self._stop_one(unit)
 
-    async def _stop_one(self, unit: Supervised) -> None:
+    async def _cancel_watcher(self, unit: Supervised) -> None:
         if unit.watcher is not None:
             unit.watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await unit.watcher
             unit.watcher = None
+
+    async def _stop_one(self, unit: Supervised) -> None:
+        await self._cancel_watcher(unit)
         if unit.state not in (ServiceState.RUNNING, ServiceState.FAILED, ServiceState.STARTING):
             return
         unit.state = ServiceState.STOPPING
