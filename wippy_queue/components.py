@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from wippy_queue.drivers.memory import MemoryDriver
 from wippy_queue.functions.base import Handler
+from wippy_queue.functions.lua import LuaFunctionConfig, LuaFunctions
 from wippy_queue.functions.python import build_python
 from wippy_queue.queue.driver import Driver
 from wippy_queue.registry.entry import Entry
@@ -42,5 +43,9 @@ def default_components() -> Components:
     c.drivers["queue.driver.memory"] = lambda entry: MemoryDriver(entry.id)
     c.kinds.register("function.python", PythonFunctionConfig)
     c.functions["function.python"] = build_python
+    lua = LuaFunctions()  # imports lupa only when a function.lua handler is built
+    c.kinds.register("function.lua", LuaFunctionConfig)
+    c.kinds.add_check(lua.check)
+    c.functions["function.lua"] = lua.build
     security_kinds.register(c.kinds)
     return c

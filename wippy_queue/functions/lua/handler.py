@@ -1,0 +1,96 @@
+"""``LuaHandler``: a consumer's pool of Lua states, one per worker thread.
+
+lupa calls are synchronous, so each call runs in a per-consumer thread pool (as
+sync Python handlers do), with the call context copied in. In its thread, Lua is
+plain blocking code: ``time.sleep`` blocks only that thread and wakes early on
+cancellation, ``queue.publish`` hands the publish to the event loop and waits.
+lupa releases the GIL while Lua runs, so the loop and other workers keep going.
+Each thread lazily builds its own Lua state; no state is ever shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from wippy_queue import context
+from wippy_queue.errors import HandlerError
+from wippy_queue.functions.base import Handler
+from wippy_queue.functions.lua.host import CallToken
+from wippy_queue.functions.lua.modules import BUILTIN_MODULES, ModuleSpec
+from wippy_queue.functions.lua.program import Program
+from wippy_queue.functions.lua.state import LuaState
+
+
+class LuaHandler(Handler):
+    def __init__(
+        self, program: Program, *, modules: Mapping[str, ModuleSpec] = BUILTIN_MODULES
+    ) -> None:
+        super().__init__(program.entry_id)
+        self.program = program
+        self._modules = modules
+        self._executor: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._tokens: set[CallToken] = set()
+        self._lock = threading.Lock()
+        #: how many Lua states were built (a stopped state is replaced by a new one)
+        self.states_built = 0
+
+    async def start(self, *, concurrency: int) -> None:
+        """Start the thread pool and build one state now: a chunk that fails to load
+        fails the consumer's start instead of nacking every message."""
+        if self._executor is not None:
+            return
+        size = self.program.config.states(concurrency)
+        name = "lua-" + self.entry_id.replace(":", "-")
+        self._executor = ThreadPoolExecutor(size, thread_name_prefix=name)
+        self._local = threading.local()
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._state)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        for token in list(self._tokens):
+            token.cancel()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def call(self, data: Any) -> Any:
+        if self._executor is None:
+            raise HandlerError(f"{self.entry_id}: the Lua handler is not started")
+        loop = asyncio.get_running_loop()
+        token = CallToken()
+        self._tokens.add(token)
+        try:
+            return await context.run_in_executor(loop, self._executor, self._run, token, data)
+        except asyncio.CancelledError:
+            token.cancel()  # the Lua call stops at its next hook, sleep or publish
+            raise
+        finally:
+            self._tokens.discard(token)
+
+    def _run(self, token: CallToken, data: Any) -> Any:
+        state = self._state()
+        try:
+            return state.call(token, data)
+        finally:
+            if state.broken:
+                self._local.state = None
+
+    def _state(self) -> LuaState:
+        state: LuaState | None = getattr(self._local, "state", None)
+        if state is None:
+            # a chunk's top level runs outside any message's context
+            with context.bound(context.CallContext()):
+                state = LuaState(self.program, self._modules)
+            self._local.state = state
+            with self._lock:
+                self.states_built += 1
+        return state

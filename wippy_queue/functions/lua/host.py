@@ -1,0 +1,98 @@
+"""What the Python side of one Lua state holds for its modules: the running call.
+
+A Lua call runs in a worker thread; cancelling it (the consumer's timeout, or its
+stop) happens on the event loop thread. The ``CallToken`` carries that across:
+the instruction hook polls it, ``time.sleep`` waits on it, a blocking publish is
+cancelled through it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import threading
+from typing import Any
+
+from wippy_queue import context
+from wippy_queue.errors import SettleError
+from wippy_queue.functions.lua.convert import Converter
+from wippy_queue.queue.handle import MessageHandle
+
+CANCELLED = "cancelled: the handler timed out or its consumer is stopping"
+
+
+class CallToken:
+    """One handler call's cancellation flag, set from any thread."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+        self._waiting: concurrent.futures.Future[Any] | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.event.is_set()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.event.set()
+            if self._waiting is not None:
+                self._waiting.cancel()
+
+    def wait_for(self, future: concurrent.futures.Future[Any]) -> Any:
+        """Block on ``future`` (from the worker thread) unless the call is cancelled."""
+        with self._lock:
+            if self.event.is_set():
+                future.cancel()
+            self._waiting = future
+        try:
+            return future.result()
+        finally:
+            with self._lock:
+                self._waiting = None
+
+
+class Host:
+    """Per Lua state: its converter, its log, the running call and its messages."""
+
+    def __init__(self, entry_id: str, converter: Converter) -> None:
+        self.entry_id = entry_id
+        self.convert = converter
+        self.log = logging.getLogger("wippy_queue.lua").getChild(entry_id)
+        self.token = CallToken()
+        #: ``queue.message()`` objects of the running call: Lua holds only the number
+        self.handles: dict[int, MessageHandle] = {}
+        self._next_handle = 0
+
+    def begin(self, token: CallToken) -> None:
+        self.token = token
+        self.handles.clear()
+
+    def end(self) -> None:
+        self.token = CallToken()
+        self.handles.clear()
+
+    def check(self) -> str | None:
+        """Called by the instruction hook: a reason to stop, or None."""
+        return CANCELLED if self.token.cancelled else None
+
+    def add_handle(self, handle: MessageHandle) -> int:
+        self._next_handle += 1
+        self.handles[self._next_handle] = handle
+        return self._next_handle
+
+    def fields(self) -> dict[str, Any]:
+        """The call context as log fields: function, consumer, message and actor."""
+        out: dict[str, Any] = {"function": self.entry_id}
+        ctx = context.current()
+        if ctx is None:
+            return out
+        if ctx.consumer:
+            out["consumer"] = ctx.consumer
+        if ctx.message is not None:
+            with contextlib.suppress(SettleError):  # released: not ours to read any more
+                out["message_id"] = ctx.message.id
+        if ctx.actor is not None:
+            out["actor_id"] = ctx.actor.id
+        return out

@@ -1,0 +1,90 @@
+"""``function.lua`` in a Components table: the registry check and the builder.
+
+The builder gets one entry, but a Lua handler also needs the entries it
+``imports``; the registry check (which the loader runs with the whole registry)
+indexes them and rejects import cycles. lupa is imported only when a handler is
+built, so that the package works without the ``lua`` extra.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+
+from wippy_queue.errors import HandlerError, Problem
+from wippy_queue.functions.base import Handler
+from wippy_queue.functions.lua.config import LuaFunctionConfig
+from wippy_queue.registry.entry import Entry
+from wippy_queue.registry.registry import Registry
+
+KIND = "function.lua"
+
+
+class LuaFunctions:
+    def __init__(self) -> None:
+        self._entries: dict[str, Entry] = {}
+
+    def check(self, registry: Registry) -> list[Problem]:
+        """Index the registry's function.lua entries; report import cycles."""
+        self._entries = {e.id: e for e in registry.of_kind(KIND)}
+        return import_cycles(self._entries)
+
+    def build(self, entry: Entry) -> Handler:
+        """A LuaHandler for ``entry``; HandlerError (a load problem) says what is wrong."""
+        try:
+            importlib.import_module("lupa.lua51")
+        except ImportError as err:
+            raise HandlerError(
+                f"{entry.id} is a function.lua entry, which needs lupa (embedded Lua): "
+                "pip install 'wippy-queue[lua]'"
+            ) from err
+        from wippy_queue.functions.lua.handler import LuaHandler
+        from wippy_queue.functions.lua.program import build_program
+        from wippy_queue.functions.lua.state import check_syntax
+
+        assert isinstance(entry.config, LuaFunctionConfig)
+        if entry.config.imports and self._entries.get(entry.id) is not entry:
+            raise HandlerError(
+                f"{entry.id} has imports, but its registry was not loaded with these "
+                "components (use Runtime.load, or load_registry with the same kinds table)"
+            )
+        program = build_program(entry, self._entries)
+        check_syntax(program)
+        return LuaHandler(program)
+
+
+def import_cycles(entries: Mapping[str, Entry]) -> list[Problem]:
+    """One problem per cycle of ``imports`` (a chunk cannot require itself, even indirectly)."""
+    problems: list[Problem] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        path.append(node)
+        config = entries[node].config
+        assert isinstance(config, LuaFunctionConfig)
+        for target in config.imports.values():
+            if target not in entries:
+                continue  # the loader already reported it
+            if state.get(target) == 1:
+                cycle = [*path[path.index(target) :], target]
+                entry = entries[target]
+                problems.append(
+                    Problem(
+                        f"import cycle: {' -> '.join(cycle)}; a Lua chunk cannot require "
+                        "itself, even through another entry",
+                        entry.location.file,
+                        entry.location.line_of("imports"),
+                        entry.id,
+                        "imports",
+                    )
+                )
+            elif target not in state:
+                visit(target, path)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(entries):
+        if node not in state:
+            visit(node, [])
+    return problems

@@ -1,0 +1,224 @@
+"""The Lua side of the sandbox, run once in every fresh Lua state.
+
+It captures what the host needs (``debug.sethook``, ``debug.traceback``, the raw
+loaders) in locals, builds the safe base environment handlers see, and returns a
+table of internal functions to Python. Python then empties the real global table,
+so nothing reachable from handler code leads to ``os``, ``io``, ``debug``,
+``package`` or lupa's ``python`` module. Every internal function uses only
+upvalues, so a handler cannot redirect them through globals.
+"""
+
+from __future__ import annotations
+
+#: Instructions between two runs of the count hook.
+HOOK_STEP = 1000
+#: Hook runs between two cancellation checks (a call into Python).
+CHECK_EVERY = 100
+
+PRELUDE = r"""
+local check, print_host, STEP, CHECK_EVERY = ...
+local sethook, traceback = debug.sethook, debug.traceback
+local loadstring, setfenv = loadstring, setfenv
+local setmetatable, getmetatable = setmetatable, getmetatable
+local type, error, pairs, ipairs, select, tostring, rawget, xpcall, pcall, unpack =
+  type, error, pairs, ipairs, select, tostring, rawget, xpcall, pcall, unpack
+local collectgarbage, assert = collectgarbage, assert
+local co_create, co_resume = coroutine.create, coroutine.resume
+local byte, format, concat, sort = string.byte, string.format, table.concat, table.sort
+local function pack(...) return {n = select("#", ...), ...} end
+
+-- instruction budget, cancellation ---------------------------------------------------
+local ctl = {budget = 0, ticks = 0, stop = nil}
+local hook
+hook = function()
+  local stop = ctl.stop
+  if stop then error(stop, 0) end
+  local budget = ctl.budget - STEP
+  ctl.budget = budget
+  if budget <= 0 then
+    ctl.stop = "instruction limit exceeded"
+  else
+    local ticks = ctl.ticks + 1
+    if ticks >= CHECK_EVERY then
+      ticks = 0
+      local reason = check()
+      if reason then ctl.stop = reason end
+    end
+    ctl.ticks = ticks
+  end
+  if ctl.stop then
+    sethook(hook, "", 1)  -- from now on every instruction fails: no pcall can swallow it
+    error(ctl.stop, 0)
+  end
+end
+sethook(hook, "", STEP)
+
+local function hooked(co)
+  sethook(co, hook, "", STEP)  -- hooks are per coroutine in Lua 5.1
+  return co
+end
+
+-- the safe base environment --------------------------------------------------------
+local function copy(t, drop)
+  local out = {}
+  for k, v in pairs(t) do if not (drop and drop[k]) then out[k] = v end end
+  return out
+end
+
+local array_mt = {}  -- marks tables made from Python lists: {} stays [] on the way back
+local string_lib = copy(string, {dump = true})
+getmetatable("").__index = string_lib
+getmetatable("").__metatable = "string"
+
+local base = {
+  assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
+  pcall = pcall, rawequal = rawequal, rawget = rawget, rawset = rawset, select = select,
+  tonumber = tonumber, tostring = tostring, type = type, unpack = unpack, xpcall = xpcall,
+  setmetatable = setmetatable, _VERSION = _VERSION,
+  string = string_lib, table = copy(table), math = copy(math),
+}
+base.getmetatable = function(v)
+  if type(v) == "userdata" then return nil end
+  return getmetatable(v)
+end
+base.collectgarbage = function(opt, arg)
+  if opt == nil or opt == "collect" or opt == "count" or opt == "step" then
+    return collectgarbage(opt, arg)
+  end
+  error(format("collectgarbage(%q) is not available in the sandbox", tostring(opt)), 2)
+end
+base.print = function(...)
+  local parts = {}
+  for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+  print_host(concat(parts, "\t"))
+end
+base.table.unpack = unpack
+base.coroutine = copy(coroutine)
+base.coroutine.create = function(f) return hooked(co_create(f)) end
+base.coroutine.wrap = function(f)
+  local co = hooked(co_create(f))
+  return function(...)
+    local res = pack(co_resume(co, ...))
+    if not res[1] then error(res[2], 0) end
+    return unpack(res, 2, res.n)
+  end
+end
+
+local function loaders(env)
+  local function load_string(s, name)
+    if type(s) ~= "string" then return nil, "loadstring: expected a string of Lua source" end
+    if byte(s, 1) == 27 then return nil, "precompiled (binary) chunks cannot be loaded" end
+    local f, err = loadstring(s, name)
+    if not f then return nil, err end
+    setfenv(f, env)
+    return f
+  end
+  local function load(reader, name)
+    if type(reader) == "string" then return load_string(reader, name) end
+    if type(reader) ~= "function" then return nil, "load: expected a function or a string" end
+    local parts = {}
+    while true do
+      local piece = reader()
+      if piece == nil or piece == "" then break end
+      if type(piece) ~= "string" then return nil, "load: the reader returned a non-string" end
+      parts[#parts + 1] = piece
+    end
+    return load_string(concat(parts), name or "=(load)")
+  end
+  return load_string, load
+end
+
+-- units (function.lua entries) and require ------------------------------------------
+local units, loaded, loading, envs = {}, {}, {}, {}
+local makers, modules = {}, {}
+local run_unit
+
+local function make_require(unit)
+  return function(name)
+    if type(name) ~= "string" then error("require: expected a module name (a string)", 2) end
+    if unit.modules[name] then
+      local m = modules[name]
+      if m == nil then m = makers[name](); modules[name] = m end
+      return m
+    end
+    local target = unit.imports[name]
+    if target then return (run_unit(target)) end
+    error(format("module '%s' is not available to %s; it may require: %s", name, unit.id,
+      unit.available), 2)
+  end
+end
+
+local function new_env(unit)
+  local env = copy(base)
+  env._G = env
+  env.require = make_require(unit)
+  env.loadstring, env.load = loaders(env)
+  return env
+end
+
+run_unit = function(id)
+  local value = loaded[id]
+  if value ~= nil then return value, envs[id] end
+  if loading[id] then error("circular import of " .. id, 0) end
+  local unit = units[id]
+  local f, err = loadstring(unit.source, unit.chunkname)
+  if not f then error(err, 0) end
+  local env = new_env(unit)
+  setfenv(f, env)
+  loading[id] = true
+  local ok, result = pcall(f)
+  loading[id] = nil
+  if not ok then error(result, 0) end
+  if result == nil then result = true end
+  loaded[id], envs[id] = result, env
+  return result, env
+end
+
+local api = {ctl = ctl, array_mt = array_mt, setmetatable = setmetatable,
+             getmetatable = getmetatable, rawequal = rawequal}
+
+function api.add_unit(id, source, chunkname, module_list, imports)
+  local allowed, names = {}, {}
+  for _, name in ipairs(module_list) do allowed[name] = true; names[#names + 1] = name end
+  for alias in pairs(imports) do names[#names + 1] = alias end
+  sort(names)
+  units[id] = {id = id, source = source, chunkname = chunkname, modules = allowed,
+               imports = imports, available = #names > 0 and concat(names, ", ") or "nothing"}
+end
+
+function api.add_module(name, shim, host)
+  local f = assert(loadstring(shim, "=module " .. name))
+  setfenv(f, copy(base))
+  local make = f()
+  makers[name] = function() return make(host) end
+end
+
+function api.load_main(id, method)
+  local value, env = run_unit(id)
+  if method then
+    local fn
+    if type(value) == "table" then fn = rawget(value, method) end
+    if fn == nil then fn = rawget(env, method) end
+    if type(fn) ~= "function" then
+      error(format("%s has no function '%s' (method): return a table holding it, "
+        .. "or define it as a global function", id, method), 0)
+    end
+    return fn
+  end
+  if type(value) ~= "function" then
+    error(format("%s returned a %s, not the handler function: end the file with "
+      .. "'return handler' or set 'method'", id, type(value)), 0)
+  end
+  return value
+end
+
+local function on_error(e)
+  return {err = e, traceback = traceback("", 2)}
+end
+
+function api.call(fn, arg)
+  return xpcall(function() return fn(arg) end, on_error)
+end
+
+return api
+"""
