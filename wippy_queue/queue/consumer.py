@@ -119,7 +119,7 @@ class Consumer:
     async def _work(self) -> None:
         while True:
             delivery = await self._buffer.get()
-            if self._stopping:
+            if self._stopping or not all(gate.is_set() for gate in self._gates):
                 await delivery.release()
                 self._credits.release()
                 continue

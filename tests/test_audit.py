@@ -1,0 +1,361 @@
+"""The audit trail: one hash-chained record per decision and outcome, tamper
+evidence, crash-torn lines, fail-closed writes, and hot reload of policy files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import write
+
+from wippy_queue import Runtime
+from wippy_queue.cli import main
+from wippy_queue.components import default_components
+from wippy_queue.functions.python import PythonHandler
+from wippy_queue.security.audit import AuditTrail, verify_file
+from wippy_queue.security.audit.chain import RESUMED
+
+WAIT_S = 5.0
+MODEL = Path(__file__).parent.parent / "policies" / "rbac_with_tenants.conf"
+ALLOW_A = "p, worker, tenant-a, t:*, queue.consume, allow\ng, worker-a, worker, tenant-a\n"
+ALLOW_NONE = "g, worker-a, worker, tenant-a\n"
+
+
+def app(
+    tmp_path: Path,
+    handler: Callable[..., Any],
+    *,
+    rules: str = ALLOW_A,
+    fsync: str = "batch",
+    max_attempts: int = 50,
+) -> Runtime:
+    """Queue t:jobs consumed by t:worker (actor worker-a, tenant-a) under RBAC rules
+    in tmp_path/rules.csv; publishers stamp tenant-a via the `t:outbox` consumer."""
+    write(tmp_path / "rules.csv", rules)
+    document = {
+        "namespace": "t",
+        "entries": [
+            {
+                "name": "audit",
+                "kind": "security.audit",
+                "path": "file://audit.jsonl",
+                "fsync": fsync,
+            },
+            {"name": "mem", "kind": "queue.driver.memory", "lifecycle": {"auto_start": True}},
+            {
+                "name": "jobs",
+                "kind": "queue.queue",
+                "driver": "mem",
+                "dead_letter": {"queue": "dead", "max_attempts": max_attempts},
+            },
+            {"name": "dead", "kind": "queue.queue", "driver": "mem"},
+            {
+                "name": "tenants",
+                "kind": "security.policy.casbin",
+                "model": f"file://{MODEL}",
+                "policy": "file://rules.csv",
+                "request": ["actor.id", "actor.meta.tenant", "resource", "action"],
+            },
+            {"name": "fn", "kind": "function.python", "source": "builtins:print"},
+            {
+                "name": "worker",
+                "kind": "queue.consumer",
+                "queue": "jobs",
+                "func": "fn",
+                "lifecycle": {
+                    "auto_start": True,
+                    "security": {
+                        "actor": {"id": "worker-a", "meta": {"tenant": "tenant-a"}},
+                        "policies": ["tenants"],
+                    },
+                },
+            },
+        ],
+    }
+    path = write(tmp_path / "app.yaml", yaml.safe_dump(document, sort_keys=False))
+    components = default_components()
+    components.functions["function.python"] = lambda entry: PythonHandler(entry.id, handler)
+    return Runtime.load(path, components=components)
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def ok(data: Any) -> bool:
+    return True
+
+
+# -- records ---------------------------------------------------------------------
+
+
+async def test_every_consume_is_recorded_with_decision_and_outcome(tmp_path: Path) -> None:
+    async def flaky(data: Any) -> Any:
+        if data["n"] == 1:
+            raise ValueError("boom")
+        return True
+
+    runtime = app(tmp_path, flaky, max_attempts=1)
+    async with runtime:
+        await runtime.publish("t:jobs", {"n": 0})
+        await runtime.publish("t:jobs", {"n": 1})
+        await runtime.join("t:jobs", timeout=WAIT_S)
+    records = lines(tmp_path / "audit.jsonl")
+    assert records[0]["event"] == "audit_header"
+    consumes = [r for r in records if r["event"] == "consume"]
+    assert [r["outcome"] for r in consumes] == ["ack", "dead_letter"]
+    for record in consumes:
+        assert record["decision"] == "allow" and record["reason"] == "policy"
+        assert record["actor"] == "worker-a" and record["tenant"] == "tenant-a"
+        assert record["consumer"] == "t:worker" and record["queue"] == "t:jobs"
+        assert record["policy"] == "t:tenants" and record["rule"][:2] == ["worker", "tenant-a"]
+        assert record["attempt"] == 1 and record["duration_ms"] >= 0
+    assert consumes[1]["error"] == "ValueError: boom"
+    assert [r["seq"] for r in records] == list(range(len(records)))
+    assert verify_file(tmp_path / "audit.jsonl").ok
+
+
+async def test_denied_consume_is_recorded_and_handler_never_runs(tmp_path: Path) -> None:
+    ran: list[Any] = []
+
+    async def handler(data: Any) -> bool:
+        ran.append(data)
+        return True
+
+    runtime = app(tmp_path, handler, rules=ALLOW_NONE, max_attempts=2)
+    async with runtime:
+        await runtime.publish("t:jobs", {"n": 0})
+        await runtime.join("t:jobs", timeout=WAIT_S)
+    assert ran == []
+    consumes = [r for r in lines(tmp_path / "audit.jsonl") if r["event"] == "consume"]
+    assert [(r["decision"], r["reason"], r["outcome"]) for r in consumes] == [
+        ("deny", "no_allow", "nack"),
+        ("deny", "no_allow", "dead_letter"),
+    ]
+    assert consumes[0]["outcome_reason"] == "permission_denied"
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """`wippy-queue run` in-process installs log handlers; put the old ones back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_cli_run_audit_flag_and_show_filters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    audit = tmp_path / "trail.jsonl"
+    code = main(
+        [
+            "run",
+            "examples/multi_tenant",
+            "--audit",
+            str(audit),
+            "--publish",
+            "app.mt:outbox_a",
+            '{"job": "a1"}',
+            "--publish",
+            "app.mt:outbox_b",
+            '{"job": "b3", "target": "app.mt:a_private"}',
+            "--until-idle",
+            "--timeout",
+            "10",
+        ]
+    )
+    assert code == 0
+    capsys.readouterr()
+    assert main(["audit", "verify", str(audit)]) == 0
+    assert "chain intact" in capsys.readouterr().out
+    assert main(["audit", "show", str(audit), "--denied", "--json"]) == 0
+    denied = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert denied and all(r["decision"] == "deny" for r in denied)
+    assert any(r["actor"] == "svc-b" and r["queue"] == "app.mt:a_private" for r in denied)
+    assert main(["audit", "show", str(audit), "--actor", "worker-a"]) == 0
+    table = capsys.readouterr().out
+    assert "worker-a" in table and "svc-b" not in table and "ACTOR" in table
+    assert main(["audit", "show", str(audit), "--since", "2999-01-01"]) == 0
+    assert "(0 records)" in capsys.readouterr().out
+    assert main(["audit", "show", str(audit), "--since", "yesterday"]) == 2
+
+
+# -- tamper evidence ---------------------------------------------------------------
+
+
+@pytest.fixture
+def trail_file(tmp_path: Path) -> Path:
+    async def make() -> None:
+        trail = AuditTrail(tmp_path / "t.jsonl")
+        await trail.open()
+        for i in range(6):
+            await trail.record({"event": "consume", "message_id": f"m{i}", "outcome": "ack"})
+        await trail.close()
+
+    asyncio.run(make())
+    return tmp_path / "t.jsonl"
+
+
+def _edit(path: Path, change: Callable[[list[str]], list[str]]) -> None:
+    path.write_text("".join(change(path.read_text().splitlines(keepends=True))))
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "bad_line", "words"),
+    [
+        ("edit", lambda ls: [*ls[:3], ls[3].replace('"ack"', '"nack"'), *ls[4:]], 4, "edited"),
+        ("delete", lambda ls: [*ls[:2], *ls[3:]], 3, "sequence"),
+        ("insert", lambda ls: [*ls[:4], ls[2], *ls[4:]], 5, "sequence"),
+        ("reorder", lambda ls: [*ls[:2], ls[3], ls[2], *ls[4:]], 3, "sequence"),
+        ("delete header", lambda ls: ls[1:], 1, "header"),
+        ("garbage line", lambda ls: [*ls[:2], "not json\n", *ls[2:]], 4, "torn"),
+    ],
+)
+def test_verify_names_the_first_bad_line(
+    trail_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    change: Callable[[list[str]], list[str]],
+    bad_line: int,
+    words: str,
+) -> None:
+    assert main(["audit", "verify", str(trail_file)]) == 0
+    assert "ok: 7 records" in capsys.readouterr().out
+    _edit(trail_file, change)
+    result = verify_file(trail_file)
+    assert not result.ok and result.bad_line == bad_line and words in str(result.problem)
+    assert main(["audit", "verify", str(trail_file)]) == 1
+    assert f"line {bad_line}" in capsys.readouterr().out
+
+
+def test_rehashed_edit_is_still_caught(trail_file: Path) -> None:
+    """Recomputing the edited record's own hash breaks the next record's prev."""
+    from wippy_queue.security.audit.chain import line_of, seal
+
+    records = lines(trail_file)
+    records[3]["outcome"] = "nack"
+    seal(records[3], records[3]["prev"])
+    trail_file.write_bytes(b"".join(line_of(r) for r in records))
+    result = verify_file(trail_file)
+    assert not result.ok and result.bad_line == 5
+
+
+async def test_torn_last_line_is_reported_and_the_chain_continues(trail_file: Path) -> None:
+    data = trail_file.read_bytes()
+    trail_file.write_bytes(data[:-30])  # a crash in the middle of the last record
+    torn = verify_file(trail_file)
+    assert torn.ok and torn.torn_lines == [7] and "torn" in torn.summary()
+
+    trail = AuditTrail(trail_file)
+    await trail.open()
+    await trail.record({"event": "consume", "message_id": "after", "outcome": "ack"})
+    await trail.close()
+    result = verify_file(trail_file)
+    assert result.ok, result.summary()
+    assert result.torn_lines == [7]
+    tail = [json.loads(line) for line in trail_file.read_text().splitlines()[-2:]]
+    assert tail[0]["event"] == RESUMED and tail[0]["torn_line"] == 7
+    assert tail[1]["message_id"] == "after"
+
+
+async def test_opening_a_tampered_file_is_refused(trail_file: Path) -> None:
+    _edit(trail_file, lambda ls: [*ls[:2], *ls[3:]])
+    trail = AuditTrail(trail_file)
+    with pytest.raises(Exception, match="refusing to extend a tampered chain"):
+        await trail.open()
+
+
+# -- fail closed -------------------------------------------------------------------
+
+
+async def test_unwritable_audit_stops_consumers_and_acks_nothing_unaudited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handled: list[int] = []
+    runtime = app(tmp_path, ok, fsync="always")
+    assert runtime.audit is not None
+    runtime.audit.retry_s = 0.05
+    real_write = AuditTrail._write
+    disk_full = asyncio.Event()
+    calls = {"n": 0}
+
+    def write_or_fail(self: AuditTrail, data: bytes, sync: bool) -> None:
+        if disk_full.is_set() and data:
+            calls["n"] += 1
+            raise OSError(28, "No space left on device")
+        real_write(self, data, sync)
+
+    monkeypatch.setattr(AuditTrail, "_write", write_or_fail)
+
+    async def handler(data: Any) -> bool:
+        handled.append(data["n"])
+        return True
+
+    runtime.consumers["t:worker"].handler = PythonHandler("t:fn", handler)
+    async with runtime:
+        await runtime.publish("t:jobs", {"n": 0})
+        await runtime.join("t:jobs", timeout=WAIT_S)
+        disk_full.set()
+        await runtime.publish("t:jobs", {"n": 1})
+        async with asyncio.timeout(WAIT_S):
+            while runtime.audit.healthy:
+                await asyncio.sleep(0.001)
+        info = await runtime.info("t:jobs")
+        assert info.message_count == 1  # handled but NOT acked: it went back to the queue
+        assert not runtime.audit.gate.is_set()  # consumers take nothing while unwritable
+        disk_full.clear()
+        await runtime.join("t:jobs", timeout=WAIT_S)
+    assert handled[0] == 0 and handled.count(1) == 2  # redone after the audit came back
+    records = lines(tmp_path / "audit.jsonl")
+    assert [r["outcome"] for r in records if r["event"] == "consume"] == ["ack", "ack"]
+    assert any(r["event"] == "audit_recovered" for r in records)
+    assert verify_file(tmp_path / "audit.jsonl").ok
+
+
+# -- hot reload --------------------------------------------------------------------
+
+
+async def test_hot_reload_applies_a_good_file_and_refuses_a_broken_one(tmp_path: Path) -> None:
+    handled: list[int] = []
+
+    async def handler(data: Any) -> bool:
+        handled.append(data["n"])
+        return True
+
+    runtime = app(tmp_path, handler, rules=ALLOW_NONE)
+    reloads: asyncio.Queue[tuple[bool, str | None]] = asyncio.Queue()
+    runtime.policy_watcher.listeners.append(
+        lambda policy, file, old, new, applied, error: reloads.put_nowait((applied, error))
+    )
+    async with runtime:
+        await runtime.publish("t:jobs", {"n": 0})
+        async with asyncio.timeout(WAIT_S):  # denied while no rule allows it
+            while (await runtime.info("t:jobs")).delayed == 0:
+                await asyncio.sleep(0.001)
+        assert handled == []
+
+        (tmp_path / "rules.csv").write_text(ALLOW_A)
+        assert await asyncio.wait_for(reloads.get(), WAIT_S) == (True, None)
+        await runtime.join("t:jobs", timeout=WAIT_S)
+        assert handled == [0]
+
+        (tmp_path / "rules.csv").write_text("p, worker, tenant-a\n")  # too few fields
+        applied, error = await asyncio.wait_for(reloads.get(), WAIT_S)
+        assert not applied and "fields" in str(error)
+        await runtime.publish("t:jobs", {"n": 1})
+        await runtime.join("t:jobs", timeout=WAIT_S)
+        assert handled == [0, 1]  # the last good rules stayed in force
+
+    events = [r for r in lines(tmp_path / "audit.jsonl") if r["event"] == "policy_reload"]
+    assert [r["result"] for r in events] == ["applied", "refused"]
+    assert events[0]["old_digest"] != events[0]["new_digest"]
+    assert events[1]["error"]
