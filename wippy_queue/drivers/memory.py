@@ -206,9 +206,7 @@ class MemoryDriver(Driver):
         try:
             return self._queues[name]
         except KeyError:
-            raise DriverError(
-                f"queue {name!r} is not declared on driver {self.entry_id}"
-            ) from None
+            raise DriverError(f"queue {name!r} is not declared on driver {self.entry_id}") from None
 
     async def publish(self, queue: str, message: Message) -> None:
         state = self._queue(queue)

@@ -112,7 +112,10 @@ class Supervisor:
 
     async def _restart(self, unit: Supervised) -> None:
         policy = unit.lifecycle.restart
-        if unit.started_at and time.monotonic() - unit.started_at >= unit.lifecycle.stable_threshold:
+        if (
+            unit.started_at
+            and time.monotonic() - unit.started_at >= unit.lifecycle.stable_threshold
+        ):
             unit.restarts = 0
         while True:
             unit.restarts += 1

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from wippy_queue.errors import SettleError
-from wippy_queue.queue.message import HeaderValue, Headers, Message
+from wippy_queue.queue.message import Headers, HeaderValue, Message
 from wippy_queue.queue.outcome import ACK, Outcome
 
 Settle = Callable[[Outcome], Awaitable[None]]

@@ -43,7 +43,9 @@ def user_headers(headers: Mapping[Any, Any] | None) -> Headers:
     if headers is None:
         return {}
     if not isinstance(headers, Mapping):
-        raise PublishError(f"headers must be a mapping of str to str/int/float/bool, got {headers!r}")
+        raise PublishError(
+            f"headers must be a mapping of str to str/int/float/bool, got {headers!r}"
+        )
     checked: Headers = {}
     for key, value in headers.items():
         if not isinstance(key, str) or not key:

@@ -23,9 +23,7 @@ class Reference:
     dependency: bool = True
 
     def allows(self, kind: str) -> bool:
-        return any(
-            kind.startswith(k[:-1]) if k.endswith("*") else kind == k for k in self.kinds
-        )
+        return any(kind.startswith(k[:-1]) if k.endswith("*") else kind == k for k in self.kinds)
 
 
 class EntryModel(BaseModel):
