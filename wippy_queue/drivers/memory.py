@@ -52,7 +52,10 @@ class _MemoryQueue:
         self.in_flight = 0
         self.delayed: dict[asyncio.TimerHandle, Message] = {}
         self.consumers = 0
-        self.getters: deque[asyncio.Future[None]] = deque()
+        #: waiting receivers: (subscription, future)
+        self.getters: deque[tuple[object, asyncio.Future[None]]] = deque()
+        #: id(message) -> the subscription that last nacked it (offered to others first)
+        self.nacked_by: dict[int, object] = {}
         self.putters: deque[asyncio.Future[None]] = deque()
         self.idle_waiters: deque[asyncio.Future[None]] = deque()
 
@@ -64,10 +67,36 @@ class _MemoryQueue:
             self.ready.appendleft(message)
         else:
             self.ready.append(message)
-        _wake_one(self.getters)
+        self.wake_getter(avoid=self.nacked_by.get(id(message)))
+
+    def wake_getter(self, avoid: object = None) -> None:
+        """Wake one waiting receiver, preferring one that is not ``avoid``."""
+        while self.getters and self.getters[0][1].done():
+            self.getters.popleft()
+        fallback = None
+        for item in self.getters:
+            if item[1].done():
+                continue
+            if item[0] is not avoid:
+                fallback = item
+                break
+            fallback = fallback or item
+        if fallback is not None:
+            self.getters.remove(fallback)
+            fallback[1].set_result(None)
+
+    def wake_all_getters(self) -> None:
+        for _, waiter in self.getters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.getters.clear()
+
+    def others_waiting(self, subscription: object) -> bool:
+        return any(sub is not subscription and not f.done() for sub, f in self.getters)
 
     def pop(self) -> Message:
         message = self.ready.popleft()
+        self.nacked_by.pop(id(message), None)
         self.in_flight += 1
         message.headers[ATTEMPTS] = int(message.headers.get(ATTEMPTS, 0)) + 1
         _wake_one(self.putters)
@@ -101,11 +130,12 @@ class _MemoryQueue:
 
 
 class MemoryDelivery(Delivery):
-    __slots__ = ("_handle", "_queue")
+    __slots__ = ("_handle", "_queue", "_subscription")
 
-    def __init__(self, queue: _MemoryQueue, message: Message) -> None:
+    def __init__(self, queue: _MemoryQueue, message: Message, subscription: object) -> None:
         super().__init__(message)
         self._queue = queue
+        self._subscription = subscription
         self._handle: asyncio.TimerHandle | None = None
 
     async def _ack(self) -> None:
@@ -114,6 +144,9 @@ class MemoryDelivery(Delivery):
     async def _nack(self, *, requeue: bool, delay_s: float, reason: str) -> None:
         queue = self._queue
         if requeue:
+            # offered to another consumer first: one that may not take it must not
+            # exhaust its attempts while an allowed one waits
+            queue.nacked_by[id(self.message)] = self._subscription
             if delay_s > 0:
                 loop = asyncio.get_running_loop()
                 self._handle = loop.call_later(delay_s, self._undelay)
@@ -151,22 +184,25 @@ class MemorySubscription(Subscription):
             if self._closed or not self._driver.running:
                 raise SubscriptionClosed(f"subscription to {queue.name!r} is closed")
             if queue.ready:
-                return MemoryDelivery(queue, queue.pop())
+                head = queue.ready[0]
+                if queue.nacked_by.get(id(head)) is not self or not queue.others_waiting(self):
+                    return MemoryDelivery(queue, queue.pop(), self)
+                queue.wake_getter(avoid=self)  # this consumer nacked it: another goes first
             waiter = asyncio.get_running_loop().create_future()
-            queue.getters.append(waiter)
+            queue.getters.append((self, waiter))
             try:
                 await waiter
             except asyncio.CancelledError:
                 waiter.cancel()
                 if queue.ready and not waiter.cancelled():
-                    _wake_one(queue.getters)
+                    queue.wake_getter()
                 raise
 
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._queue.consumers -= 1
-            _wake_all(self._queue.getters)
+            self._queue.wake_all_getters()
 
 
 class MemoryDriver(Driver):
@@ -188,7 +224,7 @@ class MemoryDriver(Driver):
         self._running = False
         for queue in self._queues.values():
             queue.flush_delayed()
-            _wake_all(queue.getters)
+            queue.wake_all_getters()
             _wake_all(queue.putters)
 
     async def declare(self, queue: str, options: Mapping[str, Any]) -> None:
