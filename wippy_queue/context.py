@@ -46,7 +46,7 @@ class CallContext:
         return replace(self, **changes)
 
 
-class _Vars(ContextVarsRegistry):
+class _Vars(ContextVarsRegistry):  # type: ignore[misc]
     call: CallContext | None = None
 
 

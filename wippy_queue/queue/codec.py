@@ -38,7 +38,7 @@ def _json_decode(body: bytes) -> Any:
 
 def _msgpack() -> Codec:
     try:
-        import msgpack  # type: ignore[import-not-found]
+        import msgpack
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise PublishError("codec 'application/msgpack' needs: pip install msgpack") from err
 

@@ -39,18 +39,18 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
     mapping.line = node.start_mark.line + 1
     mapping.key_lines = {}
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if key in mapping.key_lines:
             loader.duplicate_keys.append((key, line))
-        mapping[key] = loader.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
+        mapping[key] = loader.construct_object(value_node, deep=True)
         mapping.key_lines[key] = line
     return mapping
 
 
 _LineLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 
@@ -138,7 +138,7 @@ def _parse(path: Path, problems: list[Problem]) -> Any:
         )
         return None
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        loader.dispose()
     for key, line in loader.duplicate_keys:
         problems.append(
             Problem(f"key {key!r} is written twice; keep one", file=str(path), line=line)
@@ -193,7 +193,7 @@ def _file_entries(
             )
         )
         return []
-    file_meta = document.get("meta") or {}
+    file_meta = _mapping(document, "meta", file, None, problems)
     raw_entries = document.get("entries")
     if not isinstance(raw_entries, list):
         problems.append(
@@ -225,11 +225,32 @@ def _raw_entry(
     entry_id = f"{namespace}:{name}" if name else None
     for message in env_problems:
         problems.append(Problem(message, file=file, line=item.line, entry_id=entry_id))
-    meta = {**(file_meta if isinstance(file_meta, dict) else {}), **(item.get("meta") or {})}
+    meta = {**file_meta, **_mapping(item, "meta", file, entry_id, problems)}
     data = {k: v for k, v in item.items() if k not in ("name", "kind", "meta", "data")}
     lines = dict(item.key_lines)
-    explicit = item.get("data")
-    if isinstance(explicit, LineDict):
-        data.update(explicit)
-        lines.update(explicit.key_lines)
+    explicit = _mapping(item, "data", file, entry_id, problems)
+    data.update(explicit)
+    lines.update(explicit.key_lines)
     return RawEntry(file, item.line, namespace, name, kind, meta, data, lines)
+
+
+def _mapping(
+    node: LineDict, key: str, file: str, entry_id: str | None, problems: list[Problem]
+) -> LineDict:
+    """``node[key]`` if it is a mapping; empty when absent; a problem when it is not."""
+    value = node.get(key)
+    if isinstance(value, LineDict):
+        return value
+    if value is not None:
+        problems.append(
+            Problem(
+                f"'{key}' must be a mapping of names to values, got {value!r}",
+                file,
+                node.key_lines.get(key, node.line),
+                entry_id,
+                key,
+            )
+        )
+    empty = LineDict()
+    empty.key_lines = {}
+    return empty

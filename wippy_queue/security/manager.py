@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -56,14 +57,14 @@ class Security:
         *,
         strict: bool | None = None,
         signing_key: str | None = None,
-        recorders: list[Recorder] | None = None,
+        recorders: Sequence[Recorder] = (),
     ) -> None:
         settings = settings_of(registry)
         self.registry = registry
         self.strict = settings.strict if strict is None else strict
         self.stamper = Stamper(signing_key or settings.signing_key)
         self.backoff: DenyBackoff = settings.deny_backoff
-        self.recorders: list[Recorder] = recorders if recorders is not None else []
+        self.recorders = tuple(recorders)
         self.casbin_units: dict[str, CasbinUnit] = {}
         self.scopes: dict[str, Scope] = {}
         self.checked_any = False
