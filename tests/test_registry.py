@@ -392,6 +392,54 @@ def test_problem_messages_say_what_to_do(bad_folder: Path) -> None:
     assert "must be queue.queue" in by_entry["app:c_wrongkind"]
 
 
+SHAPE_MISTAKES = """
+namespace: app
+meta: just a string             # FILE-META
+entries:
+  - name: mem
+    kind: queue.driver.memory
+    meta: hello                 # ENTRY-META
+  - name: mem2
+    kind: queue.driver.memory
+    data: [1, 2]                # DATA-LIST
+  - name: 123                   # NAME-NUMBER
+    kind: queue.driver.memory
+  - name: q
+    kind: 7                     # KIND-NUMBER
+  - name: c
+    kind: queue.consumer
+    queue: q
+    func: fn
+    concurrency: true           # BOOL-FOR-INT
+    auto_ack: "yes"             # STRING-FOR-BOOL
+    lifecycle:
+      restart:
+        max_attempts: 2.5       # FLOAT-FOR-INT
+"""
+
+
+def test_entry_shape_mistakes_are_problems_not_tracebacks(tmp_path: Path) -> None:
+    path = write(tmp_path / "app.yaml", SHAPE_MISTAKES)
+    with pytest.raises(ConfigError) as caught:
+        Runtime.load(path)
+    got = {(p.line, p.entry_id, p.field): p.message for p in caught.value.problems}
+    expected = {
+        (line_of(path, "FILE-META"), None, "meta"): "mapping",
+        (line_of(path, "ENTRY-META"), "app:mem", "meta"): "mapping",
+        (line_of(path, "DATA-LIST"), "app:mem2", "data"): "mapping",
+        (line_of(path, "NAME-NUMBER"), None, "name"): "string",
+        (line_of(path, "KIND-NUMBER"), "app:q", "kind"): "string",
+        (line_of(path, "BOOL-FOR-INT"), "app:c", "concurrency"): "integer",
+        (line_of(path, "STRING-FOR-BOOL"), "app:c", "auto_ack"): "boolean",
+        (line_of(path, "FLOAT-FOR-INT"), "app:c", "lifecycle.restart.max_attempts"): (
+            "integer"
+        ),
+    }
+    assert set(got) == set(expected), "\n".join(map(str, caught.value.problems))
+    for key, words in expected.items():
+        assert words in got[key], (key, got[key])
+
+
 def test_validate_prints_every_problem_and_exits_1(
     bad_folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

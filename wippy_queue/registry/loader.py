@@ -46,15 +46,21 @@ def _validate(
         line = raw.field_lines.get(field, raw.line) if field else raw.line
         problems.append(Problem(message, raw.file, line, entry_id, field))
 
-    if not isinstance(raw.name, str) or not raw.name:
+    if raw.name is None or raw.name == "":
         problem("missing 'name': every entry needs a name", "name")
+        return None
+    if not isinstance(raw.name, str):
+        problem(f"'name' must be a string, got {raw.name!r}; quote it", "name")
         return None
     entry_id = f"{raw.namespace}:{raw.name}"
     if not valid_part(raw.name) or not valid_part(raw.namespace):
         problem("a name is letters, digits, '_', '.' and '-'; rename it", "name", entry_id)
         return None
-    if not isinstance(raw.kind, str) or not raw.kind:
+    if raw.kind is None or raw.kind == "":
         problem("missing 'kind': say what this entry is, e.g. queue.queue", "kind", entry_id)
+        return None
+    if not isinstance(raw.kind, str):
+        problem(f"'kind' must be a string such as queue.queue, got {raw.kind!r}", "kind", entry_id)
         return None
     model = kinds.model(raw.kind)
     if model is None:

@@ -26,9 +26,9 @@ class _Strict(BaseModel):
 class RestartPolicy(_Strict):
     initial_delay: Duration = 1.0
     max_delay: Duration = 90.0
-    backoff_factor: float = Field(default=2.0, ge=1.0, le=100.0)
-    jitter: float = Field(default=0.1, ge=0.0, le=1.0)
-    max_attempts: int = Field(default=0, ge=0, description="0 restarts forever")
+    backoff_factor: float = Field(default=2.0, ge=1.0, le=100.0, strict=True)
+    jitter: float = Field(default=0.1, ge=0.0, le=1.0, strict=True)
+    max_attempts: int = Field(default=0, ge=0, strict=True, description="0 restarts forever")
 
 
 class ActorConfig(_Strict):
@@ -45,7 +45,8 @@ class SecurityBlock(_Strict):
 
 
 class Lifecycle(_Strict):
-    auto_start: bool = False
+    # strict: a YAML `true` is no count and a quoted "yes" no switch (wrong types are errors)
+    auto_start: bool = Field(default=False, strict=True)
     start_timeout: Duration = 10.0
     stop_timeout: Duration = 10.0
     stable_threshold: Duration = 5.0
@@ -82,7 +83,7 @@ class MemoryDriverConfig(ServiceModel):
 
 class DeadLetter(_Strict):
     queue: Ref
-    max_attempts: int = Field(default=5, ge=1, le=1_000_000)
+    max_attempts: int = Field(default=5, ge=1, le=1_000_000, strict=True)
 
 
 class QueueConfig(EntryModel):
@@ -126,9 +127,9 @@ class ConsumerConfig(ServiceModel):
 
     queue: Ref
     func: Ref
-    concurrency: int = Field(default=1, le=MAX_CONCURRENCY)
-    prefetch: int = Field(default=10, le=MAX_PREFETCH)
-    auto_ack: bool = False
+    concurrency: int = Field(default=1, le=MAX_CONCURRENCY, strict=True)
+    prefetch: int = Field(default=10, le=MAX_PREFETCH, strict=True)
+    auto_ack: bool = Field(default=False, strict=True)
     timeout: Duration | None = Field(default=None, gt=0)
     driver_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
