@@ -46,21 +46,17 @@ def _validate(
         line = raw.field_lines.get(field, raw.line) if field else raw.line
         problems.append(Problem(message, raw.file, line, entry_id, field))
 
-    if raw.name is None or raw.name == "":
-        problem("missing 'name': every entry needs a name", "name")
-        return None
-    if not isinstance(raw.name, str):
-        problem(f"'name' must be a string, got {raw.name!r}; quote it", "name")
+    wrong = _not_text(raw.name, "name", "every entry needs a name")
+    if wrong:
+        problem(wrong, "name")
         return None
     entry_id = f"{raw.namespace}:{raw.name}"
     if not valid_part(raw.name) or not valid_part(raw.namespace):
         problem("a name is letters, digits, '_', '.' and '-'; rename it", "name", entry_id)
         return None
-    if raw.kind is None or raw.kind == "":
-        problem("missing 'kind': say what this entry is, e.g. queue.queue", "kind", entry_id)
-        return None
-    if not isinstance(raw.kind, str):
-        problem(f"'kind' must be a string such as queue.queue, got {raw.kind!r}", "kind", entry_id)
+    wrong = _not_text(raw.kind, "kind", "say what this entry is, e.g. queue.queue")
+    if wrong:
+        problem(wrong, "kind", entry_id)
         return None
     model = kinds.model(raw.kind)
     if model is None:
@@ -86,6 +82,15 @@ def _validate(
         return None
     location = Location(raw.file, raw.line, raw.field_lines)
     return Entry(entry_id, raw.kind, raw.namespace, raw.name, raw.meta, config, location)
+
+
+def _not_text(value: Any, key: str, hint: str) -> str | None:
+    """Why ``value`` is no usable ``name``/``kind`` (None when it is one)."""
+    if value is None or value == "":
+        return f"missing '{key}': {hint}"
+    if not isinstance(value, str):
+        return f"'{key}' must be a string, got {value!r}; {hint}"
+    return None
 
 
 def _locate(loc: tuple[int | str, ...], raw: RawEntry) -> tuple[str, int]:
