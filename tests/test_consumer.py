@@ -423,6 +423,70 @@ async def test_hung_sync_handler_times_out_as_a_nack(tmp_path: Path) -> None:
     assert (dead.id, dead.headers["x_dead_letter_reason"]) == (message_id, "timeout")
 
 
+async def test_nack_with_a_bad_delay_is_refused_in_the_handler(tmp_path: Path) -> None:
+    errors: list[str] = []
+
+    async def handler(data: Any) -> Any:
+        message = wippy_queue.current_message()
+        if message.attempt == 1:
+            for bad in ("soon", -1, float("nan"), True):
+                try:
+                    message.nack(delay_s=bad)
+                except SettleError as err:
+                    errors.append(str(err))
+            message.nack(delay_s=0.01)  # a good one still works: settle was not used up
+        return True
+
+    async with app(tmp_path, handler) as runtime:
+        await runtime.publish(JOBS, {"n": 1})
+        await runtime.join(JOBS, timeout=WAIT_S)
+        assert runtime.consumers[WORKER].held == 0
+    assert len(errors) == 4 and all("delay_s" in e for e in errors)
+
+
+TWO_DRIVERS = """
+namespace: t
+entries:
+  - {name: mem, kind: queue.driver.memory, lifecycle: {auto_start: true}}
+  - {name: dlq_broker, kind: queue.driver.memory, lifecycle: {auto_start: true}}
+  - name: jobs
+    kind: queue.queue
+    driver: mem
+    dead_letter: {queue: dead, max_attempts: 1}
+  - {name: dead, kind: queue.queue, driver: dlq_broker}
+  - {name: fn, kind: function.python, source: "file://h.py", method: handle}
+  - name: worker
+    kind: queue.consumer
+    queue: jobs
+    func: fn
+    lifecycle:
+      auto_start: true
+      restart: {initial_delay: 0.01, max_delay: 0.05, jitter: 0}
+"""
+
+
+async def test_a_failing_settle_loses_nothing_and_the_consumer_recovers(tmp_path: Path) -> None:
+    """The dead-letter queue's broker is down when a message must move there."""
+    write(tmp_path / "h.py", "def handle(data):\n    raise ValueError('always')\n")
+    write(tmp_path / "app.yaml", TWO_DRIVERS)
+    async with Runtime.load(tmp_path) as runtime:
+        dlq_broker = runtime.drivers["t:dlq_broker"]
+        assert isinstance(dlq_broker, MemoryDriver)
+        await dlq_broker.stop()  # behind the supervisor's back
+        message_id = await runtime.publish(JOBS, {"n": 1})
+
+        async def consumer_gave_up_on_it() -> bool:
+            unit = runtime.supervisor.get(WORKER)
+            return unit.restarts > 0 and (await runtime.info(JOBS)).in_flight == 0
+
+        await eventually(consumer_gave_up_on_it)
+        assert (await runtime.info(JOBS)).message_count == 1  # still there, not lost
+
+        await dlq_broker.start()
+        await runtime.join(JOBS, timeout=WAIT_S)
+        assert [m.id for m in dlq_broker.dead_letters("dead")] == [message_id]
+
+
 # -- backpressure and concurrency ----------------------------------------------------
 
 

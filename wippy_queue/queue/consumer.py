@@ -132,11 +132,31 @@ class Consumer:
                 if not delivery.settled:  # cut off by stop: give it back, lose nothing
                     await delivery.release()
                 raise
+            except Exception as err:  # settling failed (e.g. the dead-letter broker is down)
+                await self._settle_failed(delivery, err)
             finally:
                 del self._active[task]
                 self._credits.release()
             if self._stopping:
                 return  # stop() waits for this task: done with its message, it is done
+
+    async def _settle_failed(self, delivery: Delivery, err: Exception) -> None:
+        """Give the message back and let the supervisor restart this consumer (with backoff)."""
+        log.error(
+            "consumer %s: settling message %s failed: %s: %s; it goes back to the queue",
+            self.entry_id,
+            delivery.message.id,
+            type(err).__name__,
+            err,
+        )
+        if not delivery.settled:
+            try:
+                await delivery.release()
+            except Exception:
+                log.exception(
+                    "consumer %s: giving message %s back failed", self.entry_id, delivery.message.id
+                )
+        self._fail(err)
 
     async def _process(self, delivery: Delivery) -> None:
         message = delivery.message

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -83,6 +84,12 @@ class MessageHandle:
         self._decide(ACK)
 
     def nack(self, reason: str = "", *, delay_s: float | None = None) -> None:
+        if delay_s is not None and (
+            isinstance(delay_s, bool)
+            or not isinstance(delay_s, int | float)
+            or not 0 <= delay_s < math.inf
+        ):
+            raise SettleError(f"nack delay_s must be seconds >= 0, got {delay_s!r}")
         self._decide(Outcome.nack("nack", reason or None, delay_s))
 
     @property
