@@ -263,6 +263,62 @@ async def test_explicit_nack_redelivers(tmp_path: Path) -> None:
     assert attempts == [1, 2]
 
 
+async def test_handler_nack_with_delay_holds_the_message_back(tmp_path: Path) -> None:
+    attempts: list[int] = []
+    nacked = asyncio.Event()
+
+    async def handler(data: Any) -> Any:
+        message = wippy_queue.current_message()
+        attempts.append(message.attempt)
+        if message.attempt == 1:
+            message.nack("later", delay_s=3600)
+            nacked.set()
+
+    async with app(tmp_path, handler) as runtime:
+        await runtime.publish(JOBS, {"n": 1})
+        async with asyncio.timeout(WAIT_S):
+            await nacked.wait()
+
+        async def delayed() -> bool:
+            return (await runtime.info(JOBS)).delayed == 1
+
+        await eventually(delayed)
+        info = await runtime.info(JOBS)
+        assert (info.message_count, info.ready, info.in_flight) == (1, 0, 0)
+        with pytest.raises(TimeoutError):
+            await runtime.join(JOBS, timeout=0.05)
+    assert attempts == [1]
+
+
+@pytest.mark.parametrize(
+    "queue_fields",
+    [
+        {"options": {"max_length": 2}},
+        {"driver_options": {"memory": {"max_length": 2}}},
+        {"options": {"max_length": 50}, "driver_options": {"memory": {"max_length": 2}}},
+    ],
+    ids=["options", "driver_options", "driver_options-over-options"],
+)
+async def test_memory_queue_max_length_from_the_entry(
+    tmp_path: Path, queue_fields: dict[str, Any]
+) -> None:
+    document = {
+        "namespace": "t",
+        "entries": [
+            {"name": "mem", "kind": "queue.driver.memory", "lifecycle": {"auto_start": True}},
+            {"name": "jobs", "kind": "queue.queue", "driver": "mem", **queue_fields},
+        ],
+    }
+    path = write(tmp_path / "app.yaml", yaml.safe_dump(document))
+    async with Runtime.load(path) as runtime:
+        await publish_many(runtime, 2)
+        third = asyncio.create_task(runtime.publish(JOBS, {"n": 3}))
+        done, _ = await asyncio.wait([third], timeout=0.05)
+        assert not done, "the third publish must wait for room"
+        third.cancel()
+        assert (await runtime.info(JOBS)).message_count == 2
+
+
 async def test_current_message_outside_a_handler_is_an_error() -> None:
     with pytest.raises(HandlerError):
         wippy_queue.current_message()
@@ -363,6 +419,69 @@ async def test_file_handler_resolved_from_source_and_method(tmp_path: Path) -> N
         await runtime.join(JOBS, timeout=WAIT_S)
         (result,) = waiting(runtime, "results")
     assert result.body == f'{{"echo":["a",1],"id":"{message_id}"}}'.encode()
+
+
+MODULE_APP = """
+namespace: t
+entries:
+  - {name: mem, kind: queue.driver.memory, lifecycle: {auto_start: true}}
+  - {name: jobs, kind: queue.queue, driver: mem}
+  - {name: results, kind: queue.queue, driver: mem}
+  - {name: by_colon, kind: function.python, source: "wq_test_mod_handlers:handle"}
+  - {name: by_method, kind: function.python, source: wq_test_mod_handlers, method: other}
+  - {name: w1, kind: queue.consumer, queue: jobs, func: by_colon, lifecycle: {auto_start: true}}
+  - {name: w2, kind: queue.consumer, queue: jobs, func: by_method}
+"""
+
+
+async def test_handler_resolved_from_module_and_function(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(
+        tmp_path / "mods" / "wq_test_mod_handlers.py",
+        """
+        from wippy_queue.queue import publish_async
+
+        async def handle(data):
+            await publish_async("t:results", {"by": "handle", "n": data["n"]})
+
+        def other(data):
+            raise AssertionError("w2 is not started")
+        """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    write(tmp_path / "app.yaml", MODULE_APP)
+    async with Runtime.load(tmp_path / "app.yaml") as runtime:
+        await runtime.publish(JOBS, {"n": 1})
+        await runtime.join(JOBS, timeout=WAIT_S)
+        (result,) = waiting(runtime, "results")
+    assert result.body == b'{"by":"handle","n":1}'
+
+
+def test_unresolvable_handlers_are_config_errors(tmp_path: Path) -> None:
+    write(tmp_path / "h.py", "def handle(data):\n    return True\n")
+    path = write(
+        tmp_path / "app.yaml",
+        """
+        namespace: t
+        entries:
+          - {name: mem, kind: queue.driver.memory}
+          - {name: jobs, kind: queue.queue, driver: mem}
+          - {name: no_module, kind: function.python, source: "wq_no_such_module_x:fn"}
+          - {name: no_function, kind: function.python, source: "file://h.py", method: nope}
+          - {name: c1, kind: queue.consumer, queue: jobs, func: no_module}
+          - {name: c2, kind: queue.consumer, queue: jobs, func: no_function}
+        """,
+    )
+    with pytest.raises(wippy_queue.ConfigError) as caught:
+        Runtime.load(path)
+    got = {(p.file, p.line, p.entry_id, p.field) for p in caught.value.problems}
+    assert got == {
+        (str(path), 5, "t:no_module", "source"),
+        (str(path), 6, "t:no_function", "source"),
+    }
+    text = str(caught.value)
+    assert "wq_no_such_module_x" in text and "'nope'" in text
 
 
 # -- dead letters and timeouts -------------------------------------------------------
