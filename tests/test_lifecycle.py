@@ -349,7 +349,7 @@ async def test_max_attempts_gives_up_and_stays_failed(delays: list[tuple[int, fl
 async def test_restart_counter_resets_after_a_stable_run(
     delays: list[tuple[int, float]],
 ) -> None:
-    stable_s = 0.05
+    stable_s = 0.2
     sup, fakes, _ = supervisor(("svc", lifecycle(restart=FAST, stable_threshold=stable_s), ()))
     fake = fakes["svc"]
     fake.crashes = 3  # three quick crashes: the counter grows
@@ -383,7 +383,7 @@ async def test_manual_start_during_a_pending_restart_starts_once(
     delays: list[tuple[int, float]],
 ) -> None:
     sup, fakes, journal = supervisor(
-        ("svc", lifecycle(restart={**FAST, "initial_delay": 0.05}), ())
+        ("svc", lifecycle(restart={**FAST, "initial_delay": 0.2, "max_delay": 0.2}), ())
     )
     fake = fakes["svc"]
     fake.crashes = 1
@@ -392,7 +392,7 @@ async def test_manual_start_during_a_pending_restart_starts_once(
     await fake.wait_for("stopped")  # crashed; a restart is due in 0.05s
     await sup.start("svc")  # the operator does not wait for it
     await fake.wait_for("started")
-    await asyncio.sleep(0.1)  # past the moment the pending restart was due
+    await asyncio.sleep(0.3)  # past the moment the pending restart was due
     assert [what for what, _ in journal].count("start") == 2  # never started twice
     assert sup.get("svc").state is ServiceState.RUNNING
     await sup.stop_all()
