@@ -389,7 +389,7 @@ async def test_manual_start_during_a_pending_restart_starts_once(
     fake.crashes = 1
     await sup.start_all()
     await fake.wait_for("started")
-    await fake.wait_for("stopped")  # crashed; a restart is due in 0.05s
+    await fake.wait_for("stopped")  # crashed; a restart is due in 0.2s
     await sup.start("svc")  # the operator does not wait for it
     await fake.wait_for("started")
     await asyncio.sleep(0.3)  # past the moment the pending restart was due
