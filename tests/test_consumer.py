@@ -614,10 +614,12 @@ async def test_consumer_never_holds_more_than_prefetch_plus_concurrency(tmp_path
     gate = asyncio.Event()
     started = 0
     handled: list[int] = []
+    samples: list[tuple[int, int]] = []  # (driver in_flight, consumer.held) at each call
 
     async def handler(data: Any) -> Any:
         nonlocal started
         started += 1
+        samples.append(((await runtime.info(JOBS)).in_flight, runtime.consumers[WORKER].held))
         await gate.wait()
         handled.append(data["n"])
 
@@ -641,6 +643,9 @@ async def test_consumer_never_holds_more_than_prefetch_plus_concurrency(tmp_path
         await runtime.join(JOBS, timeout=WAIT_S)
         assert sorted(handled) == list(range(20))
         assert consumer.held == 0  # nothing held once the queue is drained
+    assert len(samples) == 20
+    assert max(in_flight for in_flight, _ in samples) == concurrency + prefetch
+    assert max(held for _, held in samples) == concurrency + prefetch
 
 
 @pytest.mark.parametrize("style", ["sync", "async"])
