@@ -281,14 +281,14 @@ entries:
     kind: queue.consumer
     queue: tasks
     func: handler
-    lifecycle:                   # CYCLE-A
-      requires: [c_b]
+    lifecycle:
+      requires: [c_b]            # CYCLE-A
   - name: c_b
     kind: queue.consumer
     queue: tasks
     func: handler
-    lifecycle:                   # CYCLE-B
-      requires:
+    lifecycle:
+      requires:                  # CYCLE-B
         - c_a
   - name: c_conc
     kind: queue.consumer
@@ -300,6 +300,11 @@ entries:
     queue: tasks
     func: handler
     prefetch: 10001              # TOO-MUCH-PREFETCH
+  - name: q_dl
+    kind: queue.queue
+    driver: mem
+    dead_letter:
+      queue: nowhere_dl          # MISSING-DL-REF
   - name: c_uses_invalid
     kind: queue.consumer
     queue: q_unknown             # invalid itself, so no second "not defined" problem
@@ -348,6 +353,7 @@ def expected_problems(folder: Path) -> list[tuple[str, int, str | None, str | No
         (a, line_of(app, "DUPLICATE"), "app:tasks", "name", "duplicate ID"),
         (a, line_of(app, "MISSING-REF"), "app:c_missing", "queue", "'app:nowhere'"),
         (a, line_of(app, "WRONG-KIND-REF"), "app:c_wrongkind", "queue", "queue.driver.memory"),
+        (a, line_of(app, "MISSING-DL-REF"), "app:q_dl", "dead_letter.queue", "'app:nowhere_dl'"),
         (a, line_of(app, "TOO-CONCURRENT"), "app:c_conc", "concurrency", "1000"),
         (a, line_of(app, "TOO-MUCH-PREFETCH"), "app:c_pref", "prefetch", "10000"),
     ]

@@ -43,8 +43,11 @@ class Location:
     field_lines: dict[str, int] = field(default_factory=dict, compare=False)
 
     def line_of(self, name: str | None) -> int:
+        """Line of a field, dotted for nested ones (``lifecycle.requires``), else the nearest."""
         if name is None:
             return self.line
+        if name in self.field_lines:
+            return self.field_lines[name]
         return self.field_lines.get(name.split(".")[0], self.line)
 
 

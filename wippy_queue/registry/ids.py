@@ -13,7 +13,8 @@ def split_id(entry_id: str) -> tuple[str, str]:
     namespace, sep, name = entry_id.partition(":")
     if not sep or not _PART.match(namespace) or not _PART.match(name):
         raise RegistryError(
-            f"{entry_id!r} is not a registry ID; write it as 'namespace:name', e.g. 'app.queue:tasks'"
+            f"{entry_id!r} is not a registry ID; "
+            "write it as 'namespace:name', e.g. 'app.queue:tasks'"
         )
     return namespace, name
 

@@ -80,8 +80,20 @@ def _validate(
                 Problem(_explain(error, model), raw.file, line, entry_id, field or None)
             )
         return None
-    location = Location(raw.file, raw.line, raw.field_lines)
+    location = Location(raw.file, raw.line, _field_lines(raw.field_lines, raw.data))
     return Entry(entry_id, raw.kind, raw.namespace, raw.name, raw.meta, config, location)
+
+
+def _field_lines(lines: dict[str, int], node: dict[Any, Any], prefix: str = "") -> dict[str, int]:
+    """Line of every field, nested ones by dotted path (``lifecycle.requires``)."""
+    out = dict(lines) if not prefix else {}
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if prefix and isinstance(node, LineDict) and key in node.key_lines:
+            out[path] = node.key_lines[key]
+        if isinstance(value, LineDict):
+            out.update(_field_lines({}, value, f"{path}."))
+    return out
 
 
 def _not_text(value: Any, key: str, hint: str) -> str | None:
