@@ -13,7 +13,6 @@ import textwrap
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -62,10 +61,3 @@ def write_file(tmp_path: Path) -> Callable[[str, str], Path]:
         return write(tmp_path / name, text)
 
     return _write
-
-
-async def wait_for(predicate: Callable[[], Any], timeout_s: float = 5.0) -> None:
-    """Yield to the loop until ``predicate()`` is true (bounded; for state without events)."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.001)
