@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ASYNC_TEST_TIMEOUT_S = 8.0
+ASYNC_TEST_TIMEOUT_S = 30.0
 
 
 @pytest.hookimpl(tryfirst=True)
