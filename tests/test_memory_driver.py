@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import pytest
+from conftest import write
+
+from wippy_queue import ConfigError, Runtime
 from wippy_queue.drivers.memory import MemoryDriver
 from wippy_queue.queue.message import Message
 
@@ -58,3 +63,28 @@ async def test_a_lone_consumer_gets_its_nacked_message_back() -> None:
     async with asyncio.timeout(2):
         again = await only.receive()
     assert again.message.id == "m1" and again.attempt == 2
+
+
+def test_bad_memory_options_are_load_errors(tmp_path: Path) -> None:
+    write(
+        tmp_path / "e.yaml",
+        """
+        namespace: t
+        entries:
+          - {name: d, kind: queue.driver.memory}
+          - name: q
+            kind: queue.queue
+            driver: d
+            driver_options:
+              memory: {max_length: -3, colour: red}
+          - {name: q2, kind: queue.queue, driver: d, options: {max_length: lots}}
+        """,
+    )
+    with pytest.raises(ConfigError) as caught:
+        Runtime.load(tmp_path)
+    found = {(p.entry_id, p.field, p.line) for p in caught.value.problems}
+    assert found == {
+        ("t:q", "driver_options.memory.max_length", 7),
+        ("t:q", "driver_options.memory.colour", 7),
+        ("t:q2", "options.max_length", 9),
+    }

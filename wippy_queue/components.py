@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from wippy_queue.drivers.memory import MemoryDriver
+from wippy_queue.drivers.memory import MemoryDriver, check_queue_options
 from wippy_queue.functions.base import Handler
 from wippy_queue.functions.lua import LuaFunctionConfig, LuaFunctions
 from wippy_queue.functions.python import build_python
@@ -41,6 +41,7 @@ def default_components() -> Components:
     c.kinds.register("queue.consumer", ConsumerConfig)
     c.kinds.register("queue.driver.memory", MemoryDriverConfig)
     c.drivers["queue.driver.memory"] = lambda entry: MemoryDriver(entry.id)
+    c.kinds.add_check(check_queue_options)
     c.kinds.register("function.python", PythonFunctionConfig)
     c.functions["function.python"] = build_python
     lua = LuaFunctions()  # imports lupa only when a function.lua handler is built
