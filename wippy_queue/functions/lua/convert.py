@@ -99,8 +99,7 @@ class Converter:
             return self._odd(path, f"the number {value} is not valid JSON", strict)
         kind = lua51.lua_type(value)
         if kind != "table":
-            what = kind or "Python object"
-            return self._odd(path, f"a {what} cannot cross as JSON", strict)
+            return self._odd(path, f"a {_kind_name(value, kind)} cannot cross as JSON", strict)
         if depth >= MAX_DEPTH:
             return self._odd(
                 path, f"nested deeper than {MAX_DEPTH} levels (a table containing itself?)", strict
@@ -135,6 +134,14 @@ class Converter:
         if strict:
             raise LuaValueError(f"{path}: {problem}")
         return f"<{problem}>"
+
+
+def _kind_name(value: Any, kind: str | None) -> str:
+    if kind is None:
+        return "Python object"
+    if "Coroutine" in type(value).__name__:  # lupa reports a coroutine as a function
+        return "coroutine"
+    return kind
 
 
 def describe(value: Any, converter: Converter) -> str:

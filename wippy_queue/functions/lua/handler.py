@@ -11,6 +11,7 @@ Each thread lazily builds its own Lua state; no state is ever shared.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,8 @@ from wippy_queue.functions.lua.host import CallToken
 from wippy_queue.functions.lua.modules import BUILTIN_MODULES, ModuleSpec
 from wippy_queue.functions.lua.program import Program
 from wippy_queue.functions.lua.state import LuaState
+
+log = logging.getLogger(__name__)
 
 
 class LuaHandler(Handler):
@@ -86,6 +89,13 @@ class LuaHandler(Handler):
 
     def _state(self) -> LuaState:
         state: LuaState | None = getattr(self._local, "state", None)
+        if state is not None and state.oversized:
+            log.warning(
+                "%s: a Lua state kept more than limits.memory_mb between calls; replacing it "
+                "(its globals are lost)",
+                self.entry_id,
+            )
+            state = None
         if state is None:
             # a chunk's top level runs outside any message's context
             with context.bound(context.CallContext()):

@@ -12,12 +12,16 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from wippy_queue import context
 from wippy_queue.errors import SettleError
 from wippy_queue.functions.lua.convert import Converter
+from wippy_queue.functions.lua.memory import Memory
 from wippy_queue.queue.handle import MessageHandle
+
+log = logging.getLogger(__name__)
 
 CANCELLED = "cancelled: the handler timed out or its consumer is stopping"
 
@@ -54,11 +58,13 @@ class CallToken:
 
 
 class Host:
-    """Per Lua state: its converter, its log, the running call and its messages."""
+    """Per Lua state: its converter, memory guard, log, the running call and its messages."""
 
-    def __init__(self, entry_id: str, converter: Converter) -> None:
+    def __init__(self, entry_id: str, runtime: Any, converter: Converter, memory: Memory) -> None:
         self.entry_id = entry_id
         self.convert = converter
+        self.memory = memory
+        self._runtime = runtime
         self.log = logging.getLogger("wippy_queue.lua").getChild(entry_id)
         self.token = CallToken()
         #: ``queue.message()`` objects of the running call: Lua holds only the number
@@ -73,9 +79,27 @@ class Host:
         self.token = CallToken()
         self.handles.clear()
 
-    def check(self) -> str | None:
-        """Called by the instruction hook: a reason to stop, or None."""
-        return CANCELLED if self.token.cancelled else None
+    def check(self) -> bool:
+        """Called by the instruction hook: should the call stop (it was cancelled)?"""
+        return self.token.cancelled
+
+    def guard(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap a module function for Lua: it runs with the memory limit lifted, never
+        raises into Lua (its bugs come back as ``false, err``) and returns its values
+        packed in one Lua table built before the limit is restored."""
+
+        def wrapper(*args: Any) -> Any:
+            with self.memory.unlimited():
+                try:
+                    values = fn(*args)
+                except Exception as err:
+                    log.exception("Lua module function %s failed", name)
+                    values = (False, f"{name} failed: {type(err).__name__}: {err}")
+                if not isinstance(values, tuple):
+                    values = (values,)
+                return self._runtime.table_from(values)
+
+        return wrapper
 
     def add_handle(self, handle: MessageHandle) -> int:
         self._next_handle += 1

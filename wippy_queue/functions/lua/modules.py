@@ -3,8 +3,9 @@ queue, time.
 
 Each module is a small Lua shim over Python host functions. The shim keeps the
 host functions in an upvalue, so handler code never holds a Python object; host
-functions never raise into Lua (they return ``ok, value_or_error`` and the shim
-turns that into Wippy's ``value`` / ``nil, err`` or ``error(...)``). Methods work
+functions (wrapped by ``Host.guard``) never raise into Lua: they return their
+values packed in a table, ``{ok, value_or_error}``, which the shim turns into
+Wippy's ``value`` / ``nil, err`` or ``error(...)``. Methods work
 with ``.`` and ``:`` alike, as Wippy's docs use both (``logger.info``,
 ``logger:info``, ``msg:id()``).
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import json
 import logging
 import time
@@ -40,38 +40,21 @@ class ModuleSpec:
     host: Callable[[Host], HostFunctions]
 
 
-def _guarded(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A host function that reports its own bugs as ``false, err`` instead of raising
-    a Python exception into Lua (MemoryError still propagates: it stops the call)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any) -> Any:
-        try:
-            return fn(*args)
-        except MemoryError:
-            raise
-        except Exception as err:
-            logging.getLogger(__name__).exception("Lua module function %s failed", name)
-            return False, f"{name} failed: {type(err).__name__}: {err}"
-
-    return wrapper
-
-
 # -- json ----------------------------------------------------------------------------
 
 JSON_SHIM = """
 return function(host)
   local M = {}
   function M.encode(value)
-    local ok, out = host.encode(value)
-    if ok then return out end
-    return nil, out
+    local r = host.encode(value)
+    if r[1] then return r[2] end
+    return nil, r[2]
   end
   function M.decode(data)
     if type(data) == "table" then return data end  -- the body is already decoded
-    local ok, out = host.decode(data)
-    if ok then return out end
-    return nil, out
+    local r = host.decode(data)
+    if r[1] then return r[2] end
+    return nil, r[2]
   end
   return M
 end
@@ -98,7 +81,10 @@ def _json_host(host: Host) -> HostFunctions:
         except LuaValueError as err:
             return False, f"json.decode: {err}"
 
-    return {"encode": _guarded("json.encode", encode), "decode": _guarded("json.decode", decode)}
+    return {
+        "encode": host.guard("json.encode", encode),
+        "decode": host.guard("json.decode", decode),
+    }
 
 
 def _lua_kind(value: Any) -> str:
@@ -145,7 +131,7 @@ def _logger_host(host: Host) -> HostFunctions:
         extra.update(host.fields())  # the runtime's own keys win: a handler cannot fake them
         host.log.log(number, message, extra={"fields": extra})
 
-    return {"log": _guarded("logger", log)}
+    return {"log": host.guard("logger", log)}
 
 
 # -- queue ---------------------------------------------------------------------------
@@ -154,18 +140,23 @@ QUEUE_SHIM = """
 return function(host)
   local M = {}
   function M.publish(queue_id, data, headers)
-    local ok, err = host.publish(queue_id, data, headers)
-    if ok then return true end
-    return nil, err
+    local r = host.publish(queue_id, data, headers)
+    if r[1] then return true end
+    return nil, r[2]
   end
   function M.message()
-    local ok, handle = host.message()
-    if not ok then return nil, handle end
-    local msg = {}
+    local r = host.message()
+    if not r[1] then return nil, r[2] end
+    local handle, msg = r[2], {}
     local function method(name)
       return function(a, ...)
-        if a == msg then return host.call(handle, name, ...) end
-        return host.call(handle, name, a, ...)
+        local out
+        if a == msg then
+          out = host.call(handle, name, ...)
+        else
+          out = host.call(handle, name, a, ...)
+        end
+        return out[1], out[2]
       end
     end
     msg.id, msg.header, msg.headers = method("id"), method("header"), method("headers")
@@ -243,9 +234,9 @@ def _queue_host(host: Host) -> HostFunctions:
         return True, host.add_handle(ctx.message)
 
     return {
-        "publish": _guarded("queue.publish", _publish(host)),
-        "message": _guarded("queue.message", message),
-        "call": _guarded("queue message method", _message_method(host)),
+        "publish": host.guard("queue.publish", _publish(host)),
+        "message": host.guard("queue.message", message),
+        "call": host.guard("queue message method", _message_method(host)),
     }
 
 
@@ -254,10 +245,10 @@ def _queue_host(host: Host) -> HostFunctions:
 TIME_SHIM = """
 return function(host)
   local M = {}
-  function M.now() return host.now() end
+  function M.now() return host.now()[1] end
   function M.sleep(duration)
-    local ok, err = host.sleep(duration)
-    if not ok then error(err, 2) end
+    local r = host.sleep(duration)
+    if not r[1] then error(r[2], 2) end
   end
   return M
 end
@@ -274,7 +265,7 @@ def _time_host(host: Host) -> HostFunctions:
             return False, CANCELLED
         return True, None
 
-    return {"now": time.time, "sleep": _guarded("time.sleep", sleep)}
+    return {"now": host.guard("time.now", time.time), "sleep": host.guard("time.sleep", sleep)}
 
 
 BUILTIN_MODULES: Mapping[str, ModuleSpec] = {

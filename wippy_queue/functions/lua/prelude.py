@@ -16,7 +16,7 @@ HOOK_STEP = 1000
 CHECK_EVERY = 100
 
 PRELUDE = r"""
-local check, print_host, STEP, CHECK_EVERY = ...
+local check, print_host, lift_memory_limit, STEP, CHECK_EVERY, CANCELLED = ...
 local sethook, traceback = debug.sethook, debug.traceback
 local loadstring, setfenv = loadstring, setfenv
 local setmetatable, getmetatable = setmetatable, getmetatable
@@ -41,8 +41,7 @@ hook = function()
     local ticks = ctl.ticks + 1
     if ticks >= CHECK_EVERY then
       ticks = 0
-      local reason = check()
-      if reason then ctl.stop = reason end
+      if check() then ctl.stop = CANCELLED end
     end
     ctl.ticks = ticks
   end
@@ -77,6 +76,14 @@ local base = {
   setmetatable = setmetatable, _VERSION = _VERSION,
   string = string_lib, table = copy(table), math = copy(math),
 }
+-- An error raised inside the hook runs the message handler with hooks off: a user
+-- handler that loops would never be stopped. Once a call is stopped, skip it.
+base.xpcall = function(f, handler)
+  return xpcall(f, function(e)
+    if ctl.stop then return e end
+    return handler(e)
+  end)
+end
 base.getmetatable = function(v)
   if type(v) == "userdata" then return nil end
   return getmetatable(v)
@@ -193,7 +200,7 @@ function api.add_module(name, shim, host)
   makers[name] = function() return make(host) end
 end
 
-function api.load_main(id, method)
+local function load_main(id, method)
   local value, env = run_unit(id)
   if method then
     local fn
@@ -216,8 +223,19 @@ local function on_error(e)
   return {err = e, traceback = traceback("", 2)}
 end
 
+-- Lift the memory limit before returning to Python, which then converts the
+-- results (that allocates outside any protected call: see memory.py).
+local function finish(...)
+  lift_memory_limit()
+  return ...
+end
+
+function api.load_main(id, method)
+  return finish(xpcall(function() return load_main(id, method) end, on_error))
+end
+
 function api.call(fn, arg)
-  return xpcall(function() return fn(arg) end, on_error)
+  return finish(xpcall(function() return fn(arg) end, on_error))
 end
 
 return api

@@ -8,7 +8,7 @@ instruction and its globals may be half-updated.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from lupa import lua51
@@ -16,6 +16,7 @@ from lupa import lua51
 from wippy_queue.errors import HandlerError
 from wippy_queue.functions.lua.convert import Converter, describe
 from wippy_queue.functions.lua.host import CANCELLED, CallToken, Host
+from wippy_queue.functions.lua.memory import Memory
 from wippy_queue.functions.lua.modules import ModuleSpec
 from wippy_queue.functions.lua.prelude import CHECK_EVERY, HOOK_STEP, PRELUDE
 from wippy_queue.functions.lua.program import (
@@ -50,13 +51,18 @@ class LuaState:
     def __init__(self, program: Program, modules: Mapping[str, ModuleSpec]) -> None:
         self.program = program
         self.broken = False
-        self._host: Host | None = None
         runtime = new_runtime(program.limits.memory_mb * MB)
+        self.memory = Memory(runtime, program.limits.memory_mb * MB)
+        self.memory.lift()  # armed only while Lua code runs (see memory.py)
+        self._host: Host | None = None
+        check = self._callback(self._check)
+        print_ = self._callback(self._print)
+        lift = self.memory.lift
         api = runtime.execute(
-            PRELUDE, self._check, self._print, HOOK_STEP, CHECK_EVERY, name="prelude"
+            PRELUDE, check, print_, lift, HOOK_STEP, CHECK_EVERY, CANCELLED, name="prelude"
         )
         self.convert = Converter(runtime, api)
-        self.host = self._host = Host(program.entry_id, self.convert)
+        self.host = self._host = Host(program.entry_id, runtime, self.convert, self.memory)
         self._ctl = api.ctl
         self._call = api.call
         used: set[str] = set()
@@ -73,16 +79,25 @@ class LuaState:
         globals_ = runtime.globals()
         for key in list(globals_):  # handler code reaches nothing but the sandbox
             globals_[key] = None
-        self._runtime = runtime
-        try:
-            self._handler = self._invoke(api.load_main, program.entry_id, program.method)[0]
-        except LuaHandlerError as err:
+        values = self._invoke(api.load_main, program.entry_id, program.method)
+        if not values[0]:
+            err = self._error(values[1] if len(values) > 1 else None)
             raise HandlerError(f"loading {program.entry_id} failed: {err}") from err
+        self._handler = values[1]
 
     # -- host callbacks ----------------------------------------------------------------
 
-    def _check(self) -> str | None:
-        return self._host.check() if self._host is not None else None
+    def _callback(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """A Python function Lua calls directly: the memory limit is lifted meanwhile."""
+
+        def wrapper(*args: Any) -> Any:
+            with self.memory.unlimited():
+                return fn(*args)
+
+        return wrapper
+
+    def _check(self) -> bool:
+        return self._host.check() if self._host is not None else False
 
     def _print(self, text: str) -> None:
         host = self._host
@@ -95,20 +110,23 @@ class LuaState:
         """Run the handler on ``data``; return the raw result for ``outcome_of``."""
         self.host.begin(token)
         try:
-            try:
-                arg = self.convert.to_lua(data, "body")
-            except lua51.LuaMemoryError:
-                raise self._stopped(_NO_MEMORY) from None
+            arg = self.convert.to_lua(data, "body")
             values = self._invoke(self._call, self._handler, arg)
             return self._result(values)
         finally:
             self.host.end()
 
+    @property
+    def oversized(self) -> bool:
+        """Does the state keep more than one call may allocate (globals grown too big)?"""
+        return self.memory.retained_too_much()
+
     def _invoke(self, fn: Any, *args: Any) -> tuple[Any, ...]:
-        """Call a Lua function under a fresh instruction budget."""
+        """Call a Lua function under a fresh instruction budget and memory limit."""
         ctl = self._ctl
         ctl["budget"] = self.program.limits.instructions
         ctl["ticks"] = 0
+        self.memory.arm()
         try:
             raw = fn(*args)
         except lua51.LuaMemoryError:
@@ -117,6 +135,8 @@ class LuaState:
             raise self._stopped(ctl["stop"]) if ctl["stop"] else LuaHandlerError(str(err)) from None
         except UnicodeDecodeError as err:
             raise LuaValueError(f"the handler returned a string that is not UTF-8: {err}") from None
+        finally:
+            self.memory.lift()
         if ctl["stop"]:
             raise self._stopped(ctl["stop"])
         return raw if isinstance(raw, tuple) else (raw,)
@@ -163,7 +183,10 @@ class LuaState:
                 "(limits.instructions); a runaway loop?"
             )
         elif reason == _NO_MEMORY:
-            text = f"stopped: its Lua state reached the memory limit of {limits.memory_mb} MB"
+            text = (
+                f"stopped: it used more than its memory limit of {limits.memory_mb} MB "
+                "(limits.memory_mb)"
+            )
         else:
             text = reason if reason == CANCELLED else f"stopped: {reason}"
         return LuaLimitError(f"{self.program.entry_id}: {text}")
