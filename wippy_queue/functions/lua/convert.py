@@ -1,13 +1,14 @@
 """Values across the Lua boundary: JSON-shaped Python data <-> natural Lua values.
 
-Lua 5.1 has one number type (a double), no null and one table type, so:
-integers beyond +-2^53 are refused rather than silently rounded; JSON null
-becomes nil (a key holding null disappears, a null inside an array comes back as
-null); tables made from Python lists carry a marker metatable so that an empty
-array comes back as ``[]`` (an unmarked empty table is ``{}``). Going back, a
-table is an array when its keys are 1..n (holes become null), an object when its
-keys are all strings; anything else, and functions, coroutines, userdata, NaN and
-infinities, give a LuaValueError naming where the value sits.
+Lua 5.1 has one number type (a double), no null and one table type, so: an
+integer a double cannot hold exactly (beyond 2^53) is refused rather than rounded;
+an integral number comes back as an int (2.0 becomes 2); JSON null becomes nil (a
+key holding null disappears, a null inside an array comes back as null); tables
+made from Python lists carry a marker metatable so that an empty array comes back
+as ``[]`` (an unmarked empty table is ``{}``). Going back, a table is an array when
+its keys are 1..n (holes become null), an object when its keys are all strings;
+anything else, and functions, coroutines, userdata, NaN and infinities, give a
+LuaValueError naming where the value sits.
 """
 
 from __future__ import annotations
@@ -44,10 +45,10 @@ class Converter:
         if value is None or isinstance(value, bool | str | float | bytes):
             return value
         if isinstance(value, int):
-            if abs(value) > MAX_EXACT_INT:
+            if abs(value) > MAX_EXACT_INT and int(float(value)) != value:
                 raise LuaValueError(
-                    f"{path}: the integer {value} is beyond what a Lua 5.1 number holds "
-                    "exactly (+-2^53); send it as a string"
+                    f"{path}: the integer {value} is not exactly representable as a Lua 5.1 "
+                    "number (a double: integers are exact up to 2^53); send it as a string"
                 )
             return value
         if depth >= MAX_DEPTH:
@@ -91,8 +92,10 @@ class Converter:
             ) from None
 
     def _from(self, value: Any, path: str, strict: bool, depth: int) -> Any:
-        if value is None or isinstance(value, bool | str | int):
+        if value is None or isinstance(value, bool | str):
             return value
+        if isinstance(value, int):  # lupa gives integral doubles as int
+            return value if abs(value) <= MAX_EXACT_INT else float(value)
         if isinstance(value, float):
             if math.isfinite(value):
                 return value

@@ -1,0 +1,123 @@
+"""Concurrent workers: each runs its own Lua state, in parallel, never sharing one."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+from test_lua_helpers import World, body_of, drive, lua_handler, run, write_app
+
+from wippy_queue.functions.lua.host import Host
+from wippy_queue.functions.lua.modules import HostFunctions, ModuleSpec
+
+BARRIER_SHIM = """
+return function(host)
+  return {wait = function() local r = host.wait() return r[1], r[2] end}
+end
+"""
+
+
+def barrier_module(parties: int) -> ModuleSpec:
+    """A test-only module: ``barrier.wait()`` returns once ``parties`` Lua calls wait.
+
+    If two calls shared a Lua state (or ran one after the other) it would time out.
+    """
+    barrier = threading.Barrier(parties, timeout=10)
+
+    def host(h: Host) -> HostFunctions:
+        def wait() -> tuple[bool, str | None]:
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                return False, "barrier broken: the calls did not run at the same time"
+            return True, None
+
+        return {"wait": h.guard("barrier.wait", wait)}
+
+    return ModuleSpec(BARRIER_SHIM, host)
+
+
+STATEFUL = """
+    local barrier = require("barrier")
+    local anchor = {}                 -- lives as long as this Lua state
+    local state_id = tostring(anchor)
+    return function(body)
+        calls = (calls or 0) + 1      -- a global: per state
+        local ok, err = barrier.wait()
+        return {state = state_id, calls = calls, ok = ok, err = err}
+    end
+"""
+
+
+def test_each_concurrent_worker_runs_in_its_own_state() -> None:
+    async def go() -> list[Any]:
+        handler = lua_handler(
+            STATEFUL, modules=["barrier"], extra_modules={"barrier": barrier_module(4)}
+        )
+        world = await World().start()
+        await handler.start(concurrency=4)
+        try:
+            calls = [world.call(handler, {"n": n}) for n in range(4)]
+            results = [r for r, _ in await asyncio.gather(*calls)]
+            assert handler.states_built == 4
+            return results
+        finally:
+            await handler.close()
+
+    results = run(go())
+    assert all(r["ok"] is True for r in results), results
+    assert len({r["state"] for r in results}) == 4
+    assert [r["calls"] for r in results] == [1, 1, 1, 1]
+
+
+def test_a_smaller_pool_serialises_calls_on_fewer_states() -> None:
+    lua = """
+        local anchor = {}
+        local state_id = tostring(anchor)
+        return function(body)
+            calls = (calls or 0) + 1
+            return {state = state_id, calls = calls}
+        end
+    """
+
+    async def go() -> list[Any]:
+        handler = lua_handler(lua, pool=1)
+        world = await World().start()
+        await handler.start(concurrency=4)
+        try:
+            results = await asyncio.gather(*(world.call(handler, {}) for _ in range(6)))
+            assert handler.states_built == 1
+            return [r for r, _ in results]
+        finally:
+            await handler.close()
+
+    results = run(go())
+    assert len({r["state"] for r in results}) == 1
+    assert sorted(r["calls"] for r in results) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_consumer_with_four_workers_uses_four_states_at_most(tmp_path: Path) -> None:
+    lua = """
+        local queue = require("queue")
+        local anchor = {}
+        local state_id = tostring(anchor)
+        return function(body)
+            seen = (seen or 0) + 1
+            queue.publish("app:out", {state = state_id, seen = seen, n = body.n})
+        end
+    """
+    root = write_app(
+        tmp_path, lua, handler={"modules": ["queue"]}, consumer={"concurrency": 4, "prefetch": 20}
+    )
+    result = run(drive(root, [{"n": n} for n in range(40)]))
+    bodies = [body_of(m) for m in result["out"]]
+    assert sorted(b["n"] for b in bodies) == list(range(40))
+    per_state: dict[str, list[int]] = {}
+    for b in bodies:
+        per_state.setdefault(b["state"], []).append(b["seen"])
+    assert 1 <= len(per_state) <= 4
+    for seen in per_state.values():  # each state counted only its own calls
+        assert sorted(seen) == list(range(1, len(seen) + 1))
+    assert result["dead"] == []
