@@ -27,27 +27,37 @@ CANCELLED = "cancelled: the handler timed out or its consumer is stopping"
 
 
 class CallToken:
-    """One handler call's cancellation flag, set from any thread."""
+    """One handler call's cancellation flag, set from any thread (cheap to make: the
+    event a sleep waits on is created only when a call sleeps)."""
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.cancelled = False
         self._lock = threading.Lock()
+        self._event: threading.Event | None = None
         self._waiting: concurrent.futures.Future[Any] | None = None
-
-    @property
-    def cancelled(self) -> bool:
-        return self.event.is_set()
 
     def cancel(self) -> None:
         with self._lock:
-            self.event.set()
+            self.cancelled = True
+            if self._event is not None:
+                self._event.set()
             if self._waiting is not None:
                 self._waiting.cancel()
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep (in the worker thread); True if the call was cancelled meanwhile."""
+        with self._lock:
+            if self.cancelled:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(seconds)
 
     def wait_for(self, future: concurrent.futures.Future[Any]) -> Any:
         """Block on ``future`` (from the worker thread) unless the call is cancelled."""
         with self._lock:
-            if self.event.is_set():
+            if self.cancelled:
                 future.cancel()
             self._waiting = future
         try:
@@ -66,7 +76,8 @@ class Host:
         self.memory = memory
         self._runtime = runtime
         self.log = logging.getLogger("wippy_queue.lua").getChild(entry_id)
-        self.token = CallToken()
+        self._idle = CallToken()  # between calls: never cancelled
+        self.token = self._idle
         #: ``queue.message()`` objects of the running call: Lua holds only the number
         self.handles: dict[int, MessageHandle] = {}
         self._next_handle = 0
@@ -76,7 +87,7 @@ class Host:
         self.handles.clear()
 
     def end(self) -> None:
-        self.token = CallToken()
+        self.token = self._idle
         self.handles.clear()
 
     def check(self) -> bool:

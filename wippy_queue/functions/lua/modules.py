@@ -261,7 +261,7 @@ def _time_host(host: Host) -> HostFunctions:
             seconds = parse_duration(duration)
         except ValueError as err:
             return False, f"time.sleep: {err}"
-        if host.token.event.wait(seconds):  # wakes early when the call is cancelled
+        if host.token.sleep(seconds):  # wakes early when the call is cancelled
             return False, CANCELLED
         return True, None
 
