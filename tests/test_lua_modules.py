@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from wippy_queue import context
 from wippy_queue.errors import PermissionDenied
 from wippy_queue.queue.message import Message
 from wippy_queue.queue.queue import Queue
+from wippy_queue.runtime import Runtime
 
 # -- json ------------------------------------------------------------------------------
 
@@ -363,3 +366,71 @@ def test_sleep_blocks_only_its_own_worker_and_wakes_on_cancel() -> None:
             await handler.close()
 
     run(go())
+
+
+SECURED_APP = """\
+version: "1.0"
+namespace: app
+entries:
+  - name: mem
+    kind: queue.driver.memory
+    lifecycle: {auto_start: true}
+  - {name: jobs, kind: queue.queue, driver: mem}
+  - {name: out, kind: queue.queue, driver: mem}
+  - {name: secret, kind: queue.queue, driver: mem}
+  - name: may_work
+    kind: security.policy
+    policy:
+      actions: ["queue.consume", "queue.publish", "queue.publish.queue"]
+      resources: ["*"]
+      effect: allow
+  - name: not_secret
+    kind: security.policy
+    policy:
+      actions: queue.publish.queue
+      resources: ["app:secret"]
+      effect: deny
+  - name: handler
+    kind: function.lua
+    source: file://handler.lua
+    modules: [queue]
+  - name: worker
+    kind: queue.consumer
+    queue: jobs
+    func: handler
+    lifecycle:
+      auto_start: true
+      security:
+        actor: {id: worker-1}
+        policies: [may_work, not_secret]
+"""
+
+
+def test_publish_runs_under_the_consumers_actor_and_policies(tmp_path: Path) -> None:
+    lua = """
+        local queue = require("queue")
+        return function(body)
+            local ok, err = queue.publish("app:out", {to = "out"})
+            local denied, why = queue.publish("app:secret", {to = "secret"})
+            assert(queue.publish("app:out", {ok = ok, denied = denied == nil, why = why}))
+        end
+    """
+    (tmp_path / "handler.lua").write_text(lua, encoding="utf-8")
+    (tmp_path / "_index.yaml").write_text(SECURED_APP, encoding="utf-8")
+
+    async def go() -> list[Any]:
+        runtime = Runtime.load(tmp_path)
+        async with runtime:
+            await runtime.publish("app:jobs", {"n": 1})
+            await runtime.join("app:jobs", timeout=10)
+            driver = runtime.drivers["app:mem"]
+            assert driver.dead_letters("secret") == []
+            return [json.loads(m.body) for m in driver.dead_letters("out")]
+
+    first, report = run(go())
+    assert first == {"to": "out"}
+    assert report["ok"] is True and report["denied"] is True
+    assert (
+        "permission denied: actor 'worker-1' may not queue.publish.queue on 'app:secret'"
+        in (report["why"])
+    )
