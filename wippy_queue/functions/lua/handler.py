@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class LuaHandler(Handler):
+    """One consumer's Lua handler: ``states`` threads, each with its own Lua state."""
+
     def __init__(
         self, program: Program, *, modules: Mapping[str, ModuleSpec] = BUILTIN_MODULES
     ) -> None:

@@ -21,6 +21,9 @@ KIND = "function.lua"
 
 
 class LuaFunctions:
+    """Registered once per Components table: ``check`` is the loader's registry check,
+    ``build`` the function factory."""
+
     def __init__(self) -> None:
         self._entries: dict[str, Entry] = {}
 

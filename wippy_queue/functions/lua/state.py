@@ -48,6 +48,8 @@ def new_runtime(memory_bytes: int | None = None) -> Any:
 
 
 class LuaState:
+    """The sandbox, the loaded chunk and its handler; ``broken`` once a call was stopped."""
+
     def __init__(self, program: Program, modules: Mapping[str, ModuleSpec]) -> None:
         self.program = program
         self.broken = False
