@@ -29,7 +29,7 @@ class TextFormatter(logging.Formatter):
             line += " " + " ".join(f"{k}={_short(v)}" for k, v in fields.items())
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        elif tb and record.levelno >= logging.ERROR and logging.getLogger().level <= logging.DEBUG:
+        elif tb and record.levelno >= logging.ERROR:
             line += "\n" + str(tb).rstrip()
         return line
 

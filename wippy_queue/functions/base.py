@@ -30,6 +30,11 @@ def outcome_of(result: Any) -> Outcome:
     """Wippy's rule: a returned value acks; ``False`` or ``(None, err)`` nacks."""
     if result is False:
         return Outcome.nack("returned_false", "handler returned false")
-    if isinstance(result, tuple) and len(result) == 2 and result[0] is None and result[1]:
+    if (
+        isinstance(result, tuple)
+        and len(result) == 2
+        and result[0] is None
+        and result[1] is not None
+    ):
         return Outcome.nack("handler_error", str(result[1]))
     return ACK

@@ -79,9 +79,13 @@ class Consumer:
         self.failed = loop.create_future()
         self._base_context = self._base_context.evolve(loop=loop, consumer=self.entry_id)
         await self.handler.start(concurrency=self.concurrency)
-        self._subscription = await self.queue.driver.subscribe(
-            self.queue.name, prefetch=self.prefetch
-        )
+        try:
+            self._subscription = await self.queue.driver.subscribe(
+                self.queue.name, prefetch=self.prefetch
+            )
+        except BaseException:
+            await self.handler.close()
+            raise
         self._credits = asyncio.Semaphore(self.prefetch + self.concurrency)
         self._buffer = asyncio.Queue()
         self._fetcher = asyncio.create_task(self._fetch(), name=f"{self.entry_id}:fetch")

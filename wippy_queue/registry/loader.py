@@ -30,10 +30,15 @@ def load_registry(paths: Iterable[str | os.PathLike[str]], kinds: KindTable) -> 
     problems += _find_cycles(entries, dependencies, fields)
     registry = Registry(entries, dependencies)
     warnings: list[Problem] = []
-    if not problems:
-        for check in kinds.checks:
-            for found in check(registry):
-                (warnings if found.severity == "warning" else problems).append(found)
+    for check in kinds.checks:
+        try:
+            findings = list(check(registry))
+        except Exception:
+            if problems:
+                continue  # the registry is incomplete; its own problems are reported
+            raise
+        for found in findings:
+            (warnings if found.severity == "warning" else problems).append(found)
     if [p for p in problems if p.severity == "error"]:
         raise ConfigError(problems)
     return Registry(entries, dependencies, tuple(warnings))
