@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from wippy_queue import cli_audit, logs
+from wippy_queue import cli_audit, cli_policy, logs
 from wippy_queue.errors import ConfigError, WippyQueueError
 from wippy_queue.registry.loader import load_registry
 from wippy_queue.runtime import Runtime
@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--audit", metavar="PATH", help="write the audit trail to PATH")
 
     cli_audit.add_parser(sub)
+    cli_policy.add_parser(sub)
 
     info = sub.add_parser("info", help="list the entries, services and queues of entry files")
     info.add_argument("paths", nargs="+", metavar="PATH")
@@ -65,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _info(args.paths)
         if args.command == "audit":
             return cli_audit.run(args)
+        if args.command == "policy":
+            return cli_policy.run(args)
         logs.setup(args.log_format, args.log_level)
         return asyncio.run(_run(args))
     except ConfigError as err:

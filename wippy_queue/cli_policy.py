@@ -1,0 +1,136 @@
+"""``wippy-queue policy test|explain|lint``: tools for writing policy files.
+
+Exit codes: ``test`` 0 when every case passes, 1 when one fails; ``lint`` 0 without
+errors (warnings are printed), 1 with any; ``explain`` 0. Input that cannot be
+used (entry files, case files, a request the runtime never asks) exits 2 with
+every problem listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from types import MappingProxyType
+from typing import Any
+
+from wippy_queue.components import default_components
+from wippy_queue.errors import ConfigError, Problem
+from wippy_queue.registry.loader import load_registry
+from wippy_queue.security.actor import Actor
+from wippy_queue.security.authoring.cases import Case, CaseFileError, read_cases
+from wippy_queue.security.authoring.explain import explain
+from wippy_queue.security.authoring.lint import has_errors, lint
+from wippy_queue.security.authoring.query import ASKED, Query, QueryError
+from wippy_queue.security.authoring.runner import run_cases, summary
+from wippy_queue.security.manager import Security
+
+BAD_INPUT = 2
+_FLAGS = {"policies": "policy", "groups": "group"}
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``policy`` and its sub-commands on the CLI's sub-parsers."""
+    policy = subparsers.add_parser("policy", help="test, explain and lint security policies")
+    sub = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+
+    test = sub.add_parser("test", help="run policy test cases; exit 1 if any fails")
+    test.add_argument("paths", nargs="+", metavar="PATH", help="entry files or folders")
+    test.add_argument(
+        "--cases", action="append", required=True, metavar="CASES.yaml", help="(repeatable)"
+    )
+    test.add_argument("--strict", action="store_true", help="decide as 'run --strict' would")
+
+    why = sub.add_parser("explain", help="show the decision, the matching rules and the decider")
+    why.add_argument("paths", nargs="+", metavar="PATH", help="entry files or folders")
+    who = why.add_argument_group("who asks: a consumer, or an actor with policies/groups")
+    who.add_argument("--consumer", metavar="ID", help="its lifecycle.security applies")
+    who.add_argument("--actor", metavar="ID")
+    who.add_argument("--meta", type=_pair, action="append", default=[], metavar="KEY=VALUE")
+    who.add_argument("--policy", action="append", default=[], metavar="ID")
+    who.add_argument("--group", action="append", default=[], metavar="NAME")
+    what = why.add_argument_group("what is asked")
+    what.add_argument("--action", required=True, choices=list(ASKED))
+    what.add_argument(
+        "--resource",
+        metavar="ID",
+        help="a queue ID (default: the consumer's queue; '' for queue.publish)",
+    )
+    what.add_argument("--header", type=_pair, action="append", default=[], metavar="KEY=VALUE")
+    what.add_argument("--publisher", metavar="ACTOR_ID", help="the verified publisher (consume)")
+    what.add_argument("--publisher-tenant", metavar="TENANT")
+    why.add_argument("--strict", action="store_true", help="decide as 'run --strict' would")
+
+    check = sub.add_parser("lint", help="find broken, dead, shadowed and duplicate rules")
+    check.add_argument("paths", nargs="+", metavar="PATH", help="entry files or folders")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the ``policy`` sub-command in ``args``; returns the exit code."""
+    if args.policy_command == "lint":
+        return _lint(args.paths)
+    try:
+        registry = load_registry(args.paths, default_components().kinds)
+        security = Security(registry, strict=args.strict or None)
+        if args.policy_command == "test":
+            return _test(security, args.cases)
+        return _explain(security, args)
+    except (ConfigError, CaseFileError) as err:
+        print(err, file=sys.stderr)
+    except QueryError as err:
+        for field, message in err.problems:
+            flag = _FLAGS.get(field, field.replace("_", "-"))
+            print(f"wippy-queue policy explain: --{flag}: {message}", file=sys.stderr)
+    return BAD_INPUT
+
+
+def _test(security: Security, case_files: list[str]) -> int:
+    cases: list[Case] = []
+    problems: list[Problem] = []
+    for path in case_files:
+        found, bad = read_cases(path)
+        cases += found
+        problems += bad
+    results = run_cases(security, cases, problems)
+    for result in results:
+        print(result.describe())
+    print(summary(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
+def _explain(security: Security, args: argparse.Namespace) -> int:
+    actor = None
+    if args.actor is not None:
+        actor = Actor(args.actor, MappingProxyType(dict(args.meta)))
+    elif args.meta:
+        raise QueryError([("meta", "--meta describes the --actor; add --actor ID")])
+    query = Query(
+        action=args.action,
+        resource=args.resource,
+        consumer=args.consumer,
+        actor=actor,
+        policies=tuple(args.policy),
+        groups=tuple(args.group),
+        headers=dict(args.header),
+        publisher=args.publisher,
+        publisher_tenant=args.publisher_tenant,
+    )
+    for line in explain(security, query).lines():
+        print(line)
+    return 0
+
+
+def _lint(paths: list[str]) -> int:
+    findings = lint(paths)
+    for finding in findings:
+        print(finding)
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = len(findings) - errors
+    print(f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}")
+    return 1 if has_errors(findings) else 0
