@@ -72,7 +72,7 @@ class ModelShape:
             return None
         fields = self.policy.get(line.ptype, ())
         if "eft" in fields:
-            return line.values[fields.index("eft")].strip().lower()
+            return line.values[fields.index("eft")].strip()
         return "allow"
 
     def value(self, rule_values: tuple[str, ...], field: str) -> str | None:
