@@ -72,12 +72,6 @@ def test_run_log_format_json_gives_json_records() -> None:
     assert {"time", "logger"} <= processing.keys()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli._run prints 'published <id> to <queue>' as plain text on stderr even with "
-    "--log-format json; it should be a log record (log.info with fields) so that every "
-    "stderr line is JSON",
-)
 def test_run_log_format_json_every_stderr_line_is_json() -> None:
     result = run_seed("json")
     assert result.returncode == 0, result.stderr
@@ -85,12 +79,6 @@ def test_run_log_format_json_every_stderr_line_is_json() -> None:
         json.loads(line)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli._json_arg raises argparse.ArgumentTypeError inside _run (after the runtime "
-    "started), which main() does not catch: a traceback. Fix: parse --publish JSON with "
-    "type=_json_arg... (or before Runtime.load) and report parser.error / exit 2",
-)
 def test_run_bad_publish_json_is_a_clear_error() -> None:
     result = wippy_queue("run", str(SEED), "--publish", "app.queue:tasks", "{bad", "--until-idle")
     assert result.returncode != 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,8 @@ from wippy_queue import cli_audit, cli_policy, logs
 from wippy_queue.errors import ConfigError, WippyQueueError
 from wippy_queue.registry.loader import load_registry
 from wippy_queue.runtime import Runtime
+
+log = logging.getLogger("wippy_queue.cli")
 
 
 def _json_arg(text: str) -> Any:
@@ -58,7 +61,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        try:  # bad JSON is a usage error, found before anything starts
+            args.publish = [(queue_id, _json_arg(text)) for queue_id, text in args.publish]
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"--publish: {err}")
     try:
         if args.command == "validate":
             return _validate(args.paths)
@@ -112,10 +121,10 @@ async def _run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     code = 0
     async with runtime:
-        for queue_id, text in args.publish:
-            message_id = await runtime.publish(queue_id, _json_arg(text))
-            print(f"published {message_id} to {queue_id}", file=sys.stderr)
-        waiters = [asyncio.create_task(stop.wait())]
+        for queue_id, data in args.publish:
+            message_id = await runtime.publish(queue_id, data)
+            log.info("published", extra={"fields": {"message_id": message_id, "queue": queue_id}})
+        waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
         if args.until_idle:
             waiters.append(asyncio.create_task(runtime.join()))
         done, pending = await asyncio.wait(
