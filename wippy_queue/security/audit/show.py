@@ -11,7 +11,18 @@ from typing import Any
 
 from wippy_queue.security.audit.chain import HEADER, RESUMED
 
-COLUMNS = ("seq", "time", "event", "action", "decision", "reason", "actor", "queue", "message_id", "outcome")
+COLUMNS = (
+    "seq",
+    "time",
+    "event",
+    "action",
+    "decision",
+    "reason",
+    "actor",
+    "queue",
+    "message_id",
+    "outcome",
+)
 
 
 @dataclass(frozen=True)
