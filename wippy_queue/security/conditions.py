@@ -50,11 +50,16 @@ def _contains(left: Any, right: Any) -> bool:
 
 
 def _matches(left: Any, right: Any) -> bool:
-    return isinstance(left, str) and re.search(str(right), left) is not None
+    return isinstance(left, str) and right is not None and re.search(str(right), left) is not None
+
+
+def _eq(left: Any, right: Any) -> bool:
+    # an absent side equals nothing: str(None) would equal the header value "None"
+    return left is not None and right is not None and (left == right or str(left) == str(right))
 
 
 _BINARY: dict[str, Callable[[Any, Any], bool]] = {
-    "eq": lambda a, b: a is not None and (a == b or str(a) == str(b)),
+    "eq": _eq,
     "lt": _cmp(lambda a, b: a < b),
     "gt": _cmp(lambda a, b: a > b),
     "lte": _cmp(lambda a, b: a <= b),

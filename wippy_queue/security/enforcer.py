@@ -8,6 +8,7 @@ and refuses to decide if enforcement was ever switched off (pycasbin answers
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import logging
@@ -18,11 +19,14 @@ from typing import Any
 
 import casbin
 from casbin.model.model_fast import FastModel
+from casbin.model.policy_fast import fast_policy_filter
+from casbin.persist.adapter import Adapter
+from casbin.util import has_eval
 from casbin.util.log import DEFAULT_LOGGING
 
 from wippy_queue.errors import Problem, WippyQueueError
 
-_CASBIN_LOGGERS = tuple(DEFAULT_LOGGING["loggers"])  # type: ignore[arg-type]
+_CASBIN_LOGGERS = tuple(DEFAULT_LOGGING["loggers"])
 _DROP = logging.Logger("wippy_queue.casbin.requests", level=logging.CRITICAL + 1)
 _SECTION = re.compile(r"^\[(\w+)\]\s*$")
 
@@ -50,6 +54,10 @@ class ModelInfo:
     request_tokens: tuple[str, ...]
     request_line: int
     rule_sizes: dict[str, int]
+    #: the ``p =`` tokens, and the ``m =`` matcher with its line
+    policy_tokens: tuple[str, ...] = ()
+    matcher: str = ""
+    matcher_line: int = 1
 
 
 def read_model(text: str, file: str) -> ModelInfo:
@@ -80,7 +88,16 @@ def read_model(text: str, file: str) -> ModelInfo:
         {k: len(v.split(",")) for k, (v, _) in sections.get("role_definition", {}).items()}
     )
     tokens = tuple(t.strip() for t in request[0].split(","))
-    return ModelInfo(tokens, request[1], sizes)
+    policy = sections["policy_definition"].get("p", ("", 1))[0]
+    matcher, matcher_line = sections["matchers"].get("m", ("", 1))
+    return ModelInfo(
+        tokens,
+        request[1],
+        sizes,
+        tuple(t.strip() for t in policy.split(",")),
+        matcher,
+        matcher_line,
+    )
 
 
 def read_policy(text: str, file: str, model: ModelInfo, first_line: int = 1) -> list[PolicyLine]:
@@ -124,8 +141,30 @@ def _quiet_construct(factory: Callable[[], Any]) -> Any:
             logging.getLogger(name).disabled = disabled
 
 
+class _Rules(Adapter):  # type: ignore[misc]
+    """Hands checked rules to pycasbin in one pass (its add_policy is O(n) per rule)."""
+
+    def __init__(self, rules: Sequence[PolicyLine]) -> None:
+        self._rules = rules
+
+    def load_policy(self, model: Any) -> None:
+        seen: set[tuple[str, tuple[str, ...]]] = set()
+        for rule in self._rules:
+            key = (rule.ptype, rule.values)
+            if key not in seen:
+                seen.add(key)
+                model.model[rule.ptype[0]][rule.ptype].policy.append(list(rule.values))
+
+
 class Enforcer:
-    """One model plus its rules; ``decide`` answers allow, deny, or no opinion (None)."""
+    """One model plus its rules; ``decide`` answers allow, deny, or no opinion (None).
+
+    An allow counts only when a rule allowed it: a model whose effect allows by
+    default (``!some(where (p.eft == deny))``) gives no opinion when no rule matched.
+    With ``index``, only the rules whose indexed fields equal the request's are
+    asked (pycasbin's FastPolicy); the unit checks that the matcher compares those
+    fields by equality, so the filter never hides a rule that could match.
+    """
 
     def __init__(
         self,
@@ -137,26 +176,25 @@ class Enforcer:
         source: str = "<model>",
     ) -> None:
         self.source = source
+        self._index = tuple(index)
         try:
             if index:
                 model: casbin.model.Model = FastModel(list(index))
             else:
                 model = casbin.model.Model()
             model.load_model_from_text(model_text)
+            adapter = _Rules(rules)
             if index:
                 self._e = _quiet_construct(
-                    lambda: casbin.FastEnforcer(model, cache_key_order=list(index))
+                    lambda: casbin.FastEnforcer(model, adapter, cache_key_order=list(index))
                 )
             else:
-                self._e = _quiet_construct(lambda: casbin.Enforcer(model))
+                self._e = _quiet_construct(lambda: casbin.Enforcer(model, adapter))
             # pycasbin logs every request at INFO/WARNING; decisions are logged (and
             # audited) by us, so give it a detached logger that drops them.
             self._e.logger = _DROP
             for name, fn in (functions or {}).items():
                 self._e.add_function(name, fn)
-            for rule in rules:
-                self._add(rule)
-            self._e.build_role_links()
         except PolicyLoadError:
             raise
         except Exception as err:
@@ -164,18 +202,41 @@ class Enforcer:
                 [Problem(f"Casbin cannot load this model: {type(err).__name__}: {err}", source, 1)]
             ) from err
 
-    def _add(self, rule: PolicyLine) -> None:
-        if rule.ptype.startswith("g"):
-            self._e.add_named_grouping_policy(rule.ptype, list(rule.values))
-        else:
-            self._e.add_named_policy(rule.ptype, list(rule.values))
+    def undefined_in_matcher(self) -> list[str]:
+        """Functions and tokens the matcher names that nothing defines.
+
+        pycasbin finds them only when evaluation reaches them, which a short-circuit
+        may put off until some message arrives; ``eval()`` matchers are not checked.
+        """
+        model = self._e.model.model
+        matcher = model["m"]["m"].value
+        if has_eval(matcher):
+            return []
+        functions = set(self._e.fm.get_functions()) | set(model.get("g", {}))
+        tokens = set(model["r"]["r"].tokens) | set(model["p"]["p"].tokens)
+        tree = self._e._get_expression(matcher).ast_parsed_value
+        called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        missing = []
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Name):
+                continue
+            if id(node) in called:
+                if node.id not in functions:
+                    missing.append(f"function {node.id}")
+            elif node.id not in tokens:
+                missing.append(node.id.replace("_", ".", 1))  # r_sub is how r.sub reads here
+        return list(dict.fromkeys(missing))
 
     def decide(self, *request: Any) -> tuple[str | None, list[str]]:
         if not self._e.enabled:
             raise WippyQueueError(f"enforcement was switched off on {self.source}; refusing")
-        allowed, explain = self._e.enforce_ex(*request)
-        if allowed:
-            return "allow", list(explain)
-        if explain:
-            return "deny", list(explain)
-        return None, []
+        if self._index:
+            # FastEnforcer filters only in enforce(), not in the enforce_ex we need
+            keys = [request[i] for i in self._index]
+            with fast_policy_filter(self._e.model.model["p"]["p"].policy, *keys):
+                allowed, explain = self._e.enforce_ex(*request)
+        else:
+            allowed, explain = self._e.enforce_ex(*request)
+        if not explain:
+            return None, []
+        return ("allow" if allowed else "deny"), list(explain)

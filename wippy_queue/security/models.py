@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,14 @@ class Condition(_Strict):
                 raise ValueError("give either 'value' or 'value_from', not both")
         elif self.value is None and self.operator not in UNARY:
             raise ValueError(f"operator {self.operator!r} needs 'value' or 'value_from'")
+        elif self.operator in ("in", "nin") and not isinstance(self.value, list):
+            # a scalar would make 'in' never and 'nin' always true
+            raise ValueError(f"operator {self.operator!r} needs a list value, got {self.value!r}")
+        elif self.operator in ("matches", "nmatches"):
+            try:
+                re.compile(str(self.value))
+            except re.error as err:
+                raise ValueError(f"{self.value!r} is not a regular expression: {err}") from None
         return self
 
 
@@ -59,10 +68,15 @@ class WippyRule(_Strict):
 
     @field_validator("actions", "resources")
     @classmethod
-    def _no_commas(cls, values: list[str]) -> list[str]:
+    def _patterns(cls, values: list[str]) -> list[str]:
         for value in values:
             if not value or "," in value:
                 raise ValueError(f"{value!r}: patterns are non-empty and have no commas")
+            if "*" in value[:-1]:
+                # keyMatch would treat 'a*b' as the prefix 'a': far wider than written
+                raise ValueError(
+                    f"{value!r}: '*' may only be the whole pattern or its last character"
+                )
         return values
 
 
@@ -89,7 +103,7 @@ class CasbinPolicyConfig(EntryModel):
     policy: str | None = None
     rules: list[str] = Field(default_factory=list)
     request: list[str] = Field(min_length=1)
-    index: list[str] = Field(default_factory=list)
+    index: list[str] = Field(default_factory=list, max_length=2)
     groups: list[str] = Field(default_factory=list)
 
     @field_validator("model")

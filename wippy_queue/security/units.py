@@ -19,6 +19,7 @@ from wippy_queue.errors import Problem
 from wippy_queue.security.conditions import evaluate
 from wippy_queue.security.enforcer import (
     Enforcer,
+    ModelInfo,
     PolicyLine,
     PolicyLoadError,
     read_model,
@@ -55,15 +56,18 @@ def wippy_model_text() -> str:
     return resources.files("wippy_queue.policies").joinpath("wippy_rules.conf").read_text()
 
 
-def _hashable(value: Any) -> Hashable | None:
+_UNHASHABLE = object()
+
+
+def _hashable(value: Any) -> Any:
+    """A cache-key part for ``value``, typed (``1``, ``1.0`` and ``True`` are equal in Python
+    but not to every condition); ``_UNHASHABLE`` when it cannot be part of a key."""
     if isinstance(value, _PLAIN):
-        return value
+        return (type(value).__name__, value)
     if isinstance(value, list | tuple):
         items = tuple(_hashable(v) for v in value)
-        if any(h is None and v is not None for h, v in zip(items, value, strict=True)):
-            return None
-        return items
-    return None
+        return _UNHASHABLE if any(i is _UNHASHABLE for i in items) else ("list", items)
+    return _UNHASHABLE
 
 
 class WippyRulesUnit(PolicyUnit):
@@ -108,9 +112,8 @@ class WippyRulesUnit(PolicyUnit):
     def cache_key(self, request: Request) -> Hashable | None:
         key = []
         for field in self._fields:
-            value = request.value(field)
-            hashable = _hashable(value)
-            if hashable is None and value is not None:
+            hashable = _hashable(request.value(field))
+            if hashable is _UNHASHABLE:
                 return None
             key.append(hashable)
         return tuple(key)
@@ -124,6 +127,38 @@ def _sample(token: str) -> Any:
     return "sample"
 
 
+def _check_index(info: ModelInfo, index: Sequence[int], model_file: str, entry_id: str) -> None:
+    """An index filters rules by exact value: the matcher must demand that equality.
+
+    Otherwise the filter could hide a rule the matcher would have matched (a pattern,
+    a deny), and hiding a deny rule is an allow.
+    """
+    conjuncts = {" ".join(c.split()) for c in info.matcher.split("&&")}
+    for i in dict.fromkeys(index):
+        r = info.request_tokens[i]
+        p = info.policy_tokens[i] if i < len(info.policy_tokens) else "?"
+        if "||" in info.matcher or not {f"r.{r} == p.{p}", f"p.{p} == r.{r}"} & conjuncts:
+            raise PolicyLoadError(
+                [
+                    Problem(
+                        f"'index' needs the matcher to require 'r.{r} == p.{p}' (an && term, "
+                        "no ||): the index keeps only rules whose field equals the request's",
+                        model_file,
+                        info.matcher_line,
+                        entry_id,
+                        "index",
+                    )
+                ]
+            )
+
+
+def _plain(value: Any) -> Any:
+    """Casbin rules hold strings: give it strings ('' for absent), objects as they are."""
+    if value is None:
+        return ""
+    return str(value) if isinstance(value, _PLAIN) else value
+
+
 class CasbinUnit(PolicyUnit):
     def __init__(self, entry_id: str, config: CasbinPolicyConfig) -> None:
         self.policies = (entry_id,)
@@ -133,6 +168,8 @@ class CasbinUnit(PolicyUnit):
         self.policy_path = Path(config.policy.removeprefix("file://")) if config.policy else None
         self._tokens = tuple(config.request)
         self._objects = any(t in ("actor", "message") for t in self._tokens)
+        #: bumped by every install, so that decisions cached under old rules never answer
+        self.generation = 0
         self._enforcer = self.load()
 
     def load(self) -> Enforcer:
@@ -161,10 +198,14 @@ class CasbinUnit(PolicyUnit):
         if self.config.rules:
             rules += read_policy("\n".join(self.config.rules), f"{self.entry_id} rules", info)
         index = [self._tokens.index(t) for t in self.config.index]
+        _check_index(info, index, model_file, self.entry_id)
         if len(index) == 1:
             index *= 2  # pycasbin's FastPolicy only iterates a two-level index correctly
         enforcer = Enforcer(model_text, rules, index=index, source=model_file)
         try:
+            undefined = enforcer.undefined_in_matcher()
+            if undefined:
+                raise ValueError(f"the matcher names undefined {', '.join(undefined)}")
             enforcer.decide(*(_sample(t) for t in self._tokens))
         except Exception as err:
             raise PolicyLoadError(
@@ -172,7 +213,7 @@ class CasbinUnit(PolicyUnit):
                     Problem(
                         f"the matcher fails on a sample request: {type(err).__name__}: {err}",
                         model_file,
-                        1,
+                        info.matcher_line,
                         self.entry_id,
                         "model",
                     )
@@ -183,19 +224,19 @@ class CasbinUnit(PolicyUnit):
     def install(self, enforcer: Enforcer) -> None:
         """Put rules made by ``load`` in force (on the event loop, between decisions)."""
         self._enforcer = enforcer
+        self.generation += 1
 
     def _values(self, request: Request) -> tuple[Any, ...]:
-        return tuple(request.value(t) for t in self._tokens)
+        return tuple(_plain(request.value(t)) for t in self._tokens)
 
     def decide(self, request: Request) -> Verdict:
-        values = tuple("" if v is None else v for v in self._values(request))
-        effect, rule = self._enforcer.decide(*values)
+        effect, rule = self._enforcer.decide(*self._values(request))
         return Verdict(effect, self.entry_id, tuple(rule))
 
     def cache_key(self, request: Request) -> Hashable | None:
         if self._objects:
             return None
         values = self._values(request)
-        if not all(isinstance(v, _PLAIN) for v in values):
+        if not all(isinstance(v, str) for v in values):
             return None
-        return values
+        return (self.generation, values)
