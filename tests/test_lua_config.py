@@ -133,7 +133,7 @@ def test_without_lupa_the_error_says_what_to_install(
     monkeypatch.setitem(sys.modules, "lupa.lua51", None)
     with pytest.raises(ConfigError) as info:
         Runtime.load(root)
-    assert "pip install 'wippy-queue[lua]'" in str(info.value)
+    assert "pip install 'lupa>=2.0'" in str(info.value)
 
 
 def test_chunk_must_return_the_handler(tmp_path: Path) -> None:

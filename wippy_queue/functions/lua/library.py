@@ -39,7 +39,7 @@ class LuaFunctions:
         except ImportError as err:
             raise HandlerError(
                 f"{entry.id} is a function.lua entry, which needs lupa (embedded Lua): "
-                "pip install 'wippy-queue[lua]'"
+                "pip install 'lupa>=2.0' (a dependency of wippy-queue)"
             ) from err
         from wippy_queue.functions.lua.handler import LuaHandler
         from wippy_queue.functions.lua.program import build_program
