@@ -36,38 +36,38 @@ class Provenance:
 ANONYMOUS = Provenance(None, None)
 
 
-def _digest(key: bytes, message: Message, queue_id: str) -> str:
+def _digest(mac: hmac.HMAC, message: Message, queue_id: str) -> str:
+    """HMAC-SHA256 over the length-prefixed id, queue, body and headers (JSON, sorted)."""
     headers = {
         k: v
         for k, v in message.headers.items()
         if k not in (ATTEMPTS, SIGNATURE) and not k.startswith(_UNSIGNED_PREFIX)
     }
-    mac = hmac.new(key, digestmod=hashlib.sha256)
-    for part in (
+    parts = (
         message.id.encode(),
         queue_id.encode(),
         message.body,
         json.dumps(headers, sort_keys=True, separators=(",", ":")).encode(),
-    ):
-        mac.update(len(part).to_bytes(8, "big"))
-        mac.update(part)
+    )
+    mac = mac.copy()  # the keyed state is computed once, per Stamper
+    mac.update(b"".join(len(part).to_bytes(8, "big") + part for part in parts))
     return mac.hexdigest()
 
 
 class Stamper:
     def __init__(self, key: str | None) -> None:
-        self._key = key.encode() if key else None
+        self._mac = hmac.new(key.encode(), digestmod=hashlib.sha256) if key else None
 
     @property
     def signing(self) -> bool:
-        return self._key is not None
+        return self._mac is not None
 
     def stamp(self, message: Message, queue_id: str, actor: Actor) -> None:
         message.headers[PUBLISHER] = actor.id
         if actor.tenant is not None:
             message.headers[PUBLISHER_TENANT] = actor.tenant
-        if self._key is not None:
-            message.headers[SIGNATURE] = _digest(self._key, message, queue_id)
+        if self._mac is not None:
+            message.headers[SIGNATURE] = _digest(self._mac, message, queue_id)
 
     def verify(self, message: Message, queue_id: str) -> Provenance:
         """The verified publisher; raise ForgedProvenance when the stamp does not hold."""
@@ -76,12 +76,12 @@ class Stamper:
         signature = headers.get(SIGNATURE)
         if publisher is None and signature is None and PUBLISHER_TENANT not in headers:
             return ANONYMOUS
-        if self._key is not None:
+        if self._mac is not None:
             if not isinstance(signature, str):
                 raise ForgedProvenance("the publisher stamp is not signed")
             # a dead-lettered copy was signed for the queue it was first published to
             signed_for = str(headers.get(DL_QUEUE, queue_id))
-            expected = _digest(self._key, message, signed_for)
+            expected = _digest(self._mac, message, signed_for)
             if not hmac.compare_digest(signature, expected):
                 raise ForgedProvenance("the publisher stamp's signature does not match")
         if not isinstance(publisher, str):

@@ -26,7 +26,7 @@ from wippy_queue.security.enforcer import (
     read_policy,
 )
 from wippy_queue.security.models import CasbinPolicyConfig, Condition, WippyPolicyConfig
-from wippy_queue.security.request import ActorView, MessageView, Request
+from wippy_queue.security.request import ActorView, MessageView, Request, getter
 
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -89,7 +89,7 @@ class WippyRulesUnit(PolicyUnit):
                 for resource in rule.resources:
                     values = (action, resource, cond, rule.effect, pid)
                     rules.append(PolicyLine("p", values, pid, 0))
-        self._fields = tuple(sorted(fields))
+        self._fields = tuple(getter(f) for f in sorted(fields))
         self._enforcer = Enforcer(
             wippy_model_text(),
             rules,
@@ -111,8 +111,8 @@ class WippyRulesUnit(PolicyUnit):
 
     def cache_key(self, request: Request) -> Hashable | None:
         key = []
-        for field in self._fields:
-            hashable = _hashable(request.value(field))
+        for get in self._fields:
+            hashable = _hashable(get(request))
             if hashable is _UNHASHABLE:
                 return None
             key.append(hashable)
@@ -167,6 +167,7 @@ class CasbinUnit(PolicyUnit):
         self.model_path = Path(config.model.removeprefix("file://"))
         self.policy_path = Path(config.policy.removeprefix("file://")) if config.policy else None
         self._tokens = tuple(config.request)
+        self._getters = tuple(getter(t) for t in self._tokens)
         self._objects = any(t in ("actor", "message") for t in self._tokens)
         #: bumped by every install, so that decisions cached under old rules never answer
         self.generation = 0
@@ -227,7 +228,11 @@ class CasbinUnit(PolicyUnit):
         self.generation += 1
 
     def _values(self, request: Request) -> tuple[Any, ...]:
-        return tuple(_plain(request.value(t)) for t in self._tokens)
+        values = []
+        for get in self._getters:
+            value = get(request)
+            values.append(value if type(value) is str else _plain(value))
+        return tuple(values)
 
     def decide(self, request: Request) -> Verdict:
         effect, rule = self._enforcer.decide(*self._values(request))
@@ -237,6 +242,7 @@ class CasbinUnit(PolicyUnit):
         if self._objects:
             return None
         values = self._values(request)
-        if not all(isinstance(v, str) for v in values):
-            return None
+        for value in values:
+            if type(value) is not str:
+                return None
         return (self.generation, values)

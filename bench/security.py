@@ -1,0 +1,370 @@
+"""What the policy check costs end to end: the memory-driver run with and without it.
+
+Every row publishes N messages and drains them with a no-op async handler
+(concurrency 4, prefetch 20) in this one process, like ``throughput.py``'s
+``wippy-async`` row. The checked rows put the consumer under RBAC-with-tenants
+policies (``policies/rbac_with_tenants.conf``, indexed by tenant) of 10, 1,000 or
+10,000 rules, generated into a temp dir (many tenants, two roles each; the
+consumer's actor may consume its own tenant's messages):
+
+- ``rbac-R``: the consume check alone. Messages are published as in the core bench
+  (``runtime.publish``, outside any actor) with a ``tenant`` header, and the policy
+  maps ``message.headers.tenant`` to the tenant: ``queue.consume`` is decided before
+  every handler call.
+- ``rbac-R-signed``: the whole provenance path. Publishing runs under a publisher
+  actor, as a handler's publish does (the ``queue.publish`` and
+  ``queue.publish.queue`` checks, the stamp and its HMAC signature), and consuming
+  verifies the signature and decides on the VERIFIED tenant (``message.tenant``).
+
+Each run counts the decisions (one consume check per message, plus two publish
+checks on the signed rows, all allowed) and the handler calls (N): a run that
+skipped a check or lost a message is rejected. Rows are interleaved round by round
+after one warm-up run each; medians. The target compares ``rbac-10000`` with
+``unchecked``.
+
+Then the raw cost of one ``Scope.check``: uncached (the cache dropped before every
+call) with and without the tenant index, and cached.
+
+    python bench/security.py [--n 20000] [--repeat 5] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import importlib
+import itertools
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wippy_queue import Runtime
+from wippy_queue.context import CallContext, bound
+from wippy_queue.security.actor import Actor
+from wippy_queue.security.models import CasbinPolicyConfig
+from wippy_queue.security.request import Request
+from wippy_queue.security.scope import Decision, Scope
+from wippy_queue.security.units import CasbinUnit
+
+CONCURRENCY = 4
+PREFETCH = 20
+RULE_COUNTS = (10, 1_000, 10_000)
+TARGET = 0.80  # checked throughput at 10,000 rules / unchecked
+HANDLERS_MODULE = "wippy_bench_security_handlers"
+HANDLERS_SOURCE = '''\
+"""No-op handler for bench/security.py; the counter checks that nothing was lost."""
+
+import itertools
+
+done = itertools.count()
+
+
+async def noop(data):
+    next(done)
+'''
+RBAC = Path(__file__).parents[1] / "wippy_queue" / "policies" / "rbac_with_tenants.conf"
+REQUEST = ["actor.id", "message.tenant", "resource", "action"]
+HEADER_REQUEST = ["actor.id", "message.headers.tenant", "resource", "action"]
+TENANT = "t0"
+WORKER = Actor(f"worker-{TENANT}", {"tenant": TENANT})
+SIGNING_KEY = "bench-signing-key-0123456789"
+
+
+def tenant_rules(count: int) -> str:
+    """``count`` RBAC-with-tenants lines: six per tenant, tenant t0 complete and first."""
+    lines: list[str] = []
+    for t in itertools.count():
+        lines += [
+            f"p, worker, t{t}, bench:*, queue.consume, allow",
+            f"p, worker, t{t}, bench:secret, queue.consume, deny",
+            f"p, publisher, t{t}, *, queue.publish, allow",
+            f"p, publisher, t{t}, bench:jobs, queue.publish.queue, allow",
+            f"g, worker-t{t}, worker, t{t}",
+            f"g, svc-t{t}, publisher, t{t}",
+        ]
+        if len(lines) >= count:
+            return "\n".join(lines[:count]) + "\n"
+    raise AssertionError("unreachable")
+
+
+def entries(n: int, rules: Path | None, *, signed: bool = False) -> dict[str, Any]:
+    """The row's entry file: the core bench's consumer, plus policies when ``rules``."""
+    worker: dict[str, Any] = {
+        "name": "worker",
+        "kind": "queue.consumer",
+        "queue": "bench:jobs",
+        "func": "bench:noop",
+        "concurrency": CONCURRENCY,
+        "prefetch": PREFETCH,
+        "lifecycle": {"auto_start": True},
+    }
+    listed: list[dict[str, Any]] = [
+        {"name": "memory", "kind": "queue.driver.memory", "lifecycle": {"auto_start": True}},
+        {
+            "name": "jobs",
+            "kind": "queue.queue",
+            "driver": "bench:memory",
+            "driver_options": {"memory": {"max_length": n}},
+        },
+        {"name": "noop", "kind": "function.python", "source": f"{HANDLERS_MODULE}:noop"},
+        worker,
+    ]
+    if rules is None:
+        return {"version": "1.0", "namespace": "bench", "entries": listed}
+    security = {"policies": ["bench:tenants"]}
+    worker["lifecycle"]["security"] = {
+        "actor": {"id": WORKER.id, "meta": dict(WORKER.meta)},
+        **security,
+    }
+    request = REQUEST if signed else HEADER_REQUEST
+    listed.append(
+        {
+            "name": "tenants",
+            "kind": "security.policy.casbin",
+            "model": f"file://{RBAC}",
+            "policy": f"file://{rules}",
+            "request": request,
+            "index": [request[1]],
+        }
+    )
+    if signed:
+        listed += [
+            {"name": "settings", "kind": "security.settings", "signing_key": SIGNING_KEY},
+            {"name": "outbox", "kind": "queue.queue", "driver": "bench:memory"},
+            {  # never started: it gives the publishing actor its scope
+                "name": "publisher",
+                "kind": "queue.consumer",
+                "queue": "bench:outbox",
+                "func": "bench:noop",
+                "lifecycle": {
+                    "auto_start": False,
+                    "security": {"actor": {"id": f"svc-{TENANT}", "meta": {"tenant": TENANT}}}
+                    | security,
+                },
+            },
+        ]
+    return {"version": "1.0", "namespace": "bench", "entries": listed}
+
+
+@dataclass
+class Counter:
+    """Wraps one scope's ``check``: counts every decision and the allowed ones."""
+
+    calls: int = 0
+    allowed: int = 0
+
+    def watch(self, scope: Scope) -> None:
+        check = scope.check
+
+        def counted(request: Request) -> Decision:
+            decision = check(request)
+            self.calls += 1
+            self.allowed += decision.allowed
+            return decision
+
+        scope.check = counted  # type: ignore[method-assign]
+
+
+@dataclass
+class Row:
+    key: str
+    rules: int | None
+    folder: Path
+    signed: bool = False
+    rates: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+
+async def run_once(row: Row, n: int) -> tuple[float, float]:
+    handlers: Any = importlib.import_module(HANDLERS_MODULE)
+    handlers.done = itertools.count()
+    runtime = Runtime.load(row.folder)
+    consume, publish = Counter(), Counter()
+    ctx: CallContext | None = None
+    headers = None
+    if row.rules is not None:
+        consume.watch(runtime.security.scopes["bench:worker"])
+    if row.signed:
+        publish.watch(runtime.security.scopes["bench:publisher"])
+        publisher_entry = runtime.registry.get("bench:publisher")
+        ctx = CallContext(
+            publisher=runtime.publisher, **runtime.security.consumer_context(publisher_entry)
+        )
+    elif row.rules is not None:
+        headers = {"tenant": TENANT}
+    async with runtime:
+        gc.collect()  # loading is setup: its garbage (a discarded check copy) is not the run's
+        cpu, started = time.process_time(), time.perf_counter()
+        if ctx is None:
+            for i in range(n):
+                await runtime.publish("bench:jobs", {"i": i}, headers)
+        else:
+            with bound(ctx):  # as a handler publishes: under its actor and policies
+                for i in range(n):
+                    await runtime.publish("bench:jobs", {"i": i})
+        await runtime.join("bench:jobs")
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    handled = next(handlers.done)
+    if handled != n:
+        raise SystemExit(f"{row.key}: {handled} of {n} messages handled")
+    if row.rules is not None:
+        checks = 2 * n if row.signed else 0
+        expected = {"consume": (n, n), "publish": (checks, checks)}
+        seen = {
+            "consume": (consume.calls, consume.allowed),
+            "publish": (publish.calls, publish.allowed),
+        }
+        if seen != expected:
+            raise SystemExit(f"{row.key}: decisions (made, allowed) {seen}, expected {expected}")
+    return n / elapsed, cpu / n * 1e6
+
+
+def measure(rows: list[Row], n: int, repeat: int) -> None:
+    for row in rows:
+        asyncio.run(run_once(row, max(n // 10, 100)))  # warm-up, not measured
+    for round_no in range(1, repeat + 1):
+        for row in rows:
+            gc.collect()
+            rate, cpu_us = asyncio.run(run_once(row, n))
+            row.rates.append(rate)
+            row.cpu_us.append(cpu_us)
+            print(
+                f"  round {round_no}/{repeat}  {row.key:<12} {rate:>10,.0f} msg/s", file=sys.stderr
+            )
+
+
+# -- raw Scope.check -----------------------------------------------------------------------
+
+
+def per_call_us(fn: Callable[[], object], budget_s: float = 0.3) -> float:
+    """Median µs per call of ``fn`` over 5 batches sized to take about ``budget_s`` each."""
+    started = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - started, 1e-7)
+    batch = max(1, min(100_000, int(budget_s / once)))
+    samples = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        samples.append((time.perf_counter() - started) / batch * 1e6)
+    return statistics.median(samples)
+
+
+def scope_costs(folder: Path, rules: int) -> dict[str, float]:
+    csv = folder / f"rules_{rules}.csv"
+    request = Request("queue.consume", "bench:jobs", WORKER, {}, f"svc-{TENANT}", TENANT)
+    costs = {}
+    for name, index in (("indexed", ["message.tenant"]), ("no_index", [])):
+        config = CasbinPolicyConfig(
+            model=f"file://{RBAC}", policy=f"file://{csv}", request=REQUEST, index=index
+        )
+        scope = Scope(name, [CasbinUnit("bench:tenants", config)])
+        assert scope.check(request).allowed
+
+        def uncached(scope: Scope = scope) -> None:
+            scope.clear()
+            scope.check(request)
+
+        costs[f"uncached_{name}_us"] = per_call_us(uncached)
+
+        def cached(scope: Scope = scope) -> None:
+            scope.check(request)
+
+        if index:
+            costs["cached_us"] = per_call_us(cached)
+    return costs
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def table(rows: list[Row], costs: dict[int, dict[str, float]]) -> str:
+    base = rows[0].median
+    out = [
+        "| run | rules | median msg/s | range msg/s | CPU µs/msg | checked / unchecked |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        shown = "-" if row.rules is None else f"{row.rules:,}" + " signed" * row.signed
+        out.append(
+            f"| {row.key} | {shown} | {row.median:,.0f} | {min(row.rates):,.0f}-"
+            f"{max(row.rates):,.0f} | {statistics.median(row.cpu_us):.1f} | "
+            f"{row.median / base:.0%} |"
+        )
+    out += [
+        "",
+        "| rules | Scope.check uncached, indexed | uncached, no index | cached |",
+        "|---:|---:|---:|---:|",
+    ]
+    for rules, c in costs.items():
+        out.append(
+            f"| {rules:,} | {c['uncached_indexed_us']:,.1f} µs | "
+            f"{c['uncached_no_index_us']:,.1f} µs | {c['cached_us']:.2f} µs |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / f"{HANDLERS_MODULE}.py").write_text(HANDLERS_SOURCE)
+        sys.path.insert(0, str(root))
+        rows = []
+        for rules, signed in [(None, False), *((r, False) for r in RULE_COUNTS), (10_000, True)]:
+            key = "unchecked" if rules is None else f"rbac-{rules}" + "-signed" * signed
+            folder = root / key
+            folder.mkdir()
+            csv = None
+            if rules is not None:
+                csv = root / f"rules_{rules}.csv"
+                csv.write_text(tenant_rules(rules))
+            entry_file = entries(args.n, csv, signed=signed)
+            (folder / "_index.yaml").write_text(yaml.safe_dump(entry_file))
+            rows.append(Row(key, rules, folder, signed))
+        measure(rows, args.n, args.repeat)
+        costs = {rules: scope_costs(root, rules) for rules in RULE_COUNTS}
+
+    print(table(rows, costs))
+    target_row = next(r for r in rows if r.key == "rbac-10000")
+    ratio = target_row.median / rows[0].median
+    verdict = "meets" if ratio >= TARGET else "MISSES"
+    print(
+        f"\nchecked at 10,000 rules: {ratio:.0%} of unchecked ({verdict} the {TARGET:.0%} target)"
+    )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "n": args.n,
+                    "rows": {r.key: {"rates": r.rates, "cpu_us": r.cpu_us} for r in rows},
+                    "scope_check": costs,
+                    "ratio_10000": ratio,
+                },
+                indent=2,
+            )
+        )
+    return 0 if ratio >= TARGET else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
