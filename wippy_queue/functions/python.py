@@ -6,19 +6,17 @@ the call context copied in (the stdlib does not do that for executors).
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import importlib.util
 import inspect
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from wippy_queue import context
 from wippy_queue.errors import HandlerError
 from wippy_queue.functions.base import Handler
+from wippy_queue.functions.threads import HandlerThreads
 from wippy_queue.registry.entry import Entry
 from wippy_queue.registry.models import PythonFunctionConfig
 
@@ -71,22 +69,22 @@ class PythonHandler(Handler):
         super().__init__(entry_id)
         self._fn = fn
         self._async = inspect.iscoroutinefunction(fn)
-        self._pool: ThreadPoolExecutor | None = None
+        self._threads: HandlerThreads | None = None
 
     async def start(self, *, concurrency: int) -> None:
-        if not self._async and self._pool is None:
-            self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix=self.entry_id)
+        if not self._async and self._threads is None:
+            self._threads = HandlerThreads(concurrency, self.entry_id)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        if self._threads is not None:
+            self._threads.close()
+            self._threads = None
 
     async def call(self, data: Any) -> Any:
         if self._async:
             return await self._fn(data)
-        loop = asyncio.get_running_loop()
-        return await context.run_in_executor(loop, self._pool, self._fn, data)
+        assert self._threads is not None, "start() the handler first"
+        return await self._threads.submit(self._fn, data)
 
 
 def build_python(entry: Entry) -> PythonHandler:

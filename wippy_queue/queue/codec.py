@@ -22,14 +22,22 @@ class Codec:
     decode: Callable[[bytes], Any]
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_DECODER = json.JSONDecoder()
+
+
 def _json_encode(data: Any) -> bytes:
     try:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        return _ENCODER.encode(data).encode()
     except (TypeError, ValueError) as err:
         raise PublishError(f"message data is not JSON-serialisable: {err}") from err
 
 
 def _json_decode(body: bytes) -> Any:
+    try:  # the common case (UTF-8 without BOM) without json.loads' encoding sniffing
+        return _DECODER.decode(body.decode())
+    except ValueError:
+        pass
     try:
         return json.loads(body)
     except (UnicodeDecodeError, ValueError) as err:

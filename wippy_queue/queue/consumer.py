@@ -123,7 +123,7 @@ class Consumer:
     async def _work(self) -> None:
         while True:
             delivery = await self._buffer.get()
-            if self._stopping or not all(gate.is_set() for gate in self._gates):
+            if self._stopping or (self._gates and not all(g.is_set() for g in self._gates)):
                 await delivery.release()
                 self._credits.release()
                 continue
@@ -197,7 +197,7 @@ class Consumer:
         handle = job.handle = MessageHandle(
             message, job.data, queue.id, settle, asyncio.get_running_loop()
         )
-        ctx = self._base_context.evolve(message=handle, trace_id=message.id)
+        ctx = self._base_context.for_message(handle, message.id)
         with context.bound(ctx):
             try:
                 outcome = await self._chain(job)
@@ -210,7 +210,6 @@ class Consumer:
         await handle.finish(outcome)
 
     async def _invoke(self, job: Job) -> Outcome:
-        started = time.monotonic()
         try:
             if self.timeout_s is None:
                 result = await self.handler.call(job.data)
@@ -237,12 +236,8 @@ class Consumer:
             return Outcome.nack("handler_error", f"{type(err).__name__}: {err}")
         outcome = outcome_of(result)
         if outcome is ACK:
-            log.debug(
-                "consumer %s: message %s done in %.1f ms",
-                self.entry_id,
-                job.message.id,
-                (time.monotonic() - started) * 1000,
-            )
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("consumer %s: message %s done", self.entry_id, job.message.id)
         else:
             log.warning(
                 "consumer %s: message %s nacked: %s", self.entry_id, job.message.id, outcome.error

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +35,12 @@ class Message:
 
 
 def new_message_id() -> str:
-    return str(uuid.uuid4())
+    """A random UUID4 string, formatted directly (``str(uuid.uuid4())`` costs 3x more)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def user_headers(headers: Mapping[Any, Any] | None) -> Headers:
