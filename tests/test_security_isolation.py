@@ -50,7 +50,7 @@ RBAC = Path(__file__).parents[1] / "wippy_queue" / "policies" / "rbac_with_tenan
 JOBS = f"{NAMESPACE}:jobs"
 #: a message no worker may take is denied by each of them in turn until dead-lettered
 MAX_ATTEMPTS = 20
-BACKOFF = {"initial": "1ms", "max": "2ms"}
+BACKOFF = {"initial": "1ms", "max": "5ms"}
 
 
 @dataclass(frozen=True)
