@@ -45,7 +45,15 @@ def _wake_all(waiters: deque[asyncio.Future[None]]) -> None:
 
 
 class _MemoryQueue:
-    """The state of one queue; all methods run on the event loop thread."""
+    """The state of one queue; all methods run on the event loop thread.
+
+    A nacked message remembers which subscriptions nacked it (``deniers``): those
+    skip it while another subscription may still take it, and waiting receivers
+    that did not nack it are woken first. So a consumer that may not take a message
+    (a tenant's worker on a shared queue) cannot use up its attempts while an
+    allowed one exists; once every subscription has nacked it, anyone takes it again
+    (on its way to the dead-letter queue).
+    """
 
     def __init__(self, name: str, max_length: int) -> None:
         self.name = name
@@ -53,11 +61,11 @@ class _MemoryQueue:
         self.ready: deque[Message] = deque()
         self.in_flight = 0
         self.delayed: dict[asyncio.TimerHandle, Message] = {}
-        self.consumers = 0
+        self.subscriptions: set[object] = set()
         #: waiting receivers: (subscription, future)
         self.getters: deque[tuple[object, asyncio.Future[None]]] = deque()
-        #: id(message) -> the subscription that last nacked it (offered to others first)
-        self.nacked_by: dict[int, object] = {}
+        #: id(message) of a ready or delayed message -> subscriptions that nacked it
+        self.deniers: dict[int, frozenset[object]] = {}
         self.putters: deque[asyncio.Future[None]] = deque()
         self.idle_waiters: deque[asyncio.Future[None]] = deque()
 
@@ -69,23 +77,23 @@ class _MemoryQueue:
             self.ready.appendleft(message)
         else:
             self.ready.append(message)
-        self.wake_getter(avoid=self.nacked_by.get(id(message)))
+        self.wake_getter(avoid=self.deniers.get(id(message), frozenset()))
 
-    def wake_getter(self, avoid: object = None) -> None:
-        """Wake one waiting receiver, preferring one that is not ``avoid``."""
+    def wake_getter(self, avoid: frozenset[object] = frozenset()) -> None:
+        """Wake one waiting receiver, preferring one whose subscription is not in ``avoid``."""
         while self.getters and self.getters[0][1].done():
             self.getters.popleft()
-        fallback = None
+        chosen = None
         for item in self.getters:
             if item[1].done():
                 continue
-            if item[0] is not avoid:
-                fallback = item
+            if item[0] not in avoid:
+                chosen = item
                 break
-            fallback = fallback or item
-        if fallback is not None:
-            self.getters.remove(fallback)
-            fallback[1].set_result(None)
+            chosen = chosen or item
+        if chosen is not None:
+            self.getters.remove(chosen)
+            chosen[1].set_result(None)
 
     def wake_all_getters(self) -> None:
         for _, waiter in self.getters:
@@ -93,16 +101,26 @@ class _MemoryQueue:
                 waiter.set_result(None)
         self.getters.clear()
 
-    def others_waiting(self, subscription: object) -> bool:
-        return any(sub is not subscription and not f.done() for sub, f in self.getters)
+    def take(self, subscription: object) -> tuple[Message, frozenset[object]] | None:
+        """The first ready message ``subscription`` may take, moved in flight."""
+        if not self.deniers:
+            return self._take(0) if self.ready else None
+        for index, message in enumerate(self.ready):
+            denied = self.deniers.get(id(message))
+            if denied is None or subscription not in denied or self.subscriptions <= denied:
+                return self._take(index)
+        return None
 
-    def pop(self) -> Message:
-        message = self.ready.popleft()
-        self.nacked_by.pop(id(message), None)
+    def _take(self, index: int) -> tuple[Message, frozenset[object]]:
+        if index:
+            message = self.ready[index]
+            del self.ready[index]
+        else:
+            message = self.ready.popleft()
         self.in_flight += 1
         message.headers[ATTEMPTS] = int(message.headers.get(ATTEMPTS, 0)) + 1
         _wake_one(self.putters)
-        return message
+        return message, self.deniers.pop(id(message), frozenset())
 
     def settled(self) -> None:
         self.in_flight -= 1
@@ -117,7 +135,7 @@ class _MemoryQueue:
         return QueueInfo(
             queue=self.name,
             message_count=ready + self.in_flight + delayed,
-            consumer_count=self.consumers,
+            consumer_count=len(self.subscriptions),
             ready=ready,
             in_flight=self.in_flight,
             delayed=delayed,
@@ -132,11 +150,17 @@ class _MemoryQueue:
 
 
 class MemoryDelivery(Delivery):
-    __slots__ = ("_handle", "_queue", "_subscription")
+    __slots__ = ("_deniers", "_handle", "_queue", "_subscription")
 
-    def __init__(self, queue: _MemoryQueue, message: Message, subscription: object) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        queue: _MemoryQueue,
+        taken: tuple[Message, frozenset[object]],
+        subscription: object,
+    ) -> None:
+        super().__init__(taken[0])
         self._queue = queue
+        self._deniers = taken[1]
         self._subscription = subscription
         self._handle: asyncio.TimerHandle | None = None
 
@@ -146,9 +170,7 @@ class MemoryDelivery(Delivery):
     async def _nack(self, *, requeue: bool, delay_s: float, reason: str) -> None:
         queue = self._queue
         if requeue:
-            # offered to another consumer first: one that may not take it must not
-            # exhaust its attempts while an allowed one waits
-            queue.nacked_by[id(self.message)] = self._subscription
+            queue.deniers[id(self.message)] = self._deniers | {self._subscription}
             if delay_s > 0:
                 loop = asyncio.get_running_loop()
                 self._handle = loop.call_later(delay_s, self._undelay)
@@ -169,6 +191,8 @@ class MemoryDelivery(Delivery):
             headers[ATTEMPTS] = attempts
         else:
             headers.pop(ATTEMPTS, None)
+        if self._deniers:
+            self._queue.deniers[id(self.message)] = self._deniers
         self._queue.push(self.message, front=True)
         self._queue.settled()
 
@@ -178,18 +202,18 @@ class MemorySubscription(Subscription):
         self._driver = driver
         self._queue = queue
         self._closed = False
-        queue.consumers += 1
+        queue.subscriptions.add(self)
 
     async def receive(self) -> Delivery:
         queue = self._queue
         while True:
             if self._closed or not self._driver.running:
                 raise SubscriptionClosed(f"subscription to {queue.name!r} is closed")
-            if queue.ready:
-                head = queue.ready[0]
-                if queue.nacked_by.get(id(head)) is not self or not queue.others_waiting(self):
-                    return MemoryDelivery(queue, queue.pop(), self)
-                queue.wake_getter(avoid=self)  # this consumer nacked it: another goes first
+            taken = queue.take(self) if queue.ready else None
+            if taken is not None:
+                return MemoryDelivery(queue, taken, self)
+            if queue.ready:  # all nacked by this one: make sure another receiver looks
+                queue.wake_getter(avoid=frozenset((self,)))
             waiter = asyncio.get_running_loop().create_future()
             queue.getters.append((self, waiter))
             try:
@@ -203,7 +227,8 @@ class MemorySubscription(Subscription):
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._queue.consumers -= 1
+            self._queue.subscriptions.discard(self)
+            # messages it skipped may now be anyone's: let every receiver look again
             self._queue.wake_all_getters()
 
 
