@@ -48,6 +48,9 @@ class Scope:
         self.name = name
         self.units = tuple(units)
         self._cache: dict[Hashable, Decision] = {}
+        #: decisions asked for, and how many the cache answered
+        self.checks = 0
+        self.hits = 0
 
     @property
     def policies(self) -> tuple[str, ...]:
@@ -57,10 +60,12 @@ class Scope:
         self._cache.clear()
 
     def check(self, request: Request) -> Decision:
+        self.checks += 1
         key = self._key(request)
         if key is not None:
             cached = self._cache.get(key)
             if cached is not None:
+                self.hits += 1
                 return cached
         try:
             decision = self._decide(request)
@@ -74,8 +79,12 @@ class Scope:
         return decision
 
     def _key(self, request: Request) -> Hashable | None:
-        actor = request.actor.id if request.actor else None
-        parts: list[Hashable] = [request.action, request.resource, actor]
+        actor = request.actor
+        parts: list[Hashable] = [
+            request.action,
+            request.resource,
+            actor.id if actor is not None else None,
+        ]
         for unit in self.units:
             part = unit.cache_key(request)
             if part is None:

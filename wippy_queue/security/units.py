@@ -49,7 +49,14 @@ class PolicyUnit(ABC):
 
     @abstractmethod
     def cache_key(self, request: Request) -> Hashable | None:
-        """What the decision depends on, or None if it cannot be cached."""
+        """What else the decision depends on, or None if it cannot be cached.
+
+        The scope's key already holds the action, the resource and the actor's id.
+        """
+
+
+#: request paths the scope's cache key always holds
+SCOPE_KEYED = ("action", "resource", "actor.id")
 
 
 def wippy_model_text() -> str:
@@ -89,7 +96,7 @@ class WippyRulesUnit(PolicyUnit):
                 for resource in rule.resources:
                     values = (action, resource, cond, rule.effect, pid)
                     rules.append(PolicyLine("p", values, pid, 0))
-        self._fields = tuple(getter(f) for f in sorted(fields))
+        self._fields = tuple(getter(f) for f in sorted(fields - set(SCOPE_KEYED)))
         self._enforcer = Enforcer(
             wippy_model_text(),
             rules,
@@ -168,6 +175,7 @@ class CasbinUnit(PolicyUnit):
         self.policy_path = Path(config.policy.removeprefix("file://")) if config.policy else None
         self._tokens = tuple(config.request)
         self._getters = tuple(getter(t) for t in self._tokens)
+        self._key_getters = tuple(getter(t) for t in self._tokens if t not in SCOPE_KEYED)
         self._objects = any(t in ("actor", "message") for t in self._tokens)
         #: bumped by every install, so that decisions cached under old rules never answer
         self.generation = 0
@@ -241,8 +249,12 @@ class CasbinUnit(PolicyUnit):
     def cache_key(self, request: Request) -> Hashable | None:
         if self._objects:
             return None
-        values = self._values(request)
-        for value in values:
+        key: list[Any] = [self.generation]
+        for get in self._key_getters:
+            value = get(request)
             if type(value) is not str:
-                return None
-        return (self.generation, values)
+                value = _plain(value)
+                if type(value) is not str:
+                    return None
+            key.append(value)
+        return tuple(key)
