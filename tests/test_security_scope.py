@@ -83,6 +83,7 @@ def test_decisions_are_cached_per_request(tenants_csv: Path) -> None:
     assert scope.check(consume(actor=Actor("worker-b"), tenant="tenant-b")).allowed
     assert unit.calls == 5
     assert scope.check(consume(tenant="tenant-b")).allowed is False and unit.calls == 5
+    assert (scope.checks, scope.hits) == (7, 2)
 
 
 def test_clearing_the_cache_lets_a_changed_policy_take_effect(
