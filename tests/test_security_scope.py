@@ -13,7 +13,7 @@ from security_support import consumer, driver, func, load, queue
 from wippy_queue.security.actor import Actor
 from wippy_queue.security.enforcer import PolicyLoadError
 from wippy_queue.security.models import CasbinPolicyConfig, WippyPolicyConfig
-from wippy_queue.security.request import Request
+from wippy_queue.security.request import Request, getter
 from wippy_queue.security.scope import Scope
 from wippy_queue.security.units import CasbinUnit, PolicyUnit, Verdict, WippyRulesUnit
 
@@ -328,3 +328,28 @@ def test_an_index_asks_only_the_tenants_rules(tmp_path: Path) -> None:
         return time.perf_counter() - started
 
     assert cost(indexed) * 20 < cost(plain)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "action",
+        "resource",
+        "actor",
+        "actor.id",
+        "actor.meta.tenant",
+        "actor.meta.missing",
+        "meta.kind",
+        "meta.headers.kind",
+        "message",
+        "message.headers.kind",
+        "message.headers.headers.kind",
+        "message.publisher",
+        "message.tenant",
+    ],
+)
+@pytest.mark.parametrize("actor", [WORKER_A, None])
+def test_a_compiled_getter_reads_what_value_reads(path: str, actor: Actor | None) -> None:
+    headers = {"kind": "invoice", "headers.kind": "nested", "attempts": 2}
+    request = Request("queue.consume", "app:jobs", actor, headers, "svc-a", "tenant-a")
+    assert getter(path)(request) == request.value(path)

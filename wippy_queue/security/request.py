@@ -88,8 +88,8 @@ def getter(path: str) -> Callable[[Request], Any]:
         return attrgetter(path.removeprefix("message."))
     if path == "actor.id":
         return lambda r: r.actor.id if r.actor is not None else None
-    key = rest.removeprefix("headers.")
     if head == "meta" or (head == "message" and rest.startswith("headers.")):
+        key = rest if head == "meta" else rest.removeprefix("headers.")
         return lambda r: r.headers.get(key)
     return lambda r: r.value(path)
 
