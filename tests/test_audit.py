@@ -239,12 +239,11 @@ def test_verify_names_the_first_bad_line(
 
 def test_rehashed_edit_is_still_caught(trail_file: Path) -> None:
     """Recomputing the edited record's own hash breaks the next record's prev."""
-    from wippy_queue.security.audit.chain import line_of, seal
+    from wippy_queue.security.audit.chain import seal
 
     records = lines(trail_file)
     records[3]["outcome"] = "nack"
-    seal(records[3], records[3]["prev"])
-    trail_file.write_bytes(b"".join(line_of(r) for r in records))
+    trail_file.write_bytes(b"".join(seal(r, r["prev"]) for r in records))
     result = verify_file(trail_file)
     assert not result.ok and result.bad_line == 5
 
@@ -284,17 +283,17 @@ async def test_unwritable_audit_stops_consumers_and_acks_nothing_unaudited(
     runtime = app(tmp_path, ok, fsync="always")
     assert runtime.audit is not None
     runtime.audit.retry_s = 0.05
-    real_write = AuditTrail._write
+    real_append = AuditTrail._append
     disk_full = asyncio.Event()
     calls = {"n": 0}
 
-    def write_or_fail(self: AuditTrail, data: bytes, sync: bool) -> None:
+    def write_or_fail(self: AuditTrail, data: bytes) -> None:
         if disk_full.is_set() and data:
             calls["n"] += 1
             raise OSError(28, "No space left on device")
-        real_write(self, data, sync)
+        real_append(self, data)
 
-    monkeypatch.setattr(AuditTrail, "_write", write_or_fail)
+    monkeypatch.setattr(AuditTrail, "_append", write_or_fail)
 
     async def handler(data: Any) -> bool:
         handled.append(data["n"])

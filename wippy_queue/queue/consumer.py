@@ -20,6 +20,7 @@ from wippy_queue import context
 from wippy_queue.errors import LifecycleError
 from wippy_queue.functions.base import Handler, outcome_of
 from wippy_queue.queue.codec import DecodeError
+from wippy_queue.queue.deferred import DeferredSettles
 from wippy_queue.queue.driver import Delivery, Subscription, SubscriptionClosed
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.middleware import Job, Middleware, SettleHook, build_chain
@@ -27,6 +28,20 @@ from wippy_queue.queue.outcome import ACK, Outcome
 from wippy_queue.queue.queue import Queue
 
 log = logging.getLogger(__name__)
+
+
+class _AllOf:
+    """Several gates as one: open when all are."""
+
+    def __init__(self, gates: list[asyncio.Event]) -> None:
+        self._gates = gates
+
+    def is_set(self) -> bool:
+        return all(gate.is_set() for gate in self._gates)
+
+    async def wait(self) -> None:
+        for gate in self._gates:
+            await gate.wait()
 
 
 class Consumer:
@@ -56,7 +71,9 @@ class Consumer:
         self._base_context = base_context
         self._middlewares = tuple(middlewares)
         self._settle_hooks = tuple(settle_hooks)
-        self._gates = [h.gate for h in self._settle_hooks if h.gate is not None]
+        gates = [h.gate for h in self._settle_hooks if h.gate is not None]
+        #: closed while a settle hook cannot work (the audit trail is unwritable)
+        self._gate = gates[0] if len(gates) == 1 else _AllOf(gates) if gates else None
         self._chain = build_chain(self._middlewares, self._invoke)
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -64,6 +81,7 @@ class Consumer:
         self._buffer: asyncio.Queue[Delivery] = asyncio.Queue()
         self._credits = asyncio.Semaphore(prefetch + concurrency)
         self._active: dict[asyncio.Task[Any], Delivery] = {}
+        self._deferred: DeferredSettles | None = None
         self._stopping = False
         #: resolves with the error if the consumer dies while running (the supervisor restarts it)
         self.failed: asyncio.Future[BaseException] | None = None
@@ -71,7 +89,8 @@ class Consumer:
     @property
     def held(self) -> int:
         """Unsettled deliveries this consumer holds (never above prefetch + concurrency)."""
-        return self._buffer.qsize() + len(self._active)
+        deferred = self._deferred.pending if self._deferred else 0
+        return self._buffer.qsize() + len(self._active) + deferred
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -93,13 +112,20 @@ class Consumer:
             asyncio.create_task(self._work(), name=f"{self.entry_id}:worker-{i}")
             for i in range(self.concurrency)
         ]
+        if self._settle_hooks:
+            self._deferred = DeferredSettles(
+                self.entry_id,
+                self.queue,
+                release_credit=self._credits.release,
+                on_settle_error=self._settle_failed,
+            )
 
     async def _fetch(self) -> None:
         assert self._subscription is not None
         try:
             while True:
-                for gate in self._gates:
-                    await gate.wait()
+                if self._gate is not None and not self._gate.is_set():
+                    await self._gate.wait()
                 await self._credits.acquire()
                 try:
                     delivery = await self._subscription.receive()
@@ -123,15 +149,16 @@ class Consumer:
     async def _work(self) -> None:
         while True:
             delivery = await self._buffer.get()
-            if self._stopping or (self._gates and not all(g.is_set() for g in self._gates)):
+            if self._stopping or (self._gate is not None and not self._gate.is_set()):
                 await delivery.release()
                 self._credits.release()
                 continue
             task = asyncio.current_task()
             assert task is not None
             self._active[task] = delivery
+            deferred = False
             try:
-                await self._process(delivery)
+                deferred = await self._process(delivery)
             except asyncio.CancelledError:
                 if not delivery.settled:  # cut off by stop: give it back, lose nothing
                     await delivery.release()
@@ -140,7 +167,8 @@ class Consumer:
                 await self._settle_failed(delivery, err)
             finally:
                 del self._active[task]
-                self._credits.release()
+                if not deferred:  # a deferred settle returns the credit when it is done
+                    self._credits.release()
             if self._stopping:
                 return  # stop() waits for this task: done with its message, it is done
 
@@ -162,29 +190,36 @@ class Consumer:
                 )
         self._fail(err)
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _process(self, delivery: Delivery) -> bool:
+        """Run one delivery; True when its settle was deferred to a settle task."""
         message = delivery.message
         queue = self.queue
         started = time.monotonic()
         job = Job(self.entry_id, queue.id, None, message, None, delivery.attempt)
+        deferred = False
 
         async def settle(outcome: Outcome) -> None:
+            nonlocal deferred
             if self.auto_ack:
                 return
             action = queue.plan(delivery, outcome)
+            if not self._settle_hooks:
+                await queue.apply(delivery, outcome, action, self.entry_id)
+                return
+            duration_s = time.monotonic() - started
             try:
-                for hook in self._settle_hooks:
-                    await hook.before_settle(job, outcome, action, time.monotonic() - started)
-            except Exception as err:
-                log.error(
-                    "consumer %s: message %s given back unsettled: %s",
-                    self.entry_id,
-                    message.id,
-                    err,
-                )
+                waits = [
+                    h.before_settle(job, outcome, action, duration_s) for h in self._settle_hooks
+                ]
+            except Exception as err:  # the hook refused (the audit trail is down)
+                log.error("consumer %s: message %s given back: %s", self.entry_id, message.id, err)
                 await delivery.release()
                 return
-            await queue.apply(delivery, outcome, action, self.entry_id)
+            # Pipelined: the worker takes its next message while the hooks (the audit
+            # write, group-committed with other workers' records) finish this one.
+            assert self._deferred is not None
+            self._deferred.add(delivery, outcome, action, waits)
+            deferred = True
 
         if self.auto_ack:
             await delivery.ack()
@@ -193,7 +228,7 @@ class Consumer:
         except DecodeError as err:
             log.error("consumer %s: message %s: %s", self.entry_id, message.id, err)
             await settle(Outcome.nack("decode_error", str(err)))
-            return
+            return deferred
         handle = job.handle = MessageHandle(
             message, job.data, queue.id, settle, asyncio.get_running_loop()
         )
@@ -208,6 +243,7 @@ class Consumer:
                 log.exception("consumer %s: middleware failed", self.entry_id)
                 outcome = Outcome.nack("middleware_error", f"{type(err).__name__}: {err}")
         await handle.finish(outcome)
+        return deferred
 
     async def _invoke(self, job: Job) -> Outcome:
         try:
@@ -256,6 +292,8 @@ class Consumer:
             await self._buffer.get_nowait().release()
             self._credits.release()
         unfinished = await self._drain()
+        if self._deferred is not None:  # settles waiting on the audit write: bounded too
+            await self._deferred.drain(self.stop_timeout_s)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -36,18 +36,20 @@ CallNext = Callable[[Job], Awaitable[Outcome]]
 
 
 class SettleHook(Protocol):
-    """Runs after the outcome is known and before the delivery is settled.
+    """Asked after the outcome is known and before the delivery is settled.
 
-    Raising refuses the settle: the message goes back to the queue untried (this
-    is how the audit trail makes sure nothing is acked unaudited). While ``gate``
-    is clear the consumer takes no new deliveries.
+    ``before_settle`` returns an awaitable (e.g. the audit write) that the consumer
+    awaits before it settles; raising, or an awaitable that fails, refuses the settle
+    and the message goes back to the queue untried (this is how the audit trail makes
+    sure nothing is acked unaudited). While ``gate`` is clear the consumer takes no
+    new deliveries.
     """
 
     gate: asyncio.Event | None
 
-    async def before_settle(
+    def before_settle(
         self, job: Job, outcome: Outcome, action: str, duration_s: float
-    ) -> None: ...
+    ) -> Awaitable[None]: ...
 
 
 class Middleware(ABC):

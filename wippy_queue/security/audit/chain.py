@@ -1,8 +1,9 @@
 """The hash chain: each record carries the SHA-256 of the previous one and its own.
 
 A record's ``hash`` is SHA-256 over the previous record's hash and the record's
-canonical JSON (sorted keys, no ``hash`` field), so editing a record breaks its
-own hash, deleting or reordering breaks ``seq`` and ``prev``. The first record of
+line as written up to its final ``"hash"`` member (a verifier hashes those bytes,
+never re-encodes), so editing a record breaks its own hash, and deleting,
+inserting or reordering breaks ``seq`` and ``prev``. The first record of
 a file is a header anchoring the chain. A crash can tear the LAST line; on restart
 the writer ends the torn line and writes an ``audit_resumed`` record naming it,
 chained to the last intact record, so a torn line is told apart from tampering.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,20 +24,55 @@ HEADER = "audit_header"
 RESUMED = "audit_resumed"
 
 
-def canonical(record: dict[str, Any]) -> bytes:
-    body = {k: v for k, v in record.items() if k != "hash"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_LENIENT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+_HASH_SUFFIX = re.compile(rb',"hash":"([0-9a-f]{64})"\}$')
 
 
-def seal(record: dict[str, Any], prev: str) -> dict[str, Any]:
-    """Set ``prev`` and ``hash`` on ``record`` (in place) and return it."""
+def encode(value: Any) -> str:
+    """Compact JSON; a value JSON does not know is recorded as its ``str()``."""
+    try:
+        return _ENCODER.encode(value)
+    except TypeError:
+        return _LENIENT.encode(value)
+
+
+def fragment(fields: dict[str, Any]) -> str:
+    """``fields`` as JSON object members without the braces, for ``seal_fragment``."""
+    return encode(fields)[1:-1] if fields else ""
+
+
+def digest(prev: str, body: bytes) -> str:
+    return hashlib.sha256(prev.encode() + body).hexdigest()
+
+
+def seal_fragment(seq: int, time: str, members: str, prev: str) -> tuple[bytes, str]:
+    """The line of record ``seq`` holding ``members`` (JSON object members), and its hash.
+
+    The hash covers ``prev`` and the record's JSON up to its final ``hash`` member,
+    exactly as written, so a verifier hashes the line's own bytes and never
+    re-encodes anything. ``time`` must need no JSON escaping (an ISO timestamp).
+    """
+    middle = f",{members}" if members else ""
+    body = f'{{"seq":{seq},"time":"{time}"{middle},"prev":"{prev}"}}'.encode()
+    value = digest(prev, body)
+    return body[:-1] + b',"hash":"' + value.encode() + b'"}\n', value
+
+
+def seal(record: dict[str, Any], prev: str) -> bytes:
+    """Re-chain a parsed record (``seq``, ``time`` and the rest) after ``prev``."""
+    fields = {k: v for k, v in record.items() if k not in ("seq", "time", "prev", "hash")}
+    line, record["hash"] = seal_fragment(record["seq"], record["time"], fragment(fields), prev)
     record["prev"] = prev
-    record["hash"] = hashlib.sha256(prev.encode() + canonical(record)).hexdigest()
-    return record
+    return line
 
 
-def line_of(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str).encode() + b"\n"
+def split_line(raw: bytes) -> tuple[bytes, str] | None:
+    """A line's hashed body and its hash, or None if it does not end in a hash."""
+    match = _HASH_SUFFIX.search(raw)
+    if match is None:
+        return None
+    return raw[: match.start()] + b"}", match.group(1).decode()
 
 
 @dataclass
@@ -89,7 +126,7 @@ def verify_file(path: str | Path) -> VerifyResult:
                 pending_torn = number  # maybe torn by a crash: the next record must say so
                 continue
             return _bad(result, number, "not a JSON record")
-        problem = _check(record, result, pending_torn, number == 1)
+        problem = _check(raw, record, result, pending_torn, number == 1)
         if problem:
             return _bad(result, number, problem)
         if pending_torn is not None:
@@ -112,7 +149,7 @@ def _bad(result: VerifyResult, line: int, problem: str) -> VerifyResult:
 
 
 def _check(
-    record: dict[str, Any], state: VerifyResult, torn: int | None, first: bool
+    raw: bytes, record: dict[str, Any], state: VerifyResult, torn: int | None, first: bool
 ) -> str | None:
     if first and record.get("event") != HEADER:
         return "the first record is not the audit header"
@@ -127,7 +164,10 @@ def _check(
         )
     if record.get("prev") != state.last_hash:
         return "prev does not match the previous record's hash (deleted, inserted or reordered)"
-    expected = hashlib.sha256(str(record.get("prev")).encode() + canonical(record)).hexdigest()
-    if record.get("hash") != expected:
+    parts = split_line(raw)
+    if parts is None:
+        return "the record does not end with its hash"
+    body, value = parts
+    if digest(state.last_hash, body) != value:
         return "the record's content does not match its hash (edited)"
     return None

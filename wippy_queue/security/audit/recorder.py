@@ -2,15 +2,18 @@
 
 One record per consume (the decision AND what happened to the message), written
 before the message is settled; one per publish decision; one per policy reload.
+Fields without a value (no actor, no error, ...) are left out of the record.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 from wippy_queue.queue.middleware import Job
 from wippy_queue.queue.outcome import Outcome
+from wippy_queue.security.audit.chain import encode, fragment
 from wippy_queue.security.audit.trail import AuditTrail
 from wippy_queue.security.request import Request
 from wippy_queue.security.scope import Decision
@@ -18,47 +21,81 @@ from wippy_queue.security.scope import Decision
 UNCHECKED = Decision(True, "unchecked")
 
 
-def _decision_fields(decision: Decision, request: Request | None) -> dict[str, Any]:
-    actor = request.actor if request else None
-    fields: dict[str, Any] = {
-        "decision": "allow" if decision.allowed else "deny",
-        "reason": decision.reason,
-        "actor": actor.id if actor else None,
-        "tenant": actor.tenant if actor else None,
-        "publisher": request.publisher if request else None,
-        "publisher_tenant": request.tenant if request else None,
-        "policy": decision.policy,
-        "rule": list(decision.rule),
-    }
+def _decision(record: dict[str, Any], decision: Decision, request: Request | None) -> None:
+    record["decision"] = "allow" if decision.allowed else "deny"
+    record["reason"] = decision.reason
+    if request is not None:
+        actor = request.actor
+        if actor is not None:
+            record["actor"] = actor.id
+            if actor.tenant is not None:
+                record["tenant"] = actor.tenant
+        if request.publisher is not None:
+            record["publisher"] = request.publisher
+        if request.tenant is not None:
+            record["publisher_tenant"] = request.tenant
+    if decision.policy is not None:
+        record["policy"] = decision.policy
+        record["rule"] = list(decision.rule)
     if decision.error:
-        fields["decision_error"] = decision.error
-    return fields
+        record["decision_error"] = decision.error
+
+
+MEMO_LIMIT = 10_000
 
 
 class AuditRecorder:
     def __init__(self, trail: AuditTrail) -> None:
         self.trail = trail
         self.gate: asyncio.Event | None = trail.gate
+        #: encoded JSON members reused across records (decisions repeat: they are cached)
+        self._memo: dict[Hashable, str] = {}
 
-    async def before_settle(
+    def _members(self, key: Hashable, build: Callable[[], dict[str, Any]]) -> str:
+        members = self._memo.get(key)
+        if members is None:
+            if len(self._memo) >= MEMO_LIMIT:
+                self._memo.clear()
+            members = self._memo[key] = fragment(build())
+        return members
+
+    def before_settle(
         self, job: Job, outcome: Outcome, action: str, duration_s: float
-    ) -> None:
+    ) -> Awaitable[None]:
+        """The consume record (decision and outcome); written before the settle.
+
+        Encoded by hand around memoised parts: it is written once per message.
+        """
         decision, request = job.decision or (UNCHECKED, None)
-        await self.trail.record(
-            {
-                "event": "consume",
-                "action": "queue.consume",
-                **_decision_fields(decision, request),
-                "consumer": job.consumer_id,
-                "queue": job.queue_id,
-                "message_id": job.message.id,
-                "attempt": job.attempt,
-                "outcome": action,
-                "outcome_reason": None if outcome.ack else outcome.reason,
-                "error": outcome.error,
-                "duration_ms": round(duration_s * 1000, 3),
-            }
+
+        def fields() -> dict[str, Any]:
+            record: dict[str, Any] = {"event": "consume", "action": "queue.consume"}
+            _decision(record, decision, request)
+            record["consumer"] = job.consumer_id
+            record["queue"] = job.queue_id
+            return record
+
+        actor = request.actor if request else None
+        key = (
+            decision,
+            actor.id if actor else None,
+            actor.tenant if actor else None,
+            request.publisher if request else None,
+            request.tenant if request else None,
+            job.consumer_id,
+            job.queue_id,
         )
+        members = self._members(key, fields)
+        tail = (
+            f',"message_id":{encode(job.message.id)},"attempt":{job.attempt}'
+            f',"outcome":"{action}"'  # ack | nack | dead_letter: nothing to escape
+        )
+        if not outcome.ack:
+            tail += f',"outcome_reason":{encode(outcome.reason)}'
+        if outcome.error:
+            tail += f',"error":{encode(outcome.error)}'
+        tail += f',"duration_ms":{round(duration_s * 1000, 3)}'
+        return self.trail.append_members(members + tail)
 
     def decision(
         self,
@@ -71,28 +108,27 @@ class AuditRecorder:
         message_id: str,
         attempt: int,
     ) -> None:
-        self.trail.append(
-            {
-                "event": event,
-                **_decision_fields(decision, request),
-                "action": request.action if request else None,
-                "consumer": consumer,
-                "queue": queue,
-                "message_id": message_id,
-            }
-        )
+        record: dict[str, Any] = {"event": event}
+        if request is not None:
+            record["action"] = request.action
+        _decision(record, decision, request)
+        if consumer is not None:
+            record["consumer"] = consumer
+        record["queue"] = queue
+        record["message_id"] = message_id
+        self.trail.append(record)
 
     def policy_reload(
         self, policy: str, file: str, old: str, new: str, applied: bool, error: str | None
     ) -> None:
-        self.trail.append(
-            {
-                "event": "policy_reload",
-                "policy": policy,
-                "file": file,
-                "old_digest": old,
-                "new_digest": new,
-                "result": "applied" if applied else "refused",
-                "error": error,
-            }
-        )
+        record = {
+            "event": "policy_reload",
+            "policy": policy,
+            "file": file,
+            "old_digest": old,
+            "new_digest": new,
+            "result": "applied" if applied else "refused",
+        }
+        if error:
+            record["error"] = error
+        self.trail.append(record)

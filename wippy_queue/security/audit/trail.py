@@ -22,12 +22,18 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from wippy_queue.errors import WippyQueueError
-from wippy_queue.security.audit.chain import GENESIS, HEADER, RESUMED, line_of, seal, verify_file
+from wippy_queue.security.audit.chain import (
+    GENESIS,
+    HEADER,
+    RESUMED,
+    fragment,
+    seal_fragment,
+    verify_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +45,33 @@ class AuditUnavailable(WippyQueueError):
     """The audit file cannot be written; nothing may proceed unaudited."""
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """ISO 8601 UTC with microseconds, e.g. ``2026-11-27T18:00:00.123456Z``."""
+    global _second
+    now = time.time()
+    whole = int(now)
+    if whole != _second[0]:  # formatting the date part once a second is enough
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int((now - whole) * 1e6):06d}Z"
 
 
 @dataclass(slots=True)
-class _Pending:
-    line: bytes
-    seq: int
-    hash: str
-    waiter: asyncio.Future[None]
+class _Batch:
+    """Records queued for one write; they share one future (group commit)."""
+
+    lines: list[bytes]
+    done: asyncio.Future[None]
+    last: tuple[int, str] = (-1, GENESIS)
+
+
+def _new_batch() -> _Batch:
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    # Records nobody awaits (publish decisions) must not log "exception never retrieved".
+    done.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return _Batch([], done)
 
 
 class AuditTrail:
@@ -64,7 +87,7 @@ class AuditTrail:
         self._seq, self._prev = -1, GENESIS  # the chain's head, including pending records
         self._written = (-1, GENESIS)  # the last record on disk
         self._size = 0
-        self._pending: list[_Pending] = []
+        self._pending: _Batch | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._file: BinaryIO | None = None
@@ -113,9 +136,9 @@ class AuditTrail:
     async def close(self) -> None:
         """Write everything pending (fsync unless ``never``) and close."""
         if self._task is not None:
-            if self._pending and self.healthy:
+            if self._pending is not None and self.healthy:
                 with contextlib.suppress(AuditUnavailable):
-                    await self._pending[-1].waiter
+                    await self._pending.done
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -136,15 +159,21 @@ class AuditTrail:
 
     def append(self, fields: dict[str, Any]) -> asyncio.Future[None]:
         """Chain a record and queue it; the future resolves once it is written."""
+        return self.append_members(fragment(fields))
+
+    def append_members(self, members: str) -> asyncio.Future[None]:
+        """``append`` for a record already encoded as JSON object members (hot path)."""
         if not self.healthy:
             raise AuditUnavailable(f"audit trail {self.path} is not writable: {self.error}")
         self._seq += 1
-        record = seal({"seq": self._seq, "time": utc_now(), **fields}, self._prev)
-        self._prev = record["hash"]
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(line_of(record), self._seq, self._prev, waiter))
-        self._wake.set()
-        return waiter
+        line, self._prev = seal_fragment(self._seq, utc_now(), members, self._prev)
+        batch = self._pending
+        if batch is None:
+            batch = self._pending = _new_batch()
+            self._wake.set()
+        batch.lines.append(line)
+        batch.last = (self._seq, self._prev)
+        return batch.done
 
     async def record(self, fields: dict[str, Any]) -> None:
         """Append and wait until written; raise AuditUnavailable when it cannot be."""
@@ -158,35 +187,40 @@ class AuditTrail:
                 async with asyncio.timeout(FSYNC_EVERY_S if self._dirty else None):
                     await self._wake.wait()
             self._wake.clear()
-            batch, self._pending = self._pending, []
+            batch, self._pending = self._pending, None
             sync = self.fsync == "always" or (
                 self.fsync == "batch" and time.monotonic() - self._last_fsync >= FSYNC_EVERY_S
             )
-            data = b"".join(p.line for p in batch)
+            data = b"".join(batch.lines) if batch else b""
             try:
-                await asyncio.to_thread(self._write, data, sync)
+                # Appending to the page cache is a memory copy, done here; the disk I/O
+                # (fsync) runs in a worker thread, never on the event loop.
+                self._append(data)
+                if sync and self._dirty:
+                    await asyncio.to_thread(self._fsync)
             except OSError as err:
                 await self._fail(f"{type(err).__name__}: {err}", batch)
                 continue
-            if batch:
+            if batch is not None:
                 self._size += len(data)
-                self._written = (batch[-1].seq, batch[-1].hash)
-            for pending in batch:
-                if not pending.waiter.done():
-                    pending.waiter.set_result(None)
+                self._written = batch.last
+                if not batch.done.done():
+                    batch.done.set_result(None)
 
-    def _write(self, data: bytes, sync: bool) -> None:
+    def _append(self, data: bytes) -> None:
         assert self._file is not None
         if data:
             self._file.write(data)
             self._file.flush()
             self._dirty = True
-        if sync and self._dirty:
-            os.fsync(self._file.fileno())
-            self._last_fsync = time.monotonic()
-            self._dirty = False
 
-    async def _fail(self, reason: str, batch: list[_Pending]) -> None:
+    def _fsync(self) -> None:
+        assert self._file is not None
+        os.fsync(self._file.fileno())
+        self._last_fsync = time.monotonic()
+        self._dirty = False
+
+    async def _fail(self, reason: str, batch: _Batch | None) -> None:
         self.error = reason
         self.gate.clear()
         log.error(
@@ -196,28 +230,20 @@ class AuditTrail:
             reason,
         )
         err = AuditUnavailable(f"audit trail {self.path} is not writable: {reason}")
-        for pending in [*batch, *self._pending]:
-            if not pending.waiter.done():
-                pending.waiter.set_exception(err)
-        self._pending = []
+        for failed in (batch, self._pending):
+            if failed is not None and not failed.done.done():
+                failed.done.set_exception(err)
+        self._pending = None
         self._seq, self._prev = self._written
         while True:
             await asyncio.sleep(self.retry_s)
-            record = seal(
-                {
-                    "seq": self._seq + 1,
-                    "time": utc_now(),
-                    "event": "audit_recovered",
-                    "error": reason,
-                },
-                self._prev,
-            )
-            line = line_of(record)
+            members = fragment({"event": "audit_recovered", "error": reason})
+            line, value = seal_fragment(self._seq + 1, utc_now(), members, self._prev)
             try:
                 await asyncio.to_thread(self._rewrite_tail, line)
             except OSError:
                 continue
-            self._seq, self._prev = record["seq"], record["hash"]
+            self._seq, self._prev = self._seq + 1, value
             self._written = (self._seq, self._prev)
             self._size += len(line)
             self.error = None
@@ -230,7 +256,8 @@ class AuditTrail:
         assert self._file is not None
         self._file.truncate(self._size)
         self._file.seek(0, os.SEEK_END)
-        self._write(line, True)
+        self._append(line)
+        self._fsync()
 
 
 def _ends_with_newline(path: Path) -> bool:
