@@ -86,11 +86,6 @@ async def test_sync_handlers_see_their_own_context_in_the_thread_pool(
     assert [s.leaked for s in state.seen] == [None] * 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Consumer._process runs async handlers in the worker task's own context, so a "
-    "context variable a handler sets is still set for that worker's next message",
-)
 async def test_nothing_an_async_handler_sets_leaks_to_the_next_message(tmp_path: Path) -> None:
     state = reset()
     runtime = two_actors(tmp_path, "leaky_async", concurrency=1)

@@ -10,10 +10,10 @@ leaks between messages or between concurrent workers.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from contextvars_extras import ContextVarsRegistry
 
@@ -87,6 +87,42 @@ class bound:
 
     def __exit__(self, *exc: object) -> None:
         _CALL.reset(self._token)
+
+
+def fresh(base: contextvars.Context, call: CallContext) -> contextvars.Context:
+    """A copy of ``base`` with ``call`` bound: a message's own context."""
+    ctx = base.copy()
+    ctx.run(_CALL.set, call)
+    return ctx
+
+
+class run_in(Generic[T]):
+    """Await ``coro`` with every step of it run inside ``ctx``.
+
+    Like running it as a task created with ``context=ctx``, without the cost of a
+    task per message: the awaiting task drives the coroutine, each resumption
+    inside ``ctx``. Cancellation and exceptions pass through as with ``await``.
+    """
+
+    __slots__ = ("_coro", "_ctx")
+
+    def __init__(self, ctx: contextvars.Context, coro: Coroutine[Any, Any, T]) -> None:
+        self._ctx = ctx
+        self._coro = coro
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        run, coro = self._ctx.run, self._coro
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                yielded = run(coro.send, value) if error is None else run(coro.throw, error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            try:
+                value, error = (yield yielded), None
+            except BaseException as err:  # cancellation or a throw: hand it to the coroutine
+                value, error = None, err
 
 
 def run_in_executor(

@@ -10,6 +10,7 @@ their messages go back too.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import traceback
@@ -97,6 +98,8 @@ class Consumer:
         self._stopping = False
         self.failed = loop.create_future()
         self._base_context = self._base_context.evolve(loop=loop, consumer=self.entry_id)
+        #: what each message's context is copied from: never touched by a handler
+        self._clean_context = contextvars.copy_context()
         await self.handler.start(concurrency=self.concurrency)
         try:
             self._subscription = await self.queue.driver.subscribe(
@@ -232,16 +235,19 @@ class Consumer:
         handle = job.handle = MessageHandle(
             message, job.data, queue.id, settle, asyncio.get_running_loop()
         )
-        ctx = self._base_context.for_message(handle, message.id)
-        with context.bound(ctx):
-            try:
-                outcome = await self._chain(job)
-            except asyncio.CancelledError:
-                handle.release()
-                raise
-            except Exception as err:  # a middleware failed: fail closed
-                log.exception("consumer %s: middleware failed", self.entry_id)
-                outcome = Outcome.nack("middleware_error", f"{type(err).__name__}: {err}")
+        call = self._base_context.for_message(handle, message.id)
+        # In a fresh context: nothing a handler sets (our call context or any context
+        # variable of its own) reaches this worker's next message.
+        try:
+            outcome = await context.run_in(
+                context.fresh(self._clean_context, call), self._chain(job)
+            )
+        except asyncio.CancelledError:
+            handle.release()
+            raise
+        except Exception as err:  # a middleware failed: fail closed
+            log.exception("consumer %s: middleware failed", self.entry_id)
+            outcome = Outcome.nack("middleware_error", f"{type(err).__name__}: {err}")
         await handle.finish(outcome)
         return deferred
 

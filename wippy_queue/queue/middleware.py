@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,7 +32,7 @@ class Job:
     decision: Any = None
 
 
-CallNext = Callable[[Job], Awaitable[Outcome]]
+CallNext = Callable[[Job], Coroutine[Any, Any, Outcome]]
 
 
 class SettleHook(Protocol):
