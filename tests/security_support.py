@@ -85,6 +85,10 @@ async def record_async(data: Any) -> bool:
     return True
 
 
+async def fail_async(data: Any) -> bool:
+    raise RuntimeError(f"handler refuses {data!r}")
+
+
 def record_sync(data: Any) -> bool:
     _observe(data)
     return True

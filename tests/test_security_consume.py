@@ -227,11 +227,6 @@ async def test_a_forged_stamp_is_denied(tmp_path: Path, forge: str) -> None:
     assert dead.headers["x_dead_letter_reason"] == "forged_provenance"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="provenance.verify trusts the unsigned x_dead_letter_queue header for the queue "
-    "a stamp was signed for, so a signed message can be replayed into any queue",
-)
 async def test_a_signed_message_cannot_be_replayed_into_another_queue(tmp_path: Path) -> None:
     state = reset()
     runtime = _provenance_app(tmp_path)
@@ -241,6 +236,31 @@ async def test_a_signed_message_cannot_be_replayed_into_another_queue(tmp_path: 
         await runtime.queues[JOBS].put(message)
         await runtime.join(timeout=5)
     assert state.seen == []
+
+
+async def test_a_signed_message_still_verifies_in_its_dead_letter_queue(tmp_path: Path) -> None:
+    """The copy keeps the signature made for its first queue; the dead-letter queue of
+    that queue (and only it) accepts it."""
+    state = reset()
+    runtime = load(
+        tmp_path,
+        [
+            settings(signing_key=SIGNING_KEY),
+            driver(),
+            queue("jobs", dead="dead", max_attempts=1),
+            queue("dead"),
+            func("fail_async"),
+            func("record_async"),
+            rule("take_all", "queue.consume", "*"),
+            consumer("worker", "jobs", "fail_async", actor="w", policies=("take_all",)),
+            consumer("salvage", "dead", "record_async", actor="s", policies=("take_all",)),
+        ],
+    )
+    async with runtime:
+        await runtime.queues[JOBS].put(signed({"n": 1}))
+        await runtime.join(timeout=5)
+    assert [seen.data for seen in state.seen] == [{"n": 1}]
+    assert state.seen[0].headers["x_dead_letter_queue"] == JOBS
 
 
 async def test_without_a_signing_key_stamps_are_not_checked(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from types import MappingProxyType
 from typing import Any
 
 from wippy_queue.registry.entry import Entry
-from wippy_queue.registry.models import ConsumerConfig, SecurityBlock
+from wippy_queue.registry.models import ConsumerConfig, QueueConfig, SecurityBlock
 from wippy_queue.registry.registry import Registry
 from wippy_queue.security.actor import Actor
 from wippy_queue.security.guard import ConsumeGuard, PublishGuard
@@ -37,6 +37,17 @@ def policies_of(registry: Registry, block: SecurityBlock) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def dead_letter_sources(registry: Registry) -> dict[str, frozenset[str]]:
+    """Dead-letter queue id -> the queues whose messages it receives."""
+    sources: dict[str, set[str]] = {}
+    for entry in registry.of_kind("queue.queue"):
+        config = entry.config
+        assert isinstance(config, QueueConfig)
+        if config.dead_letter is not None:
+            sources.setdefault(config.dead_letter.queue, set()).add(entry.id)
+    return {queue: frozenset(found) for queue, found in sources.items()}
+
+
 def settings_of(registry: Registry) -> SecuritySettingsConfig:
     entries = registry.of_kind("security.settings")
     config = entries[0].config if entries else SecuritySettingsConfig()
@@ -62,7 +73,7 @@ class Security:
         settings = settings_of(registry)
         self.registry = registry
         self.strict = settings.strict if strict is None else strict
-        self.stamper = Stamper(signing_key or settings.signing_key)
+        self.stamper = Stamper(signing_key or settings.signing_key, dead_letter_sources(registry))
         self.backoff: DenyBackoff = settings.deny_backoff
         self.recorders = tuple(recorders)
         self.casbin_units: dict[str, CasbinUnit] = {}

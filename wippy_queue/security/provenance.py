@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from wippy_queue.queue.message import ATTEMPTS, Message
@@ -55,8 +56,12 @@ def _digest(mac: hmac.HMAC, message: Message, queue_id: str) -> str:
 
 
 class Stamper:
-    def __init__(self, key: str | None) -> None:
+    def __init__(
+        self, key: str | None, dead_letter_sources: Mapping[str, frozenset[str]] | None = None
+    ) -> None:
         self._mac = hmac.new(key.encode(), digestmod=hashlib.sha256) if key else None
+        #: dead-letter queue id -> the queues that dead-letter into it
+        self._sources = dict(dead_letter_sources or {})
 
     @property
     def signing(self) -> bool:
@@ -79,8 +84,12 @@ class Stamper:
         if self._mac is not None:
             if not isinstance(signature, str):
                 raise ForgedProvenance("the publisher stamp is not signed")
-            # a dead-lettered copy was signed for the queue it was first published to
-            signed_for = str(headers.get(DL_QUEUE, queue_id))
+            # A dead-lettered copy was signed for the queue it was first published to;
+            # that (unsigned) header is believed only where such copies can arrive.
+            origin = headers.get(DL_QUEUE)
+            signed_for = queue_id
+            if isinstance(origin, str) and origin in self._sources.get(queue_id, ()):
+                signed_for = origin
             expected = _digest(self._mac, message, signed_for)
             if not hmac.compare_digest(signature, expected):
                 raise ForgedProvenance("the publisher stamp's signature does not match")
