@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from wippy_queue.drivers.memory import MemoryDriver, check_queue_options
 from wippy_queue.functions.base import Handler
 from wippy_queue.functions.lua import LuaFunctionConfig, LuaFunctions
-from wippy_queue.functions.python import build_python
+from wippy_queue.functions.python import PythonFunctions
 from wippy_queue.queue.driver import Driver
 from wippy_queue.registry.entry import Entry
 from wippy_queue.registry.kinds import KindTable
@@ -43,7 +43,7 @@ def default_components() -> Components:
     c.drivers["queue.driver.memory"] = lambda entry: MemoryDriver(entry.id)
     c.kinds.add_check(check_queue_options)
     c.kinds.register("function.python", PythonFunctionConfig)
-    c.functions["function.python"] = build_python
+    c.functions["function.python"] = PythonFunctions().build
     lua = LuaFunctions()  # imports lupa only when a function.lua handler is built
     c.kinds.register("function.lua", LuaFunctionConfig)
     c.kinds.add_check(lua.check)

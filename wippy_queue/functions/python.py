@@ -20,13 +20,8 @@ from wippy_queue.functions.threads import HandlerThreads
 from wippy_queue.registry.entry import Entry
 from wippy_queue.registry.models import PythonFunctionConfig
 
-_modules: dict[str, Any] = {}
-
 
 def _load_file(path: Path, entry_id: str) -> Any:
-    key = str(path)
-    if key in _modules:
-        return _modules[key]
     name = "wippy_queue_handlers." + entry_id.replace(":", ".").replace("-", "_")
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -38,14 +33,22 @@ def _load_file(path: Path, entry_id: str) -> Any:
     except Exception as err:
         sys.modules.pop(name, None)
         raise HandlerError(f"importing {path} failed: {type(err).__name__}: {err}") from err
-    _modules[key] = module
     return module
 
 
-def resolve(config: PythonFunctionConfig, entry_id: str) -> Callable[..., Any]:
-    """Find the callable a ``function.python`` entry names; HandlerError says why not."""
+def resolve(
+    config: PythonFunctionConfig, entry_id: str, files: dict[str, Any] | None = None
+) -> Callable[..., Any]:
+    """Find the callable a ``function.python`` entry names; HandlerError says why not.
+
+    ``files`` caches handler files already executed (one runtime loads each once).
+    """
     if config.source.startswith("file://"):
-        module = _load_file(Path(config.source.removeprefix("file://")), entry_id)
+        path = Path(config.source.removeprefix("file://"))
+        files = {} if files is None else files
+        module = files.get(str(path))
+        if module is None:
+            module = files[str(path)] = _load_file(path, entry_id)
         attr = config.method
         where = config.source.removeprefix("file://")
     else:
@@ -87,6 +90,13 @@ class PythonHandler(Handler):
         return await self._threads.submit(self._fn, data)
 
 
-def build_python(entry: Entry) -> PythonHandler:
-    assert isinstance(entry.config, PythonFunctionConfig)
-    return PythonHandler(entry.id, resolve(entry.config, entry.id))
+class PythonFunctions:
+    """Builds ``function.python`` handlers; each handler file is executed once per runtime
+    (its consumers share its module), and a new runtime executes it afresh."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, Any] = {}
+
+    def build(self, entry: Entry) -> PythonHandler:
+        assert isinstance(entry.config, PythonFunctionConfig)
+        return PythonHandler(entry.id, resolve(entry.config, entry.id, self._files))

@@ -119,7 +119,8 @@ def _resolve_files(value: Any, base: Path) -> Any:
     return value
 
 
-def _parse(path: Path, problems: list[Problem]) -> Any:
+def read_yaml(path: Path, problems: list[Problem]) -> Any:
+    """A YAML file with line numbers (``LineDict``); problems go to ``problems``."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -155,9 +156,10 @@ def read_entries(
         if not path.exists():
             problems.append(Problem("no such file or directory", file=str(path)))
             continue
-        document = _parse(path, problems)
-        if document is None and not explicit:
-            continue
+        known = len(problems)
+        document = read_yaml(path, problems)
+        if (document is None and not explicit) or len(problems) > known:
+            continue  # not an entry file, or reported already (malformed YAML)
         entries.extend(_file_entries(path, document, explicit, problems))
     return entries, problems
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from wippy_queue.errors import Problem, WippyQueueError
-from wippy_queue.registry.source import LineDict, _parse
+from wippy_queue.registry.source import LineDict, read_yaml
 from wippy_queue.security.actor import Actor
 from wippy_queue.security.authoring.query import Query
 
@@ -124,7 +124,7 @@ def read_cases(source: CaseSource) -> tuple[list[Case], list[Problem]]:
         problems: list[Problem] = []
         if not Path(file).is_file():
             return [], [Problem("no such case file", file)]
-        document = _parse(Path(file), problems)
+        document = read_yaml(Path(file), problems)
         if problems:
             return [], problems
         return _cases(document, file)
