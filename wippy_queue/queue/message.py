@@ -47,7 +47,7 @@ def user_headers(headers: Mapping[Any, Any] | None) -> Headers:
     """Validate headers given by a publisher; reserved keys and odd values are refused."""
     if headers is None:
         return {}
-    if not isinstance(headers, Mapping):
+    if not isinstance(headers, dict | Mapping):  # dict first: the common, cheap check
         raise PublishError(
             f"headers must be a mapping of str to str/int/float/bool, got {headers!r}"
         )

@@ -11,6 +11,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from wippy_queue.queue.handle import MessageHandle
@@ -58,15 +59,11 @@ class Middleware(ABC):
 
 
 def build_chain(middlewares: Sequence[Middleware], last: CallNext) -> CallNext:
-    """Compose so that ``middlewares[0]`` runs first and ``last`` runs innermost."""
+    """Compose so that ``middlewares[0]`` runs first and ``last`` runs innermost.
+
+    ``partial`` rather than a wrapper coroutine: no extra frame per message and step.
+    """
     chain = last
     for middleware in reversed(middlewares):
-        chain = _bind(middleware, chain)
+        chain = partial(middleware.__call__, call_next=chain)
     return chain
-
-
-def _bind(middleware: Middleware, call_next: CallNext) -> CallNext:
-    async def step(job: Job) -> Outcome:
-        return await middleware(job, call_next)
-
-    return step

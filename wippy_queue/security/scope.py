@@ -80,6 +80,11 @@ class Scope:
 
     def _key(self, request: Request) -> Hashable | None:
         actor = request.actor
+        if len(self.units) == 1:  # the common case, without the list
+            part = self.units[0].cache_key(request)
+            if part is None:
+                return None
+            return (request.action, request.resource, actor.id if actor else None, part)
         parts: list[Hashable] = [
             request.action,
             request.resource,
