@@ -115,7 +115,7 @@ async def test_every_consume_is_recorded_with_decision_and_outcome(tmp_path: Pat
         assert record["actor"] == "worker-a" and record["tenant"] == "tenant-a"
         assert record["consumer"] == "t:worker" and record["queue"] == "t:jobs"
         assert record["policy"] == "t:tenants" and record["rule"][:2] == ["worker", "tenant-a"]
-        assert record["attempt"] == 1 and record["duration_ms"] >= 0
+        assert record["attempt"] == 1 and record["duration_us"] >= 0
     assert consumes[1]["error"] == "ValueError: boom"
     assert [r["seq"] for r in records] == list(range(len(records)))
     assert verify_file(tmp_path / "audit.jsonl").ok

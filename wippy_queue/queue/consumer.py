@@ -206,23 +206,11 @@ class Consumer:
             if self.auto_ack:
                 return
             action = queue.plan(delivery, outcome)
-            if not self._settle_hooks:
+            if self._settle_hooks:
+                duration_s = time.monotonic() - started
+                deferred = await self._settle_hooked(job, delivery, outcome, action, duration_s)
+            else:
                 await queue.apply(delivery, outcome, action, self.entry_id)
-                return
-            duration_s = time.monotonic() - started
-            try:
-                waits = [
-                    h.before_settle(job, outcome, action, duration_s) for h in self._settle_hooks
-                ]
-            except Exception as err:  # the hook refused (the audit trail is down)
-                log.error("consumer %s: message %s given back: %s", self.entry_id, message.id, err)
-                await delivery.release()
-                return
-            # Pipelined: the worker takes its next message while the hooks (the audit
-            # write, group-committed with other workers' records) finish this one.
-            assert self._deferred is not None
-            self._deferred.add(delivery, outcome, action, waits)
-            deferred = True
 
         if self.auto_ack:
             await delivery.ack()
@@ -250,6 +238,29 @@ class Consumer:
             outcome = Outcome.nack("middleware_error", f"{type(err).__name__}: {err}")
         await handle.finish(outcome)
         return deferred
+
+    async def _settle_hooked(
+        self, job: Job, delivery: Delivery, outcome: Outcome, action: str, duration_s: float
+    ) -> bool:
+        """Settle after the settle hooks (the audit record); True when deferred."""
+        waits = []
+        try:
+            for hook in self._settle_hooks:
+                wait = hook.before_settle(job, outcome, action, duration_s)
+                if wait is not None:
+                    waits.append(wait)
+        except Exception as err:  # the hook refused (the audit trail is down)
+            log.error("consumer %s: message %s given back: %s", self.entry_id, job.message.id, err)
+            await delivery.release()
+            return False
+        if not waits:  # the hooks are done (the record is written): settle now
+            await self.queue.apply(delivery, outcome, action, self.entry_id)
+            return False
+        # Pipelined: the worker takes its next message while the hooks (an audit write
+        # waiting for its fsync, group-committed with other workers' records) finish.
+        assert self._deferred is not None
+        self._deferred.add(delivery, outcome, action, waits)
+        return True
 
     async def _invoke(self, job: Job) -> Outcome:
         try:

@@ -39,18 +39,18 @@ CallNext = Callable[[Job], Coroutine[Any, Any, Outcome]]
 class SettleHook(Protocol):
     """Asked after the outcome is known and before the delivery is settled.
 
-    ``before_settle`` returns an awaitable (e.g. the audit write) that the consumer
-    awaits before it settles; raising, or an awaitable that fails, refuses the settle
-    and the message goes back to the queue untried (this is how the audit trail makes
-    sure nothing is acked unaudited). While ``gate`` is clear the consumer takes no
-    new deliveries.
+    ``before_settle`` returns None when its work is done, or an awaitable (e.g. an
+    audit write waiting for its fsync) that the consumer awaits before it settles;
+    raising, or an awaitable that fails, refuses the settle and the message goes back
+    to the queue untried (this is how the audit trail makes sure nothing is acked
+    unaudited). While ``gate`` is clear the consumer takes no new deliveries.
     """
 
     gate: asyncio.Event | None
 
     def before_settle(
         self, job: Job, outcome: Outcome, action: str, duration_s: float
-    ) -> Awaitable[None]: ...
+    ) -> Awaitable[None] | None: ...
 
 
 class Middleware(ABC):

@@ -61,7 +61,7 @@ class AuditRecorder:
 
     def before_settle(
         self, job: Job, outcome: Outcome, action: str, duration_s: float
-    ) -> Awaitable[None]:
+    ) -> Awaitable[None] | None:
         """The consume record (decision and outcome); written before the settle.
 
         Encoded by hand around memoised parts: it is written once per message.
@@ -75,16 +75,12 @@ class AuditRecorder:
             record["queue"] = job.queue_id
             return record
 
-        actor = request.actor if request else None
-        key = (
-            decision,
-            actor.id if actor else None,
-            actor.tenant if actor else None,
-            request.publisher if request else None,
-            request.tenant if request else None,
-            job.consumer_id,
-            job.queue_id,
-        )
+        # A consumer's actor and queue are fixed: the decision and the verified
+        # publisher are all that vary in this part of the record.
+        if request is None:
+            key: Hashable = (decision, job.consumer_id)
+        else:
+            key = (decision, job.consumer_id, request.publisher, request.tenant)
         members = self._members(key, fields)
         tail = (
             f',"message_id":{encode(job.message.id)},"attempt":{job.attempt}'
@@ -94,7 +90,7 @@ class AuditRecorder:
             tail += f',"outcome_reason":{encode(outcome.reason)}'
         if outcome.error:
             tail += f',"error":{encode(outcome.error)}'
-        tail += f',"duration_ms":{round(duration_s * 1000, 3)}'
+        tail += f',"duration_us":{int(duration_s * 1e6)}'
         return self.trail.append_members(members + tail)
 
     def decision(

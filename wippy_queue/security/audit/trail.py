@@ -1,10 +1,12 @@
-"""The audit trail writer: records are chained on the loop, written by a thread.
+"""The audit trail writer: records are chained and handed to the OS on the loop.
 
-Group commit: records queue up in memory and one writer task writes everything
-pending in a worker thread, so the event loop never waits on the disk. A consume
-record is awaited before its message is settled (nothing is acked unaudited);
-``fsync`` says how durable that write is: ``always`` (fsync each batch),
-``batch`` (fsync at least every 100 ms and at stop), ``never``.
+A consume record is written before its message is settled: nothing is acked
+unaudited. Handing a line to the OS is a page-cache copy; the disk I/O (fsync)
+always runs in a worker thread, so the event loop never waits on the disk.
+``fsync`` says how durable a record is when its message is acked: ``never`` (in
+the OS, survives a process crash), ``batch`` (the same, and fsynced at least every
+100 ms and at stop), ``always`` (on disk: records are group-committed, one fsync
+per batch, and the ack waits for it).
 
 When a write fails the trail turns unhealthy: it says why, closes its ``gate``
 (consumers stop taking messages), fails every waiting record (their messages go
@@ -17,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 from wippy_queue.errors import WippyQueueError
 from wippy_queue.security.audit.chain import (
@@ -90,7 +93,8 @@ class AuditTrail:
         self._pending: _Batch | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._file: BinaryIO | None = None
+        self._recovery: asyncio.Task[None] | None = None
+        self._file: io.FileIO | None = None
         self._last_fsync = 0.0
         self._dirty = False
 
@@ -125,16 +129,16 @@ class AuditTrail:
         else:
             first = {"event": HEADER, "version": 1, "file_id": str(uuid.uuid4())}
         self._written = (self._seq, self._prev)
-        self._file = open(self.path, "ab")  # noqa: SIM115 - held for the trail's lifetime
+        # unbuffered: every write goes straight to the OS (nothing waits in our memory)
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - the trail's lifetime
         self._size = self.path.stat().st_size
         if self._size and not _ends_with_newline(self.path):
-            self._file.write(b"\n")
-            self._file.flush()
+            self._append(b"\n")
             self._size += 1
         return first
 
     async def close(self) -> None:
-        """Write everything pending (fsync unless ``never``) and close."""
+        """Write everything pending, fsync (unless ``never``) and close."""
         if self._task is not None:
             if self._pending is not None and self.healthy:
                 with contextlib.suppress(AuditUnavailable):
@@ -143,6 +147,11 @@ class AuditTrail:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+            self._recovery = None
         if self._file is not None:
             await asyncio.to_thread(self._close_file)
 
@@ -157,61 +166,79 @@ class AuditTrail:
 
     # -- recording ---------------------------------------------------------------
 
-    def append(self, fields: dict[str, Any]) -> asyncio.Future[None]:
-        """Chain a record and queue it; the future resolves once it is written."""
+    def append(self, fields: dict[str, Any]) -> asyncio.Future[None] | None:
+        """Chain a record and write it; see ``append_members``."""
         return self.append_members(fragment(fields))
 
-    def append_members(self, members: str) -> asyncio.Future[None]:
-        """``append`` for a record already encoded as JSON object members (hot path)."""
+    def append_members(self, members: str) -> asyncio.Future[None] | None:
+        """Chain a record given as JSON object members (the hot path) and write it.
+
+        Under ``never`` and ``batch`` the line goes to the OS at once (a page-cache
+        copy; fsync runs in a thread every 100 ms) and None is returned: the record
+        is written. Under ``always`` records are group-committed with an fsync in a
+        worker thread; the returned future resolves once the batch is on disk.
+        AuditUnavailable means the record could not be written.
+        """
         if not self.healthy:
             raise AuditUnavailable(f"audit trail {self.path} is not writable: {self.error}")
-        self._seq += 1
-        line, self._prev = seal_fragment(self._seq, utc_now(), members, self._prev)
+        seq = self._seq + 1
+        line, digest = seal_fragment(seq, utc_now(), members, self._prev)
+        self._seq, self._prev = seq, digest
+        if self.fsync != "always":
+            try:
+                self._append(line)
+            except OSError as err:
+                self._fail(f"{type(err).__name__}: {err}")
+                raise AuditUnavailable(f"audit trail {self.path} is not writable: {err}") from err
+            self._size += len(line)
+            self._written = (seq, digest)
+            return None
         batch = self._pending
         if batch is None:
             batch = self._pending = _new_batch()
             self._wake.set()
         batch.lines.append(line)
-        batch.last = (self._seq, self._prev)
+        batch.last = (seq, digest)
         return batch.done
 
     async def record(self, fields: dict[str, Any]) -> None:
         """Append and wait until written; raise AuditUnavailable when it cannot be."""
-        await self.append(fields)
+        written = self.append(fields)
+        if written is not None:
+            await written
 
     # -- writing -----------------------------------------------------------------
 
     async def _writer(self) -> None:
+        """``always``: write and fsync each batch; ``batch``: fsync every 100 ms."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(FSYNC_EVERY_S if self._dirty else None):
                     await self._wake.wait()
             self._wake.clear()
             batch, self._pending = self._pending, None
-            sync = self.fsync == "always" or (
-                self.fsync == "batch" and time.monotonic() - self._last_fsync >= FSYNC_EVERY_S
-            )
-            data = b"".join(batch.lines) if batch else b""
             try:
-                # Appending to the page cache is a memory copy, done here; the disk I/O
-                # (fsync) runs in a worker thread, never on the event loop.
-                self._append(data)
-                if sync and self._dirty:
+                if batch is not None:
+                    data = b"".join(batch.lines)
+                    self._append(data)
+                    await asyncio.to_thread(self._fsync)
+                    self._size += len(data)
+                    self._written = batch.last
+                elif self._dirty and self.fsync == "batch":
                     await asyncio.to_thread(self._fsync)
             except OSError as err:
-                await self._fail(f"{type(err).__name__}: {err}", batch)
+                self._fail(f"{type(err).__name__}: {err}", batch)
                 continue
-            if batch is not None:
-                self._size += len(data)
-                self._written = batch.last
-                if not batch.done.done():
-                    batch.done.set_result(None)
+            if batch is not None and not batch.done.done():
+                batch.done.set_result(None)
 
     def _append(self, data: bytes) -> None:
+        """Hand ``data`` to the OS (a page-cache copy: no disk I/O on the loop)."""
         assert self._file is not None
         if data:
-            self._file.write(data)
-            self._file.flush()
+            view = memoryview(data)
+            while view:  # a raw write may take only part of it
+                view = view[self._file.write(view) or 0 :]
             self._dirty = True
 
     def _fsync(self) -> None:
@@ -220,7 +247,8 @@ class AuditTrail:
         self._last_fsync = time.monotonic()
         self._dirty = False
 
-    async def _fail(self, reason: str, batch: _Batch | None) -> None:
+    def _fail(self, reason: str, batch: _Batch | None = None) -> None:
+        """Refuse records, close the gate, give back what waits, retry in the background."""
         self.error = reason
         self.gate.clear()
         log.error(
@@ -235,6 +263,11 @@ class AuditTrail:
                 failed.done.set_exception(err)
         self._pending = None
         self._seq, self._prev = self._written
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.get_running_loop().create_task(self._recover(reason))
+
+    async def _recover(self, reason: str) -> None:
+        """Retry until a record gets through (``audit_recovered``), then reopen the gate."""
         while True:
             await asyncio.sleep(self.retry_s)
             members = fragment({"event": "audit_recovered", "error": reason})
