@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from wippy_queue.errors import ConfigError, Problem
 from wippy_queue.registry.entry import Entry, Location
+from wippy_queue.registry.graph import find_cycles
 from wippy_queue.registry.ids import valid_part
 from wippy_queue.registry.kinds import KindTable
 from wippy_queue.registry.registry import Registry
@@ -188,37 +189,19 @@ def _find_cycles(
     deps: dict[str, tuple[str, ...]],
     fields: dict[tuple[str, str], str],
 ) -> list[Problem]:
-    problems: list[Problem] = []
-    state: dict[str, int] = {}  # 1 visiting, 2 done
-    reported: set[frozenset[str]] = set()
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        path.append(node)
-        for dep in deps.get(node, ()):
-            if state.get(dep) == 1:
-                cycle = [*path[path.index(dep) :], dep]
-                key = frozenset(cycle)
-                if key not in reported:
-                    reported.add(key)
-                    # reported where the cycle's first entry names the next one
-                    entry, field = entries[dep], fields[(dep, cycle[1])]
-                    problems.append(
-                        Problem(
-                            f"dependency cycle: {' -> '.join(cycle)}; remove one of these "
-                            "requires/depends_on or references",
-                            entry.location.file,
-                            entry.location.line_of(field),
-                            dep,
-                            field,
-                        )
-                    )
-            elif dep not in state:
-                visit(dep, path)
-        path.pop()
-        state[node] = 2
-
-    for node in sorted(entries):
-        if node not in state:
-            visit(node, [])
+    problems = []
+    for cycle in find_cycles(entries, lambda node: deps.get(node, ())):
+        # reported where the cycle's first entry names the next one
+        first = cycle[0]
+        entry, field = entries[first], fields[(first, cycle[1])]
+        problems.append(
+            Problem(
+                f"dependency cycle: {' -> '.join(cycle)}; remove one of these "
+                "requires/depends_on or references",
+                entry.location.file,
+                entry.location.line_of(field),
+                first,
+                field,
+            )
+        )
     return problems

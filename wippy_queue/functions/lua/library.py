@@ -15,6 +15,7 @@ from wippy_queue.errors import HandlerError, Problem
 from wippy_queue.functions.base import Handler
 from wippy_queue.functions.lua.config import LuaFunctionConfig
 from wippy_queue.registry.entry import Entry
+from wippy_queue.registry.graph import find_cycles
 from wippy_queue.registry.registry import Registry
 
 KIND = "function.lua"
@@ -58,36 +59,23 @@ class LuaFunctions:
 
 def import_cycles(entries: Mapping[str, Entry]) -> list[Problem]:
     """One problem per cycle of ``imports`` (a chunk cannot require itself, even indirectly)."""
-    problems: list[Problem] = []
-    state: dict[str, int] = {}  # 1 visiting, 2 done
 
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        path.append(node)
+    def imports(node: str) -> list[str]:
         config = entries[node].config
         assert isinstance(config, LuaFunctionConfig)
-        for target in config.imports.values():
-            if target not in entries:
-                continue  # the loader already reported it
-            if state.get(target) == 1:
-                cycle = [*path[path.index(target) :], target]
-                entry = entries[target]
-                problems.append(
-                    Problem(
-                        f"import cycle: {' -> '.join(cycle)}; a Lua chunk cannot require "
-                        "itself, even through another entry",
-                        entry.location.file,
-                        entry.location.line_of("imports"),
-                        entry.id,
-                        "imports",
-                    )
-                )
-            elif target not in state:
-                visit(target, path)
-        path.pop()
-        state[node] = 2
+        return [t for t in config.imports.values() if t in entries]  # else: reported already
 
-    for node in sorted(entries):
-        if node not in state:
-            visit(node, [])
+    problems = []
+    for cycle in find_cycles(entries, imports):
+        entry = entries[cycle[0]]
+        problems.append(
+            Problem(
+                f"import cycle: {' -> '.join(cycle)}; a Lua chunk cannot require "
+                "itself, even through another entry",
+                entry.location.file,
+                entry.location.line_of("imports"),
+                entry.id,
+                "imports",
+            )
+        )
     return problems
