@@ -10,8 +10,7 @@ leaks between messages or between concurrent workers.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Coroutine, Generator
-from concurrent.futures import Executor
+from collections.abc import Coroutine, Generator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -123,14 +122,3 @@ class run_in(Generic[T]):
                 value, error = (yield yielded), None
             except BaseException as err:  # cancellation or a throw: hand it to the coroutine
                 value, error = None, err
-
-
-def run_in_executor(
-    loop: asyncio.AbstractEventLoop, executor: Executor | None, fn: Callable[..., T], *args: Any
-) -> asyncio.Future[T]:
-    """``loop.run_in_executor`` that carries the caller's call context into the thread.
-
-    The stdlib does not copy context variables into executor threads by itself.
-    """
-    ctx = contextvars.copy_context()
-    return loop.run_in_executor(executor, ctx.run, fn, *args)

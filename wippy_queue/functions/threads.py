@@ -17,7 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 _Job = tuple[
-    asyncio.AbstractEventLoop, asyncio.Future[Any], contextvars.Context, Callable[..., Any], Any
+    asyncio.AbstractEventLoop,
+    asyncio.Future[Any],
+    contextvars.Context,
+    Callable[..., Any],
+    tuple[Any, ...],
 ]
 
 
@@ -40,21 +44,21 @@ class HandlerThreads:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, fn: Callable[..., Any], arg: Any) -> asyncio.Future[Any]:
-        """Run ``fn(arg)`` in a thread under the caller's context; await the result."""
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run ``fn(*args)`` in a thread under the caller's context; await the result."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._jobs.put((loop, future, contextvars.copy_context(), fn, arg))
+        self._jobs.put((loop, future, contextvars.copy_context(), fn, args))
         return future
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            loop, future, ctx, fn, arg = job
+            loop, future, ctx, fn, args = job
             if future.done():
                 continue  # cancelled before it started
             result, error = None, None
             try:
-                result = ctx.run(fn, arg)
+                result = ctx.run(fn, *args)
             except BaseException as err:
                 error = err
             try:

@@ -1,6 +1,6 @@
 """``LuaHandler``: a consumer's pool of Lua states, one per worker thread.
 
-lupa calls are synchronous, so each call runs in a per-consumer thread pool (as
+lupa calls are synchronous, so each call runs in a consumer's handler threads (as
 sync Python handlers do), with the call context copied in. In its thread, Lua is
 plain blocking code: ``time.sleep`` blocks only that thread and wakes early on
 cancellation, ``queue.publish`` hands the publish to the event loop and waits.
@@ -14,7 +14,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from wippy_queue import context
@@ -24,6 +23,7 @@ from wippy_queue.functions.lua.host import CallToken
 from wippy_queue.functions.lua.modules import BUILTIN_MODULES, ModuleSpec
 from wippy_queue.functions.lua.program import Program
 from wippy_queue.functions.lua.state import LuaState
+from wippy_queue.functions.threads import HandlerThreads
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class LuaHandler(Handler):
         super().__init__(program.entry_id)
         self.program = program
         self._modules = modules
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads: HandlerThreads | None = None
         self._local = threading.local()
         self._tokens: set[CallToken] = set()
         self._lock = threading.Lock()
@@ -47,15 +47,13 @@ class LuaHandler(Handler):
     async def start(self, *, concurrency: int) -> None:
         """Start the thread pool and build one state now: a chunk that fails to load
         fails the consumer's start instead of nacking every message."""
-        if self._executor is not None:
+        if self._threads is not None:
             return
         size = self.program.config.states(concurrency)
-        name = "lua-" + self.entry_id.replace(":", "-")
-        self._executor = ThreadPoolExecutor(size, thread_name_prefix=name)
         self._local = threading.local()
-        loop = asyncio.get_running_loop()
+        self._threads = HandlerThreads(size, "lua-" + self.entry_id.replace(":", "-"))
         try:
-            await loop.run_in_executor(self._executor, self._state)
+            await self._threads.submit(self._state)
         except BaseException:
             await self.close()
             raise
@@ -63,18 +61,17 @@ class LuaHandler(Handler):
     async def close(self) -> None:
         for token in list(self._tokens):
             token.cancel()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        if self._threads is not None:
+            self._threads.close()
+            self._threads = None
 
     async def call(self, data: Any) -> Any:
-        if self._executor is None:
+        if self._threads is None:
             raise HandlerError(f"{self.entry_id}: the Lua handler is not started")
-        loop = asyncio.get_running_loop()
         token = CallToken()
         self._tokens.add(token)
         try:
-            return await context.run_in_executor(loop, self._executor, self._run, token, data)
+            return await self._threads.submit(self._run, token, data)
         except asyncio.CancelledError:
             token.cancel()  # the Lua call stops at its next hook, sleep or publish
             raise
