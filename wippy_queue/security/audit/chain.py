@@ -1,8 +1,8 @@
 """The hash chain: each record carries the SHA-256 of the previous one and its own.
 
-A record's ``hash`` is SHA-256 over the previous record's hash and the record's
-line as written up to its final ``"hash"`` member (a verifier hashes those bytes,
-never re-encodes), so editing a record breaks its own hash, and deleting,
+A record's ``hash`` is SHA-256 over its line as written up to its final ``hash``
+member, which includes ``prev`` (the previous record's hash); a verifier hashes those
+bytes and never re-encodes. Editing a record breaks its own hash; deleting,
 inserting or reordering breaks ``seq`` and ``prev``. The first record of
 a file is a header anchoring the chain. A crash can tear the LAST line; on restart
 the writer ends the torn line and writes an ``audit_resumed`` record naming it,
@@ -42,21 +42,22 @@ def fragment(fields: dict[str, Any]) -> str:
     return encode(fields)[1:-1] if fields else ""
 
 
-def digest(prev: str, body: bytes) -> str:
-    return hashlib.sha256(prev.encode() + body).hexdigest()
+def digest(body: bytes) -> str:
+    """The hash of a record's hashed bytes (which hold its ``prev``)."""
+    return hashlib.sha256(body).hexdigest()
 
 
 def seal_fragment(seq: int, time: str, members: str, prev: str) -> tuple[bytes, str]:
     """The line of record ``seq`` holding ``members`` (JSON object members), and its hash.
 
-    The hash covers ``prev`` and the record's JSON up to its final ``hash`` member,
-    exactly as written, so a verifier hashes the line's own bytes and never
-    re-encodes anything. ``time`` must need no JSON escaping (an ISO timestamp).
+    The hash covers the record's JSON up to its final ``hash`` member (``prev``
+    included), exactly as written, so a verifier hashes the line's own bytes and
+    never re-encodes anything. ``time`` must need no JSON escaping (ISO 8601).
     """
     middle = f",{members}" if members else ""
-    body = f'{{"seq":{seq},"time":"{time}"{middle},"prev":"{prev}"}}'.encode()
-    value = digest(prev, body)
-    return body[:-1] + b',"hash":"' + value.encode() + b'"}\n', value
+    head = f'{{"seq":{seq},"time":"{time}"{middle},"prev":"{prev}"'.encode()
+    value = hashlib.sha256(head + b"}").hexdigest()
+    return head + b',"hash":"' + value.encode() + b'"}\n', value
 
 
 def seal(record: dict[str, Any], prev: str) -> bytes:
@@ -168,6 +169,6 @@ def _check(
     if parts is None:
         return "the record does not end with its hash"
     body, value = parts
-    if digest(state.last_hash, body) != value:
+    if digest(body) != value:
         return "the record's content does not match its hash (edited)"
     return None
