@@ -56,12 +56,6 @@ class Queue:
             return "ack"
         return "dead_letter" if self.exhausted(delivery) else "nack"
 
-    async def settle(self, delivery: Delivery, outcome: Outcome, consumer_id: str) -> str:
-        """Ack, nack, or move to the dead-letter queue; returns what was done."""
-        action = self.plan(delivery, outcome)
-        await self.apply(delivery, outcome, action, consumer_id)
-        return action
-
     async def apply(
         self, delivery: Delivery, outcome: Outcome, action: str, consumer_id: str
     ) -> None:
