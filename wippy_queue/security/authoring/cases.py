@@ -105,14 +105,6 @@ class Case:
 CaseSource = str | os.PathLike[str] | Sequence[Mapping[str, Any]]
 
 
-def load_cases(path: str | os.PathLike[str]) -> list[Case]:
-    """Read a case file; CaseFileError lists every problem, each with file and line."""
-    cases, problems = read_cases(path)
-    if problems:
-        raise CaseFileError(problems)
-    return cases
-
-
 def read_cases(source: CaseSource) -> tuple[list[Case], list[Problem]]:
     """The well-formed cases of a case file (or of a list of case mappings), and the problems.
 

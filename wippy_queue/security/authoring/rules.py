@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wippy_queue.registry.entry import Entry
-from wippy_queue.registry.registry import Registry
 from wippy_queue.security.authoring.hints import display_path
 from wippy_queue.security.authoring.model import ModelShape, read_shape
 from wippy_queue.security.enforcer import Enforcer, PolicyLine, read_model, read_policy
@@ -110,10 +109,6 @@ def _casbin_rules(entry: Entry, config: CasbinPolicyConfig) -> PolicyRules:
         for line in lines
     )
     return PolicyRules(entry, rules, shape, model_text)
-
-
-def policy_rules(registry: Registry, policy_ids: Sequence[str]) -> list[PolicyRules]:
-    return [rules_of(registry.get(pid)) for pid in policy_ids]
 
 
 def find_rule(
