@@ -53,3 +53,17 @@ def test_readme_commands_exit_zero(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
         assert "Traceback" not in done.stderr, command
+
+
+PYTHON = re.compile(r"```python\n(.*?)```", re.S)
+
+
+@pytest.mark.timeout(60)
+def test_readme_python_blocks_run() -> None:
+    blocks = PYTHON.findall(README.read_text(encoding="utf-8"))
+    assert len(blocks) >= 2
+    for block in blocks:
+        done = subprocess.run(
+            [sys.executable, "-c", block], cwd=ROOT, capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, f"{block}\n{done.stdout}\n{done.stderr}"
