@@ -276,24 +276,30 @@ async def test_opening_a_tampered_file_is_refused(trail_file: Path) -> None:
 # -- fail closed -------------------------------------------------------------------
 
 
+class FullDisk:
+    """The audit file, failing every write with ENOSPC while ``full`` is set."""
+
+    def __init__(self, real: Any, full: asyncio.Event) -> None:
+        self.real, self.full = real, full
+
+    def write(self, data: Any) -> Any:
+        if self.full.is_set() and len(data):
+            raise OSError(28, "No space left on device")
+        return self.real.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.mark.parametrize("fsync", ["never", "batch", "always"])
 async def test_unwritable_audit_stops_consumers_and_acks_nothing_unaudited(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fsync: str
 ) -> None:
     handled: list[int] = []
-    runtime = app(tmp_path, ok, fsync="always")
+    runtime = app(tmp_path, ok, fsync=fsync)
     assert runtime.audit is not None
     runtime.audit.retry_s = 0.05
-    real_append = AuditTrail._append
     disk_full = asyncio.Event()
-    calls = {"n": 0}
-
-    def write_or_fail(self: AuditTrail, data: bytes) -> None:
-        if disk_full.is_set() and data:
-            calls["n"] += 1
-            raise OSError(28, "No space left on device")
-        real_append(self, data)
-
-    monkeypatch.setattr(AuditTrail, "_append", write_or_fail)
 
     async def handler(data: Any) -> bool:
         handled.append(data["n"])
@@ -301,6 +307,7 @@ async def test_unwritable_audit_stops_consumers_and_acks_nothing_unaudited(
 
     runtime.consumers["t:worker"].handler = PythonHandler("t:fn", handler)
     async with runtime:
+        runtime.audit._file = FullDisk(runtime.audit._file, disk_full)  # type: ignore[assignment]
         await runtime.publish("t:jobs", {"n": 0})
         await runtime.join("t:jobs", timeout=WAIT_S)
         disk_full.set()

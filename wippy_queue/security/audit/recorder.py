@@ -8,7 +8,7 @@ Fields without a value (no actor, no error, ...) are left out of the record.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Hashable
 from typing import Any
 
 from wippy_queue.queue.middleware import Job
@@ -49,15 +49,7 @@ class AuditRecorder:
         self.trail = trail
         self.gate: asyncio.Event | None = trail.gate
         #: encoded JSON members reused across records (decisions repeat: they are cached)
-        self._memo: dict[Hashable, str] = {}
-
-    def _members(self, key: Hashable, build: Callable[[], dict[str, Any]]) -> str:
-        members = self._memo.get(key)
-        if members is None:
-            if len(self._memo) >= MEMO_LIMIT:
-                self._memo.clear()
-            members = self._memo[key] = fragment(build())
-        return members
+        self._memo: dict[Hashable, tuple[Decision, str]] = {}
 
     def before_settle(
         self, job: Job, outcome: Outcome, action: str, duration_s: float
@@ -67,31 +59,38 @@ class AuditRecorder:
         Encoded by hand around memoised parts: it is written once per message.
         """
         decision, request = job.decision or (UNCHECKED, None)
-
-        def fields() -> dict[str, Any]:
-            record: dict[str, Any] = {"event": "consume", "action": "queue.consume"}
-            _decision(record, decision, request)
-            record["consumer"] = job.consumer_id
-            record["queue"] = job.queue_id
-            return record
-
         # A consumer's actor and queue are fixed: the decision and the verified
-        # publisher are all that vary in this part of the record.
+        # publisher are all that vary in this part of the record. Decisions are
+        # keyed by identity (they are cached objects); the memo holds each decision,
+        # so an id is never reused while its entry lives.
         if request is None:
-            key: Hashable = (decision, job.consumer_id)
+            key: Hashable = (id(decision), job.consumer_id)
         else:
-            key = (decision, job.consumer_id, request.publisher, request.tenant)
-        members = self._members(key, fields)
+            key = (id(decision), job.consumer_id, request.publisher, request.tenant)
+        hit = self._memo.get(key)
+        if hit is None or hit[0] is not decision:
+            hit = self._remember(key, decision, request, job)
         tail = (
             f',"message_id":{encode(job.message.id)},"attempt":{job.attempt}'
-            f',"outcome":"{action}"'  # ack | nack | dead_letter: nothing to escape
-        )
+            f',"outcome":"{action}","duration_us":{int(duration_s * 1e6)}'
+        )  # action: ack | nack | dead_letter, nothing to escape
         if not outcome.ack:
             tail += f',"outcome_reason":{encode(outcome.reason)}'
         if outcome.error:
             tail += f',"error":{encode(outcome.error)}'
-        tail += f',"duration_us":{int(duration_s * 1e6)}'
-        return self.trail.append_members(members + tail)
+        return self.trail.append_members(hit[1] + tail)
+
+    def _remember(
+        self, key: Hashable, decision: Decision, request: Request | None, job: Job
+    ) -> tuple[Decision, str]:
+        record: dict[str, Any] = {"event": "consume", "action": "queue.consume"}
+        _decision(record, decision, request)
+        record["consumer"] = job.consumer_id
+        record["queue"] = job.queue_id
+        if len(self._memo) >= MEMO_LIMIT:
+            self._memo.clear()
+        hit = self._memo[key] = (decision, fragment(record))
+        return hit
 
     def decision(
         self,

@@ -179,14 +179,18 @@ class AuditTrail:
         worker thread; the returned future resolves once the batch is on disk.
         AuditUnavailable means the record could not be written.
         """
-        if not self.healthy:
+        if self.error is not None:
             raise AuditUnavailable(f"audit trail {self.path} is not writable: {self.error}")
         seq = self._seq + 1
         line, digest = seal_fragment(seq, utc_now(), members, self._prev)
         self._seq, self._prev = seq, digest
         if self.fsync != "always":
             try:
-                self._append(line)
+                assert self._file is not None
+                written = self._file.write(line) or 0
+                if written != len(line):  # a raw write may take only part
+                    self._append(line[written:])
+                self._dirty = True
             except OSError as err:
                 self._fail(f"{type(err).__name__}: {err}")
                 raise AuditUnavailable(f"audit trail {self.path} is not writable: {err}") from err
