@@ -14,7 +14,7 @@ import contextvars
 import logging
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from wippy_queue import context
@@ -243,19 +243,37 @@ class Consumer:
         self, job: Job, delivery: Delivery, outcome: Outcome, action: str, duration_s: float
     ) -> bool:
         """Settle after the settle hooks (the audit record); True when deferred."""
+        if len(self._settle_hooks) == 1:  # the common case (the audit trail), lean
+            try:
+                wait = self._settle_hooks[0].before_settle(job, outcome, action, duration_s)
+            except Exception as err:
+                return await self._refused(job, delivery, err)
+            if wait is None:
+                await self.queue.apply(delivery, outcome, action, self.entry_id)
+                return False
+            return self._defer(delivery, outcome, action, [wait])
         waits = []
         try:
             for hook in self._settle_hooks:
                 wait = hook.before_settle(job, outcome, action, duration_s)
                 if wait is not None:
                     waits.append(wait)
-        except Exception as err:  # the hook refused (the audit trail is down)
-            log.error("consumer %s: message %s given back: %s", self.entry_id, job.message.id, err)
-            await delivery.release()
-            return False
+        except Exception as err:
+            return await self._refused(job, delivery, err)
         if not waits:  # the hooks are done (the record is written): settle now
             await self.queue.apply(delivery, outcome, action, self.entry_id)
             return False
+        return self._defer(delivery, outcome, action, waits)
+
+    async def _refused(self, job: Job, delivery: Delivery, err: Exception) -> bool:
+        """A settle hook refused (the audit trail is down): give the message back."""
+        log.error("consumer %s: message %s given back: %s", self.entry_id, job.message.id, err)
+        await delivery.release()
+        return False
+
+    def _defer(
+        self, delivery: Delivery, outcome: Outcome, action: str, waits: list[Awaitable[None]]
+    ) -> bool:
         # Pipelined: the worker takes its next message while the hooks (an audit write
         # waiting for its fsync, group-committed with other workers' records) finish.
         assert self._deferred is not None

@@ -48,17 +48,22 @@ class AuditUnavailable(WippyQueueError):
     """The audit file cannot be written; nothing may proceed unaudited."""
 
 
-_second: tuple[int, str] = (-1, "")
+class _Clock:
+    """ISO 8601 UTC to the millisecond, e.g. ``2026-11-27T18:00:00.123Z``; formatted once
+    per millisecond however many records share it (``seq`` orders them)."""
 
+    __slots__ = ("_ms", "_stamp")
 
-def utc_now() -> str:
-    """ISO 8601 UTC with microseconds, e.g. ``2026-11-27T18:00:00.123456Z``."""
-    global _second
-    now = time.time()
-    whole = int(now)
-    if whole != _second[0]:  # formatting the date part once a second is enough
-        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
-    return f"{_second[1]}.{int((now - whole) * 1e6):06d}Z"
+    def __init__(self) -> None:
+        self._ms, self._stamp = -1, ""
+
+    def now(self) -> str:
+        ms = int(time.time() * 1000)
+        if ms != self._ms:
+            seconds, millis = divmod(ms, 1000)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            self._ms, self._stamp = ms, f"{stamp}.{millis:03d}Z"
+        return self._stamp
 
 
 @dataclass(slots=True)
@@ -94,6 +99,7 @@ class AuditTrail:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
+        self._clock = _Clock()
         self._file: io.FileIO | None = None
         self._last_fsync = 0.0
         self._dirty = False
@@ -182,7 +188,7 @@ class AuditTrail:
         if self.error is not None:
             raise AuditUnavailable(f"audit trail {self.path} is not writable: {self.error}")
         seq = self._seq + 1
-        line, digest = seal_fragment(seq, utc_now(), members, self._prev)
+        line, digest = seal_fragment(seq, self._clock.now(), members, self._prev)
         self._seq, self._prev = seq, digest
         if self.fsync != "always":
             try:
@@ -275,7 +281,7 @@ class AuditTrail:
         while True:
             await asyncio.sleep(self.retry_s)
             members = fragment({"event": "audit_recovered", "error": reason})
-            line, value = seal_fragment(self._seq + 1, utc_now(), members, self._prev)
+            line, value = seal_fragment(self._seq + 1, self._clock.now(), members, self._prev)
             try:
                 await asyncio.to_thread(self._rewrite_tail, line)
             except OSError:
