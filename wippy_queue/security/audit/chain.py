@@ -54,10 +54,14 @@ def seal_fragment(seq: int, time: str, members: str, prev: str) -> tuple[bytes, 
     included), exactly as written, so a verifier hashes the line's own bytes and
     never re-encodes anything. ``time`` must need no JSON escaping (ISO 8601).
     """
-    middle = f",{members}" if members else ""
-    head = f'{{"seq":{seq},"time":"{time}"{middle},"prev":"{prev}"'.encode()
-    value = hashlib.sha256(head + b"}").hexdigest()
-    return head + b',"hash":"' + value.encode() + b'"}\n', value
+    if members:
+        head = f'{{"seq":{seq},"time":"{time}",{members},"prev":"{prev}"'.encode()
+    else:
+        head = f'{{"seq":{seq},"time":"{time}","prev":"{prev}"'.encode()
+    digest = hashlib.sha256(head)
+    digest.update(b"}")
+    value = digest.hexdigest()
+    return b"".join((head, b',"hash":"', value.encode(), b'"}\n')), value
 
 
 def seal(record: dict[str, Any], prev: str) -> bytes:
