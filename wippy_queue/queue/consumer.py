@@ -206,10 +206,12 @@ class Consumer:
             if self.auto_ack:
                 return
             action = queue.plan(delivery, outcome)
-            if self._settle_hooks:
-                duration_s = time.monotonic() - started
-                deferred = await self._settle_hooked(job, delivery, outcome, action, duration_s)
-            else:
+            waits = self._ask_hooks(job, outcome, action, started) if self._settle_hooks else ()
+            if isinstance(waits, Exception):  # refused (the audit trail is down)
+                await self._refused(job, delivery, waits)
+            elif waits:
+                deferred = self._defer(delivery, outcome, action, list(waits))
+            else:  # no hooks, or done (the record is written): settle now
                 await queue.apply(delivery, outcome, action, self.entry_id)
 
         if self.auto_ack:
@@ -239,19 +241,11 @@ class Consumer:
         await handle.finish(outcome)
         return deferred
 
-    async def _settle_hooked(
-        self, job: Job, delivery: Delivery, outcome: Outcome, action: str, duration_s: float
-    ) -> bool:
-        """Settle after the settle hooks (the audit record); True when deferred."""
-        if len(self._settle_hooks) == 1:  # the common case (the audit trail), lean
-            try:
-                wait = self._settle_hooks[0].before_settle(job, outcome, action, duration_s)
-            except Exception as err:
-                return await self._refused(job, delivery, err)
-            if wait is None:
-                await self.queue.apply(delivery, outcome, action, self.entry_id)
-                return False
-            return self._defer(delivery, outcome, action, [wait])
+    def _ask_hooks(
+        self, job: Job, outcome: Outcome, action: str, started: float
+    ) -> list[Awaitable[None]] | Exception:
+        """Ask every settle hook (the audit record): what is left to wait for, or why not."""
+        duration_s = time.monotonic() - started
         waits = []
         try:
             for hook in self._settle_hooks:
@@ -259,17 +253,13 @@ class Consumer:
                 if wait is not None:
                     waits.append(wait)
         except Exception as err:
-            return await self._refused(job, delivery, err)
-        if not waits:  # the hooks are done (the record is written): settle now
-            await self.queue.apply(delivery, outcome, action, self.entry_id)
-            return False
-        return self._defer(delivery, outcome, action, waits)
+            return err
+        return waits
 
-    async def _refused(self, job: Job, delivery: Delivery, err: Exception) -> bool:
+    async def _refused(self, job: Job, delivery: Delivery, err: Exception) -> None:
         """A settle hook refused (the audit trail is down): give the message back."""
         log.error("consumer %s: message %s given back: %s", self.entry_id, job.message.id, err)
         await delivery.release()
-        return False
 
     def _defer(
         self, delivery: Delivery, outcome: Outcome, action: str, waits: list[Awaitable[None]]
