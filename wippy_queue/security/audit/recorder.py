@@ -8,6 +8,7 @@ Fields without a value (no actor, no error, ...) are left out of the record.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Hashable
 from typing import Any
 
@@ -19,6 +20,9 @@ from wippy_queue.security.request import Request
 from wippy_queue.security.scope import Decision
 
 UNCHECKED = Decision(True, "unchecked")
+_UNCHECKED = (UNCHECKED, None)
+#: message ids that need no JSON escaping (ours are UUID4s) skip the encoder
+_PLAIN_ID = re.compile(r"[0-9A-Za-z_.:-]+").fullmatch
 
 
 def _decision(record: dict[str, Any], decision: Decision, request: Request | None) -> None:
@@ -58,7 +62,7 @@ class AuditRecorder:
 
         Encoded by hand around memoised parts: it is written once per message.
         """
-        decision, request = job.decision or (UNCHECKED, None)
+        decision, request = job.decision or _UNCHECKED
         # A consumer's actor and queue are fixed: the decision and the verified
         # publisher are all that vary in this part of the record. Decisions are
         # keyed by identity (they are cached objects); the memo holds each decision,
@@ -70,8 +74,10 @@ class AuditRecorder:
         hit = self._memo.get(key)
         if hit is None or hit[0] is not decision:
             hit = self._remember(key, decision, request, job)
+        message_id = job.message.id
+        quoted = f'"{message_id}"' if _PLAIN_ID(message_id) else encode(message_id)
         tail = (
-            f',"message_id":{encode(job.message.id)},"attempt":{job.attempt}'
+            f',"message_id":{quoted},"attempt":{job.attempt}'
             f',"outcome":"{action}","duration_us":{int(duration_s * 1e6)}'
         )  # action: ack | nack | dead_letter, nothing to escape
         if not outcome.ack:
