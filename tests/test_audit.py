@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -276,21 +277,6 @@ async def test_opening_a_tampered_file_is_refused(trail_file: Path) -> None:
 # -- fail closed -------------------------------------------------------------------
 
 
-class FullDisk:
-    """The audit file, failing every write with ENOSPC while ``full`` is set."""
-
-    def __init__(self, real: Any, full: asyncio.Event) -> None:
-        self.real, self.full = real, full
-
-    def write(self, data: Any) -> Any:
-        if self.full.is_set() and len(data):
-            raise OSError(28, "No space left on device")
-        return self.real.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-
 @pytest.mark.parametrize("fsync", ["never", "batch", "always"])
 async def test_unwritable_audit_stops_consumers_and_acks_nothing_unaudited(
     tmp_path: Path, fsync: str
@@ -299,7 +285,7 @@ async def test_unwritable_audit_stops_consumers_and_acks_nothing_unaudited(
     runtime = app(tmp_path, ok, fsync=fsync)
     assert runtime.audit is not None
     runtime.audit.retry_s = 0.05
-    disk_full = asyncio.Event()
+    full = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
 
     async def handler(data: Any) -> bool:
         handled.append(data["n"])
@@ -307,10 +293,9 @@ async def test_unwritable_audit_stops_consumers_and_acks_nothing_unaudited(
 
     runtime.consumers["t:worker"].handler = PythonHandler("t:fn", handler)
     async with runtime:
-        runtime.audit._file = FullDisk(runtime.audit._file, disk_full)  # type: ignore[assignment]
         await runtime.publish("t:jobs", {"n": 0})
         await runtime.join("t:jobs", timeout=WAIT_S)
-        disk_full.set()
+        real, runtime.audit._fd = runtime.audit._fd, full  # the disk fills up
         await runtime.publish("t:jobs", {"n": 1})
         async with asyncio.timeout(WAIT_S):
             while runtime.audit.healthy:
@@ -318,8 +303,9 @@ async def test_unwritable_audit_stops_consumers_and_acks_nothing_unaudited(
         info = await runtime.info("t:jobs")
         assert info.message_count == 1  # handled but NOT acked: it went back to the queue
         assert not runtime.audit.gate.is_set()  # consumers take nothing while unwritable
-        disk_full.clear()
+        runtime.audit._fd = real  # room again
         await runtime.join("t:jobs", timeout=WAIT_S)
+    os.close(full)
     assert handled[0] == 0 and handled.count(1) == 2  # redone after the audit came back
     records = lines(tmp_path / "audit.jsonl")
     assert [r["outcome"] for r in records if r["event"] == "consume"] == ["ack", "ack"]

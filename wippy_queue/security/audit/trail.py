@@ -99,6 +99,7 @@ class AuditTrail:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
+        self._fd = -1
         self._clock = _Clock()
         self._file: io.FileIO | None = None
         self._last_fsync = 0.0
@@ -137,6 +138,7 @@ class AuditTrail:
         self._written = (self._seq, self._prev)
         # unbuffered: every write goes straight to the OS (nothing waits in our memory)
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - the trail's lifetime
+        self._fd = self._file.fileno()
         self._size = self.path.stat().st_size
         if self._size and not _ends_with_newline(self.path):
             self._append(b"\n")
@@ -192,9 +194,8 @@ class AuditTrail:
         self._seq, self._prev = seq, digest
         if self.fsync != "always":
             try:
-                assert self._file is not None
-                written = self._file.write(line) or 0
-                if written != len(line):  # a raw write may take only part
+                written = os.write(self._fd, line)
+                if written != len(line):  # a write may take only part
                     self._append(line[written:])
                 self._dirty = True
             except OSError as err:
@@ -244,16 +245,13 @@ class AuditTrail:
 
     def _append(self, data: bytes) -> None:
         """Hand ``data`` to the OS (a page-cache copy: no disk I/O on the loop)."""
-        assert self._file is not None
-        if data:
-            view = memoryview(data)
-            while view:  # a raw write may take only part of it
-                view = view[self._file.write(view) or 0 :]
-            self._dirty = True
+        view = memoryview(data)
+        while view:  # a write may take only part of it
+            view = view[os.write(self._fd, view) :]
+        self._dirty = self._dirty or bool(data)
 
     def _fsync(self) -> None:
-        assert self._file is not None
-        os.fsync(self._file.fileno())
+        os.fsync(self._fd)
         self._last_fsync = time.monotonic()
         self._dirty = False
 
