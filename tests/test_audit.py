@@ -351,3 +351,14 @@ async def test_hot_reload_applies_a_good_file_and_refuses_a_broken_one(tmp_path:
     assert [r["result"] for r in events] == ["applied", "refused"]
     assert events[0]["old_digest"] != events[0]["new_digest"]
     assert events[1]["error"]
+
+
+async def test_a_message_id_that_needs_escaping_is_recorded_as_given(tmp_path: Path) -> None:
+    runtime = app(tmp_path, ok)
+    odd = 'id with "quotes", \\ and ünïcode'
+    async with runtime:
+        await runtime.publish("t:jobs", {"n": 0}, message_id=odd)
+        await runtime.join("t:jobs", timeout=WAIT_S)
+    consumes = [r for r in lines(tmp_path / "audit.jsonl") if r["event"] == "consume"]
+    assert [r["message_id"] for r in consumes] == [odd]
+    assert verify_file(tmp_path / "audit.jsonl").ok
