@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from types import MappingProxyType
 from typing import Any
 
 from wippy_queue.components import default_components
@@ -107,7 +106,7 @@ def _test(security: Security, case_files: list[str]) -> int:
 def _explain(security: Security, args: argparse.Namespace) -> int:
     actor = None
     if args.actor is not None:
-        actor = Actor(args.actor, MappingProxyType(dict(args.meta)))
+        actor = Actor(args.actor, dict(args.meta))
     elif args.meta:
         raise QueryError([("meta", "--meta describes the --actor; add --actor ID")])
     query = Query(

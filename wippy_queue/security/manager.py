@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import MappingProxyType
 from typing import Any
 
 from wippy_queue.registry.entry import Entry
@@ -58,7 +57,7 @@ def settings_of(registry: Registry) -> SecuritySettingsConfig:
 def actor_of(block: SecurityBlock | None) -> Actor | None:
     if block is None or block.actor is None:
         return None
-    return Actor(block.actor.id, MappingProxyType(dict(block.actor.meta)))
+    return Actor(block.actor.id, block.actor.meta)
 
 
 class Security:

@@ -165,7 +165,7 @@ def _case(index: int, item: Any, file: str, problems: list[Problem]) -> Case | N
         return None
     actor = None
     if spec.actor is not None:
-        actor = Actor(spec.actor.id, MappingProxyType(dict(spec.actor.meta)))
+        actor = Actor(spec.actor.id, spec.actor.meta)
     query = Query(
         action=spec.action,
         resource=spec.resource,
