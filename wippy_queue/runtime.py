@@ -40,15 +40,15 @@ log = logging.getLogger(__name__)
 class DriverService:
     """A driver as a supervised service: start it, then declare its queues."""
 
-    def __init__(self, driver: Driver, queues: list[tuple[Queue, dict[str, Any]]]) -> None:
+    def __init__(self, driver: Driver, queues: list[Queue]) -> None:
         self.driver = driver
         self.queues = queues
         self.failed: asyncio.Future[BaseException] | None = None
 
     async def start(self) -> None:
         await self.driver.start()
-        for queue, options in self.queues:
-            await self.driver.declare(queue.name, options)
+        for queue in self.queues:
+            await self.driver.declare(queue.name, queue.options)
 
     async def stop(self) -> None:
         await self.driver.stop()
@@ -117,11 +117,14 @@ class Runtime:
             self.drivers[entry.id] = self.components.drivers[entry.kind](entry)
         for entry in self.registry.of_kind("queue.queue"):
             config = _config(entry, QueueConfig)
+            driver_kind = self.registry.get(config.driver).kind
             self.queues[entry.id] = Queue(
                 id=entry.id,
                 name=config.queue_name or entry.name,
                 driver=self.drivers[config.driver],
                 codec=get_codec(config.codec),
+                # driver_options are keyed by the driver's type: queue.driver.memory -> memory
+                options=config.options_for(driver_kind.removeprefix("queue.driver.")),
             )
         for entry in self.registry.of_kind("queue.queue"):
             config = _config(entry, QueueConfig)
@@ -165,16 +168,7 @@ class Runtime:
     def _build_supervisor(self) -> Supervisor:
         services: dict[str, Supervised] = {}
         for entry_id, driver in self.drivers.items():
-            bound = [
-                (
-                    q,
-                    _config(self.registry.get(q.id), QueueConfig).options_for(
-                        _driver_type(entry_id, self.registry)
-                    ),
-                )
-                for q in self.queues.values()
-                if q.driver is driver
-            ]
+            bound = [q for q in self.queues.values() if q.driver is driver]
             services[entry_id] = self._supervised(entry_id, DriverService(driver, bound))
         for entry_id, consumer in self.consumers.items():
             services[entry_id] = self._supervised(entry_id, consumer)
@@ -271,11 +265,6 @@ class Runtime:
 def _config(entry: Entry, model: type[Any]) -> Any:
     assert isinstance(entry.config, model)
     return entry.config
-
-
-def _driver_type(driver_id: str, registry: Registry) -> str:
-    """``queue.driver.memory`` -> ``memory`` (the key of ``driver_options``)."""
-    return registry.get(driver_id).kind.removeprefix("queue.driver.")
 
 
 def _audit_trail(registry: Registry, path: str | os.PathLike[str] | None) -> AuditTrail | None:

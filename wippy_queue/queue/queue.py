@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from wippy_queue.queue.codec import Codec
 from wippy_queue.queue.driver import Delivery, Driver, QueueInfo
@@ -31,6 +32,8 @@ class Queue:
     codec: Codec
     dead_letter: Queue | None = None
     max_attempts: int = 0
+    #: driver-specific options, given to the driver when it declares the queue
+    options: dict[str, Any] = field(default_factory=dict)
     consumers: list[str] = field(default_factory=list)
 
     async def put(self, message: Message) -> None:
