@@ -63,13 +63,15 @@ class Row:
     fsync: str | None
     folder: Path
     rates: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
         return statistics.median(self.rates)
 
 
-async def run_once(row: Row, n: int) -> float:
+async def run_once(row: Row, n: int) -> tuple[float, float]:
+    """Messages per second (wall) and CPU microseconds per message (all threads)."""
     handlers: Any = sys.modules[HANDLERS_MODULE]
     handlers.done = itertools.count()
     audit = row.folder / "audit.jsonl"
@@ -77,18 +79,19 @@ async def run_once(row: Row, n: int) -> float:
     runtime = Runtime.load(row.folder / "entries.yaml")
     async with runtime:
         gc.collect()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for i in range(n):
             await runtime.publish("bench:jobs", {"i": i})
         await runtime.join("bench:jobs")
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
     if next(handlers.done) != n:
         raise SystemExit(f"{row.key}: messages were lost")
     if row.fsync is not None:
         result = verify_file(audit)
         if not result.ok or result.records != n + 1:  # + the header
             raise SystemExit(f"{row.key}: audit file has {result.records} records for {n}")
-    return n / elapsed
+    return n / elapsed, cpu / n * 1e6
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,16 +115,22 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_once(row, max(args.n // 10, 100)))  # warm-up
     for round_no in range(args.repeat):
         for row in rows:
-            row.rates.append(asyncio.run(run_once(row, args.n)))
-            print(f"  round {round_no + 1} {row.key:<13} {row.rates[-1]:>9,.0f}", file=sys.stderr)
-    base = rows[0].median
+            rate, cpu_us = asyncio.run(run_once(row, args.n))
+            row.rates.append(rate)
+            row.cpu_us.append(cpu_us)
+            print(
+                f"  round {round_no + 1} {row.key:<13} {rate:>9,.0f} {cpu_us:6.1f}", file=sys.stderr
+            )
+    base, base_cpu = rows[0].median, statistics.median(rows[0].cpu_us)
     print(f"\nN = {args.n:,}, {args.repeat} runs per row (medians), concurrency 4, prefetch 20\n")
-    print("| row | median msg/s | range msg/s | vs unaudited |")
-    print("|---|---:|---:|---:|")
+    print("| row | median msg/s | range msg/s | vs unaudited | CPU µs/msg | CPU vs unaudited |")
+    print("|---|---:|---:|---:|---:|---:|")
     for row in rows:
         low, high = min(row.rates), max(row.rates)
+        cpu = statistics.median(row.cpu_us)
         print(
-            f"| {row.key} | {row.median:,.0f} | {low:,.0f}-{high:,.0f} | {row.median / base:.0%} |"
+            f"| {row.key} | {row.median:,.0f} | {low:,.0f}-{high:,.0f} | {row.median / base:.0%} "
+            f"| {cpu:.1f} | {base_cpu / cpu:.0%} |"
         )
     return 0
 
