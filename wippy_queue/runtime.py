@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -63,7 +64,10 @@ class Runtime:
         strict: bool | None = None,
         signing_key: str | None = None,
         audit_path: str | os.PathLike[str] | None = None,
+        sources: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
+        """``sources``: the entry files or folders ``registry`` was loaded from; given,
+        their ``security.policy`` entries are reloaded when the files change."""
         self.registry = registry
         self.components = components or default_components()
         self.audit = _audit_trail(registry, audit_path)
@@ -73,9 +77,12 @@ class Runtime:
             registry, strict=strict, signing_key=signing_key, recorders=recorders
         )
         self.policy_watcher = PolicyWatcher(
-            list(self.security.casbin_units.values()),
-            self.security.clear_caches,
+            self.security,
             [self._recorder.policy_reload] if self._recorder else [],
+            entry_files=sorted({entry.location.file for entry in registry}),
+            load_entries=partial(load_registry, sources, self.components.kinds)
+            if sources
+            else None,
         )
         self.drivers: dict[str, Driver] = {}
         self.queues: dict[str, Queue] = {}
@@ -108,6 +115,7 @@ class Runtime:
             strict=strict,
             signing_key=signing_key,
             audit_path=audit_path,
+            sources=paths,
         )
 
     # -- building ---------------------------------------------------------------

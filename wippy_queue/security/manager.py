@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from wippy_queue.errors import WippyQueueError
 from wippy_queue.registry.entry import Entry
 from wippy_queue.registry.models import ConsumerConfig, QueueConfig, SecurityBlock
 from wippy_queue.registry.registry import Registry
@@ -22,6 +24,26 @@ from wippy_queue.security.scope import Scope
 from wippy_queue.security.units import CasbinUnit, PolicyUnit, WippyRulesUnit
 
 POLICY_KINDS = ("security.policy", "security.policy.casbin")
+PolicyConfig = WippyPolicyConfig | CasbinPolicyConfig
+
+
+class ReloadRefused(WippyQueueError):
+    """Entry files changed in a way the running consumers cannot take without a restart."""
+
+
+@dataclass(frozen=True)
+class PolicyPlan:
+    """Changed policy entries, checked and compiled off the event loop, ready to install."""
+
+    #: policy id -> its config, as now written
+    configs: dict[str, PolicyConfig]
+    casbin_units: dict[str, CasbinUnit]
+    #: consumer id -> the units its scope decides with from now on
+    scopes: dict[str, tuple[PolicyUnit, ...]]
+    #: policy ids added, removed or changed
+    changed: tuple[str, ...]
+    #: other entries that changed: those changes take effect at the next start
+    restart_needed: tuple[str, ...]
 
 
 def policies_of(registry: Registry, block: SecurityBlock) -> list[str]:
@@ -75,6 +97,7 @@ class Security:
         self.stamper = Stamper(signing_key or settings.signing_key, dead_letter_sources(registry))
         self.backoff: DenyBackoff = settings.deny_backoff
         self.recorders = tuple(recorders)
+        self.policy_configs = _policy_configs(registry)
         self.casbin_units: dict[str, CasbinUnit] = {}
         self.scopes: dict[str, Scope] = {}
         self.checked_any = False
@@ -84,26 +107,57 @@ class Security:
                 self.checked_any = True
                 self.scopes[entry.id] = self.scope_for(entry.id, policies_of(registry, block))
 
-    def _casbin(self, entry: Entry) -> CasbinUnit:
-        unit = self.casbin_units.get(entry.id)
-        if unit is None:
-            assert isinstance(entry.config, CasbinPolicyConfig)
-            unit = self.casbin_units[entry.id] = CasbinUnit(entry.id, entry.config)
-        return unit
-
     def scope_for(self, name: str, policy_ids: list[str]) -> Scope:
         """A scope over ``policy_ids``: Wippy rules in one unit, each Casbin entry in its own."""
-        wippy: list[tuple[str, WippyPolicyConfig]] = []
-        units: list[PolicyUnit] = []
-        for pid in policy_ids:
-            entry = self.registry.get(pid)
-            if isinstance(entry.config, WippyPolicyConfig):
-                wippy.append((pid, entry.config))
-            else:
-                units.append(self._casbin(entry))
-        if wippy:
-            units.insert(0, WippyRulesUnit(wippy))
-        return Scope(name, units)
+        return Scope(name, _units(policy_ids, self.policy_configs, self.casbin_units))
+
+    def plan_reload(self, written: Registry) -> PolicyPlan:
+        """What the policy entries of ``written`` (the entry files, loaded again) change.
+
+        Runs in a thread: builds new units and touches nothing in force. Consumers keep
+        their security blocks (actor, policies, groups) until a restart; the policies
+        they name, and the groups' members, are taken as now written. A Casbin entry
+        whose config changed is loaded again (its files are also watched on their own).
+        Raises ReloadRefused when a running consumer would lose a policy it names.
+        """
+        configs = _policy_configs(written)
+        changed = tuple(
+            sorted(
+                pid
+                for pid in {*configs, *self.policy_configs}
+                if configs.get(pid) != self.policy_configs.get(pid)
+            )
+        )
+        casbin = {
+            pid: self.casbin_units[pid]
+            if pid not in changed and pid in self.casbin_units
+            else CasbinUnit(pid, config)
+            for pid, config in configs.items()
+            if isinstance(config, CasbinPolicyConfig)
+        }
+        scopes: dict[str, tuple[PolicyUnit, ...]] = {}
+        for entry in self.registry.of_kind("queue.consumer"):
+            block = _block(entry)
+            if block is None:
+                continue
+            missing = [pid for pid in block.policies if pid not in configs]
+            if missing:
+                raise ReloadRefused(
+                    f"running consumer {entry.id} names policy {', '.join(missing)}, which the "
+                    "entry files no longer define: put it back (or restart to drop it)"
+                )
+            scopes[entry.id] = _units(policies_of(written, block), configs, casbin)
+        running = {e.id: e.config for e in self.registry if e.id not in self.policy_configs}
+        now = {e.id: e.config for e in written if e.id not in configs}
+        restart = tuple(sorted(i for i in {*running, *now} if running.get(i) != now.get(i)))
+        return PolicyPlan(configs, casbin, scopes, changed, restart)
+
+    def install(self, plan: PolicyPlan) -> None:
+        """Put a plan in force (on the event loop, between decisions); caches are dropped."""
+        self.policy_configs = plan.configs
+        self.casbin_units = plan.casbin_units
+        for consumer_id, units in plan.scopes.items():
+            self.scopes[consumer_id].replace(units)
 
     def consumer_context(self, entry: Entry) -> dict[str, Any]:
         block = _block(entry)
@@ -133,6 +187,30 @@ class Security:
     def clear_caches(self) -> None:
         for scope in self.scopes.values():
             scope.clear()
+
+
+def _policy_configs(registry: Registry) -> dict[str, PolicyConfig]:
+    return {e.id: e.config for e in registry if isinstance(e.config, PolicyConfig)}
+
+
+def _units(
+    policy_ids: list[str], configs: dict[str, PolicyConfig], casbin: dict[str, CasbinUnit]
+) -> tuple[PolicyUnit, ...]:
+    """Wippy rules in one unit (first), each Casbin entry in its own (loaded once)."""
+    wippy: list[tuple[str, WippyPolicyConfig]] = []
+    units: list[PolicyUnit] = []
+    for pid in policy_ids:
+        config = configs[pid]
+        if isinstance(config, WippyPolicyConfig):
+            wippy.append((pid, config))
+        else:
+            unit = casbin.get(pid)
+            if unit is None:
+                unit = casbin[pid] = CasbinUnit(pid, config)
+            units.append(unit)
+    if wippy:
+        units.insert(0, WippyRulesUnit(wippy))
+    return tuple(units)
 
 
 def _block(entry: Entry) -> SecurityBlock | None:

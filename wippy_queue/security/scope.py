@@ -59,6 +59,11 @@ class Scope:
     def clear(self) -> None:
         self._cache.clear()
 
+    def replace(self, units: Sequence[PolicyUnit]) -> None:
+        """Decide with ``units`` from now on (a policy reload); cached decisions go."""
+        self.units = tuple(units)
+        self._cache.clear()
+
     def check(self, request: Request) -> Decision:
         self.checks += 1
         key = self._key(request)
