@@ -187,7 +187,15 @@ def test_cli_run_audit_flag_and_show_filters(
     assert "worker-a" in table and "svc-b" not in table and "ACTOR" in table
     assert main(["audit", "show", str(audit), "--since", "2999-01-01"]) == 0
     assert "(0 records)" in capsys.readouterr().out
+    assert main(["audit", "show", str(audit), "--since", "10m"]) == 0  # a duration ago
+    assert "worker-a" in capsys.readouterr().out
     assert main(["audit", "show", str(audit), "--since", "yesterday"]) == 2
+    assert "duration ago" in capsys.readouterr().err
+
+    audit.write_text(audit.read_text().replace('"worker-a"', '"worker-z"'))
+    assert main(["audit", "show", str(audit), "--actor", "worker-z"]) == 1  # shown, but flagged
+    out, err = capsys.readouterr()
+    assert "worker-z" in out and "fails verification" in err and "cannot be trusted" in err
 
 
 # -- tamper evidence ---------------------------------------------------------------

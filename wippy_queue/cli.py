@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -69,16 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except argparse.ArgumentTypeError as err:
             parser.error(f"--publish: {err}")
     try:
-        if args.command == "validate":
-            return _validate(args.paths)
-        if args.command == "info":
-            return _info(args.paths)
-        if args.command == "audit":
-            return cli_audit.run(args)
-        if args.command == "policy":
-            return cli_policy.run(args)
-        logs.setup(args.log_format, args.log_level)
-        return asyncio.run(_run(args))
+        return _dispatch(args)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 1
@@ -87,6 +79,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`... | head`): not an error of ours
+        # Python flushes stdout at exit; point it at /dev/null so that flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "validate":
+        return _validate(args.paths)
+    if args.command == "info":
+        return _info(args.paths)
+    if args.command == "audit":
+        return cli_audit.run(args)
+    if args.command == "policy":
+        return cli_policy.run(args)
+    logs.setup(args.log_format, args.log_level)
+    return asyncio.run(_run(args))
 
 
 def _validate(paths: list[str]) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from wippy_queue.security.audit.chain import verify_file
-from wippy_queue.security.audit.show import Filter, parse_time, records, table
+from wippy_queue.security.audit.show import Filter, parse_since, records, table
 
 
 def add_parser(sub: Any) -> None:
@@ -22,7 +22,11 @@ def add_parser(sub: Any) -> None:
     show.add_argument("--denied", action="store_true", help="only denied decisions")
     show.add_argument("--actor", metavar="ID")
     show.add_argument("--queue", metavar="ID")
-    show.add_argument("--since", metavar="TIME", help="ISO time, e.g. 2026-11-27T18:00:00Z")
+    show.add_argument(
+        "--since",
+        metavar="TIME",
+        help="an ISO time (2026-11-27T18:00:00Z) or a duration ago (90s, 15m, 2h)",
+    )
     show.add_argument("--json", action="store_true", help="JSON lines instead of a table")
 
 
@@ -35,9 +39,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.file}: {result.summary()}")
         return 0 if result.ok else 1
     try:
-        since = parse_time(args.since) if args.since else None
+        since = parse_since(args.since) if args.since else None
     except ValueError:
-        print(f"wippy-queue audit: --since {args.since!r} is not an ISO time", file=sys.stderr)
+        print(
+            f"wippy-queue audit: --since {args.since!r} is neither an ISO time "
+            "(2026-11-27T18:00:00Z) nor a duration ago (90s, 15m, 2h)",
+            file=sys.stderr,
+        )
         return 2
     keep = Filter(args.denied, args.actor, args.queue, since)
     rows = [r for r in records(args.file) if keep.keep(r)]
@@ -47,4 +55,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(table(rows))
         print(f"({len(rows)} records)")
+    # Records are shown as written; a reader must not take a tampered file at its word.
+    result = verify_file(args.file)
+    if not result.ok:
+        print(
+            f"wippy-queue audit: WARNING: {args.file} fails verification ({result.summary()}); "
+            "records from that line on cannot be trusted",
+            file=sys.stderr,
+        )
+        return 1
     return 0

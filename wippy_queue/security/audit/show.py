@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from wippy_queue.registry.types import parse_duration
 from wippy_queue.security.audit.chain import HEADER, RESUMED
 
 COLUMNS = (
@@ -48,6 +49,15 @@ def parse_time(text: str) -> datetime:
     """ISO 8601 (``2026-11-27T18:00:00Z``, or a date); naive times are UTC."""
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """An ISO time (see ``parse_time``) or a duration ago: ``90s``, ``15m``, ``2h``."""
+    try:
+        return parse_time(text)
+    except ValueError:
+        ago = parse_duration(text)  # ValueError when it is neither
+    return (now or datetime.now(UTC)) - timedelta(seconds=ago)
 
 
 def records(path: Path) -> Iterator[dict[str, Any]]:
