@@ -198,6 +198,46 @@ def test_cli_run_audit_flag_and_show_filters(
     assert "worker-z" in out and "fails verification" in err and "cannot be trusted" in err
 
 
+# -- durability ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fsync", ["never", "batch", "always"])
+async def test_records_reach_the_disk_as_the_fsync_mode_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: str
+) -> None:
+    from wippy_queue.security.audit import trail as trail_module
+
+    syncs: list[int] = []  # file sizes at each sync
+    synced = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    path = tmp_path / "t.jsonl"
+
+    def spy(fd: int) -> None:
+        syncs.append(os.fstat(fd).st_size)
+        loop.call_soon_threadsafe(synced.set)
+
+    monkeypatch.setattr(trail_module, "_sync_data", spy)
+    trail = AuditTrail(path, fsync=fsync)  # type: ignore[arg-type]
+    await trail.open()
+    syncs.clear()
+    await trail.record({"event": "consume", "message_id": "m0"})
+    size = path.stat().st_size
+    if fsync == "always":
+        assert syncs == [size]  # acked only once on disk
+    elif fsync == "batch":
+        async with asyncio.timeout(2.0):  # on disk within ~100 ms
+            while not (syncs and syncs[-1] >= size):
+                synced.clear()
+                await synced.wait()
+    await trail.record({"event": "consume", "message_id": "m1"})
+    await trail.close()
+    if fsync == "never":
+        assert syncs == []  # left to the OS
+    else:
+        assert syncs[-1] == path.stat().st_size  # and everything at stop
+    assert verify_file(path).records == 3
+
+
 # -- tamper evidence ---------------------------------------------------------------
 
 

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 FsyncMode = Literal["always", "batch", "never"]
 FSYNC_EVERY_S = 0.1
+#: data and the size that reaches it, without the timestamps fsync also writes (as a WAL does)
+_sync_data = getattr(os, "fdatasync", os.fsync)
 
 
 class AuditUnavailable(WippyQueueError):
@@ -168,7 +170,7 @@ class AuditTrail:
         with contextlib.suppress(OSError):
             self._file.flush()
             if self.fsync != "never":
-                os.fsync(self._file.fileno())
+                _sync_data(self._file.fileno())
         self._file.close()
         self._file = None
 
@@ -251,7 +253,7 @@ class AuditTrail:
         self._dirty = self._dirty or bool(data)
 
     def _fsync(self) -> None:
-        os.fsync(self._fd)
+        _sync_data(self._fd)
         self._last_fsync = time.monotonic()
         self._dirty = False
 
