@@ -1,11 +1,14 @@
 """``function.python``: a Python callable, async or plain.
 
 Plain functions run in a per-consumer thread pool of ``concurrency`` threads with
-the call context copied in (the stdlib does not do that for executors).
+the call context copied in (the stdlib does not do that for executors). A call that
+outlives its caller (the consumer's timeout) gets its thread replaced, so a hung
+handler does not take the consumer's capacity away.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import inspect
@@ -76,7 +79,7 @@ class PythonHandler(Handler):
 
     async def start(self, *, concurrency: int) -> None:
         if not self._async and self._threads is None:
-            self._threads = HandlerThreads(concurrency, self.entry_id)
+            self._threads = HandlerThreads(concurrency, self.entry_id, replace_abandoned=True)
 
     async def close(self) -> None:
         if self._threads is not None:
@@ -86,8 +89,14 @@ class PythonHandler(Handler):
     async def call(self, data: Any) -> Any:
         if self._async:
             return await self._fn(data)
-        assert self._threads is not None, "start() the handler first"
-        return await self._threads.submit(self._fn, data)
+        threads = self._threads
+        assert threads is not None, "start() the handler first"
+        future = threads.submit(self._fn, data)
+        try:
+            return await future
+        except asyncio.CancelledError:  # timed out or stopped: free its thread if it hangs
+            threads.stopped_waiting(future)
+            raise
 
 
 class PythonFunctions:

@@ -5,16 +5,31 @@ less here): jobs go through a ``SimpleQueue`` and results come back with one
 ``call_soon_threadsafe``. Each job runs in a copy of the caller's context, so the
 call context reaches the handler. The threads are daemons: a handler that hangs
 past its timeout cannot keep the process from exiting.
+
+A thread cannot be stopped from outside, so a call whose caller stopped waiting
+(timed out, cancelled) keeps its thread busy until it returns. With
+``replace_abandoned=True`` the caller reports that with ``stopped_waiting``: if the
+call is still running, its thread is abandoned (it ends once the call returns) and
+a new one takes its place, so ``count`` threads stay free for new work. Abandoned
+threads still running are bounded by ``MAX_ABANDONED_PER_THREAD`` x ``count``; past
+that, nothing is replaced and an error says the process should be restarted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
+import logging
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: abandoned threads still running, per thread of the pool, before replacing stops
+MAX_ABANDONED_PER_THREAD = 4
 
 _Job = tuple[
     asyncio.AbstractEventLoop,
@@ -34,15 +49,31 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_exception(error)
 
 
+class _Worker:
+    """One thread and the future of the call it runs (its thread writes ``running``,
+    the event loop reads it; ``abandoned`` goes the other way)."""
+
+    __slots__ = ("abandoned", "running", "thread")
+
+    def __init__(self, run: Callable[[_Worker], None], name: str) -> None:
+        self.running: asyncio.Future[Any] | None = None
+        self.abandoned = False
+        self.thread = threading.Thread(target=run, args=(self,), name=name, daemon=True)
+
+
 class HandlerThreads:
-    def __init__(self, count: int, name: str) -> None:
+    def __init__(self, count: int, name: str, *, replace_abandoned: bool = False) -> None:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
-            for i in range(count)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._name = name
+        self._count = count
+        self._replace = replace_abandoned
+        self._numbers = itertools.count()
+        self._closed = False
+        self._leak_reported = False
+        #: the threads taking new jobs (always ``count`` of them)
+        self._workers = [self._start_worker() for _ in range(count)]
+        #: threads given up on whose call may still be running
+        self._abandoned: list[_Worker] = []
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run ``fn(*args)`` in a thread under the caller's context; await the result."""
@@ -51,23 +82,82 @@ class HandlerThreads:
         self._jobs.put((loop, future, contextvars.copy_context(), fn, args))
         return future
 
-    def _run(self) -> None:
+    def stopped_waiting(self, future: asyncio.Future[Any]) -> None:
+        """Say that nobody waits for ``future`` any more (call from the event loop).
+
+        Only with ``replace_abandoned``: if its call is running, the thread is
+        abandoned and replaced, unless too many abandoned threads are still running.
+        """
+        if not self._replace or self._closed:
+            return
+        for index, worker in enumerate(self._workers):
+            if worker.running is future:
+                self._abandon(index, worker)
+                return
+
+    @property
+    def abandoned_running(self) -> int:
+        """Abandoned threads whose call has not returned yet."""
+        self._abandoned = [w for w in self._abandoned if w.thread.is_alive()]
+        return len(self._abandoned)
+
+    def _abandon(self, index: int, worker: _Worker) -> None:
+        name = worker.thread.name
+        limit = MAX_ABANDONED_PER_THREAD * self._count
+        if self.abandoned_running >= limit:
+            if not self._leak_reported:
+                self._leak_reported = True
+                log.error(
+                    "%s: %d abandoned handler threads are still running (limit %d); not "
+                    "replacing thread %s: the process is leaking hung handler threads and "
+                    "capacity is shrinking; fix the handler and restart the process",
+                    self._name,
+                    len(self._abandoned),
+                    limit,
+                    name,
+                )
+            return
+        self._leak_reported = False
+        worker.abandoned = True
+        self._abandoned.append(worker)
+        self._workers[index] = self._start_worker()
+        log.warning(
+            "%s: a call outlived its caller (timeout or cancel) and still runs in thread %s; "
+            "started a replacement, that thread ends when the call returns",
+            self._name,
+            name,
+        )
+
+    def _start_worker(self) -> _Worker:
+        worker = _Worker(self._run, f"{self._name}-{next(self._numbers)}")
+        worker.thread.start()
+        return worker
+
+    def _run(self, worker: _Worker) -> None:
         while (job := self._jobs.get()) is not None:
             loop, future, ctx, fn, args = job
-            if future.done():
-                continue  # cancelled before it started
+            worker.running = future  # before the check: stopped_waiting cannot miss it
+            if future.done():  # cancelled before it started
+                worker.running = None
+                if worker.abandoned:
+                    return
+                continue
             result, error = None, None
             try:
                 result = ctx.run(fn, *args)
             except BaseException as err:
                 error = err
+            worker.running = None
             try:
                 loop.call_soon_threadsafe(_resolve, future, result, error)
             except RuntimeError:
                 return  # the loop is closed: nobody waits any more
+            if worker.abandoned:
+                return  # a replacement took this thread's place
 
     def close(self) -> None:
         """Cancel queued jobs and let the threads end (a running call finishes first)."""
+        self._closed = True
         while True:
             try:
                 job = self._jobs.get_nowait()
@@ -75,5 +165,7 @@ class HandlerThreads:
                 break
             if job is not None:
                 job[1].cancel()
-        for _ in self._threads:
+        # one stop per thread that may still take a job, abandoned ones included (one
+        # abandoned just as its call returned may be waiting for a job); extras are harmless
+        for _ in range(len(self._workers) + self.abandoned_running):
             self._jobs.put(None)
