@@ -438,6 +438,8 @@ def test_entry_shape_mistakes_are_problems_not_tracebacks(tmp_path: Path) -> Non
         (line_of(path, "BOOL-FOR-INT"), "app:c", "concurrency"): "integer",
         (line_of(path, "STRING-FOR-BOOL"), "app:c", "auto_ack"): "boolean",
         (line_of(path, "FLOAT-FOR-INT"), "app:c", "lifecycle.restart.max_attempts"): "integer",
+        # reported beside the field errors of the same entry, not after they are fixed
+        (line_of(path, "func: fn"), "app:c", "func"): "'app:fn', which is not defined",
     }
     assert set(got) == set(expected), "\n".join(map(str, caught.value.problems))
     for key, words in expected.items():

@@ -4,30 +4,42 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from wippy_queue.errors import ConfigError, Problem
-from wippy_queue.registry.entry import Entry, Location
+from wippy_queue.registry.entry import Entry, Location, Reference
 from wippy_queue.registry.graph import find_cycles
 from wippy_queue.registry.ids import valid_part
 from wippy_queue.registry.kinds import KindTable
+from wippy_queue.registry.partial import written_references
 from wippy_queue.registry.registry import Registry
 from wippy_queue.registry.source import LineDict, RawEntry, read_entries
+
+
+@dataclass(frozen=True, slots=True)
+class _Invalid:
+    """An entry that failed validation: the references its valid fields still make."""
+
+    id: str
+    location: Location
+    references: list[Reference]
 
 
 def load_registry(paths: Iterable[str | os.PathLike[str]], kinds: KindTable) -> Registry:
     raws, problems = read_entries(paths)
     entries: dict[str, Entry] = {}
+    invalid: list[_Invalid] = []
+    seen: dict[str, Location] = {}
     for raw in raws:
-        entry = _validate(raw, kinds, entries, problems)
-        if entry is not None:
-            entries[entry.id] = entry
-    # entries written but invalid already have their own problems: a reference to
-    # one is not reported again as "not defined"
-    declared = {f"{raw.namespace}:{raw.name}" for raw in raws if isinstance(raw.name, str)}
-    dependencies, fields = _check_references(entries, declared, problems)
+        result = _validate(raw, kinds, seen, problems)
+        if isinstance(result, Entry):
+            entries[result.id] = result
+        elif result is not None:
+            invalid.append(result)
+    dependencies, fields = _check_references(entries, invalid, _declared(raws, kinds), problems)
     problems += _find_cycles(entries, dependencies, fields)
     registry = Registry(entries, dependencies)
     warnings: list[Problem] = []
@@ -45,9 +57,25 @@ def load_registry(paths: Iterable[str | os.PathLike[str]], kinds: KindTable) -> 
     return Registry(entries, dependencies, tuple(warnings))
 
 
+def _declared(raws: list[RawEntry], kinds: KindTable) -> dict[str, str | None]:
+    """Every ID written, valid or not, with its kind (None when that is no known kind).
+
+    An entry written but invalid already has its own problems: a reference to it is
+    not reported again as "not defined", only when its kind is wrong.
+    """
+    declared: dict[str, str | None] = {}
+    for raw in raws:
+        if isinstance(raw.name, str):
+            known = isinstance(raw.kind, str) and kinds.model(raw.kind) is not None
+            key = f"{raw.namespace}:{raw.name}"
+            if declared.get(key) is None:  # the first of an ID with a known kind is the one
+                declared[key] = raw.kind if known else None
+    return declared
+
+
 def _validate(
-    raw: RawEntry, kinds: KindTable, seen: dict[str, Entry], problems: list[Problem]
-) -> Entry | None:
+    raw: RawEntry, kinds: KindTable, seen: dict[str, Location], problems: list[Problem]
+) -> Entry | _Invalid | None:
     def problem(message: str, field: str | None = None, entry_id: str | None = None) -> None:
         line = raw.field_lines.get(field, raw.line) if field else raw.line
         problems.append(Problem(message, raw.file, line, entry_id, field))
@@ -70,24 +98,44 @@ def _validate(
         problem(f"unknown kind {raw.kind!r}; known kinds: {known}", "kind", entry_id)
         return None
     if entry_id in seen:
-        first = seen[entry_id].location
+        first = seen[entry_id]
         problem(
             f"duplicate ID: already defined at {first.file}:{first.line}; rename one",
             "name",
             entry_id,
         )
         return None
-    try:
-        config = model.model_validate(raw.data, context={"namespace": raw.namespace})
-    except ValidationError as err:
-        for error in err.errors():
-            field, line = _locate(error["loc"], raw)
-            problems.append(
-                Problem(_explain(error, model), raw.file, line, entry_id, field or None)
-            )
-        return None
     location = Location(raw.file, raw.line, _field_lines(raw.field_lines, raw.data))
+    seen[entry_id] = location  # valid or not: a second entry of this ID is a duplicate
+    context = {"namespace": raw.namespace}
+    try:
+        config = model.model_validate(raw.data, context=context)
+    except ValidationError as err:
+        wrong_fields = _report(err, model, raw, entry_id, problems)
+        refs = written_references(model, raw.data, context)
+        refs = [ref for ref in refs if not _overlaps(ref.field, wrong_fields)]
+        return _Invalid(entry_id, location, refs)
     return Entry(entry_id, raw.kind, raw.namespace, raw.name, raw.meta, config, location)
+
+
+def _report(
+    err: ValidationError, model: type, raw: RawEntry, entry_id: str, problems: list[Problem]
+) -> set[str]:
+    """One problem per validation error; the fields they name."""
+    fields = set()
+    for error in err.errors():
+        field, line = _locate(error["loc"], raw)
+        problems.append(Problem(_explain(error, model), raw.file, line, entry_id, field or None))
+        fields.add(field)
+    return fields
+
+
+def _overlaps(field: str, wrong_fields: set[str]) -> bool:
+    """Whether ``field`` has an error itself, in a part of it, or in a field around it."""
+    return any(
+        wrong and (f"{field}.".startswith(f"{wrong}.") or wrong.startswith(f"{field}."))
+        for wrong in wrong_fields
+    )
 
 
 def _field_lines(lines: dict[str, int], node: dict[Any, Any], prefix: str = "") -> dict[str, int]:
@@ -143,45 +191,50 @@ def _explain(error: Any, model: type) -> str:
 
 
 def _check_references(
-    entries: dict[str, Entry], declared: set[str], problems: list[Problem]
+    entries: dict[str, Entry],
+    invalid: list[_Invalid],
+    declared: dict[str, str | None],
+    problems: list[Problem],
 ) -> tuple[dict[str, tuple[str, ...]], dict[tuple[str, str], str]]:
-    """Each entry's dependencies, and the field that makes each dependency edge."""
+    """Each entry's dependencies, and the field that makes each dependency edge.
+
+    The references of invalid entries are checked too (so that every problem is
+    reported at once), but make no dependency edges: those entries never run.
+    """
     dependencies: dict[str, tuple[str, ...]] = {}
     fields: dict[tuple[str, str], str] = {}
+    found: dict[Problem, None] = {}  # a target written twice in one field is one problem
     for entry in entries.values():
         deps: list[str] = []
         for ref in entry.config.references():
-            line = entry.location.line_of(ref.field)
-            target = entries.get(ref.target)
-            if target is None and ref.target in declared:
-                continue
-            if target is None:
-                problems.append(
-                    Problem(
-                        f"refers to {ref.target!r}, which is not defined; "
-                        "check the name or add the entry",
-                        entry.location.file,
-                        line,
-                        entry.id,
-                        ref.field,
-                    )
-                )
-            elif not ref.allows(target.kind):
-                problems.append(
-                    Problem(
-                        f"refers to {ref.target!r}, a {target.kind}; it must be "
-                        f"{' or '.join(ref.kinds)}",
-                        entry.location.file,
-                        line,
-                        entry.id,
-                        ref.field,
-                    )
-                )
-            elif ref.dependency and ref.target not in deps:
+            wrong = _reference_problem(ref, entry.id, entry.location, declared)
+            if wrong is not None:
+                found[wrong] = None
+            elif ref.dependency and ref.target in entries and ref.target not in deps:
                 deps.append(ref.target)
                 fields[(entry.id, ref.target)] = ref.field
         dependencies[entry.id] = tuple(deps)
+    for bad in invalid:
+        for ref in bad.references:
+            wrong = _reference_problem(ref, bad.id, bad.location, declared)
+            if wrong is not None:
+                found[wrong] = None
+    problems += found
     return dependencies, fields
+
+
+def _reference_problem(
+    ref: Reference, entry_id: str, where: Location, declared: dict[str, str | None]
+) -> Problem | None:
+    """What is wrong with ``ref`` (written by ``entry_id``), or None."""
+    if ref.target not in declared:
+        message = f"refers to {ref.target!r}, which is not defined; check the name or add the entry"
+    else:
+        kind = declared[ref.target]
+        if kind is None or ref.allows(kind):
+            return None
+        message = f"refers to {ref.target!r}, a {kind}; it must be {' or '.join(ref.kinds)}"
+    return Problem(message, where.file, where.line_of(ref.field), entry_id, ref.field)
 
 
 def _find_cycles(
