@@ -322,6 +322,23 @@ async def test_opening_a_tampered_file_is_refused(trail_file: Path) -> None:
         await trail.open()
 
 
+def test_an_audit_file_that_cannot_be_opened_stops_the_run_with_where_it_was_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = write(tmp_path / "not-a-folder", "")
+    flag = ["run", "examples/seed", "--until-idle", "--timeout", "10", "--audit"]
+    assert main([*flag, str(blocker / "audit.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot open the audit file" in err and "given by --audit" in err
+    assert "Traceback" not in err
+
+    app(tmp_path, ok)  # its security.audit entry writes file://audit.jsonl
+    (tmp_path / "audit.jsonl").mkdir()
+    assert main(["run", str(tmp_path), "--until-idle", "--timeout", "10"]) == 1
+    err = capsys.readouterr().err
+    assert "app.yaml:" in err and "t:audit: path" in err and "Is a directory" in err
+
+
 # -- fail closed -------------------------------------------------------------------
 
 

@@ -282,5 +282,9 @@ def _audit_trail(registry: Registry, path: str | os.PathLike[str] | None) -> Aud
     assert config is None or isinstance(config, AuditConfig)
     if path is None and config is None:
         return None
-    target = path if path is not None else config.file()  # type: ignore[union-attr]
-    return AuditTrail(target, fsync=config.fsync if config else "batch")
+    if path is not None:
+        return AuditTrail(path, fsync=config.fsync if config else "batch", origin="--audit")
+    assert config is not None
+    entry = entries[0]
+    origin = f"{entry.location.file}:{entry.location.line_of('path')}: {entry.id}: path"
+    return AuditTrail(config.file(), fsync=config.fsync, origin=origin)

@@ -86,9 +86,16 @@ def _new_batch() -> _Batch:
 
 class AuditTrail:
     def __init__(
-        self, path: str | os.PathLike[str], *, fsync: FsyncMode = "batch", retry_s: float = 1.0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fsync: FsyncMode = "batch",
+        retry_s: float = 1.0,
+        origin: str | None = None,
     ) -> None:
         self.path = Path(path)
+        #: where the path was given (an entry's field, ``--audit``), for error messages
+        self.origin = origin
         self.fsync: FsyncMode = fsync
         self.retry_s = retry_s
         self.error: str | None = None
@@ -115,7 +122,14 @@ class AuditTrail:
 
     async def open(self) -> None:
         """Open (or continue) the file; a torn last line is ended and marked."""
-        first = await asyncio.to_thread(self._open_file)
+        try:
+            first = await asyncio.to_thread(self._open_file)
+        except OSError as err:
+            where = f" (given by {self.origin})" if self.origin else ""
+            raise AuditUnavailable(
+                f"cannot open the audit file {self.path}{where}: {err.strerror or err}; "
+                "nothing runs unaudited: give a path to a writable file"
+            ) from err
         self._task = asyncio.create_task(self._writer(), name="audit-writer")
         self.gate.set()
         if first is not None:
