@@ -336,6 +336,10 @@ def test_explain_an_unchecked_consumer(
             ["--consumer", "app.mt:worker_a", "--actor", "x"],
             "give either 'consumer' or 'actor'",
         ),
+        (  # a stamp is never read from headers: a result here would mislead
+            ["--consumer", "app.mt:worker_a", "--header", "x_publisher=svc-a"],
+            "--header: x_publisher: the runtime's provenance stamp",
+        ),
     ],
 )
 def test_explain_bad_requests_exit_2(

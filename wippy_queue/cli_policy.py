@@ -24,7 +24,7 @@ from wippy_queue.security.authoring.runner import run_cases, summary
 from wippy_queue.security.manager import Security
 
 BAD_INPUT = 2
-_FLAGS = {"policies": "policy", "groups": "group"}
+_FLAGS = {"policies": "policy", "groups": "group", "headers": "header"}
 
 
 def _pair(text: str) -> tuple[str, str]:

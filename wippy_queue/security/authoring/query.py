@@ -26,6 +26,7 @@ from wippy_queue.security.authoring.hints import did_you_mean, listing
 from wippy_queue.security.guard import CONSUME, PUBLISH_CHECKS, STRICT_DENY, UNCHECKED
 from wippy_queue.security.manager import POLICY_KINDS, Security, actor_of, policies_of
 from wippy_queue.security.models import CasbinPolicyConfig, WippyPolicyConfig
+from wippy_queue.security.provenance import PUBLISHER, PUBLISHER_TENANT, SIGNATURE
 from wippy_queue.security.request import Request
 from wippy_queue.security.scope import Decision, Scope
 
@@ -129,6 +130,16 @@ def resolve(registry: Registry, query: Query) -> Query:
                 "publisher",
                 "a publish check always carries the publishing actor as the publisher; "
                 "drop 'publisher' and 'publisher_tenant'",
+            )
+        )
+    stamps = [h for h in (PUBLISHER, PUBLISHER_TENANT, SIGNATURE) if h in query.headers]
+    if stamps:
+        problems.append(
+            (
+                "headers",
+                f"{', '.join(stamps)}: the runtime's provenance stamp, never taken from a "
+                "publisher's headers; say who published with 'publisher' and "
+                "'publisher_tenant' (--publisher, --publisher-tenant)",
             )
         )
     if query.publisher_tenant is not None and query.publisher is None:
