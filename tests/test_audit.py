@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -337,6 +339,67 @@ def test_an_audit_file_that_cannot_be_opened_stops_the_run_with_where_it_was_giv
     assert main(["run", str(tmp_path), "--until-idle", "--timeout", "10"]) == 1
     err = capsys.readouterr().err
     assert "app.yaml:" in err and "t:audit: path" in err and "Is a directory" in err
+
+
+HANGING_APP = """
+namespace: k
+entries:
+  - {name: audit, kind: security.audit, path: "file://audit.jsonl", fsync: always}
+  - {name: mem, kind: queue.driver.memory, lifecycle: {auto_start: true}}
+  - {name: jobs, kind: queue.queue, driver: mem}
+  - {name: fn, kind: function.python, source: "file://handlers.py", method: handle}
+  - {name: worker, kind: queue.consumer, queue: jobs, func: fn, lifecycle: {auto_start: true}}
+"""
+HANGING_HANDLER = """
+import asyncio, os
+
+async def handle(data):
+    if data["n"] == 1 and os.environ.get("HANG") == "1":
+        await asyncio.Event().wait()  # killed in here
+    return True
+"""
+
+
+async def test_a_process_killed_mid_message_leaves_a_chain_the_next_run_continues(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(tmp_path / "app.yaml", HANGING_APP)
+    write(tmp_path / "handlers.py", HANGING_HANDLER)
+    audit = tmp_path / "audit.jsonl"
+    publish = ["--publish", "k:jobs", '{"n": 0}', "--publish", "k:jobs", '{"n": 1}']
+    command = [sys.executable, "-m", "wippy_queue", "run", str(tmp_path), *publish]
+    env = {**os.environ, "HANG": "1"}
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with asyncio.timeout(WAIT_S):  # n=0 is recorded and acked; n=1 hangs
+            while '"outcome":"ack"' not in (audit.read_text() if audit.exists() else ""):
+                await asyncio.sleep(0.01)
+    finally:
+        process.kill()  # SIGKILL: no stop, no flush, no close
+        await process.wait()
+    assert main(["audit", "verify", str(audit)]) == 0
+    assert "ok: 2 records" in capsys.readouterr().out  # the header and n=0's record
+
+    with open(audit, "ab") as f:  # as if the kill had landed mid-write
+        f.write(b'{"seq":2,"time":"2026-')
+    env["HANG"] = "0"
+    await asyncio.to_thread(
+        subprocess.run, [*command, "--until-idle", "--timeout", "10"], env=env, check=True,
+        capture_output=True,
+    )  # fmt: skip
+    assert main(["audit", "verify", str(audit)]) == 0
+    assert "torn line(s) after a crash: 3" in capsys.readouterr().out
+    records = [json.loads(line) for i, line in enumerate(audit.read_text().splitlines()) if i != 2]
+    assert [r["event"] for r in records] == [
+        "audit_header",
+        "consume",
+        RESUMED,
+        "consume",
+        "consume",
+    ]
+    assert [r["seq"] for r in records] == [0, 1, 2, 3, 4]
 
 
 # -- fail closed -------------------------------------------------------------------
