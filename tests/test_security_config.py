@@ -10,6 +10,11 @@ import pytest
 from security_support import consumer, driver, func, load, queue, rule
 
 from wippy_queue import ConfigError, Problem, Runtime
+from wippy_queue.components import default_components
+from wippy_queue.registry.loader import load_registry
+from wippy_queue.security.actor import Actor
+from wippy_queue.security.request import Request
+from wippy_queue.security.units import CasbinUnit
 
 RBAC = Path(__file__).parents[1] / "wippy_queue" / "policies" / "rbac_with_tenants.conf"
 REQUEST = ["actor.id", "message.tenant", "resource", "action"]
@@ -216,3 +221,30 @@ def test_unchecked_consumers_are_warned_about_when_others_are_checked(tmp_path: 
     assert [(w.entry_id, w.severity) for w in warnings] == [("app:open", "warning")]
     assert "UNCHECKED" in warnings[0].message
     assert default_components() is not None
+
+
+def test_casbin_files_are_read_once_at_start_and_again_when_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[str] = []
+    real = CasbinUnit.load
+
+    def counting(unit: CasbinUnit) -> Any:
+        loads.append(unit.entry_id)
+        return real(unit)
+
+    monkeypatch.setattr(CasbinUnit, "load", counting)
+    rules = tmp_path / "rules.csv"
+    rules.write_text("p, w, tenant-a, app:jobs, queue.consume, allow\n")
+    entries = app(casbin("rbac", RBAC, policy=f"file://{rules}"), policies=("app:rbac",))
+    load(tmp_path / "one", entries)
+    assert loads == ["app:rbac"]  # the load check's unit is the one the runtime runs
+
+    components = default_components()
+    registry = load_registry([tmp_path / "one"], components.kinds)
+    rules.write_text("p, w, tenant-a, app:jobs, queue.consume, deny\n")  # changed meanwhile
+    runtime = Runtime(registry, components=components)
+    assert loads == ["app:rbac", "app:rbac", "app:rbac"]  # checked, then loaded afresh
+    request = Request("queue.consume", "app:jobs", Actor("w", {}), {}, "svc", "tenant-a")
+    decision = runtime.security.scopes["app:worker"].check(request)
+    assert not decision.allowed and decision.rule[-1] == "deny"  # the file as it is now

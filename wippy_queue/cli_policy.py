@@ -12,14 +12,12 @@ import argparse
 import sys
 from typing import Any
 
-from wippy_queue.components import default_components
 from wippy_queue.errors import ConfigError, Problem
-from wippy_queue.registry.loader import load_registry
 from wippy_queue.security.actor import Actor
 from wippy_queue.security.authoring.cases import Case, CaseFileError, read_cases
 from wippy_queue.security.authoring.explain import explain
 from wippy_queue.security.authoring.lint import has_errors, lint
-from wippy_queue.security.authoring.query import ASKED, Query, QueryError
+from wippy_queue.security.authoring.query import ASKED, Query, QueryError, load_security
 from wippy_queue.security.authoring.runner import run_cases, summary
 from wippy_queue.security.manager import Security
 
@@ -75,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.policy_command == "lint":
         return _lint(args.paths)
     try:
-        registry = load_registry(args.paths, default_components().kinds)
-        security = Security(registry, strict=args.strict or None)
+        security = load_security(args.paths, strict=args.strict or None)
         if args.policy_command == "test":
             return _test(security, args.cases)
         return _explain(security, args)

@@ -33,6 +33,8 @@ class Components:
     kinds: KindTable = field(default_factory=KindTable)
     drivers: dict[str, DriverFactory] = field(default_factory=dict)
     functions: dict[str, FunctionFactory] = field(default_factory=dict)
+    #: Casbin entries loaded by the registry check, handed to the runtime
+    casbin: security_kinds.CasbinLoads = field(default_factory=security_kinds.CasbinLoads)
 
 
 def default_components() -> Components:
@@ -48,5 +50,5 @@ def default_components() -> Components:
     c.kinds.register("function.lua", LuaFunctionConfig)
     c.kinds.add_check(lua.check)
     c.functions["function.lua"] = lua.build
-    security_kinds.register(c.kinds)
+    security_kinds.register(c.kinds, c.casbin)
     return c

@@ -74,7 +74,11 @@ class Runtime:
         self._recorder = AuditRecorder(self.audit) if self.audit else None
         recorders = [self._recorder] if self._recorder else []
         self.security = Security(
-            registry, strict=strict, signing_key=signing_key, recorders=recorders
+            registry,
+            strict=strict,
+            signing_key=signing_key,
+            recorders=recorders,
+            load_casbin=self.components.casbin.take,
         )
         self.policy_watcher = PolicyWatcher(
             self.security,

@@ -32,11 +32,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from wippy_queue.components import default_components
-from wippy_queue.registry.loader import load_registry
 from wippy_queue.security.authoring.cases import CaseSource, read_cases
+from wippy_queue.security.authoring.query import load_security
 from wippy_queue.security.authoring.runner import CaseResult, run_cases, summary
-from wippy_queue.security.manager import Security
 
 __all__ = ["CaseResult", "assert_policy_cases", "check_policy_cases"]
 
@@ -54,9 +52,9 @@ def check_policy_cases(
     Each result has ``passed``, ``decision`` (allowed, reason, policy, rule), the
     written ``rule`` that decided (file and line), and ``describe()``.
     """
-    registry = load_registry(paths, default_components().kinds)
+    security = load_security(paths, strict=strict)
     found, problems = read_cases(cases)
-    return run_cases(Security(registry, strict=strict), found, problems)
+    return run_cases(security, found, problems)
 
 
 def assert_policy_cases(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Hashable, Iterator
+from pathlib import Path
 
 from wippy_queue.errors import Problem
 from wippy_queue.registry.kinds import KindTable
@@ -18,14 +20,14 @@ from wippy_queue.security.models import (
 from wippy_queue.security.units import CasbinUnit
 
 
-def register(kinds: KindTable) -> None:
+def register(kinds: KindTable, casbin: CasbinLoads) -> None:
     kinds.register("security.policy", WippyPolicyConfig)
     kinds.register("security.policy.casbin", CasbinPolicyConfig)
     kinds.register("security.settings", SecuritySettingsConfig)
     kinds.register("security.audit", AuditConfig)
     kinds.add_check(check_groups)
     kinds.add_check(check_settings)
-    kinds.add_check(check_casbin_files)
+    kinds.add_check(casbin.check)
     kinds.add_check(warn_unchecked)
 
 
@@ -67,22 +69,54 @@ def check_settings(registry: Registry) -> Iterator[Problem]:
             )
 
 
-def check_casbin_files(registry: Registry) -> Iterator[Problem]:
-    for entry in registry.of_kind("security.policy.casbin"):
-        assert isinstance(entry.config, CasbinPolicyConfig)
-        try:
-            CasbinUnit(entry.id, entry.config)
-        except PolicyLoadError as err:
-            for problem in err.problems:
+def _digest(path: Path | None) -> str | None:
+    return None if path is None else hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class CasbinLoads:
+    """Each Casbin entry loaded once, by the load-time check, for the runtime too.
+
+    Reading and indexing a 100,000-rule file takes about a second; checking it when
+    the registry loads and loading it again for the runtime doubled start-up. The
+    check keeps the unit it loads, keyed by the entry's config and its files'
+    digests, and ``take`` hands it over once; anything else gets a fresh load. A key
+    that passed before is not loaded again (a reload of unchanged entries is cheap).
+    """
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, tuple[Hashable, CasbinUnit]] = {}
+        self._passed: dict[str, Hashable] = {}
+
+    @staticmethod
+    def _key(config: CasbinPolicyConfig) -> Hashable:
+        model = Path(config.model.removeprefix("file://"))
+        policy = Path(config.policy.removeprefix("file://")) if config.policy else None
+        return (config.model_dump_json(), _digest(model), _digest(policy))
+
+    def check(self, registry: Registry) -> Iterator[Problem]:
+        for entry in registry.of_kind("security.policy.casbin"):
+            assert isinstance(entry.config, CasbinPolicyConfig)
+            try:
+                key = self._key(entry.config)
+                if self._passed.get(entry.id) != key:
+                    self._loaded[entry.id] = (key, CasbinUnit(entry.id, entry.config))
+                    self._passed[entry.id] = key
+            except PolicyLoadError as err:
+                for problem in err.problems:
+                    yield Problem(
+                        problem.message, problem.file, problem.line, entry.id, problem.field
+                    )
+            except OSError as err:
                 yield Problem(
-                    problem.message,
-                    problem.file,
-                    problem.line,
-                    entry.id,
-                    problem.field,
+                    f"cannot read: {err}", entry.location.file, entry.location.line, entry.id
                 )
-        except OSError as err:
-            yield Problem(f"cannot read: {err}", entry.location.file, entry.location.line, entry.id)
+
+    def take(self, entry_id: str, config: CasbinPolicyConfig) -> CasbinUnit:
+        """The unit the check loaded for this config and these files, else a new load."""
+        held = self._loaded.pop(entry_id, None)
+        if held is not None and held[0] == self._key(config):
+            return held[1]
+        return CasbinUnit(entry_id, config)
 
 
 def warn_unchecked(registry: Registry) -> Iterator[Problem]:

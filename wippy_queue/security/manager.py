@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,8 @@ from wippy_queue.security.units import CasbinUnit, PolicyUnit, WippyRulesUnit
 
 POLICY_KINDS = ("security.policy", "security.policy.casbin")
 PolicyConfig = WippyPolicyConfig | CasbinPolicyConfig
+#: loads a Casbin entry's unit (``CasbinLoads.take`` reuses the registry check's)
+CasbinLoader = Callable[[str, CasbinPolicyConfig], CasbinUnit]
 
 
 class ReloadRefused(WippyQueueError):
@@ -90,8 +92,10 @@ class Security:
         strict: bool | None = None,
         signing_key: str | None = None,
         recorders: Sequence[Recorder] = (),
+        load_casbin: CasbinLoader = CasbinUnit,
     ) -> None:
         settings = settings_of(registry)
+        self._load_casbin = load_casbin
         self.registry = registry
         self.strict = settings.strict if strict is None else strict
         self.stamper = Stamper(signing_key or settings.signing_key, dead_letter_sources(registry))
@@ -109,7 +113,8 @@ class Security:
 
     def scope_for(self, name: str, policy_ids: list[str]) -> Scope:
         """A scope over ``policy_ids``: Wippy rules in one unit, each Casbin entry in its own."""
-        return Scope(name, _units(policy_ids, self.policy_configs, self.casbin_units))
+        units = _units(policy_ids, self.policy_configs, self.casbin_units, self._load_casbin)
+        return Scope(name, units)
 
     def plan_reload(self, written: Registry) -> PolicyPlan:
         """What the policy entries of ``written`` (the entry files, loaded again) change.
@@ -128,12 +133,11 @@ class Security:
                 if configs.get(pid) != self.policy_configs.get(pid)
             )
         )
+        # unchanged Casbin entries keep their units; the scopes load the others they use
         casbin = {
-            pid: self.casbin_units[pid]
-            if pid not in changed and pid in self.casbin_units
-            else CasbinUnit(pid, config)
-            for pid, config in configs.items()
-            if isinstance(config, CasbinPolicyConfig)
+            pid: unit
+            for pid, unit in self.casbin_units.items()
+            if pid in configs and pid not in changed
         }
         scopes: dict[str, tuple[PolicyUnit, ...]] = {}
         for entry in self.registry.of_kind("queue.consumer"):
@@ -146,7 +150,8 @@ class Security:
                     f"running consumer {entry.id} names policy {', '.join(missing)}, which the "
                     "entry files no longer define: put it back (or restart to drop it)"
                 )
-            scopes[entry.id] = _units(policies_of(written, block), configs, casbin)
+            units = _units(policies_of(written, block), configs, casbin, self._load_casbin)
+            scopes[entry.id] = units
         running = {e.id: e.config for e in self.registry if e.id not in self.policy_configs}
         now = {e.id: e.config for e in written if e.id not in configs}
         restart = tuple(sorted(i for i in {*running, *now} if running.get(i) != now.get(i)))
@@ -194,7 +199,10 @@ def _policy_configs(registry: Registry) -> dict[str, PolicyConfig]:
 
 
 def _units(
-    policy_ids: list[str], configs: dict[str, PolicyConfig], casbin: dict[str, CasbinUnit]
+    policy_ids: list[str],
+    configs: dict[str, PolicyConfig],
+    casbin: dict[str, CasbinUnit],
+    load: CasbinLoader,
 ) -> tuple[PolicyUnit, ...]:
     """Wippy rules in one unit (first), each Casbin entry in its own (loaded once)."""
     wippy: list[tuple[str, WippyPolicyConfig]] = []
@@ -206,7 +214,7 @@ def _units(
         else:
             unit = casbin.get(pid)
             if unit is None:
-                unit = casbin[pid] = CasbinUnit(pid, config)
+                unit = casbin[pid] = load(pid, config)
             units.append(unit)
     if wippy:
         units.insert(0, WippyRulesUnit(wippy))

@@ -13,12 +13,15 @@ of the consumers' actor with that id.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from wippy_queue.components import default_components
 from wippy_queue.errors import WippyQueueError
+from wippy_queue.registry.loader import load_registry
 from wippy_queue.registry.models import ConsumerConfig, SecurityBlock
 from wippy_queue.registry.registry import Registry
 from wippy_queue.security.actor import Actor
@@ -32,6 +35,14 @@ from wippy_queue.security.scope import Decision, Scope
 
 #: Every action the runtime asks, and its resource: a fixed one, or None for a queue ID.
 ASKED: Mapping[str, str | None] = MappingProxyType({CONSUME: None, **dict(PUBLISH_CHECKS)})
+
+
+def load_security(paths: Iterable[str | os.PathLike[str]], *, strict: bool | None) -> Security:
+    """The security a runtime would build from these entry files (no handler is loaded);
+    ConfigError lists every problem. Casbin files are read once, by the load check."""
+    components = default_components()
+    registry = load_registry(paths, components.kinds)
+    return Security(registry, strict=strict, load_casbin=components.casbin.take)
 
 
 @dataclass(frozen=True, slots=True)
