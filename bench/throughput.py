@@ -7,50 +7,27 @@ The clock starts before the first publish and stops once every message is settle
 row means and why it is fair.
 
     pip install -e '.[bench]'
-    python bench/throughput.py [--n 20000] [--repeat 5] [--json results.json]
+    python bench/throughput.py [--n 20000] [--repeat 5] [--json results.json] [--svg chart.svg]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import importlib
 import itertools
-import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CONCURRENCY = 4
-PREFETCH = 20
+import harness
+from harness import CONCURRENCY, PREFETCH, Timing, check_handled, clock, since
+
 HANDLERS_MODULE = "wippy_bench_handlers"
-
-
-@dataclass(frozen=True)
-class Timing:
-    """One measured run: wall-clock seconds and CPU seconds of the whole process."""
-
-    wall_s: float
-    cpu_s: float
-
-
-def clock() -> tuple[float, float]:
-    return time.perf_counter(), time.process_time()
-
-
-def since(started: tuple[float, float]) -> Timing:
-    wall, cpu = clock()
-    return Timing(wall - started[0], cpu - started[1])
 
 
 # -- wippy-queue ----------------------------------------------------------------------
@@ -127,7 +104,7 @@ def counted(counter: itertools.count[int]) -> int:
 async def wippy_run(folder: Path, n: int) -> Timing:
     from wippy_queue import Runtime
 
-    handlers = importlib.import_module(HANDLERS_MODULE)
+    handlers: Any = importlib.import_module(HANDLERS_MODULE)
     handlers.done = itertools.count()
     runtime = Runtime.load(folder)
     async with runtime:
@@ -136,7 +113,7 @@ async def wippy_run(folder: Path, n: int) -> Timing:
             await runtime.publish("bench:jobs", {"i": i})
         await runtime.join("bench:jobs")
         elapsed = since(started)
-    check(counted(handlers.done), n, f"wippy-queue {folder.name}")
+    check_handled(counted(handlers.done), n, f"wippy-queue {folder.name}")
     return elapsed
 
 
@@ -154,7 +131,7 @@ def dramatiq_run(n: int) -> Timing:
     def noop(i: int) -> None:
         next(done)
 
-    actor = dramatiq.actor(noop, broker=broker, queue_name="bench", max_retries=0)
+    actor = dramatiq.actor(broker=broker, queue_name="bench", max_retries=0)(noop)
     worker = dramatiq.Worker(broker, worker_threads=CONCURRENCY)
     worker.queue_prefetch = PREFETCH
     worker.start()
@@ -167,7 +144,7 @@ def dramatiq_run(n: int) -> Timing:
     finally:
         worker.stop()
         broker.close()
-    check(counted(done), n, "dramatiq")
+    check_handled(counted(done), n, "dramatiq")
     return elapsed
 
 
@@ -194,7 +171,7 @@ async def taskiq_shipped_run(n: int) -> Timing:
         elapsed = since(started)
     finally:
         await broker.shutdown()
-    check(counted(done), n, "taskiq shipped")
+    check_handled(counted(done), n, "taskiq shipped")
     return elapsed
 
 
@@ -204,7 +181,7 @@ def _queued_broker_class() -> type[Any]:
     from taskiq import AckableMessage, InMemoryBroker
     from taskiq.message import BrokerMessage
 
-    class QueuedInMemoryBroker(InMemoryBroker):  # type: ignore[misc]
+    class QueuedInMemoryBroker(InMemoryBroker):
         def __init__(self) -> None:
             super().__init__()
             self.pending: asyncio.Queue[bytes] = asyncio.Queue()
@@ -261,21 +238,15 @@ async def taskiq_receiver_run(n: int) -> Timing:
         listening.cancel()
         await asyncio.gather(listening, return_exceptions=True)
         await broker.shutdown()
-    check(counted(done), n, "taskiq receiver")
+    check_handled(counted(done), n, "taskiq receiver")
     return elapsed
 
 
-# -- running and reporting --------------------------------------------------------------
-
-
-def check(handled: int, n: int, name: str) -> None:
-    if handled != n:
-        raise SystemExit(f"{name}: handled {handled} of {n} messages; the run is invalid")
+# -- rows and report -------------------------------------------------------------------
 
 
 @dataclass
-class Row:
-    key: str
+class SystemRow(harness.Row):
     system: str
     config: str
     run: Callable[[int], Timing]
@@ -283,30 +254,15 @@ class Row:
     peer: bool
     #: True when at most CONCURRENCY handlers run at once (the issue's configuration)
     bounded: bool
-    n: int = 0
-    timings: list[Timing] = field(default_factory=list)
-
-    @property
-    def rates(self) -> list[float]:
-        return [self.n / t.wall_s for t in self.timings]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.rates)
-
-    @property
-    def cpu_us(self) -> float:
-        """Median CPU time of the whole process per message, in microseconds."""
-        return statistics.median(t.cpu_s / self.n * 1e6 for t in self.timings)
 
 
-def build_rows(folders: dict[str, Path], max_length: int) -> list[Row]:
+def build_rows(folders: dict[str, Path], max_length: int) -> list[SystemRow]:
     def wippy(style: str) -> Callable[[int], Timing]:
         return lambda n: asyncio.run(wippy_run(folders[style], n))
 
     bounds = f"concurrency {CONCURRENCY}, prefetch {PREFETCH}"
     return [
-        Row(
+        SystemRow(
             "wippy-async",
             "wippy-queue memory",
             f"async handler, {bounds}, max_length {max_length}",
@@ -314,7 +270,7 @@ def build_rows(folders: dict[str, Path], max_length: int) -> list[Row]:
             peer=False,
             bounded=True,
         ),
-        Row(
+        SystemRow(
             "wippy-sync",
             "wippy-queue memory",
             f"sync handler (thread pool), {bounds}, max_length {max_length}",
@@ -322,7 +278,7 @@ def build_rows(folders: dict[str, Path], max_length: int) -> list[Row]:
             peer=False,
             bounded=True,
         ),
-        Row(
+        SystemRow(
             "dramatiq",
             "Dramatiq StubBroker + Worker",
             f"worker_threads {CONCURRENCY}, queue_prefetch {PREFETCH}, default middleware",
@@ -330,7 +286,7 @@ def build_rows(folders: dict[str, Path], max_length: int) -> list[Row]:
             peer=True,
             bounded=True,
         ),
-        Row(
+        SystemRow(
             "taskiq-receiver",
             "taskiq InMemoryBroker + Receiver",
             f"max_async_tasks {CONCURRENCY}, max_prefetch {PREFETCH}, async task",
@@ -338,7 +294,7 @@ def build_rows(folders: dict[str, Path], max_length: int) -> list[Row]:
             peer=True,
             bounded=True,
         ),
-        Row(
+        SystemRow(
             "taskiq-shipped",
             "taskiq InMemoryBroker (as shipped)",
             "kick() starts a task per message: concurrency UNBOUNDED, async task",
@@ -349,91 +305,33 @@ def build_rows(folders: dict[str, Path], max_length: int) -> list[Row]:
     ]
 
 
-def measure(rows: list[Row], n: int, repeat: int, warmup: int) -> None:
-    """One unmeasured warm-up run per row, then ``repeat`` rounds of every row in turn."""
-    for row in rows:
-        row.n = n
-        if warmup:
-            row.run(warmup)
-    for round_no in range(1, repeat + 1):
-        for row in rows:
-            gc.collect()
-            row.timings.append(row.run(n))
-            print(
-                f"  round {round_no}/{repeat}  {row.key:<16} {row.rates[-1]:>10,.0f} msg/s",
-                file=sys.stderr,
-            )
-
-
-def _fastest(rows: list[Row]) -> Row | None:
+def _fastest(rows: list[SystemRow]) -> SystemRow | None:
     return max(rows, key=lambda r: r.median) if rows else None
 
 
-def _ratio(row: Row, best: Row | None) -> str:
+def _ratio(row: SystemRow, best: SystemRow | None) -> str:
     return f"{row.median / best.median:.2f}x" if best else "n/a"
 
 
-def table(rows: list[Row]) -> str:
+def _cells(row: SystemRow) -> list[str]:
+    return [row.system, row.config, f"{row.median:,.0f}", row.rate_range, f"{row.cpu_us:,.1f}"]
+
+
+def table(rows: list[SystemRow]) -> str:
     best = _fastest([r for r in rows if r.peer])
     best_bounded = _fastest([r for r in rows if r.peer and r.bounded])
-    lines = [
-        "| system | configuration | median msg/s | range msg/s | CPU µs/msg "
-        "| vs faster peer | vs faster peer at concurrency 4 |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row.system} | {row.config} | {row.median:,.0f} | "
-            f"{min(row.rates):,.0f}-{max(row.rates):,.0f} | {row.cpu_us:,.1f} | "
-            f"{_ratio(row, best)} | {_ratio(row, best_bounded)} |"
-        )
-    lines.append("")
+    header = ["system", "configuration", "median msg/s", "range msg/s", "CPU µs/msg"]
+    header += ["vs faster peer", "vs faster peer at concurrency 4"]
+    body = [[*_cells(row), _ratio(row, best), _ratio(row, best_bounded)] for row in rows]
+    lines = [harness.markdown_table(header, body, left=2), ""]
     for label, peer in (("Faster peer", best), ("Faster peer at concurrency 4", best_bounded)):
         if peer:
             lines.append(f"{label}: {peer.system} ({peer.config}).  ")
     return "\n".join(lines)
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _tree() -> str:
-    """The wippy_queue source measured: its git commit, ``-dirty`` with local edits."""
-    import wippy_queue
-
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=Path(wippy_queue.__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "wippy_queue_tree": _tree(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],
-        "versions": {d: _version(d) for d in ("wippy-queue", "dramatiq", "taskiq")},
-    }
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--n", type=int, default=20_000, help="messages per run")
-    parser.add_argument("--repeat", type=int, default=5, help="measured runs per row")
+    parser = harness.parser(__doc__, with_json=True)
     parser.add_argument(
         "--warmup", type=int, default=None, help="messages in one unmeasured run (default n/10)"
     )
@@ -444,14 +342,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="wippy memory queue bound (default n: never full, like the peers' queues)",
     )
     parser.add_argument("--only", nargs="+", metavar="KEY", help="run only these rows (keys)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
-    args = parser.parse_args(argv)
-    if args.n <= 0 or args.repeat <= 0:
-        parser.error("--n and --repeat must be positive")
-    return args
+    return harness.parse(parser, argv)
 
 
-def as_json(args: argparse.Namespace, rows: list[Row], before: dict[str, Any]) -> dict[str, Any]:
+def as_json(
+    args: argparse.Namespace, rows: list[SystemRow], before: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "n": args.n,
         "repeat": args.repeat,
@@ -475,21 +371,27 @@ def as_json(args: argparse.Namespace, rows: list[Row], before: dict[str, Any]) -
     }
 
 
+def select(rows: list[SystemRow], only: list[str] | None) -> list[SystemRow]:
+    if not only:
+        return rows
+    known = {r.key for r in rows}
+    if unknown := set(only) - known:
+        raise SystemExit(f"unknown row(s) {sorted(unknown)}; known: {sorted(known)}")
+    return [r for r in rows if r.key in only]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     max_length = args.max_length or args.n
     warmup = args.n // 10 if args.warmup is None else args.warmup
-    info = machine()
+    info = harness.machine(("wippy-queue", "dramatiq", "taskiq"))
     with tempfile.TemporaryDirectory(prefix="wippy-bench-") as tmp:
         folders = write_entries(Path(tmp), max_length)
         sys.path.insert(0, tmp)
-        rows = build_rows(folders, max_length)
-        if args.only:
-            known = {r.key for r in rows}
-            if unknown := set(args.only) - known:
-                raise SystemExit(f"unknown row(s) {sorted(unknown)}; known: {sorted(known)}")
-            rows = [r for r in rows if r.key in args.only]
-        measure(rows, args.n, args.repeat, warmup)
+        rows = select(build_rows(folders, max_length), args.only)
+        harness.measure(
+            rows, lambda row, n: row.run(n), n=args.n, repeat=args.repeat, warmup=warmup
+        )
     print(
         f"\nN = {args.n:,} messages, {args.repeat} runs per row (medians); "
         f"Python {info['python']} on {info['platform']}, {info['cpus']} CPUs, "
@@ -498,7 +400,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(table(rows))
     if args.json:
-        args.json.write_text(json.dumps(as_json(args, rows, info), indent=2) + "\n")
+        harness.write_json(args.json, as_json(args, rows, info))
+    if args.svg:
+        harness.write_chart(
+            args.svg,
+            [row.bar() for row in rows],
+            title="bench/throughput.py: end-to-end throughput beside Dramatiq and taskiq",
+            n=args.n,
+            repeat=args.repeat,
+            settings=f"concurrency {CONCURRENCY}, prefetch {PREFETCH}, max_length {max_length:,}",
+        )
 
 
 if __name__ == "__main__":

@@ -754,6 +754,7 @@ async def test_sync_handler_outliving_stop_timeout_loses_nothing(tmp_path: Path)
     release = threading.Event()
     entered = threading.Event()
     late_settle: list[BaseException] = []
+    tried_late = threading.Event()
 
     def handler(data: Any) -> Any:
         message = wippy_queue.current_message()
@@ -764,6 +765,8 @@ async def test_sync_handler_outliving_stop_timeout_loses_nothing(tmp_path: Path)
                 message.ack()  # too late: the message went back on stop
             except SettleError as err:
                 late_settle.append(err)
+            finally:
+                tried_late.set()
         return True
 
     try:
@@ -776,6 +779,7 @@ async def test_sync_handler_outliving_stop_timeout_loses_nothing(tmp_path: Path)
             release.set()
             await runtime.start(WORKER)
             await runtime.join(JOBS, timeout=WAIT_S)
+            assert await asyncio.to_thread(tried_late.wait, WAIT_S)  # the hung call, woken
     finally:
         release.set()
     assert len(late_settle) == 1
