@@ -5,29 +5,31 @@ concurrency 4, prefetch 20) with and without a ``security.audit`` entry, for eac
 fsync mode. With auditing, every consume writes one hash-chained record that is
 awaited before the message is acked. Target (issue 4): audited >= 70% of unaudited.
 
-    python bench/audit.py [--n 20000] [--repeat 5]
+    python bench/audit.py [--n 20000] [--repeat 5] [--svg chart.svg]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import itertools
 import json
-import statistics
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import harness
+from harness import CONCURRENCY, PREFETCH, Timing, check_handled, clock, since
 
 from wippy_queue import Runtime
 from wippy_queue.security.audit import verify_file
 
 HANDLERS_MODULE = "wippy_bench_audit_handlers"
 HANDLERS = "import itertools\ndone = itertools.count()\n\nasync def noop(data):\n    next(done)\n"
+#: row key -> the audit entry's fsync mode (None: no audit entry)
+ROWS = {"unaudited": None, "audit never": "never", "audit batch": "batch", "audit always": "always"}
 
 
 def entries(n: int, audit: Path | None, fsync: str) -> dict[str, Any]:
@@ -45,8 +47,8 @@ def entries(n: int, audit: Path | None, fsync: str) -> dict[str, Any]:
             "kind": "queue.consumer",
             "queue": "jobs",
             "func": "noop",
-            "concurrency": 4,
-            "prefetch": 20,
+            "concurrency": CONCURRENCY,
+            "prefetch": PREFETCH,
             "lifecycle": {"auto_start": True},
         },
     ]
@@ -58,20 +60,13 @@ def entries(n: int, audit: Path | None, fsync: str) -> dict[str, Any]:
 
 
 @dataclass
-class Row:
-    key: str
+class AuditRow(harness.Row):
     fsync: str | None
     folder: Path
-    rates: list[float] = field(default_factory=list)
-    cpu_us: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.rates)
 
 
-async def run_once(row: Row, n: int) -> tuple[float, float]:
-    """Messages per second (wall) and CPU microseconds per message (all threads)."""
+async def run_once(row: AuditRow, n: int) -> Timing:
+    """One run: wall and CPU time (all threads); the audit file must verify."""
     handlers: Any = sys.modules[HANDLERS_MODULE]
     handlers.done = itertools.count()
     audit = row.folder / "audit.jsonl"
@@ -79,58 +74,67 @@ async def run_once(row: Row, n: int) -> tuple[float, float]:
     runtime = Runtime.load(row.folder / "entries.yaml")
     async with runtime:
         gc.collect()
-        started, cpu = time.perf_counter(), time.process_time()
+        started = clock()
         for i in range(n):
             await runtime.publish("bench:jobs", {"i": i})
         await runtime.join("bench:jobs")
-        elapsed = time.perf_counter() - started
-        cpu = time.process_time() - cpu
-    if next(handlers.done) != n:
-        raise SystemExit(f"{row.key}: messages were lost")
+        elapsed = since(started)
+    check_handled(next(handlers.done), n, row.key)
     if row.fsync is not None:
         result = verify_file(audit)
         if not result.ok or result.records != n + 1:  # + the header
             raise SystemExit(f"{row.key}: audit file has {result.records} records for {n}")
-    return n / elapsed, cpu / n * 1e6
+    return elapsed
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="wq-bench-audit-"))
-    (root / f"{HANDLERS_MODULE}.py").write_text(HANDLERS)
-    sys.path.insert(0, str(root))
-    __import__(HANDLERS_MODULE)
+def write_rows(root: Path, n: int) -> list[AuditRow]:
     rows = []
-    for key, fsync in (("unaudited", None), ("audit never", "never"), ("audit batch", "batch"),
-                       ("audit always", "always")):  # fmt: skip
+    for key, fsync in ROWS.items():
         folder = root / key.replace(" ", "_")
         folder.mkdir()
         audit = folder / "audit.jsonl" if fsync else None
-        (folder / "entries.yaml").write_text(json.dumps(entries(args.n, audit, fsync or "")))
-        rows.append(Row(key, fsync, folder))
-    for row in rows:
-        asyncio.run(run_once(row, max(args.n // 10, 100)))  # warm-up
-    for round_no in range(args.repeat):
-        for row in rows:
-            rate, cpu_us = asyncio.run(run_once(row, args.n))
-            row.rates.append(rate)
-            row.cpu_us.append(cpu_us)
-            print(
-                f"  round {round_no + 1} {row.key:<13} {rate:>9,.0f} {cpu_us:6.1f}", file=sys.stderr
-            )
-    base, base_cpu = rows[0].median, statistics.median(rows[0].cpu_us)
-    print(f"\nN = {args.n:,}, {args.repeat} runs per row (medians), concurrency 4, prefetch 20\n")
-    print("| row | median msg/s | range msg/s | vs unaudited | CPU µs/msg | CPU vs unaudited |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for row in rows:
-        low, high = min(row.rates), max(row.rates)
-        cpu = statistics.median(row.cpu_us)
-        print(
-            f"| {row.key} | {row.median:,.0f} | {low:,.0f}-{high:,.0f} | {row.median / base:.0%} "
-            f"| {cpu:.1f} | {base_cpu / cpu:.0%} |"
+        (folder / "entries.yaml").write_text(json.dumps(entries(n, audit, fsync or "")))
+        rows.append(AuditRow(key, fsync, folder))
+    return rows
+
+
+def _cells(row: AuditRow, base: AuditRow) -> list[str]:
+    rate, cpu = f"{row.median / base.median:.0%}", f"{base.cpu_us / row.cpu_us:.0%}"
+    return [row.key, f"{row.median:,.0f}", row.rate_range, rate, f"{row.cpu_us:.1f}", cpu]
+
+
+def table(rows: list[AuditRow]) -> str:
+    header = ["row", "median msg/s", "range msg/s", "vs unaudited"]
+    header += ["CPU µs/msg", "CPU vs unaudited"]
+    return harness.markdown_table(header, [_cells(row, rows[0]) for row in rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = harness.parse(harness.parser(__doc__), argv)
+    with tempfile.TemporaryDirectory(prefix="wq-bench-audit-") as tmp:
+        root = Path(tmp)
+        (root / f"{HANDLERS_MODULE}.py").write_text(HANDLERS)
+        sys.path.insert(0, str(root))
+        __import__(HANDLERS_MODULE)
+        rows = write_rows(root, args.n)
+        harness.measure(
+            rows,
+            lambda row, n: asyncio.run(run_once(row, n)),
+            n=args.n,
+            repeat=args.repeat,
+            warmup=max(args.n // 10, 100),
+        )
+    settings = f"concurrency {CONCURRENCY}, prefetch {PREFETCH}"
+    print(f"\nN = {args.n:,}, {args.repeat} runs per row (medians), {settings}\n")
+    print(table(rows))
+    if args.svg:
+        harness.write_chart(
+            args.svg,
+            [row.bar() for row in rows],
+            title="bench/audit.py: throughput with the audit trail, per fsync mode",
+            n=args.n,
+            repeat=args.repeat,
+            settings=settings,
         )
     return 0
 

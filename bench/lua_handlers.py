@@ -10,24 +10,20 @@ no-op, and the seed page's Lua handler (json.decode, logger.info with logging of
 process_task), which is what a Wippy user actually runs.
 
     pip install -e '.[lua]'
-    python bench/lua_handlers.py [--n 20000] [--repeat 5]
+    python bench/lua_handlers.py [--n 20000] [--repeat 5] [--svg chart.svg]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import gc
 import platform
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-CONCURRENCY = 4
-PREFETCH = 20
+import harness
+from harness import CONCURRENCY, PREFETCH, Timing, clock, since
 
 PYTHON_HANDLERS = """\
 async def noop_async(data):
@@ -102,10 +98,15 @@ ROWS = {
 }
 
 
-def write_apps(root: Path, n: int) -> dict[str, Path]:
+@dataclass
+class HandlerRow(harness.Row):
+    folder: Path
+
+
+def write_apps(root: Path, n: int) -> list[HandlerRow]:
     """One entry folder per row, all sharing the handler files."""
-    apps = {}
-    for index, (row, handler) in enumerate(ROWS.items()):
+    rows = []
+    for index, (key, handler) in enumerate(ROWS.items()):
         folder = root / f"app{index}"
         folder.mkdir()
         (folder / "handlers.py").write_text(PYTHON_HANDLERS)
@@ -116,74 +117,70 @@ def write_apps(root: Path, n: int) -> dict[str, Path]:
                 max_length=n, handler=handler, concurrency=CONCURRENCY, prefetch=PREFETCH
             )
         )
-        apps[row] = folder
-    return apps
+        rows.append(HandlerRow(key, folder))
+    return rows
 
 
-async def one_run(folder: Path, n: int) -> float:
+async def one_run(row: HandlerRow, n: int) -> Timing:
     from wippy_queue import Runtime
 
-    runtime = Runtime.load(folder)
+    runtime = Runtime.load(row.folder)
     async with runtime:
-        started = time.perf_counter()
+        started = clock()
         for i in range(n):
             await runtime.publish("bench:jobs", {"id": f"task-{i}", "action": "process"})
         await runtime.join("bench:jobs")
-        elapsed = time.perf_counter() - started
+        elapsed = since(started)
         info = await runtime.info("bench:jobs")
     if info.message_count or info.in_flight:
-        raise SystemExit(f"{folder.name}: {info.message_count} messages left: results invalid")
+        raise SystemExit(f"{row.key}: {info.message_count} messages left: results invalid")
     return elapsed
 
 
-def measure(
-    apps: dict[str, Path], n: int, repeat: int, report: Callable[[str], None]
-) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {row: [] for row in apps}
-    for round_no in range(1, repeat + 1):
-        for row, folder in apps.items():
-            gc.collect()
-            elapsed = asyncio.run(one_run(folder, n))
-            times[row].append(elapsed)
-            report(f"round {round_no}/{repeat} {row}: {n / elapsed:,.0f} msg/s")
-    return times
+def _cells(row: HandlerRow, baseline_s: float) -> list[str]:
+    """msg/s is N over the median run time, as the median s column shows."""
+    ratio = f"{baseline_s / row.wall_s:.2f}x"
+    return [row.key, f"{row.wall_s:.3f}", f"{row.n / row.wall_s:,.0f}", row.rate_range, ratio]
 
 
-def table(times: dict[str, list[float]], n: int) -> str:
-    baseline = statistics.median(times["python async no-op"])
-    lines = [
-        f"| handler (N={n:,}, concurrency {CONCURRENCY}, prefetch {PREFETCH}) "
-        "| median s | msg/s | min-max msg/s | vs python async |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for row, values in times.items():
-        median = statistics.median(values)
-        lo, hi = n / max(values), n / min(values)
-        lines.append(
-            f"| {row} | {median:.3f} | {n / median:,.0f} | {lo:,.0f}-{hi:,.0f} "
-            f"| {baseline / median:.2f}x |"
-        )
-    return "\n".join(lines)
+def table(rows: list[HandlerRow], n: int) -> str:
+    baseline = next(row for row in rows if row.key == "python async no-op")
+    header = [f"handler (N={n:,}, concurrency {CONCURRENCY}, prefetch {PREFETCH})", "median s"]
+    header += ["msg/s", "min-max msg/s", "vs python async"]
+    return harness.markdown_table(header, [_cells(row, baseline.wall_s) for row in rows])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=20_000, help="messages per run")
-    parser.add_argument("--repeat", type=int, default=5, help="rounds (median reported)")
-    args = parser.parse_args(argv)
+    args = harness.parse(harness.parser(__doc__), argv)
     try:
         import lupa  # noqa: F401
     except ImportError:
         print("needs lupa: pip install 'wippy-queue[lua]'", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        apps = write_apps(Path(tmp), args.n)
-        times = measure(apps, args.n, args.repeat, lambda line: print(line, file=sys.stderr))
-    print(table(times, args.n))
+        rows = write_apps(Path(tmp), args.n)
+        # no warm-up run: every row's first round includes its first-call costs
+        harness.measure(
+            rows,
+            lambda row, n: asyncio.run(one_run(row, n)),
+            n=args.n,
+            repeat=args.repeat,
+            warmup=0,
+        )
+    print(table(rows, args.n))
     print(
         f"\nPython {platform.python_version()}, {platform.machine()}, "
         f"{platform.system()}; median of {args.repeat} runs"
     )
+    if args.svg:
+        harness.write_chart(
+            args.svg,
+            [harness.Bar(r.key, r.n / r.wall_s, r.low, r.high) for r in rows],
+            title="bench/lua_handlers.py: function.lua handlers beside function.python",
+            n=args.n,
+            repeat=args.repeat,
+            settings=f"concurrency {CONCURRENCY}, prefetch {PREFETCH}; no warm-up run",
+        )
     return 0
 
 

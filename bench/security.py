@@ -25,27 +25,27 @@ compares ``rbac-10000`` with ``unchecked``.
 Then the raw cost of one ``Scope.check``: uncached (the cache dropped before every
 call) with and without the tenant index, and cached.
 
-    python bench/security.py [--n 20000] [--repeat 5] [--json results.json]
+    python bench/security.py [--n 20000] [--repeat 5] [--json results.json] [--svg chart.svg]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import importlib
 import itertools
-import json
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import harness
 import yaml
+from harness import CONCURRENCY, PREFETCH, Timing, check_handled, clock, since
 
 from wippy_queue import Runtime
 from wippy_queue.context import CallContext, bound
@@ -55,8 +55,6 @@ from wippy_queue.security.request import Request
 from wippy_queue.security.scope import Scope
 from wippy_queue.security.units import CasbinUnit
 
-CONCURRENCY = 4
-PREFETCH = 20
 RULE_COUNTS = (10, 1_000, 10_000)
 TARGET = 0.80  # checked throughput at 10,000 rules / unchecked
 HANDLERS_MODULE = "wippy_bench_security_handlers"
@@ -156,20 +154,13 @@ def entries(n: int, rules: Path | None, *, signed: bool = False) -> dict[str, An
 
 
 @dataclass
-class Row:
-    key: str
+class CheckRow(harness.Row):
     rules: int | None
     folder: Path
     signed: bool = False
-    rates: list[float] = field(default_factory=list)
-    cpu_us: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.rates)
 
 
-async def run_once(row: Row, n: int) -> tuple[float, float]:
+async def run_once(row: CheckRow, n: int) -> Timing:
     handlers: Any = importlib.import_module(HANDLERS_MODULE)
     handlers.done = itertools.count()
     runtime = Runtime.load(row.folder)
@@ -185,7 +176,7 @@ async def run_once(row: Row, n: int) -> tuple[float, float]:
         headers = None
     async with runtime:
         gc.collect()  # loading is setup: its garbage (a discarded check copy) is not the run's
-        cpu, started = time.process_time(), time.perf_counter()
+        started = clock()
         if ctx is None:
             for i in range(n):
                 await runtime.publish("bench:jobs", {"i": i}, headers)
@@ -194,30 +185,14 @@ async def run_once(row: Row, n: int) -> tuple[float, float]:
                 for i in range(n):
                     await runtime.publish("bench:jobs", {"i": i})
         await runtime.join("bench:jobs")
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    handled = next(handlers.done)
-    if handled != n:
-        raise SystemExit(f"{row.key}: {handled} of {n} messages handled")
+        elapsed = since(started)
+    check_handled(next(handlers.done), n, row.key)
     if row.rules is not None:  # every message was checked (and allowed: it was handled)
         made = {name: scope.checks for name, scope in scopes.items()}
         expected = {"bench:worker": n} | ({"bench:publisher": 2 * n} if row.signed else {})
         if made != expected:
             raise SystemExit(f"{row.key}: decisions made {made}, expected {expected}")
-    return n / elapsed, cpu / n * 1e6
-
-
-def measure(rows: list[Row], n: int, repeat: int) -> None:
-    for row in rows:
-        asyncio.run(run_once(row, max(n // 10, 100)))  # warm-up, not measured
-    for round_no in range(1, repeat + 1):
-        for row in rows:
-            gc.collect()
-            rate, cpu_us = asyncio.run(run_once(row, n))
-            row.rates.append(rate)
-            row.cpu_us.append(cpu_us)
-            print(
-                f"  round {round_no}/{repeat}  {row.key:<12} {rate:>10,.0f} msg/s", file=sys.stderr
-            )
+    return elapsed
 
 
 # -- raw Scope.check -----------------------------------------------------------------------
@@ -266,56 +241,60 @@ def scope_costs(folder: Path, rules: int) -> dict[str, float]:
 # -- report --------------------------------------------------------------------------------
 
 
-def table(rows: list[Row], costs: dict[int, dict[str, float]]) -> str:
-    base = rows[0].median
-    out = [
-        "| run | rules | median msg/s | range msg/s | CPU µs/msg | checked / unchecked |",
-        "|---|---:|---:|---:|---:|---:|",
+def _row_cells(row: CheckRow, base: float) -> list[str]:
+    shown = "-" if row.rules is None else f"{row.rules:,}" + " signed" * row.signed
+    ratio = f"{row.median / base:.0%}"
+    return [row.key, shown, f"{row.median:,.0f}", row.rate_range, f"{row.cpu_us:.1f}", ratio]
+
+
+def _cost_cells(rules: int, c: dict[str, float]) -> list[str]:
+    return [
+        f"{rules:,}",
+        f"{c['uncached_indexed_us']:,.1f} µs",
+        f"{c['uncached_no_index_us']:,.1f} µs",
+        f"{c['cached_us']:.2f} µs",
     ]
-    for row in rows:
-        shown = "-" if row.rules is None else f"{row.rules:,}" + " signed" * row.signed
-        out.append(
-            f"| {row.key} | {shown} | {row.median:,.0f} | {min(row.rates):,.0f}-"
-            f"{max(row.rates):,.0f} | {statistics.median(row.cpu_us):.1f} | "
-            f"{row.median / base:.0%} |"
-        )
-    out += [
-        "",
-        "| rules | Scope.check uncached, indexed | uncached, no index | cached |",
-        "|---:|---:|---:|---:|",
-    ]
-    for rules, c in costs.items():
-        out.append(
-            f"| {rules:,} | {c['uncached_indexed_us']:,.1f} µs | "
-            f"{c['uncached_no_index_us']:,.1f} µs | {c['cached_us']:.2f} µs |"
-        )
-    return "\n".join(out)
+
+
+def table(rows: list[CheckRow], costs: dict[int, dict[str, float]]) -> str:
+    header = ["run", "rules", "median msg/s", "range msg/s", "CPU µs/msg", "checked / unchecked"]
+    body = [_row_cells(row, rows[0].median) for row in rows]
+    cost_header = ["rules", "Scope.check uncached, indexed", "uncached, no index", "cached"]
+    cost_body = [_cost_cells(rules, c) for rules, c in costs.items()]
+    runs = harness.markdown_table(header, body)
+    return runs + "\n\n" + harness.markdown_table(cost_header, cost_body, left=0)
+
+
+def write_rows(root: Path, n: int) -> list[CheckRow]:
+    """One entry folder (and rules file) per row, under ``root``."""
+    rows = []
+    for rules, signed in [(None, False), *((r, False) for r in RULE_COUNTS), (10_000, True)]:
+        key = "unchecked" if rules is None else f"rbac-{rules}" + "-signed" * signed
+        folder = root / key
+        folder.mkdir()
+        csv = None
+        if rules is not None:
+            csv = root / f"rules_{rules}.csv"
+            csv.write_text(tenant_rules(rules))
+        (folder / "_index.yaml").write_text(yaml.safe_dump(entries(n, csv, signed=signed)))
+        rows.append(CheckRow(key, rules, folder, signed))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
-
+    args = harness.parse(harness.parser(__doc__, with_json=True), argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / f"{HANDLERS_MODULE}.py").write_text(HANDLERS_SOURCE)
         sys.path.insert(0, str(root))
-        rows = []
-        for rules, signed in [(None, False), *((r, False) for r in RULE_COUNTS), (10_000, True)]:
-            key = "unchecked" if rules is None else f"rbac-{rules}" + "-signed" * signed
-            folder = root / key
-            folder.mkdir()
-            csv = None
-            if rules is not None:
-                csv = root / f"rules_{rules}.csv"
-                csv.write_text(tenant_rules(rules))
-            entry_file = entries(args.n, csv, signed=signed)
-            (folder / "_index.yaml").write_text(yaml.safe_dump(entry_file))
-            rows.append(Row(key, rules, folder, signed))
-        measure(rows, args.n, args.repeat)
+        rows = write_rows(root, args.n)
+        harness.measure(
+            rows,
+            lambda row, n: asyncio.run(run_once(row, n)),
+            n=args.n,
+            repeat=args.repeat,
+            warmup=max(args.n // 10, 100),
+        )
         costs = {rules: scope_costs(root, rules) for rules in RULE_COUNTS}
 
     print(table(rows, costs))
@@ -326,16 +305,23 @@ def main(argv: list[str] | None = None) -> int:
         f"\nchecked at 10,000 rules: {ratio:.0%} of unchecked ({verdict} the {TARGET:.0%} target)"
     )
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "n": args.n,
-                    "rows": {r.key: {"rates": r.rates, "cpu_us": r.cpu_us} for r in rows},
-                    "scope_check": costs,
-                    "ratio_10000": ratio,
-                },
-                indent=2,
-            )
+        harness.write_json(
+            args.json,
+            {
+                "n": args.n,
+                "rows": {r.key: {"rates": r.rates, "cpu_us": r.cpu_us_runs} for r in rows},
+                "scope_check": costs,
+                "ratio_10000": ratio,
+            },
+        )
+    if args.svg:
+        harness.write_chart(
+            args.svg,
+            [row.bar() for row in rows],
+            title="bench/security.py: throughput with the policy check (RBAC with tenants)",
+            n=args.n,
+            repeat=args.repeat,
+            settings=f"concurrency {CONCURRENCY}, prefetch {PREFETCH}; rows: rules in the policy",
         )
     return 0 if ratio >= TARGET else 1
 
