@@ -16,6 +16,12 @@ consumer's actor may consume its own tenant's messages):
   ``queue.publish.queue`` checks, the stamp and its HMAC signature), and consuming
   verifies the signature and decides on the VERIFIED tenant (``message.tenant``).
 
+- ``abac``: the shipped ``policies/abac_tenant.conf`` ("the actor's tenant must
+  equal the message's tenant") over the whole ``actor`` and ``message`` objects,
+  published under a publisher actor (unsigned), so every message is checked three
+  times (two publish checks, one consume check); decisions are cached by the
+  tenants the matcher reads.
+
 Each run counts the decisions (``Scope.checks``: one consume check per message,
 plus two publish checks on the signed rows) and the handler calls (N, so every
 check allowed): a run that skipped a check or lost a message is rejected. Rows
@@ -69,7 +75,8 @@ done = itertools.count()
 async def noop(data):
     next(done)
 '''
-RBAC = Path(__file__).parents[1] / "wippy_queue" / "policies" / "rbac_with_tenants.conf"
+POLICIES = Path(__file__).parents[1] / "wippy_queue" / "policies"
+RBAC = POLICIES / "rbac_with_tenants.conf"
 REQUEST = ["actor.id", "message.tenant", "resource", "action"]
 HEADER_REQUEST = ["actor.id", "message.headers.tenant", "resource", "action"]
 TENANT = "t0"
@@ -94,8 +101,11 @@ def tenant_rules(count: int) -> str:
     raise AssertionError("unreachable")
 
 
-def entries(n: int, rules: Path | None, *, signed: bool = False) -> dict[str, Any]:
-    """The row's entry file: the core bench's consumer, plus policies when ``rules``."""
+def entries(
+    n: int, rules: Path | None, *, signed: bool = False, abac: bool = False
+) -> dict[str, Any]:
+    """The row's entry file: the core bench's consumer, plus policies when ``rules``
+    (or the shipped ABAC policy when ``abac``)."""
     worker: dict[str, Any] = {
         "name": "worker",
         "kind": "queue.consumer",
@@ -116,7 +126,7 @@ def entries(n: int, rules: Path | None, *, signed: bool = False) -> dict[str, An
         {"name": "noop", "kind": "function.python", "source": f"{HANDLERS_MODULE}:noop"},
         worker,
     ]
-    if rules is None:
+    if rules is None and not abac:
         return {"version": "1.0", "namespace": "bench", "entries": listed}
     security = {"policies": ["bench:tenants"]}
     worker["lifecycle"]["security"] = {
@@ -124,19 +134,26 @@ def entries(n: int, rules: Path | None, *, signed: bool = False) -> dict[str, An
         **security,
     }
     request = REQUEST if signed else HEADER_REQUEST
-    listed.append(
-        {
-            "name": "tenants",
-            "kind": "security.policy.casbin",
-            "model": f"file://{RBAC}",
-            "policy": f"file://{rules}",
-            "request": request,
-            "index": [request[1]],
+    policy: dict[str, Any] = {
+        "name": "tenants",
+        "kind": "security.policy.casbin",
+        "model": f"file://{RBAC}",
+        "policy": f"file://{rules}",
+        "request": request,
+        "index": [request[1]],
+    }
+    if abac:
+        policy |= {
+            "model": f"file://{POLICIES / 'abac_tenant.conf'}",
+            "policy": f"file://{POLICIES / 'abac_tenant.csv'}",
+            "request": ["actor", "message", "action"],
+            "index": [],
         }
-    )
+    listed.append(policy)
     if signed:
+        listed.append({"name": "settings", "kind": "security.settings", "signing_key": SIGNING_KEY})
+    if signed or abac:
         listed += [
-            {"name": "settings", "kind": "security.settings", "signing_key": SIGNING_KEY},
             {"name": "outbox", "kind": "queue.queue", "driver": "bench:memory"},
             {  # never started: it gives the publishing actor its scope
                 "name": "publisher",
@@ -158,6 +175,12 @@ class CheckRow(harness.Row):
     rules: int | None
     folder: Path
     signed: bool = False
+    abac: bool = False
+
+    @property
+    def as_publisher(self) -> bool:
+        """Published under the publisher actor (stamped, and checked at publish)."""
+        return self.signed or self.abac
 
 
 async def run_once(row: CheckRow, n: int) -> Timing:
@@ -168,7 +191,7 @@ async def run_once(row: CheckRow, n: int) -> Timing:
     # every unsigned row publishes the same messages, so only the check differs
     headers: dict[str, str] | None = {"tenant": TENANT}
     scopes = runtime.security.scopes
-    if row.signed:
+    if row.as_publisher:
         publisher_entry = runtime.registry.get("bench:publisher")
         ctx = CallContext(
             publisher=runtime.publisher, **runtime.security.consumer_context(publisher_entry)
@@ -187,9 +210,9 @@ async def run_once(row: CheckRow, n: int) -> Timing:
         await runtime.join("bench:jobs")
         elapsed = since(started)
     check_handled(next(handlers.done), n, row.key)
-    if row.rules is not None:  # every message was checked (and allowed: it was handled)
+    if row.rules is not None or row.abac:  # every message was checked (and allowed)
         made = {name: scope.checks for name, scope in scopes.items()}
-        expected = {"bench:worker": n} | ({"bench:publisher": 2 * n} if row.signed else {})
+        expected = {"bench:worker": n} | ({"bench:publisher": 2 * n} if row.as_publisher else {})
         if made != expected:
             raise SystemExit(f"{row.key}: decisions made {made}, expected {expected}")
     return elapsed
@@ -242,7 +265,10 @@ def scope_costs(folder: Path, rules: int) -> dict[str, float]:
 
 
 def _row_cells(row: CheckRow, base: float) -> list[str]:
-    shown = "-" if row.rules is None else f"{row.rules:,}" + " signed" * row.signed
+    if row.abac:
+        shown = "ABAC"
+    else:
+        shown = "-" if row.rules is None else f"{row.rules:,}" + " signed" * row.signed
     ratio = f"{row.median / base:.0%}"
     return [row.key, shown, f"{row.median:,.0f}", row.rate_range, f"{row.cpu_us:.1f}", ratio]
 
@@ -278,6 +304,10 @@ def write_rows(root: Path, n: int) -> list[CheckRow]:
             csv.write_text(tenant_rules(rules))
         (folder / "_index.yaml").write_text(yaml.safe_dump(entries(n, csv, signed=signed)))
         rows.append(CheckRow(key, rules, folder, signed))
+    folder = root / "abac"
+    folder.mkdir()
+    (folder / "_index.yaml").write_text(yaml.safe_dump(entries(n, None, abac=True)))
+    rows.append(CheckRow("abac", None, folder, abac=True))
     return rows
 
 

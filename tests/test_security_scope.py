@@ -184,9 +184,9 @@ def test_casbin_gets_header_values_as_text(tmp_path: Path) -> None:
     assert not scope.check(consume(headers={})).allowed
 
 
-def test_whole_objects_are_never_cached(tmp_path: Path) -> None:
+def test_whole_objects_are_cached_by_the_attributes_the_matcher_reads(tmp_path: Path) -> None:
     config = CasbinPolicyConfig(
-        model=f"file://{ABAC}",
+        model=f"file://{ABAC}",  # r.sub.tenant == r.obj.tenant
         policy=f"file://{POLICIES / 'abac_tenant.csv'}",
         request=["actor", "message", "action"],
     )
@@ -195,8 +195,38 @@ def test_whole_objects_are_never_cached(tmp_path: Path) -> None:
     assert scope.check(consume(tenant="tenant-a")).allowed
     assert not scope.check(consume(tenant="tenant-b")).allowed
     assert not scope.check(consume(tenant=None)).allowed
+    assert scope.check(consume(tenant="tenant-a", headers={"other": "x"})).allowed  # cached
+    assert unit.calls == 3
+    other_tenant = Actor("worker-a", {"tenant": "tenant-b"})  # same id, another tenant
+    assert scope.check(consume(tenant="tenant-b", actor=other_tenant)).allowed
+    assert not scope.check(consume(tenant="tenant-a", actor=other_tenant)).allowed
+    assert unit.calls == 5
+
+
+@pytest.mark.parametrize(
+    "matcher",
+    [
+        'r.sub.tenant == r.obj.tenant && r.sub.id[0] == "w"',  # indexed: past the attribute
+        "r.sub.tenant == r.obj.tenant && r.obj.headers != None",  # an attribute not keyed
+        "r.sub.tenant == r.obj.tenant && r.sub != None",  # the whole object
+    ],
+)
+def test_a_matcher_reading_more_of_an_object_is_not_cached(tmp_path: Path, matcher: str) -> None:
+    model = tmp_path / "m.conf"
+    model.write_text(
+        "[request_definition]\nr = sub, obj, act\n[policy_definition]\np = act\n"
+        "[policy_effect]\ne = some(where (p.eft == allow))\n"
+        f"[matchers]\nm = {matcher} && r.act == p.act\n"
+    )
+    config = CasbinPolicyConfig(
+        model=f"file://{model}", rules=["p, queue.consume"], request=["actor", "message", "action"]
+    )
+    unit = Counting(CasbinUnit("app:abac", config))
+    scope = Scope("s", [unit])
     assert scope.check(consume(tenant="tenant-a")).allowed
-    assert unit.calls == 4
+    assert scope.check(consume(tenant="tenant-a")).allowed
+    assert not scope.check(consume(tenant="tenant-b")).allowed
+    assert unit.calls == 3
 
 
 # -- failing closed ------------------------------------------------------------------

@@ -227,6 +227,38 @@ class Enforcer:
                 missing.append(node.id.replace("_", ".", 1))  # r_sub is how r.sub reads here
         return list(dict.fromkeys(missing))
 
+    def request_tokens(self) -> list[str]:
+        """The model's request tokens in order (``sub``, ``obj``, ``act``)."""
+        return [t.removeprefix("r_") for t in self._e.model.model["r"]["r"].tokens]
+
+    def attribute_reads(self, token: str) -> frozenset[str] | None:
+        """The attributes the matcher reads of request token ``token`` (``r.sub.tenant``
+        reads ``tenant`` of ``sub``), or None when it uses the token any other way: whole
+        (passed to a function), nested (``r.sub.meta.x``), called, or through ``eval``."""
+        model = self._e.model.model
+        matcher = model["m"]["m"].value
+        if has_eval(matcher):
+            return None
+        name = f"r_{token}"  # how pycasbin's parsed matcher names r.<token>
+        tree = self._e._get_expression(matcher).ast_parsed_value
+        parents = {
+            id(child): node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)
+        }
+        reads = set()
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Name) and node.id == name):
+                continue
+            parent = parents.get(id(node))
+            if not isinstance(parent, ast.Attribute):
+                return None  # the whole object
+            outer = parents.get(id(parent))
+            if isinstance(outer, ast.Attribute | ast.Subscript) or (
+                isinstance(outer, ast.Call) and outer.func is parent
+            ):
+                return None  # nested, indexed or called: more than one plain attribute
+            reads.add(parent.attr)
+        return frozenset(reads)
+
     def decide(self, *request: Any) -> tuple[str | None, list[str]]:
         if not self._e.enabled:
             raise WippyQueueError(f"enforcement was switched off on {self.source}; refusing")

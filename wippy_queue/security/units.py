@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,20 @@ def _check_index(info: ModelInfo, index: Sequence[int], model_file: str, entry_i
             )
 
 
+ObjectRead = Callable[[Request], Any]
+
+#: What an ABAC matcher may read of a whole-object token (``r.sub.tenant``) and still
+#: be cached, and where the request holds each value; reading anything else of the
+#: object (``meta``, ``headers``: mutable dicts) leaves the decision uncached.
+OBJECT_READS: dict[str, dict[str, ObjectRead]] = {
+    "actor": {
+        "id": lambda r: r.actor.id if r.actor is not None else None,
+        "tenant": lambda r: r.actor.tenant if r.actor is not None else None,
+    },
+    "message": {"publisher": attrgetter("publisher"), "tenant": attrgetter("tenant")},
+}
+
+
 def _plain(value: Any) -> Any:
     """Casbin rules hold strings: give it strings ('' for absent), objects as they are."""
     if value is None:
@@ -175,11 +190,14 @@ class CasbinUnit(PolicyUnit):
         self.policy_path = Path(config.policy.removeprefix("file://")) if config.policy else None
         self._tokens = tuple(config.request)
         self._getters = tuple(getter(t) for t in self._tokens)
-        self._key_getters = tuple(getter(t) for t in self._tokens if t not in SCOPE_KEYED)
-        self._objects = any(t in ("actor", "message") for t in self._tokens)
+        #: the plain tokens the scope's key lacks; whole objects are keyed by what is read
+        self._key_getters = tuple(
+            getter(t) for t in self._tokens if t not in SCOPE_KEYED and t not in OBJECT_READS
+        )
         #: bumped by every install, so that decisions cached under old rules never answer
         self.generation = 0
         self._enforcer = self.load()
+        self._object_reads = self._reads_of(self._enforcer)
 
     def load(self) -> Enforcer:
         """Read and check the model and rules; PolicyLoadError says file and line."""
@@ -232,8 +250,23 @@ class CasbinUnit(PolicyUnit):
 
     def install(self, enforcer: Enforcer) -> None:
         """Put rules made by ``load`` in force (on the event loop, between decisions)."""
+        self._object_reads = self._reads_of(enforcer)
         self._enforcer = enforcer
         self.generation += 1
+
+    def _reads_of(self, enforcer: Enforcer) -> tuple[ObjectRead, ...] | None:
+        """What the cache key needs of whole-object tokens: the attributes the matcher
+        reads of them; None (not cacheable) when it uses one any other way."""
+        reads: list[ObjectRead] = []
+        model_tokens = enforcer.request_tokens()
+        for model_token, token in zip(model_tokens, self._tokens, strict=True):
+            if token not in OBJECT_READS:
+                continue
+            attrs = enforcer.attribute_reads(model_token)
+            if attrs is None or not attrs <= OBJECT_READS[token].keys():
+                return None
+            reads += [OBJECT_READS[token][a] for a in sorted(attrs)]
+        return tuple(reads)
 
     def _values(self, request: Request) -> tuple[Any, ...]:
         values = []
@@ -247,7 +280,8 @@ class CasbinUnit(PolicyUnit):
         return Verdict(effect, self.entry_id, tuple(rule))
 
     def cache_key(self, request: Request) -> Hashable | None:
-        if self._objects:
+        reads = self._object_reads
+        if reads is None:
             return None
         key: list[Any] = [self.generation]
         for get in self._key_getters:
@@ -257,4 +291,9 @@ class CasbinUnit(PolicyUnit):
                 if type(value) is not str:
                     return None
             key.append(value)
+        for read in reads:  # typed: the matcher compares the raw attribute
+            part = _hashable(read(request))
+            if part is _UNHASHABLE:
+                return None
+            key.append(part)
         return tuple(key)
