@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import security_support as sec
+import yaml
 from security_support import FAST_BACKOFF, consumer, driver, func, queue, rule, settings
 
 from wippy_queue import Runtime
@@ -150,3 +151,29 @@ async def test_other_entry_changes_are_named_as_waiting_for_a_restart(
         assert await asyncio.wait_for(reloads.get(), WAIT_S) == ("app:reader", True, None)
     assert runtime.security.scopes["app:worker"].units is not before
     assert [r["policy"] for r in audit_reloads(tmp_path)] == ["app:reader"]
+
+
+async def test_a_policy_file_added_to_the_folder_applies_and_its_removal_too(
+    tmp_path: Path,
+) -> None:
+    state = sec.reset()
+    allow = rule("reader", "queue.consume", "app:jobs", groups=["readers"])
+    runtime = sec.load(tmp_path, entries(allow, groups=("readers",)))
+    reloads = reloads_of(runtime)
+    decisions = sec.watch_decisions(runtime, "app:worker")
+    extra = tmp_path / "more" / "block.yaml"
+    async with runtime:
+        extra.parent.mkdir()
+        block = rule("block", "queue.consume", "app:*", "deny", groups=["readers"])
+        extra.write_text(yaml.safe_dump({"namespace": "app", "entries": [block]}))
+        assert await asyncio.wait_for(reloads.get(), WAIT_S) == ("app:block", True, None)
+        await runtime.publish("app:jobs", {"n": 0})
+        denied = await decisions.wait(lambda r: not r.decision.allowed)
+        assert denied.decision.policy == "app:block"
+
+        extra.unlink()
+        assert await asyncio.wait_for(reloads.get(), WAIT_S) == ("app:block", True, None)
+        await runtime.join("app:jobs", timeout=WAIT_S)  # allowed again: handled
+    assert [s.data for s in state.seen] == [{"n": 0}]
+    files = [r["file"] for r in audit_reloads(tmp_path)]
+    assert files == [str(extra), str(extra)]

@@ -83,7 +83,7 @@ class Runtime:
         self.policy_watcher = PolicyWatcher(
             self.security,
             [self._recorder.policy_reload] if self._recorder else [],
-            entry_files=sorted({entry.location.file for entry in registry}),
+            sources=sources,
             load_entries=partial(load_registry, sources, self.components.kinds)
             if sources
             else None,

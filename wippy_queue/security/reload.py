@@ -2,7 +2,8 @@
 
 A watcher polls, 4 times a second and by content digest, the model and policy
 files of every ``security.policy.casbin`` entry and, when the runtime was loaded
-from entry files, those files too (``security.policy`` entries are written there).
+from entry files, those files too (``security.policy`` entries are written there),
+including files added to or removed from a loaded folder.
 A good change replaces the rules in force and drops every decision cache; a broken
 one is refused and the last good rules stay. Both are logged and, when auditing,
 recorded with the old and new digests. Entry files are loaded again whole, with
@@ -16,11 +17,13 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from wippy_queue.errors import ConfigError
 from wippy_queue.registry.registry import Registry
+from wippy_queue.registry.source import entry_files
 from wippy_queue.security.enforcer import PolicyLoadError
 from wippy_queue.security.manager import ReloadRefused, Security
 from wippy_queue.security.units import CasbinUnit
@@ -51,20 +54,27 @@ class PolicyWatcher:
         security: Security,
         listeners: list[ReloadListener] | None = None,
         *,
-        entry_files: Sequence[str | Path] = (),
+        sources: Sequence[str | os.PathLike[str]] = (),
         load_entries: RegistryLoader | None = None,
         interval_s: float = 0.25,
     ) -> None:
+        """``sources``: the entry files and folders, loaded again by ``load_entries``."""
         self.security = security
         self.listeners = listeners or []
-        self.entry_files = [Path(f) for f in entry_files] if load_entries else []
+        self.sources = list(sources) if load_entries else []
         self.load_entries = load_entries
         self.interval_s = interval_s
         self._digests: dict[Path, str] = {}
+        self._listed: set[Path] = set()
         self._task: asyncio.Task[None] | None = None
 
+    def _entry_files(self) -> list[Path]:
+        return [path for path, _ in entry_files(self.sources)]
+
     async def start(self) -> None:
-        for path in self._watched():
+        listed = await asyncio.to_thread(self._entry_files)
+        self._listed = set(listed)
+        for path in [*self._casbin_files(), *listed]:
             self._digests[path] = await asyncio.to_thread(digest, path)
         self._task = asyncio.create_task(self._run(), name="policy-watcher")
 
@@ -75,9 +85,8 @@ class PolicyWatcher:
                 await self._task
             self._task = None
 
-    def _watched(self) -> list[Path]:
-        files = [p for u in self.security.casbin_units.values() for p in _casbin_files(u)]
-        return [*files, *self.entry_files]
+    def _casbin_files(self) -> list[Path]:
+        return [p for u in self.security.casbin_units.values() for p in _casbin_files(u)]
 
     async def _run(self) -> None:
         while True:
@@ -113,10 +122,17 @@ class PolicyWatcher:
         return True
 
     async def check_entries(self) -> bool:
-        """Reload the policy entries if an entry file changed; True when they took effect."""
+        """Reload the policy entries if an entry file changed, appeared or went away;
+        True when they took effect."""
         load = self.load_entries
-        changed = await self._changed(self.entry_files)
-        if load is None or not changed:
+        if load is None:
+            return False
+        listed = await asyncio.to_thread(self._entry_files)
+        changed = await self._changed(listed)
+        changed += [(p, "", self._digests.get(p, "")) for p in set(listed) - self._listed]
+        changed += [(p, self._digests.pop(p, ""), "removed") for p in self._listed - set(listed)]
+        self._listed = set(listed)
+        if not changed:
             return False
         try:
             plan = await asyncio.to_thread(lambda: self.security.plan_reload(load()))
