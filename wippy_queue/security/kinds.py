@@ -94,6 +94,7 @@ class CasbinLoads:
         return (config.model_dump_json(), _digest(model), _digest(policy))
 
     def check(self, registry: Registry) -> Iterator[Problem]:
+        self._loaded.clear()  # what the last load did not take is stale by now
         for entry in registry.of_kind("security.policy.casbin"):
             assert isinstance(entry.config, CasbinPolicyConfig)
             try:
