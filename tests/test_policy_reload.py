@@ -15,20 +15,26 @@ import yaml
 from security_support import FAST_BACKOFF, consumer, driver, func, queue, rule, settings
 
 from wippy_queue import Runtime
+from wippy_queue.security.actor import Actor
 from wippy_queue.security.audit import verify_file
+from wippy_queue.security.request import Request
 
 WAIT_S = 5.0
 Reload = tuple[str, bool, str | None]
 
 
 def entries(
-    *policies: dict[str, Any], groups: tuple[str, ...] = (), concurrency: int = 1
+    *policies: dict[str, Any],
+    groups: tuple[str, ...] = (),
+    concurrency: int = 1,
+    audited: bool = True,
 ) -> list[dict[str, Any]]:
     """app:jobs consumed by app:worker (actor worker-a, policy app:reader, and
-    ``groups``), audited to audit.jsonl."""
+    ``groups``), audited to audit.jsonl (unless not ``audited``)."""
+    audit = {"name": "audit", "kind": "security.audit", "path": "file://audit.jsonl"}
     return [
         settings(**FAST_BACKOFF),
-        {"name": "audit", "kind": "security.audit", "path": "file://audit.jsonl"},
+        *([audit] if audited else []),
         driver(),
         queue("jobs", dead="dead", max_attempts=1000),
         queue("dead"),
@@ -177,3 +183,115 @@ async def test_a_policy_file_added_to_the_folder_applies_and_its_removal_too(
     assert [s.data for s in state.seen] == [{"n": 0}]
     files = [r["file"] for r in audit_reloads(tmp_path)]
     assert files == [str(extra), str(extra)]
+
+
+# -- the watcher, driven by hand: no edit may be missed, no broken file may count ---------
+
+RBAC_MODEL = """[request_definition]
+r = sub, obj, act
+[policy_definition]
+p = sub, obj, act, eft
+[policy_effect]
+e = some(where (p.eft == allow)) && !some(where (p.eft == deny))
+[matchers]
+m = r.sub == p.sub && keyMatch(r.obj, p.obj) && r.act == p.act
+"""
+
+
+def casbin(name: str, folder: Path, csv: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "kind": "security.policy.casbin",
+        "model": f"file://{folder / 'm.conf'}",
+        "policy": f"file://{folder / csv}",
+        "request": ["actor.id", "resource", "action"],
+    }
+
+
+def decide(runtime: Runtime, consumer_id: str = "app:worker", actor: str = "worker-a") -> str:
+    request = Request("queue.consume", "app:jobs", Actor(actor, {}))
+    decision = runtime.security.scopes[consumer_id].check(request)
+    return "allow" if decision.allowed else "deny"
+
+
+def casbin_app(folder: Path, *entries_: dict[str, Any]) -> Runtime:
+    (folder / "m.conf").write_text(RBAC_MODEL)
+    return sec.load(folder, [driver(), queue("jobs"), func("record_async"), *entries_])
+
+
+async def test_two_entries_sharing_a_policy_file_both_take_its_change(tmp_path: Path) -> None:
+    rules = tmp_path / "shared.csv"
+    rules.write_text("p, worker-a, app:jobs, queue.consume, allow\n")
+    runtime = casbin_app(
+        tmp_path,
+        casbin("one", tmp_path, "shared.csv"),
+        casbin("two", tmp_path, "shared.csv"),
+        consumer("worker", "jobs", "record_async", actor="worker-a", policies=("app:one",)),
+        consumer("other", "jobs", "record_async", actor="worker-a", policies=("app:two",)),
+    )
+    watcher = runtime.policy_watcher
+    assert decide(runtime) == decide(runtime, "app:other") == "allow"
+    rules.write_text("p, worker-a, app:jobs, queue.consume, deny\n")
+    assert [await watcher.check(u) for u in runtime.security.casbin_units.values()] == [True] * 2
+    assert decide(runtime) == decide(runtime, "app:other") == "deny"
+
+
+async def test_an_undecodable_policy_file_is_refused_at_its_line_and_watching_goes_on(
+    tmp_path: Path,
+) -> None:
+    rules = tmp_path / "p.csv"
+    rules.write_text("p, worker-a, app:jobs, queue.consume, allow\n")
+    entries_ = [casbin("cas", tmp_path, "p.csv")]
+    runtime = casbin_app(tmp_path, *entries_, consumer("worker", "jobs", "record_async",
+                         actor="worker-a", policies=("app:cas",)))  # fmt: skip
+    reloads = reloads_of(runtime)
+    async with runtime:
+        rules.write_bytes(b"# caf\xe9\np, worker-a, app:jobs, queue.consume, deny\n")
+        _, applied, error = await asyncio.wait_for(reloads.get(), WAIT_S)
+        assert not applied and "p.csv:1" in str(error) and "not UTF-8" in str(error)
+        assert decide(runtime) == "allow"  # the last good rules
+        rules.write_text("p, worker-a, app:jobs, queue.consume, deny\n")
+        assert await asyncio.wait_for(reloads.get(), WAIT_S) == ("app:cas", True, None)
+        assert decide(runtime) == "deny"
+
+
+async def test_a_refused_entry_reload_is_tried_again_when_what_it_waits_on_arrives(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "allow.csv").write_text("p, worker-a, app:jobs, queue.consume, allow\n")
+    worker = consumer("worker", "jobs", "record_async", actor="worker-a", policies=("app:cas",))
+    runtime = casbin_app(tmp_path, casbin("cas", tmp_path, "allow.csv"), worker)
+    watcher = runtime.policy_watcher
+    watcher.retry_s = 0.0
+    (tmp_path / "m.conf").write_text(RBAC_MODEL)
+    sec.write_entries(tmp_path, [driver(), queue("jobs"), func("record_async"),
+                                 casbin("cas", tmp_path, "deny.csv"), worker])  # fmt: skip
+    assert not await watcher.check_entries()  # deny.csv is not written yet: refused
+    (tmp_path / "deny.csv").write_text("p, worker-a, app:jobs, queue.consume, deny\n")
+    assert await watcher.check_entries()  # the entry files did not change, but it now loads
+    assert decide(runtime) == "deny"
+
+
+async def test_an_edit_made_before_the_watcher_starts_is_not_missed(tmp_path: Path) -> None:
+    allow = rule("reader", "queue.consume", "app:jobs")
+    runtime = sec.load(tmp_path, entries(allow, audited=False))
+    deny = rule("reader", "queue.consume", "app:jobs", "deny")
+    sec.write_entries(tmp_path, entries(deny, audited=False))
+    assert await runtime.policy_watcher.check_entries()
+    assert decide(runtime) == "deny"
+
+
+async def test_a_file_missing_for_one_look_does_not_drop_its_policies(tmp_path: Path) -> None:
+    allow = rule("reader", "queue.consume", "app:jobs", groups=["readers"])
+    runtime = sec.load(tmp_path, entries(allow, groups=("readers",), audited=False))
+    watcher = runtime.policy_watcher
+    block = tmp_path / "block.yaml"
+    deny = rule("block", "queue.consume", "app:*", "deny", groups=["readers"])
+    block.write_text(yaml.safe_dump({"namespace": "app", "entries": [deny]}))
+    assert await watcher.check_entries()
+    assert decide(runtime) == "deny"
+    block.rename(tmp_path / "block.yaml~")  # an editor saving: the old file moved away...
+    assert not await watcher.check_entries()
+    (tmp_path / "block.yaml~").rename(block)  # ...and the new one written
+    assert not await watcher.check_entries()
+    assert decide(runtime) == "deny"  # never dropped, not even for one look

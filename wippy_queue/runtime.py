@@ -84,6 +84,7 @@ class Runtime:
             self.security,
             [self._recorder.policy_reload] if self._recorder else [],
             sources=sources,
+            entry_digests=registry.files,
             load_entries=partial(load_registry, sources, self.components.kinds)
             if sources
             else None,

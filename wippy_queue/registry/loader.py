@@ -29,7 +29,7 @@ class _Invalid:
 
 
 def load_registry(paths: Iterable[str | os.PathLike[str]], kinds: KindTable) -> Registry:
-    raws, problems = read_entries(paths)
+    raws, problems, files = read_entries(paths)
     entries: dict[str, Entry] = {}
     invalid: list[_Invalid] = []
     seen: dict[str, Location] = {}
@@ -54,7 +54,7 @@ def load_registry(paths: Iterable[str | os.PathLike[str]], kinds: KindTable) -> 
             (warnings if found.severity == "warning" else problems).append(found)
     if [p for p in problems if p.severity == "error"]:
         raise ConfigError(problems)
-    return Registry(entries, dependencies, tuple(warnings))
+    return Registry(entries, dependencies, tuple(warnings), files)
 
 
 def _declared(raws: list[RawEntry], kinds: KindTable) -> dict[str, str | None]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 from wippy_queue.errors import Problem, RegistryError
 from wippy_queue.registry.entry import Entry, EntryModel
@@ -16,6 +16,8 @@ class Registry:
     dependencies: dict[str, tuple[str, ...]]
     #: non-fatal findings (``validate`` prints them)
     warnings: tuple[Problem, ...] = ()
+    #: every file read while loading -> SHA-256 of the bytes read (for a watcher)
+    files: Mapping[str, str] = field(default_factory=dict)
 
     def __contains__(self, entry_id: object) -> bool:
         return entry_id in self.entries

@@ -6,6 +6,7 @@ An entry file holds ``version`` (optional), ``namespace`` (required), file-level
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -119,10 +120,14 @@ def _resolve_files(value: Any, base: Path) -> Any:
     return value
 
 
-def read_yaml(path: Path, problems: list[Problem]) -> Any:
-    """A YAML file with line numbers (``LineDict``); problems go to ``problems``."""
+def read_yaml(path: Path, problems: list[Problem], digests: dict[str, str] | None = None) -> Any:
+    """A YAML file with line numbers (``LineDict``); problems go to ``problems``, and
+    the SHA-256 of the bytes read to ``digests`` (a watcher compares with those)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        if digests is not None:
+            digests[str(path)] = hashlib.sha256(data).hexdigest()
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         problems.append(Problem(f"cannot read entry file: {err}", file=str(path)))
         return None
@@ -149,19 +154,21 @@ def read_yaml(path: Path, problems: list[Problem]) -> Any:
 
 def read_entries(
     paths: Iterable[str | os.PathLike[str]],
-) -> tuple[list[RawEntry], list[Problem]]:
+) -> tuple[list[RawEntry], list[Problem], dict[str, str]]:
+    """The raw entries, the problems found, and the digest of each file read."""
     entries: list[RawEntry] = []
     problems: list[Problem] = []
+    digests: dict[str, str] = {}
     for path, explicit in entry_files(paths):
         if not path.exists():
             problems.append(Problem("no such file or directory", file=str(path)))
             continue
         known = len(problems)
-        document = read_yaml(path, problems)
+        document = read_yaml(path, problems, digests)
         if (document is None and not explicit) or len(problems) > known:
             continue  # not an entry file, or reported already (malformed YAML)
         entries.extend(_file_entries(path, document, explicit, problems))
-    return entries, problems
+    return entries, problems, digests
 
 
 def _file_entries(

@@ -13,8 +13,9 @@ import csv
 import io
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import casbin
@@ -174,8 +175,11 @@ class Enforcer:
         functions: dict[str, Callable[..., Any]] | None = None,
         index: Sequence[int] = (),
         source: str = "<model>",
+        files: Mapping[Path, str] | None = None,
     ) -> None:
         self.source = source
+        #: the files it was built from -> SHA-256 of the bytes read (a watcher compares)
+        self.files: Mapping[Path, str] = files or {}
         self._index = tuple(index)
         try:
             if index:

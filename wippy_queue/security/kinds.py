@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Mapping
 from pathlib import Path
 
 from wippy_queue.errors import Problem
@@ -69,8 +69,9 @@ def check_settings(registry: Registry) -> Iterator[Problem]:
             )
 
 
-def _digest(path: Path | None) -> str | None:
-    return None if path is None else hashlib.sha256(path.read_bytes()).hexdigest()
+def _paths(config: CasbinPolicyConfig) -> list[Path]:
+    model = Path(config.model.removeprefix("file://"))
+    return [model] if not config.policy else [model, Path(config.policy.removeprefix("file://"))]
 
 
 class CasbinLoads:
@@ -88,19 +89,22 @@ class CasbinLoads:
         self._passed: dict[str, Hashable] = {}
 
     @staticmethod
-    def _key(config: CasbinPolicyConfig) -> Hashable:
-        model = Path(config.model.removeprefix("file://"))
-        policy = Path(config.policy.removeprefix("file://")) if config.policy else None
-        return (config.model_dump_json(), _digest(model), _digest(policy))
+    def _key(config: CasbinPolicyConfig, files: Mapping[Path, str] | None = None) -> Hashable:
+        """The config and its files' digests: as on disk now, or as ``files`` says a
+        unit read them (a file that changes between the two never matches)."""
+        if files is None:
+            files = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in _paths(config)}
+        return (config.model_dump_json(), tuple(files.get(p) for p in _paths(config)))
 
     def check(self, registry: Registry) -> Iterator[Problem]:
         self._loaded.clear()  # what the last load did not take is stale by now
         for entry in registry.of_kind("security.policy.casbin"):
             assert isinstance(entry.config, CasbinPolicyConfig)
             try:
-                key = self._key(entry.config)
-                if self._passed.get(entry.id) != key:
-                    self._loaded[entry.id] = (key, CasbinUnit(entry.id, entry.config))
+                if self._passed.get(entry.id) != self._key(entry.config):
+                    unit = CasbinUnit(entry.id, entry.config)
+                    key = self._key(entry.config, unit.files)  # what it really read
+                    self._loaded[entry.id] = (key, unit)
                     self._passed[entry.id] = key
             except PolicyLoadError as err:
                 for problem in err.problems:

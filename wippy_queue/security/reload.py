@@ -1,14 +1,18 @@
 """Hot reload of policies while consumers run.
 
-A watcher polls, 4 times a second and by content digest, the model and policy
-files of every ``security.policy.casbin`` entry and, when the runtime was loaded
-from entry files, those files too (``security.policy`` entries are written there),
-including files added to or removed from a loaded folder.
-A good change replaces the rules in force and drops every decision cache; a broken
-one is refused and the last good rules stay. Both are logged and, when auditing,
-recorded with the old and new digests. Entry files are loaded again whole, with
-every check a start runs; only policy entries take effect at once, and the log
-names any other entry whose change waits for a restart.
+A watcher polls, 4 times a second, the model and policy files of every
+``security.policy.casbin`` entry and, when the runtime was loaded from entry
+files, those files too (``security.policy`` entries are written there), including
+files added to or removed from a loaded folder. Each file's digest is compared
+with the digest of the bytes the rules in force were read from, so no edit is
+missed, whenever it lands. A good change replaces the rules in force and drops
+every decision cache; a broken one (or any error while loading it) is refused and
+the last good rules stay. Both are logged and, when auditing, recorded with the old
+and new digests. Entry files are loaded again whole, with every check a start runs;
+only policy entries take effect at once, and the log names any other entry whose
+change waits for a restart. A refused entry reload is tried again every couple of
+seconds (it may wait on a file it names), and a file that goes missing counts as
+removed only when it is still missing at the next look (an editor saving it).
 """
 
 from __future__ import annotations
@@ -17,15 +21,15 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from wippy_queue.errors import ConfigError
 from wippy_queue.registry.registry import Registry
 from wippy_queue.registry.source import entry_files
-from wippy_queue.security.enforcer import PolicyLoadError
-from wippy_queue.security.manager import ReloadRefused, Security
+from wippy_queue.security.manager import PolicyPlan, Security
 from wippy_queue.security.units import CasbinUnit
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,8 @@ log = logging.getLogger(__name__)
 ReloadListener = Callable[[str, str, str, str, bool, str | None], None]
 #: loads the entry files again (in a thread), raising ConfigError on any problem
 RegistryLoader = Callable[[], Registry]
-_REFUSED = (PolicyLoadError, ConfigError, ReloadRefused, OSError)
+Digests = dict[Path, str]
+RETRY_S = 2.0
 
 
 def digest(path: Path) -> str:
@@ -48,6 +53,21 @@ def _casbin_files(unit: CasbinUnit) -> list[Path]:
     return [p for p in (unit.model_path, unit.policy_path) if p is not None]
 
 
+def _changes(before: Mapping[Path, str], now: Mapping[Path, str]) -> list[tuple[Path, str, str]]:
+    """(file, old digest, new digest) for each file that differs; '' is absent."""
+    paths = sorted({*before, *now})
+    return [(p, before.get(p, ""), now.get(p, "")) for p in paths if before.get(p) != now.get(p)]
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """Files whose content was refused, why, and when to try the same content again."""
+
+    digests: Digests
+    error: str
+    retry_at: float
+
+
 class PolicyWatcher:
     def __init__(
         self,
@@ -56,26 +76,25 @@ class PolicyWatcher:
         *,
         sources: Sequence[str | os.PathLike[str]] = (),
         load_entries: RegistryLoader | None = None,
+        entry_digests: Mapping[str, str] | None = None,
         interval_s: float = 0.25,
+        retry_s: float = RETRY_S,
     ) -> None:
-        """``sources``: the entry files and folders, loaded again by ``load_entries``."""
+        """``sources``: the entry files and folders, loaded again by ``load_entries``;
+        ``entry_digests``: the files read for the registry in force (``Registry.files``)."""
         self.security = security
         self.listeners = listeners or []
         self.sources = list(sources) if load_entries else []
         self.load_entries = load_entries
         self.interval_s = interval_s
-        self._digests: dict[Path, str] = {}
-        self._listed: set[Path] = set()
+        self.retry_s = retry_s
+        #: the entry files as read for the policies in force
+        self._entries: Digests = {Path(p): d for p, d in (entry_digests or {}).items()}
+        self._missing: set[Path] = set()
+        self._refused: dict[str, _Refusal] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def _entry_files(self) -> list[Path]:
-        return [path for path, _ in entry_files(self.sources)]
-
     async def start(self) -> None:
-        listed = await asyncio.to_thread(self._entry_files)
-        self._listed = set(listed)
-        for path in [*self._casbin_files(), *listed]:
-            self._digests[path] = await asyncio.to_thread(digest, path)
         self._task = asyncio.create_task(self._run(), name="policy-watcher")
 
     async def stop(self) -> None:
@@ -85,37 +104,48 @@ class PolicyWatcher:
                 await self._task
             self._task = None
 
-    def _casbin_files(self) -> list[Path]:
-        return [p for u in self.security.casbin_units.values() for p in _casbin_files(u)]
-
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            await self.check_entries()
-            for unit in list(self.security.casbin_units.values()):
-                await self.check(unit)
+            try:
+                await self.check_entries()
+                for unit in list(self.security.casbin_units.values()):
+                    await self.check(unit)
+            except Exception:  # never let the watcher die: the rules in force stay
+                log.exception("policy watcher: checking for changes failed; trying again")
 
-    async def _changed(self, files: list[Path]) -> list[tuple[Path, str, str]]:
-        """(file, old digest, new digest) for each of ``files`` changed since last seen."""
-        changed = []
-        for path in files:
-            new = await asyncio.to_thread(digest, path)
-            old = self._digests.get(path)
-            self._digests[path] = new
-            if old is not None and new != old:  # a file first seen was just loaded
-                changed.append((path, old, new))
-        return changed
+    async def _digests(self, files: list[Path]) -> Digests:
+        return {path: await asyncio.to_thread(digest, path) for path in files}
+
+    def _refused_already(self, key: str, now: Digests) -> bool:
+        """This content was refused, and it is not yet time to try it again."""
+        refusal = self._refused.get(key)
+        loop = asyncio.get_running_loop()
+        return refusal is not None and refusal.digests == now and loop.time() < refusal.retry_at
+
+    def _refuse(self, key: str, now: Digests, error: str, *, retry: bool) -> bool:
+        """Note a refusal (to be tried again in ``retry_s`` if ``retry``, else only once
+        the files change); True when it is news (not the same refusal tried again)."""
+        before = self._refused.get(key)
+        retry_at = asyncio.get_running_loop().time() + self.retry_s if retry else math.inf
+        self._refused[key] = _Refusal(now, error, retry_at)
+        return before is None or (before.digests, before.error) != (now, error)
 
     async def check(self, unit: CasbinUnit) -> bool:
-        """Reload ``unit`` if one of its files changed; True when new rules took effect."""
-        changed = await self._changed(_casbin_files(unit))
-        if not changed:
+        """Reload ``unit`` if its files differ from those its rules were read from;
+        True when new rules took effect."""
+        now = await self._digests(_casbin_files(unit))
+        changed = _changes({p: unit.files.get(p, "") for p in now}, now)
+        if not changed or self._refused_already(unit.entry_id, now):
             return False
         try:
             enforcer = await asyncio.to_thread(unit.load)
-        except _REFUSED as err:
-            self._report(unit.entry_id, changed, False, str(err))
+        except Exception as err:  # broken (or unreadable) files: the last good rules stay
+            # nothing outside its own files decides it: the same bytes fail the same way
+            if self._refuse(unit.entry_id, now, str(err), retry=False):
+                self._report(unit.entry_id, changed, False, str(err))
             return False
+        self._refused.pop(unit.entry_id, None)
         unit.install(enforcer)
         self.security.clear_caches()
         self._report(unit.entry_id, changed, True, None)
@@ -127,18 +157,30 @@ class PolicyWatcher:
         load = self.load_entries
         if load is None:
             return False
-        listed = await asyncio.to_thread(self._entry_files)
-        changed = await self._changed(listed)
-        changed += [(p, "", self._digests.get(p, "")) for p in set(listed) - self._listed]
-        changed += [(p, self._digests.pop(p, ""), "removed") for p in self._listed - set(listed)]
-        self._listed = set(listed)
-        if not changed:
+        listed = await asyncio.to_thread(lambda: [p for p, _ in entry_files(self.sources)])
+        now = await self._digests(listed)
+        gone = set(self._entries) - set(now)
+        if gone - self._missing:  # just went missing: maybe mid-save, look again first
+            self._missing = gone
             return False
+        self._missing = gone
+        changed = _changes(self._entries, now)
+        if not changed or self._refused_already("entry files", now):
+            return False
+
+        def reload() -> tuple[Registry, PolicyPlan]:
+            written = load()
+            return written, self.security.plan_reload(written)
+
         try:
-            plan = await asyncio.to_thread(lambda: self.security.plan_reload(load()))
-        except _REFUSED as err:
-            self._report("entry files", changed, False, str(err))
+            written, plan = await asyncio.to_thread(reload)
+        except Exception as err:  # a load problem, or what running consumers cannot take
+            # it may wait on a file the entries name (a new CSV not saved yet): retry
+            if self._refuse("entry files", now, str(err), retry=True):
+                self._report("entry files", changed, False, str(err))
             return False
+        self._refused.pop("entry files", None)
+        self._entries = {Path(p): d for p, d in written.files.items()}
         if plan.restart_needed:
             log.warning(
                 "entry files changed: %s take effect at the next start (only policy "
@@ -169,4 +211,4 @@ class PolicyWatcher:
                     error,
                 )
             for listener in self.listeners:
-                listener(policy, str(path), old, new, applied, error)
+                listener(policy, str(path), old, new or "removed", applied, error)

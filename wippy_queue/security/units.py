@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from operator import attrgetter
@@ -160,6 +161,23 @@ def _check_index(info: ModelInfo, index: Sequence[int], model_file: str, entry_i
             )
 
 
+def _read_text(path: Path, digests: dict[Path, str], entry_id: str) -> str:
+    """A policy file's text, its digest noted; not UTF-8 is a PolicyLoadError at its line."""
+    data = path.read_bytes()
+    digests[path] = hashlib.sha256(data).hexdigest()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        problem = Problem(
+            f"not UTF-8 text (byte {data[err.start]:#04x}); save the file as UTF-8",
+            str(path),
+            line,
+            entry_id,
+        )
+        raise PolicyLoadError([problem]) from err
+
+
 ObjectRead = Callable[[Request], Any]
 
 #: What an ABAC matcher may read of a whole-object token (``r.sub.tenant``) and still
@@ -199,10 +217,16 @@ class CasbinUnit(PolicyUnit):
         self._enforcer = self.load()
         self._object_reads = self._reads_of(self._enforcer)
 
+    @property
+    def files(self) -> Mapping[Path, str]:
+        """The model and policy files in force -> SHA-256 of the bytes they were read from."""
+        return self._enforcer.files
+
     def load(self) -> Enforcer:
         """Read and check the model and rules; PolicyLoadError says file and line."""
         model_file = str(self.model_path)
-        model_text = self.model_path.read_text(encoding="utf-8")
+        files: dict[Path, str] = {}
+        model_text = _read_text(self.model_path, files, self.entry_id)
         info = read_model(model_text, model_file)
         if len(info.request_tokens) != len(self._tokens):
             raise PolicyLoadError(
@@ -220,7 +244,7 @@ class CasbinUnit(PolicyUnit):
             )
         rules: list[PolicyLine] = []
         if self.policy_path is not None:
-            text = self.policy_path.read_text(encoding="utf-8")
+            text = _read_text(self.policy_path, files, self.entry_id)
             rules += read_policy(text, str(self.policy_path), info)
         if self.config.rules:
             rules += read_policy("\n".join(self.config.rules), f"{self.entry_id} rules", info)
@@ -228,7 +252,7 @@ class CasbinUnit(PolicyUnit):
         _check_index(info, index, model_file, self.entry_id)
         if len(index) == 1:
             index *= 2  # pycasbin's FastPolicy only iterates a two-level index correctly
-        enforcer = Enforcer(model_text, rules, index=index, source=model_file)
+        enforcer = Enforcer(model_text, rules, index=index, source=model_file, files=files)
         try:
             undefined = enforcer.undefined_in_matcher()
             if undefined:

@@ -52,12 +52,19 @@ def parse_time(text: str) -> datetime:
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """An ISO time (see ``parse_time``) or a duration ago: ``90s``, ``15m``, ``2h``."""
+    """An ISO time (see ``parse_time``) or a duration ago with its unit: ``90s``, ``15m``,
+    ``2h`` (a bare number is neither: ``2026`` is no year, nor seconds); ValueError."""
     try:
         return parse_time(text)
     except ValueError:
-        ago = parse_duration(text)  # ValueError when it is neither
-    return (now or datetime.now(UTC)) - timedelta(seconds=ago)
+        pass
+    if not text.strip() or text.strip()[-1].isdigit():
+        raise ValueError(f"{text!r} has no unit")
+    ago = parse_duration(text)  # ValueError when it is not a duration either
+    try:
+        return (now or datetime.now(UTC)) - timedelta(seconds=ago)
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long ago") from None
 
 
 def records(path: Path) -> Iterator[dict[str, Any]]:
