@@ -5,7 +5,7 @@ concurrency 4, prefetch 20) with and without a ``security.audit`` entry, for eac
 fsync mode. With auditing, every consume writes one hash-chained record that is
 awaited before the message is acked. Target (issue 4): audited >= 70% of unaudited.
 
-    python bench/audit.py [--n 20000] [--repeat 5] [--svg chart.svg]
+    python bench/audit.py [--n 20000] [--repeat 5] [--json results.json] [--svg chart.svg]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from wippy_queue.security.audit import verify_file
 HANDLERS_MODULE = "wippy_bench_audit_handlers"
 HANDLERS = "import itertools\ndone = itertools.count()\n\nasync def noop(data):\n    next(done)\n"
 #: row key -> the audit entry's fsync mode (None: no audit entry)
+TARGET = 0.70  # audit batch throughput / unaudited (issue 4)
 ROWS = {"unaudited": None, "audit never": "never", "audit batch": "batch", "audit always": "always"}
 
 
@@ -110,7 +111,7 @@ def table(rows: list[AuditRow]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = harness.parse(harness.parser(__doc__), argv)
+    args = harness.parse(harness.parser(__doc__, with_json=True), argv)
     with tempfile.TemporaryDirectory(prefix="wq-bench-audit-") as tmp:
         root = Path(tmp)
         (root / f"{HANDLERS_MODULE}.py").write_text(HANDLERS)
@@ -127,6 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     settings = f"concurrency {CONCURRENCY}, prefetch {PREFETCH}"
     print(f"\nN = {args.n:,}, {args.repeat} runs per row (medians), {settings}\n")
     print(table(rows))
+    batch = next(row for row in rows if row.key == "audit batch")
+    ratio = batch.median / rows[0].median
+    verdict = "meets" if ratio >= TARGET else "MISSES"
+    print(f"\naudit batch: {ratio:.0%} of unaudited ({verdict} the {TARGET:.0%} target)")
+    if args.json:
+        results = {r.key: {"rates": r.rates, "cpu_us": r.cpu_us_runs} for r in rows}
+        harness.write_json(
+            args.json,
+            {"n": args.n, "rows": results, "ratio_batch": ratio, "machine": harness.machine()},
+        )
     if args.svg:
         harness.write_chart(
             args.svg,
