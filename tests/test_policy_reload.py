@@ -232,8 +232,28 @@ async def test_two_entries_sharing_a_policy_file_both_take_its_change(tmp_path: 
     watcher = runtime.policy_watcher
     assert decide(runtime) == decide(runtime, "app:other") == "allow"
     rules.write_text("p, worker-a, app:jobs, queue.consume, deny\n")
-    assert [await watcher.check(u) for u in runtime.security.casbin_units.values()] == [True] * 2
+    units = list(runtime.security.casbin_units.values())
+    assert [await watcher.check(u) for u in units] == [False] * 2  # seen; held still?
+    assert [await watcher.check(u) for u in units] == [True] * 2
     assert decide(runtime) == decide(runtime, "app:other") == "deny"
+
+
+async def test_a_file_caught_half_written_is_not_taken(tmp_path: Path) -> None:
+    rules = tmp_path / "p.csv"
+    rules.write_text("p, worker-a, app:jobs, queue.consume, allow\n")
+    worker = consumer("worker", "jobs", "record_async", actor="worker-a", policies=("app:cas",))
+    runtime = casbin_app(tmp_path, casbin("cas", tmp_path, "p.csv"), worker)
+    (unit,) = runtime.security.casbin_units.values()
+    watcher = runtime.policy_watcher
+    rules.write_text("p, worker-b, app:jobs, queue.consume, allow\n")  # a writer, half-way
+    assert not await watcher.check(unit)
+    rules.write_text(  # ...and done: the file held still for no look yet
+        "p, worker-b, app:jobs, queue.consume, allow\np, worker-a, app:*, queue.consume, deny\n"
+    )
+    assert not await watcher.check(unit)
+    assert decide(runtime) == "allow"  # still the old rules, never the half-written ones
+    assert await watcher.check(unit)
+    assert decide(runtime) == "deny"
 
 
 async def test_an_undecodable_policy_file_is_refused_at_its_line_and_watching_goes_on(
@@ -266,6 +286,7 @@ async def test_a_refused_entry_reload_is_tried_again_when_what_it_waits_on_arriv
     (tmp_path / "m.conf").write_text(RBAC_MODEL)
     sec.write_entries(tmp_path, [driver(), queue("jobs"), func("record_async"),
                                  casbin("cas", tmp_path, "deny.csv"), worker])  # fmt: skip
+    assert not await watcher.check_entries()  # seen
     assert not await watcher.check_entries()  # deny.csv is not written yet: refused
     (tmp_path / "deny.csv").write_text("p, worker-a, app:jobs, queue.consume, deny\n")
     assert await watcher.check_entries()  # the entry files did not change, but it now loads
@@ -277,6 +298,7 @@ async def test_an_edit_made_before_the_watcher_starts_is_not_missed(tmp_path: Pa
     runtime = sec.load(tmp_path, entries(allow, audited=False))
     deny = rule("reader", "queue.consume", "app:jobs", "deny")
     sec.write_entries(tmp_path, entries(deny, audited=False))
+    assert not await runtime.policy_watcher.check_entries()  # seen
     assert await runtime.policy_watcher.check_entries()
     assert decide(runtime) == "deny"
 
@@ -288,6 +310,7 @@ async def test_a_file_missing_for_one_look_does_not_drop_its_policies(tmp_path: 
     block = tmp_path / "block.yaml"
     deny = rule("block", "queue.consume", "app:*", "deny", groups=["readers"])
     block.write_text(yaml.safe_dump({"namespace": "app", "entries": [deny]}))
+    assert not await watcher.check_entries()  # seen
     assert await watcher.check_entries()
     assert decide(runtime) == "deny"
     block.rename(tmp_path / "block.yaml~")  # an editor saving: the old file moved away...
@@ -295,3 +318,71 @@ async def test_a_file_missing_for_one_look_does_not_drop_its_policies(tmp_path: 
     (tmp_path / "block.yaml~").rename(block)  # ...and the new one written
     assert not await watcher.check_entries()
     assert decide(runtime) == "deny"  # never dropped, not even for one look
+    block.unlink()  # gone for good: dropped once it stays gone
+    assert not await watcher.check_entries()
+    assert await watcher.check_entries()
+    assert decide(runtime) == "allow"
+
+
+async def test_a_policy_file_swapped_by_its_link_is_seen(tmp_path: Path) -> None:
+    (tmp_path / "v1.csv").write_text("p, worker-a, app:jobs, queue.consume, allow\n")
+    (tmp_path / "v2.csv").write_text("p, worker-a, app:jobs, queue.consume, deny\n")
+    (tmp_path / "p.csv").symlink_to(tmp_path / "v1.csv")
+    worker = consumer("worker", "jobs", "record_async", actor="worker-a", policies=("app:cas",))
+    runtime = casbin_app(tmp_path, casbin("cas", tmp_path, "p.csv"), worker)
+    (unit,) = runtime.security.casbin_units.values()
+    assert decide(runtime) == "allow"
+    (tmp_path / "p.new").symlink_to(tmp_path / "v2.csv")
+    (tmp_path / "p.new").replace(tmp_path / "p.csv")  # as ln -sfn / a ConfigMap swap does
+    (tmp_path / "v1.csv").unlink()
+    assert not await runtime.policy_watcher.check(unit)
+    assert await runtime.policy_watcher.check(unit)
+    assert decide(runtime) == "deny"
+
+
+async def test_a_reload_that_cannot_be_recorded_does_not_take_effect(tmp_path: Path) -> None:
+    rules = tmp_path / "p.csv"
+    rules.write_text("p, worker-a, app:jobs, queue.consume, allow\n")
+    worker = consumer("worker", "jobs", "record_async", actor="worker-a", policies=("app:cas",))
+    runtime = casbin_app(tmp_path, casbin("cas", tmp_path, "p.csv"), worker)
+    (unit,) = runtime.security.casbin_units.values()
+    watcher = runtime.policy_watcher
+    recorded: list[tuple[str, str]] = []
+    allow_digest = unit.files[rules]
+
+    def audit_down(policy: str, file: str, old: str, new: str, *_: Any) -> None:
+        raise OSError("audit file not writable")
+
+    watcher.listeners[:] = [audit_down]
+    rules.write_text("p, worker-a, app:jobs, queue.consume, deny\n")
+    assert not await watcher.check(unit)  # seen
+    assert not await watcher.check(unit)  # loaded, but it could not be recorded
+    assert decide(runtime) == "allow"
+    watcher.listeners[:] = [lambda policy, file, old, new, *_: recorded.append((old, new))]
+    assert await watcher.check(unit)
+    assert decide(runtime) == "deny"
+    assert recorded == [(allow_digest, unit.files[rules])]  # once, when it took effect
+
+
+async def test_the_record_names_the_bytes_that_took_effect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = tmp_path / "p.csv"
+    rules.write_text("p, worker-a, app:jobs, queue.consume, allow\n")
+    worker = consumer("worker", "jobs", "record_async", actor="worker-a", policies=("app:cas",))
+    runtime = casbin_app(tmp_path, casbin("cas", tmp_path, "p.csv"), worker)
+    (unit,) = runtime.security.casbin_units.values()
+    watcher = runtime.policy_watcher
+    recorded: list[str] = []
+    watcher.listeners[:] = [lambda policy, file, old, new, *_: recorded.append(new)]
+    load = unit.load
+
+    def edited_while_loading() -> Any:  # another save lands while the rules are read
+        rules.write_text("p, worker-a, app:jobs, queue.consume, deny\n# v3\n")
+        return load()
+
+    rules.write_text("p, worker-a, app:jobs, queue.consume, deny\n")
+    assert not await watcher.check(unit)
+    monkeypatch.setattr(unit, "load", edited_while_loading)
+    assert await watcher.check(unit)
+    assert recorded == [unit.files[rules]]  # the v3 bytes in force, not the v2 seen before

@@ -107,10 +107,11 @@ def _interpolate(value: Any, problems: list[str]) -> Any:
 
 
 def _resolve_files(value: Any, base: Path) -> Any:
-    """Make ``file://relative`` values absolute, relative to the entry file."""
+    """Make ``file://relative`` values absolute, relative to the entry file. Links stay
+    links: a policy file swapped by re-pointing its link is the file a watcher sees."""
     if isinstance(value, str) and value.startswith("file://"):
         rel = value.removeprefix("file://")
-        return "file://" + str((base / rel).resolve())
+        return "file://" + os.path.abspath(base / rel)
     if isinstance(value, LineDict):
         out = LineDict({k: _resolve_files(v, base) for k, v in value.items()})
         out.line, out.key_lines = value.line, value.key_lines

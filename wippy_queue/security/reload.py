@@ -5,14 +5,16 @@ A watcher polls, 4 times a second, the model and policy files of every
 files, those files too (``security.policy`` entries are written there), including
 files added to or removed from a loaded folder. Each file's digest is compared
 with the digest of the bytes the rules in force were read from, so no edit is
-missed, whenever it lands. A good change replaces the rules in force and drops
-every decision cache; a broken one (or any error while loading it) is refused and
-the last good rules stay. Both are logged and, when auditing, recorded with the old
-and new digests. Entry files are loaded again whole, with every check a start runs;
-only policy entries take effect at once, and the log names any other entry whose
-change waits for a restart. A refused entry reload is tried again every couple of
-seconds (it may wait on a file it names), and a file that goes missing counts as
-removed only when it is still missing at the next look (an editor saving it).
+missed, whenever it lands.
+
+A change is loaded once it has held still for one look (a file being written, or
+saved by renaming, is not taken half-way); the rules in force change only when the
+new ones load with no error and their change has been recorded. A refusal keeps the
+last good rules, is logged and audited once, and the same content is tried again
+after a back-off (2 s, doubling to a minute: an entry file may name a policy file
+that is not saved yet, and a read can fail for a passing reason). Entry files are
+loaded again whole, with every check a start runs; only policy entries take effect
+at once, and the log names any other entry whose change waits for a restart.
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,8 @@ ReloadListener = Callable[[str, str, str, str, bool, str | None], None]
 RegistryLoader = Callable[[], Registry]
 Digests = dict[Path, str]
 RETRY_S = 2.0
+MAX_RETRY_S = 60.0
+ENTRIES = "entry files"
 
 
 def digest(path: Path) -> str:
@@ -61,11 +64,12 @@ def _changes(before: Mapping[Path, str], now: Mapping[Path, str]) -> list[tuple[
 
 @dataclass(frozen=True)
 class _Refusal:
-    """Files whose content was refused, why, and when to try the same content again."""
+    """Content that was refused, why, and when (after ``backoff_s``) to try it again."""
 
     digests: Digests
     error: str
     retry_at: float
+    backoff_s: float
 
 
 class PolicyWatcher:
@@ -90,8 +94,11 @@ class PolicyWatcher:
         self.retry_s = retry_s
         #: the entry files as read for the policies in force
         self._entries: Digests = {Path(p): d for p, d in (entry_digests or {}).items()}
-        self._missing: set[Path] = set()
-        self._refused: dict[str, _Refusal] = {}
+        #: per source (ENTRIES or a CasbinUnit): a change seen at the last look
+        self._seen: dict[Hashable, Digests] = {}
+        self._refused: dict[Hashable, _Refusal] = {}
+        #: digests taken during one poll (a file shared by several entries is read once)
+        self._poll: Digests | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -107,48 +114,75 @@ class PolicyWatcher:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
+            self._poll = {}
             try:
                 await self.check_entries()
                 for unit in list(self.security.casbin_units.values()):
                     await self.check(unit)
             except Exception:  # never let the watcher die: the rules in force stay
                 log.exception("policy watcher: checking for changes failed; trying again")
+            finally:
+                self._poll = None
 
-    async def _digests(self, files: list[Path]) -> Digests:
-        return {path: await asyncio.to_thread(digest, path) for path in files}
+    async def _digests(self, files: list[Path], *, fresh: bool = False) -> Digests:
+        poll = None if fresh else self._poll
+        found: Digests = {}
+        for path in files:
+            known = poll.get(path) if poll is not None else None
+            if known is None:
+                known = await asyncio.to_thread(digest, path)
+                if poll is not None:
+                    poll[path] = known
+            found[path] = known
+        return found
 
-    def _refused_already(self, key: str, now: Digests) -> bool:
-        """This content was refused, and it is not yet time to try it again."""
-        refusal = self._refused.get(key)
+    def _ready(self, source: Hashable, now: Digests, in_force: Mapping[Path, str]) -> bool:
+        """Whether to load ``now``: it differs from what is in force, it is what the last
+        look saw too (not being written), and it was not refused lately."""
+        if now == in_force:
+            self._seen.pop(source, None)
+            return False
+        if self._seen.get(source) != now:
+            self._seen[source] = now  # held still for one look before it counts
+            return False
+        refusal = self._refused.get(source)
         loop = asyncio.get_running_loop()
-        return refusal is not None and refusal.digests == now and loop.time() < refusal.retry_at
+        return refusal is None or refusal.digests != now or loop.time() >= refusal.retry_at
 
-    def _refuse(self, key: str, now: Digests, error: str, *, retry: bool) -> bool:
-        """Note a refusal (to be tried again in ``retry_s`` if ``retry``, else only once
-        the files change); True when it is news (not the same refusal tried again)."""
-        before = self._refused.get(key)
-        retry_at = asyncio.get_running_loop().time() + self.retry_s if retry else math.inf
-        self._refused[key] = _Refusal(now, error, retry_at)
-        return before is None or (before.digests, before.error) != (now, error)
+    async def _refuse(
+        self, source: Hashable, label: str, files: list[Path], now: Digests, error: str
+    ) -> None:
+        """Keep the rules in force; say so once per content and error, back off."""
+        if await self._digests(files, fresh=True) != now:
+            return  # the files moved on while loading: the next look decides
+        before = self._refused.get(source)
+        same = before is not None and before.digests == now
+        backoff = min(before.backoff_s * 2, MAX_RETRY_S) if before and same else self.retry_s
+        loop = asyncio.get_running_loop()
+        self._refused[source] = _Refusal(now, error, loop.time() + backoff, backoff)
+        if not (same and before is not None and before.error == error):
+            in_force = dict(source.files) if isinstance(source, CasbinUnit) else self._entries
+            self._report(label, _changes(in_force, now), False, error)
 
     async def check(self, unit: CasbinUnit) -> bool:
         """Reload ``unit`` if its files differ from those its rules were read from;
         True when new rules took effect."""
-        now = await self._digests(_casbin_files(unit))
-        changed = _changes({p: unit.files.get(p, "") for p in now}, now)
-        if not changed or self._refused_already(unit.entry_id, now):
+        files = _casbin_files(unit)
+        now = await self._digests(files)
+        in_force = {p: unit.files.get(p, "") for p in files}
+        if not self._ready(unit, now, in_force):
             return False
         try:
             enforcer = await asyncio.to_thread(unit.load)
-        except Exception as err:  # broken (or unreadable) files: the last good rules stay
-            # nothing outside its own files decides it: the same bytes fail the same way
-            if self._refuse(unit.entry_id, now, str(err), retry=False):
-                self._report(unit.entry_id, changed, False, str(err))
+        except Exception as err:  # broken, unreadable, half-read: the last good rules stay
+            await self._refuse(unit, unit.entry_id, files, now, str(err))
             return False
-        self._refused.pop(unit.entry_id, None)
+        if not self._report(unit.entry_id, _changes(in_force, enforcer.files), True, None):
+            return False  # not recorded: not in force either (tried again next look)
+        self._refused.pop(unit, None)
+        self._seen.pop(unit, None)
         unit.install(enforcer)
         self.security.clear_caches()
-        self._report(unit.entry_id, changed, True, None)
         return True
 
     async def check_entries(self) -> bool:
@@ -158,14 +192,8 @@ class PolicyWatcher:
         if load is None:
             return False
         listed = await asyncio.to_thread(lambda: [p for p, _ in entry_files(self.sources)])
-        now = await self._digests(listed)
-        gone = set(self._entries) - set(now)
-        if gone - self._missing:  # just went missing: maybe mid-save, look again first
-            self._missing = gone
-            return False
-        self._missing = gone
-        changed = _changes(self._entries, now)
-        if not changed or self._refused_already("entry files", now):
+        now = await self._digests(listed)  # a file gone from the listing is absent
+        if not self._ready(ENTRIES, now, self._entries):
             return False
 
         def reload() -> tuple[Registry, PolicyPlan]:
@@ -175,22 +203,28 @@ class PolicyWatcher:
         try:
             written, plan = await asyncio.to_thread(reload)
         except Exception as err:  # a load problem, or what running consumers cannot take
-            # it may wait on a file the entries name (a new CSV not saved yet): retry
-            if self._refuse("entry files", now, str(err), retry=True):
-                self._report("entry files", changed, False, str(err))
+            await self._refuse(ENTRIES, ENTRIES, listed, now, str(err))
             return False
-        self._refused.pop("entry files", None)
-        self._entries = {Path(p): d for p, d in written.files.items()}
+        read = {Path(p): d for p, d in written.files.items()}
         if plan.restart_needed:
             log.warning(
                 "entry files changed: %s take effect at the next start (only policy "
                 "entries are reloaded while running)",
                 ", ".join(plan.restart_needed),
             )
+        changes = _changes(self._entries, read)
+        if plan.changed and not self._report(", ".join(plan.changed), changes, True, None):
+            return False  # not recorded: not in force either (tried again next look)
+        self._refused.pop(ENTRIES, None)
+        self._seen.pop(ENTRIES, None)
+        self._entries = read
         if not plan.changed:
             return False
         self.security.install(plan)
-        self._report(", ".join(plan.changed), changed, True, None)
+        live = set(map(id, self.security.casbin_units.values()))
+        for table in (self._seen, self._refused):  # replaced units are watched no more
+            for source in [s for s in table if isinstance(s, CasbinUnit) and id(s) not in live]:
+                del table[source]
         return True
 
     def _report(
@@ -199,7 +233,9 @@ class PolicyWatcher:
         changed: list[tuple[Path, str, str]],
         applied: bool,
         error: str | None,
-    ) -> None:
+    ) -> bool:
+        """Log and tell the listeners (the audit trail); False if one of them failed."""
+        recorded = True
         for path, old, new in changed:
             if applied:
                 log.info("policy %s reloaded from %s", policy, path)
@@ -211,4 +247,9 @@ class PolicyWatcher:
                     error,
                 )
             for listener in self.listeners:
-                listener(policy, str(path), old, new or "removed", applied, error)
+                try:
+                    listener(policy, str(path), old, new or "removed", applied, error)
+                except Exception:
+                    log.exception("policy %s: recording the reload of %s failed", policy, path)
+                    recorded = False
+        return recorded
