@@ -18,6 +18,7 @@ from wippy_queue import Runtime
 from wippy_queue.security.actor import Actor
 from wippy_queue.security.audit import verify_file
 from wippy_queue.security.request import Request
+from wippy_queue.security.units import CasbinUnit
 
 WAIT_S = 5.0
 Reload = tuple[str, bool, str | None]
@@ -219,6 +220,22 @@ def casbin_app(folder: Path, *entries_: dict[str, Any]) -> Runtime:
     return sec.load(folder, [driver(), queue("jobs"), func("record_async"), *entries_])
 
 
+WORKER_UNDER_CAS = consumer(
+    "worker", "jobs", "record_async", actor="worker-a", policies=("app:cas",)
+)
+ALLOW_A = "p, worker-a, app:jobs, queue.consume, allow\n"
+DENY_A = "p, worker-a, app:jobs, queue.consume, deny\n"
+
+
+def one_casbin(folder: Path, csv: str = "p.csv") -> tuple[Runtime, CasbinUnit]:
+    """app:worker under one Casbin entry app:cas whose rules are ``csv`` (made to allow
+    worker-a unless it exists already)."""
+    if not (folder / csv).exists():
+        (folder / csv).write_text(ALLOW_A)
+    runtime = casbin_app(folder, casbin("cas", folder, csv), WORKER_UNDER_CAS)
+    return runtime, runtime.security.casbin_units["app:cas"]
+
+
 async def test_two_entries_sharing_a_policy_file_both_take_its_change(tmp_path: Path) -> None:
     rules = tmp_path / "shared.csv"
     rules.write_text("p, worker-a, app:jobs, queue.consume, allow\n")
@@ -239,12 +256,8 @@ async def test_two_entries_sharing_a_policy_file_both_take_its_change(tmp_path: 
 
 
 async def test_a_file_caught_half_written_is_not_taken(tmp_path: Path) -> None:
-    rules = tmp_path / "p.csv"
-    rules.write_text("p, worker-a, app:jobs, queue.consume, allow\n")
-    worker = consumer("worker", "jobs", "record_async", actor="worker-a", policies=("app:cas",))
-    runtime = casbin_app(tmp_path, casbin("cas", tmp_path, "p.csv"), worker)
-    (unit,) = runtime.security.casbin_units.values()
-    watcher = runtime.policy_watcher
+    runtime, unit = one_casbin(tmp_path)
+    rules, watcher = tmp_path / "p.csv", runtime.policy_watcher
     rules.write_text("p, worker-b, app:jobs, queue.consume, allow\n")  # a writer, half-way
     assert not await watcher.check(unit)
     rules.write_text(  # ...and done: the file held still for no look yet
@@ -278,17 +291,17 @@ async def test_an_undecodable_policy_file_is_refused_at_its_line_and_watching_go
 async def test_a_refused_entry_reload_is_tried_again_when_what_it_waits_on_arrives(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "allow.csv").write_text("p, worker-a, app:jobs, queue.consume, allow\n")
-    worker = consumer("worker", "jobs", "record_async", actor="worker-a", policies=("app:cas",))
-    runtime = casbin_app(tmp_path, casbin("cas", tmp_path, "allow.csv"), worker)
+    runtime, _ = one_casbin(tmp_path, "allow.csv")
     watcher = runtime.policy_watcher
     watcher.retry_s = 0.0
     (tmp_path / "m.conf").write_text(RBAC_MODEL)
-    sec.write_entries(tmp_path, [driver(), queue("jobs"), func("record_async"),
-                                 casbin("cas", tmp_path, "deny.csv"), worker])  # fmt: skip
+    renamed = casbin("cas", tmp_path, "deny.csv")
+    sec.write_entries(
+        tmp_path, [driver(), queue("jobs"), func("record_async"), renamed, WORKER_UNDER_CAS]
+    )
     assert not await watcher.check_entries()  # seen
     assert not await watcher.check_entries()  # deny.csv is not written yet: refused
-    (tmp_path / "deny.csv").write_text("p, worker-a, app:jobs, queue.consume, deny\n")
+    (tmp_path / "deny.csv").write_text(DENY_A)
     assert await watcher.check_entries()  # the entry files did not change, but it now loads
     assert decide(runtime) == "deny"
 
@@ -325,12 +338,10 @@ async def test_a_file_missing_for_one_look_does_not_drop_its_policies(tmp_path: 
 
 
 async def test_a_policy_file_swapped_by_its_link_is_seen(tmp_path: Path) -> None:
-    (tmp_path / "v1.csv").write_text("p, worker-a, app:jobs, queue.consume, allow\n")
-    (tmp_path / "v2.csv").write_text("p, worker-a, app:jobs, queue.consume, deny\n")
+    (tmp_path / "v1.csv").write_text(ALLOW_A)
+    (tmp_path / "v2.csv").write_text(DENY_A)
     (tmp_path / "p.csv").symlink_to(tmp_path / "v1.csv")
-    worker = consumer("worker", "jobs", "record_async", actor="worker-a", policies=("app:cas",))
-    runtime = casbin_app(tmp_path, casbin("cas", tmp_path, "p.csv"), worker)
-    (unit,) = runtime.security.casbin_units.values()
+    runtime, unit = one_casbin(tmp_path)
     assert decide(runtime) == "allow"
     (tmp_path / "p.new").symlink_to(tmp_path / "v2.csv")
     (tmp_path / "p.new").replace(tmp_path / "p.csv")  # as ln -sfn / a ConfigMap swap does
@@ -341,12 +352,8 @@ async def test_a_policy_file_swapped_by_its_link_is_seen(tmp_path: Path) -> None
 
 
 async def test_a_reload_that_cannot_be_recorded_does_not_take_effect(tmp_path: Path) -> None:
-    rules = tmp_path / "p.csv"
-    rules.write_text("p, worker-a, app:jobs, queue.consume, allow\n")
-    worker = consumer("worker", "jobs", "record_async", actor="worker-a", policies=("app:cas",))
-    runtime = casbin_app(tmp_path, casbin("cas", tmp_path, "p.csv"), worker)
-    (unit,) = runtime.security.casbin_units.values()
-    watcher = runtime.policy_watcher
+    runtime, unit = one_casbin(tmp_path)
+    rules, watcher = tmp_path / "p.csv", runtime.policy_watcher
     recorded: list[tuple[str, str]] = []
     allow_digest = unit.files[rules]
 
@@ -354,7 +361,7 @@ async def test_a_reload_that_cannot_be_recorded_does_not_take_effect(tmp_path: P
         raise OSError("audit file not writable")
 
     watcher.listeners[:] = [audit_down]
-    rules.write_text("p, worker-a, app:jobs, queue.consume, deny\n")
+    rules.write_text(DENY_A)
     assert not await watcher.check(unit)  # seen
     assert not await watcher.check(unit)  # loaded, but it could not be recorded
     assert decide(runtime) == "allow"
@@ -367,12 +374,8 @@ async def test_a_reload_that_cannot_be_recorded_does_not_take_effect(tmp_path: P
 async def test_the_record_names_the_bytes_that_took_effect(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rules = tmp_path / "p.csv"
-    rules.write_text("p, worker-a, app:jobs, queue.consume, allow\n")
-    worker = consumer("worker", "jobs", "record_async", actor="worker-a", policies=("app:cas",))
-    runtime = casbin_app(tmp_path, casbin("cas", tmp_path, "p.csv"), worker)
-    (unit,) = runtime.security.casbin_units.values()
-    watcher = runtime.policy_watcher
+    runtime, unit = one_casbin(tmp_path)
+    rules, watcher = tmp_path / "p.csv", runtime.policy_watcher
     recorded: list[str] = []
     watcher.listeners[:] = [lambda policy, file, old, new, *_: recorded.append(new)]
     load = unit.load
@@ -381,7 +384,7 @@ async def test_the_record_names_the_bytes_that_took_effect(
         rules.write_text("p, worker-a, app:jobs, queue.consume, deny\n# v3\n")
         return load()
 
-    rules.write_text("p, worker-a, app:jobs, queue.consume, deny\n")
+    rules.write_text(DENY_A)
     assert not await watcher.check(unit)
     monkeypatch.setattr(unit, "load", edited_while_loading)
     assert await watcher.check(unit)
