@@ -17,6 +17,7 @@ from security_support import FAST_BACKOFF, consumer, driver, func, queue, rule, 
 from wippy_queue import Runtime
 from wippy_queue.security.actor import Actor
 from wippy_queue.security.audit import verify_file
+from wippy_queue.security.reload import digest
 from wippy_queue.security.request import Request
 from wippy_queue.security.units import CasbinUnit
 
@@ -302,6 +303,7 @@ async def test_a_refused_entry_reload_is_tried_again_when_what_it_waits_on_arriv
     assert not await watcher.check_entries()  # seen
     assert not await watcher.check_entries()  # deny.csv is not written yet: refused
     (tmp_path / "deny.csv").write_text(DENY_A)
+    assert not await watcher.check_entries()  # it now loads; deny.csv must hold still a look
     assert await watcher.check_entries()  # the entry files did not change, but it now loads
     assert decide(runtime) == "deny"
 
@@ -361,6 +363,7 @@ async def test_a_reload_that_cannot_be_recorded_does_not_take_effect(tmp_path: P
         raise OSError("audit file not writable")
 
     watcher.listeners[:] = [audit_down]
+    watcher.retry_s = 0.0  # no back-off wait in this test
     rules.write_text(DENY_A)
     assert not await watcher.check(unit)  # seen
     assert not await watcher.check(unit)  # loaded, but it could not be recorded
@@ -371,7 +374,7 @@ async def test_a_reload_that_cannot_be_recorded_does_not_take_effect(tmp_path: P
     assert recorded == [(allow_digest, unit.files[rules])]  # once, when it took effect
 
 
-async def test_the_record_names_the_bytes_that_took_effect(
+async def test_bytes_that_change_while_loading_are_not_taken(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runtime, unit = one_casbin(tmp_path)
@@ -385,7 +388,71 @@ async def test_the_record_names_the_bytes_that_took_effect(
         return load()
 
     rules.write_text(DENY_A)
-    assert not await watcher.check(unit)
+    assert not await watcher.check(unit)  # seen
     monkeypatch.setattr(unit, "load", edited_while_loading)
+    assert not await watcher.check(unit)  # v3 read, not the v2 that held still: not taken
+    assert recorded == [] and decide(runtime) == "allow"
+    monkeypatch.undo()
+    assert not await watcher.check(unit)  # v3 seen
     assert await watcher.check(unit)
-    assert recorded == [unit.files[rules]]  # the v3 bytes in force, not the v2 seen before
+    assert recorded == [unit.files[rules]] == [digest(rules)]  # the v3 bytes now in force
+    assert decide(runtime) == "deny"
+
+
+async def test_a_failed_record_backs_off_and_a_lost_refusal_is_told_again(
+    tmp_path: Path,
+) -> None:
+    runtime, unit = one_casbin(tmp_path)
+    rules, watcher = tmp_path / "p.csv", runtime.policy_watcher
+    heard: list[tuple[bool, str | None]] = []
+    down = [True]
+
+    def good(policy: str, file: str, old: str, new: str, applied: bool, error: Any) -> None:
+        heard.append((applied, error))
+
+    def flaky(*_: Any) -> None:
+        if down[0]:
+            raise OSError("audit file not writable")
+
+    watcher.listeners[:] = [good, flaky]
+    rules.write_text(DENY_A)
+    for _ in range(5):  # seen, loaded but not recorded, then backing off (2 s)
+        assert not await watcher.check(unit)
+    assert [applied for applied, _ in heard] == [True, False]  # said once, then corrected
+    assert heard[1][1] is not None and "could not be recorded" in heard[1][1]
+    assert decide(runtime) == "allow"
+
+    heard.clear()
+    watcher.retry_s = 0.0
+    rules.write_bytes(b"p, worker-a, app:jobs\xff\n")  # broken: refused, and the record lost
+    assert not await watcher.check(unit)
+    assert not await watcher.check(unit)
+    assert heard == [(False, heard[0][1])]
+    down[0] = False
+    assert not await watcher.check(unit)  # the same refusal, told again: now it is recorded
+    assert len(heard) == 2 and heard[1] == heard[0]
+    assert not await watcher.check(unit)
+    assert len(heard) == 2  # and not again
+
+
+async def test_a_casbin_file_an_entry_reload_loads_afresh_must_hold_still_too(
+    tmp_path: Path,
+) -> None:
+    runtime, _ = one_casbin(tmp_path)
+    watcher = runtime.policy_watcher
+    heard: list[str] = []
+    watcher.listeners[:] = [lambda policy, file, *_: heard.append(Path(file).name)]
+    new_rules = tmp_path / "new.csv"
+    new_rules.write_text("p, worker-b, app:jobs, queue.consume, allow\n")  # half-way
+    moved = casbin("cas", tmp_path, "new.csv")
+    sec.write_entries(
+        tmp_path, [driver(), queue("jobs"), func("record_async"), moved, WORKER_UNDER_CAS]
+    )
+    assert not await watcher.check_entries()  # the entry file: seen
+    assert not await watcher.check_entries()  # loads; new.csv read, not yet seen still
+    new_rules.write_text(new_rules.read_text() + DENY_A)  # the writer finishes
+    assert not await watcher.check_entries()  # new.csv changed since: seen again
+    assert decide(runtime) == "allow"  # the old rules all along, never the half file
+    assert await watcher.check_entries()
+    assert decide(runtime) == "deny"
+    assert sorted(heard) == ["_index.yaml", "new.csv", "p.csv"]  # p.csv: no longer read

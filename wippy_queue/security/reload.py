@@ -43,6 +43,9 @@ Digests = dict[Path, str]
 RETRY_S = 2.0
 MAX_RETRY_S = 60.0
 ENTRIES = "entry files"
+#: the files that Casbin units loaded afresh by an entry reload read
+FRESH_UNITS = "fresh units"
+NOT_RECORDED = "the change could not be recorded (audit trail), so it is not put in force"
 
 
 def digest(path: Path) -> str:
@@ -70,6 +73,8 @@ class _Refusal:
     error: str
     retry_at: float
     backoff_s: float
+    #: whether every listener (the audit trail) took the refusal; if not, it is told again
+    recorded: bool
 
 
 class PolicyWatcher:
@@ -150,19 +155,26 @@ class PolicyWatcher:
         return refusal is None or refusal.digests != now or loop.time() >= refusal.retry_at
 
     async def _refuse(
-        self, source: Hashable, label: str, files: list[Path], now: Digests, error: str
+        self,
+        source: Hashable,
+        label: str,
+        files: list[Path],
+        now: Digests,
+        in_force: Mapping[Path, str],
+        error: str,
     ) -> None:
-        """Keep the rules in force; say so once per content and error, back off."""
+        """Keep the rules in force; report it once per content and error, back off."""
         if await self._digests(files, fresh=True) != now:
             return  # the files moved on while loading: the next look decides
         before = self._refused.get(source)
         same = before is not None and before.digests == now
         backoff = min(before.backoff_s * 2, MAX_RETRY_S) if before and same else self.retry_s
-        loop = asyncio.get_running_loop()
-        self._refused[source] = _Refusal(now, error, loop.time() + backoff, backoff)
-        if not (same and before is not None and before.error == error):
-            in_force = dict(source.files) if isinstance(source, CasbinUnit) else self._entries
-            self._report(label, _changes(in_force, now), False, error)
+        retry_at = asyncio.get_running_loop().time() + backoff
+        if before is not None and same and before.error == error and before.recorded:
+            recorded = True  # said already
+        else:
+            recorded = self._report(label, _changes(in_force, now), False, error)
+        self._refused[source] = _Refusal(now, error, retry_at, backoff, recorded)
 
     async def check(self, unit: CasbinUnit) -> bool:
         """Reload ``unit`` if its files differ from those its rules were read from;
@@ -175,10 +187,13 @@ class PolicyWatcher:
         try:
             enforcer = await asyncio.to_thread(unit.load)
         except Exception as err:  # broken, unreadable, half-read: the last good rules stay
-            await self._refuse(unit, unit.entry_id, files, now, str(err))
+            await self._refuse(unit, unit.entry_id, files, now, in_force, str(err))
             return False
-        if not self._report(unit.entry_id, _changes(in_force, enforcer.files), True, None):
-            return False  # not recorded: not in force either (tried again next look)
+        if dict(enforcer.files) != now:
+            return False  # read while being written: it must hold still for a look first
+        if not self._report(unit.entry_id, _changes(in_force, now), True, None):
+            await self._refuse(unit, unit.entry_id, files, now, in_force, NOT_RECORDED)
+            return False
         self._refused.pop(unit, None)
         self._seen.pop(unit, None)
         unit.install(enforcer)
@@ -196,28 +211,38 @@ class PolicyWatcher:
         if not self._ready(ENTRIES, now, self._entries):
             return False
 
-        def reload() -> tuple[Registry, PolicyPlan]:
-            written = load()
-            return written, self.security.plan_reload(written)
-
         try:
-            written, plan = await asyncio.to_thread(reload)
+            written, plan = await asyncio.to_thread(self._plan, load)
         except Exception as err:  # a load problem, or what running consumers cannot take
-            await self._refuse(ENTRIES, ENTRIES, listed, now, str(err))
+            await self._refuse(ENTRIES, ENTRIES, listed, now, self._entries, str(err))
             return False
-        read = {Path(p): d for p, d in written.files.items()}
+        if {Path(p): d for p, d in written.files.items()} != now:
+            return False  # an entry file moved on while loading: it must hold still first
+        unit_changes = await self._fresh_units(plan)
+        if unit_changes is None:
+            return False
+        changes = _changes(self._entries, now) + unit_changes
+        if plan.changed and not self._report(", ".join(plan.changed), changes, True, None):
+            await self._refuse(ENTRIES, ENTRIES, listed, now, self._entries, NOT_RECORDED)
+            return False
+        for source in (ENTRIES, FRESH_UNITS):
+            self._refused.pop(source, None)
+            self._seen.pop(source, None)
+        self._entries = now
+        return self._install(plan)
+
+    def _plan(self, load: RegistryLoader) -> tuple[Registry, PolicyPlan]:
+        """In a thread: the entry files loaded again, and what they change."""
+        written = load()
+        return written, self.security.plan_reload(written)
+
+    def _install(self, plan: PolicyPlan) -> bool:
         if plan.restart_needed:
             log.warning(
                 "entry files changed: %s take effect at the next start (only policy "
                 "entries are reloaded while running)",
                 ", ".join(plan.restart_needed),
             )
-        changes = _changes(self._entries, read)
-        if plan.changed and not self._report(", ".join(plan.changed), changes, True, None):
-            return False  # not recorded: not in force either (tried again next look)
-        self._refused.pop(ENTRIES, None)
-        self._seen.pop(ENTRIES, None)
-        self._entries = read
         if not plan.changed:
             return False
         self.security.install(plan)
@@ -226,6 +251,24 @@ class PolicyWatcher:
             for source in [s for s in table if isinstance(s, CasbinUnit) and id(s) not in live]:
                 del table[source]
         return True
+
+    async def _fresh_units(self, plan: PolicyPlan) -> list[tuple[Path, str, str]] | None:
+        """The file changes of the Casbin units an entry reload loaded afresh (their
+        config changed), recorded with the entries'; None while those files have not
+        held still for a look (as every file must before it counts)."""
+        running = self.security.casbin_units
+        fresh = {pid: u for pid, u in plan.casbin_units.items() if running.get(pid) is not u}
+        read = {p: d for u in fresh.values() for p, d in u.files.items()}
+        if read and (
+            self._seen.get(FRESH_UNITS) != read
+            or await self._digests(list(read), fresh=True) != read
+        ):
+            self._seen[FRESH_UNITS] = read
+            return None
+        changes = []
+        for pid, unit in fresh.items():
+            changes += _changes(running[pid].files if pid in running else {}, unit.files)
+        return changes
 
     def _report(
         self,
