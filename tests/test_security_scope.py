@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from security_support import consumer, driver, func, load, queue
 
+from wippy_queue.security import scope as scope_module
 from wippy_queue.security.actor import Actor
 from wippy_queue.security.enforcer import PolicyLoadError
 from wippy_queue.security.models import CasbinPolicyConfig, WippyPolicyConfig
@@ -84,6 +85,24 @@ def test_decisions_are_cached_per_request(tenants_csv: Path) -> None:
     assert unit.calls == 5
     assert scope.check(consume(tenant="tenant-b")).allowed is False and unit.calls == 5
     assert (scope.checks, scope.hits) == (7, 2)
+
+
+def test_a_full_cache_drops_its_older_half_not_everything(
+    tenants_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scope_module, "CACHE_LIMIT", 4)
+    unit = Counting(rbac_unit(tenants_csv))
+    scope = Scope("s", [unit])
+    queues = [f"app:q{i}" for i in range(6)]
+    for queue_id in queues[:4]:
+        scope.check(consume(queue_id))
+    scope.check(consume(queues[4]))  # full: q0 and q1 go
+    assert unit.calls == 5
+    for queue_id in queues[2:5]:  # the newer half and the newest are still cached
+        scope.check(consume(queue_id))
+    assert unit.calls == 5
+    scope.check(consume(queues[0]))
+    assert unit.calls == 6
 
 
 def test_clearing_the_cache_lets_a_changed_policy_take_effect(

@@ -7,6 +7,7 @@ on (only when every such value is a plain value), and dropped on ``clear``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -79,9 +80,15 @@ class Scope:
             return Decision(False, "error", error=f"{type(err).__name__}: {err}")
         if key is not None:
             if len(self._cache) >= CACHE_LIMIT:
-                self._cache.clear()
+                self._evict()
             self._cache[key] = decision
         return decision
+
+    def _evict(self) -> None:
+        """Drop the older half (insertion order): a flood of one-off keys (a header
+        that differs per message) cannot flush the decisions asked all the time."""
+        for key in list(itertools.islice(self._cache, len(self._cache) // 2 or 1)):
+            del self._cache[key]
 
     def _key(self, request: Request) -> Hashable | None:
         actor = request.actor
