@@ -83,7 +83,7 @@ async def run_once(row: AuditRow, n: int) -> Timing:
     check_handled(next(handlers.done), n, row.key)
     if row.fsync is not None:
         result = verify_file(audit)
-        if not result.ok or result.records != n + 1:  # + the header
+        if not result.ok or result.records != n + 2:  # + the header and the close
             raise SystemExit(f"{row.key}: audit file has {result.records} records for {n}")
     return elapsed
 

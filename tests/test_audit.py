@@ -21,8 +21,8 @@ from wippy_queue import Runtime
 from wippy_queue.cli import main
 from wippy_queue.components import default_components
 from wippy_queue.functions.python import PythonHandler
-from wippy_queue.security.audit import AuditTrail, verify_file
-from wippy_queue.security.audit.chain import RESUMED
+from wippy_queue.security.audit import AuditTrail, AuditUnavailable, verify_file
+from wippy_queue.security.audit.chain import CLOSED, RESUMED
 
 WAIT_S = 5.0
 MODEL = Path(__file__).parent.parent / "policies" / "rbac_with_tenants.conf"
@@ -201,6 +201,19 @@ def test_cli_run_audit_flag_and_show_filters(
     assert "worker-z" in out and "fails verification" in err and "cannot be trusted" in err
 
 
+def test_a_strict_mode_publish_denial_is_recorded_with_its_action(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    audit = tmp_path / "audit.jsonl"
+    argv = ["run", "examples/multi_tenant", "--strict", "--audit", str(audit)]
+    argv += ["--publish", "app.mt:outbox_a", '{"job": "s1"}', "--until-idle", "--timeout", "10"]
+    assert main(argv) == 1  # publishing with no actor is denied in strict mode
+    assert "a caller without an actor may not queue.publish" in capsys.readouterr().err
+    (denial,) = [r for r in lines(audit) if r["event"] == "publish"]
+    assert (denial["decision"], denial["reason"]) == ("deny", "strict_mode")
+    assert (denial["action"], denial["queue"]) == ("queue.publish", "app.mt:outbox_a")
+
+
 # -- durability ---------------------------------------------------------------------
 
 
@@ -238,7 +251,7 @@ async def test_records_reach_the_disk_as_the_fsync_mode_says(
         assert syncs == []  # left to the OS
     else:
         assert syncs[-1] == path.stat().st_size  # and everything at stop
-    assert verify_file(path).records == 3
+    assert verify_file(path).records == 4  # header, m0, m1 and the close
 
 
 # -- tamper evidence ---------------------------------------------------------------
@@ -270,6 +283,7 @@ def _edit(path: Path, change: Callable[[list[str]], list[str]]) -> None:
         ("reorder", lambda ls: [*ls[:2], ls[3], ls[2], *ls[4:]], 3, "sequence"),
         ("delete header", lambda ls: ls[1:], 1, "header"),
         ("garbage line", lambda ls: [*ls[:2], "not json\n", *ls[2:]], 4, "torn"),
+        ("complete junk last line", lambda ls: [*ls[:-1], "junk\n"], 8, "complete line"),
     ],
 )
 def test_verify_names_the_first_bad_line(
@@ -281,7 +295,7 @@ def test_verify_names_the_first_bad_line(
     words: str,
 ) -> None:
     assert main(["audit", "verify", str(trail_file)]) == 0
-    assert "ok: 7 records" in capsys.readouterr().out
+    assert "ok: 8 records, chain intact; closed at a clean stop" in capsys.readouterr().out
     _edit(trail_file, change)
     result = verify_file(trail_file)
     assert not result.ok and result.bad_line == bad_line and words in str(result.problem)
@@ -304,7 +318,7 @@ async def test_torn_last_line_is_reported_and_the_chain_continues(trail_file: Pa
     data = trail_file.read_bytes()
     trail_file.write_bytes(data[:-30])  # a crash in the middle of the last record
     torn = verify_file(trail_file)
-    assert torn.ok and torn.torn_lines == [7] and "torn" in torn.summary()
+    assert torn.ok and torn.torn_lines == [8] and "torn" in torn.summary()
 
     trail = AuditTrail(trail_file)
     await trail.open()
@@ -312,16 +326,40 @@ async def test_torn_last_line_is_reported_and_the_chain_continues(trail_file: Pa
     await trail.close()
     result = verify_file(trail_file)
     assert result.ok, result.summary()
-    assert result.torn_lines == [7]
-    tail = [json.loads(line) for line in trail_file.read_text().splitlines()[-2:]]
-    assert tail[0]["event"] == RESUMED and tail[0]["torn_line"] == 7
-    assert tail[1]["message_id"] == "after"
+    assert result.torn_lines == [8] and result.closed
+    tail = [json.loads(line) for line in trail_file.read_text().splitlines()[-3:]]
+    assert tail[0]["event"] == RESUMED and tail[0]["torn_line"] == 8
+    assert tail[1]["message_id"] == "after" and tail[2]["event"] == CLOSED
+
+
+def test_records_cut_from_the_end_show_as_a_file_not_closed(trail_file: Path) -> None:
+    """A chain cannot tell a cut end from a writer still running or crashed: verify
+    says the file was not closed, and names its last seq and hash to compare."""
+    closed = verify_file(trail_file)
+    _edit(trail_file, lambda ls: ls[:-2])  # the close and the last consume, gone
+    cut = verify_file(trail_file)
+    assert cut.ok and not cut.closed and cut.last_seq == closed.last_seq - 2
+    assert "not closed" in cut.summary() and f"last seq {cut.last_seq}" in cut.summary()
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage\n", b"hello world"])
+async def test_a_file_that_is_no_audit_file_fails_and_is_never_extended(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    result = verify_file(path)
+    assert not result.ok and result.bad_line == 1 and "not an audit file" in str(result.problem)
+    if content:  # an empty file is where a new trail starts
+        with pytest.raises(AuditUnavailable, match="not an audit file"):
+            await AuditTrail(path).open()
+        assert path.read_bytes() == content
 
 
 async def test_opening_a_tampered_file_is_refused(trail_file: Path) -> None:
     _edit(trail_file, lambda ls: [*ls[:2], *ls[3:]])
     trail = AuditTrail(trail_file)
-    with pytest.raises(Exception, match="refusing to extend a tampered chain"):
+    with pytest.raises(AuditUnavailable, match="refusing to extend it"):
         await trail.open()
 
 
@@ -381,7 +419,8 @@ async def test_a_process_killed_mid_message_leaves_a_chain_the_next_run_continue
         process.kill()  # SIGKILL: no stop, no flush, no close
         await process.wait()
     assert main(["audit", "verify", str(audit)]) == 0
-    assert "ok: 2 records" in capsys.readouterr().out  # the header and n=0's record
+    out = capsys.readouterr().out
+    assert "ok: 2 records" in out and "not closed" in out  # the header and n=0's record
 
     with open(audit, "ab") as f:  # as if the kill had landed mid-write
         f.write(b'{"seq":2,"time":"2026-')
@@ -399,8 +438,9 @@ async def test_a_process_killed_mid_message_leaves_a_chain_the_next_run_continue
         RESUMED,
         "consume",
         "consume",
+        CLOSED,
     ]
-    assert [r["seq"] for r in records] == [0, 1, 2, 3, 4]
+    assert [r["seq"] for r in records] == [0, 1, 2, 3, 4, 5]
 
 
 # -- fail closed -------------------------------------------------------------------

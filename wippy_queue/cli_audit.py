@@ -32,7 +32,8 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.file.is_file():
-        print(f"wippy-queue audit: {args.file}: no such file", file=sys.stderr)
+        what = "a directory, not an audit file" if args.file.is_dir() else "no such file"
+        print(f"wippy-queue audit: {args.file}: {what}", file=sys.stderr)
         return 2
     if args.audit_command == "verify":
         result = verify_file(args.file)
@@ -64,4 +65,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if result.torn_lines:
+        lines = ", ".join(map(str, result.torn_lines))
+        print(
+            f"wippy-queue audit: note: line(s) {lines} torn by a crash, not shown (not tampering)",
+            file=sys.stderr,
+        )
     return 0

@@ -83,5 +83,5 @@ class PermissionDenied(WippyQueueError):
         self.resource = resource
         self.actor_id = actor_id
         self.reason = reason
-        who = f"actor {actor_id!r}" if actor_id else "no actor"
+        who = f"actor {actor_id!r}" if actor_id else "a caller without an actor"
         super().__init__(f"permission denied: {who} may not {action} on {resource!r} ({reason})")

@@ -136,7 +136,8 @@ class PublishGuard:
         actor = ctx.actor if ctx else None
         if ctx is None or not ctx.checked or ctx.scope is None:
             if self.strict:
-                self._record(STRICT_DENY, None, ctx, queue, message)
+                asked = Request("queue.publish", "", actor, message.headers)
+                self._record(STRICT_DENY, asked, ctx, queue, message)
                 raise PermissionDenied(
                     "queue.publish", queue.id, actor.id if actor else None, "strict_mode"
                 )

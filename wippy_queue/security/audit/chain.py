@@ -22,6 +22,10 @@ from typing import Any
 GENESIS = "0" * 64
 HEADER = "audit_header"
 RESUMED = "audit_resumed"
+#: written at a clean stop: a file whose last record is not this one is still being
+#: written, or its writer crashed, or records were cut from its end (a chain alone
+#: cannot tell these apart: compare the last seq and hash with a copy kept elsewhere)
+CLOSED = "audit_closed"
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -91,6 +95,8 @@ class VerifyResult:
     last_hash: str = GENESIS
     #: the last line, when it is torn and not yet marked by an ``audit_resumed`` record
     trailing_torn: int | None = None
+    #: whether the last record is ``audit_closed`` (the writer stopped cleanly)
+    closed: bool = False
 
     def summary(self) -> str:
         if not self.ok:
@@ -99,12 +105,15 @@ class VerifyResult:
         if self.torn_lines:
             lines = ", ".join(str(n) for n in self.torn_lines)
             text += f"; torn line(s) after a crash: {lines} (not tampering)"
-        return text
+        state = "closed at a clean stop" if self.closed else (
+            "not closed: still being written, or its writer crashed, or records were cut "
+            "from its end"
+        )  # fmt: skip
+        return f"{text}; {state}; last seq {self.last_seq} hash {self.last_hash}"
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
     """(number, content) for each line; the last may lack its newline."""
-    data = path.read_bytes()
     parts = data.split(b"\n")
     if data.endswith(b"\n") or not data:
         parts = parts[:-1]
@@ -124,9 +133,13 @@ def verify_file(path: str | Path) -> VerifyResult:
     """Walk the chain; stop at the first line that is not what the chain says."""
     result = VerifyResult()
     pending_torn: int | None = None
-    for number, raw in _lines(Path(path)):
+    last_event = None
+    data = Path(path).read_bytes()
+    for number, raw in _lines(data):
         record = _parse(raw)
         if record is None:
+            if number == 1:
+                return _bad(result, 1, "not an audit file: the first line is not its header")
             if pending_torn is None:
                 pending_torn = number  # maybe torn by a crash: the next record must say so
                 continue
@@ -140,9 +153,15 @@ def verify_file(path: str | Path) -> VerifyResult:
         result.records += 1
         result.last_seq = int(record["seq"])
         result.last_hash = str(record["hash"])
+        last_event = record.get("event")
+    if result.records == 0 and pending_torn is None:
+        return _bad(result, 1, "empty: not an audit file (no header)")
     if pending_torn is not None:
+        if data.endswith(b"\n"):  # a crash tears the unfinished last line: no newline
+            return _bad(result, pending_torn, "not a record, yet a complete line (edited)")
         result.torn_lines.append(pending_torn)  # the last line, torn: a crash, not tampering
         result.trailing_torn = pending_torn
+    result.closed = last_event == CLOSED
     return result
 
 

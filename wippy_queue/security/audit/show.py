@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from wippy_queue.registry.types import parse_duration
-from wippy_queue.security.audit.chain import HEADER, RESUMED
+from wippy_queue.security.audit.chain import CLOSED, HEADER, RESUMED
 
 COLUMNS = (
     "seq",
@@ -23,6 +23,7 @@ COLUMNS = (
     "queue",
     "message_id",
     "outcome",
+    "policy",
 )
 
 
@@ -34,7 +35,7 @@ class Filter:
     since: datetime | None = None
 
     def keep(self, record: dict[str, Any]) -> bool:
-        if record.get("event") in (HEADER, RESUMED):
+        if record.get("event") in (HEADER, RESUMED, CLOSED):
             return False
         if self.denied and record.get("decision") != "deny":
             return False

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from wippy_queue.errors import WippyQueueError
 from wippy_queue.security.audit.chain import (
+    CLOSED,
     GENESIS,
     HEADER,
     RESUMED,
@@ -123,7 +124,7 @@ class AuditTrail:
     async def open(self) -> None:
         """Open (or continue) the file; a torn last line is ended and marked."""
         try:
-            first = await asyncio.to_thread(self._open_file)
+            await asyncio.to_thread(self._open_file)
         except OSError as err:
             where = f" (given by {self.origin})" if self.origin else ""
             raise AuditUnavailable(
@@ -132,37 +133,48 @@ class AuditTrail:
             ) from err
         self._task = asyncio.create_task(self._writer(), name="audit-writer")
         self.gate.set()
-        if first is not None:
-            await self.record(first)
 
-    def _open_file(self) -> dict[str, Any] | None:
+    def _open_file(self) -> None:
+        """Continue a verified chain, or start one; the first record (a header, or the
+        mark of a torn last line) goes to disk with the newline that ends the torn
+        line, in one write, so that no crash can leave a complete line that is no
+        record."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        first: dict[str, Any] | None
+        first: dict[str, Any] | None = None
+        prefix = b""
         if self.path.exists() and self.path.stat().st_size > 0:
             state = verify_file(self.path)
             if not state.ok:
                 raise AuditUnavailable(
                     f"audit file {self.path} fails verification ({state.summary()}); "
-                    "refusing to extend a tampered chain: move it aside"
+                    "refusing to extend it (tampered, or not an audit file): move it aside"
                 )
             self._seq, self._prev = state.last_seq, state.last_hash
-            first = None
             if state.trailing_torn is not None:
                 first = {"event": RESUMED, "torn_line": state.trailing_torn}
+                prefix = b"\n"
         else:
             first = {"event": HEADER, "version": 1, "file_id": str(uuid.uuid4())}
-        self._written = (self._seq, self._prev)
         # unbuffered: every write goes straight to the OS (nothing waits in our memory)
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - the trail's lifetime
         self._fd = self._file.fileno()
         self._size = self.path.stat().st_size
-        if self._size and not _ends_with_newline(self.path):
-            self._append(b"\n")
-            self._size += 1
-        return first
+        if first is not None:
+            seq = self._seq + 1
+            line, value = seal_fragment(seq, self._clock.now(), fragment(first), self._prev)
+            self._append(prefix + line)
+            if self.fsync != "never":
+                self._fsync()
+            self._seq, self._prev = seq, value
+            self._size += len(prefix) + len(line)
+        self._written = (self._seq, self._prev)
 
     async def close(self) -> None:
-        """Write everything pending, fsync (unless ``never``) and close."""
+        """Write everything pending and the ``audit_closed`` mark, fsync (unless
+        ``never``) and close."""
+        if self._task is not None and self.healthy:
+            with contextlib.suppress(AuditUnavailable):
+                await self.record({"event": CLOSED})
         if self._task is not None:
             if self._pending is not None and self.healthy:
                 with contextlib.suppress(AuditUnavailable):
@@ -315,9 +327,3 @@ class AuditTrail:
         self._file.seek(0, os.SEEK_END)
         self._append(line)
         self._fsync()
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
