@@ -4,6 +4,7 @@ dead letters, timeouts, backpressure, concurrency, graceful stop, publish checks
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
@@ -935,3 +936,25 @@ async def test_info_reports_counts_by_queue_id(tmp_path: Path) -> None:
         await runtime.stop(WORKER)
         info = await runtime.info(JOBS)
         assert (info.message_count, info.consumer_count) == (0, 0)
+
+
+async def test_a_handler_failing_on_our_own_error_is_logged_without_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(data: Any) -> bool:
+        if data["n"] == 0:
+            await publish_async("t:nowhere", {"x": 1})  # PublishError
+        raise ValueError("a bug of the handler's own")
+
+    with caplog.at_level(logging.ERROR, logger="wippy_queue.queue.consumer"):
+        async with app(tmp_path, handler, max_attempts=1) as runtime:
+            await runtime.publish(JOBS, {"n": 0})
+            await runtime.publish(JOBS, {"n": 1})
+            await runtime.join(JOBS, timeout=WAIT_S)
+    failed = {
+        r.getMessage().split(": ", 2)[-1].split(":")[0]: getattr(r, "fields", {})
+        for r in caplog.records
+        if "handler failed" in r.getMessage()
+    }
+    assert "traceback" not in failed["PublishError"]  # its message says it all
+    assert "ValueError" in failed and "traceback" in failed["ValueError"]

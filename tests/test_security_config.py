@@ -133,6 +133,14 @@ def test_a_matcher_that_cannot_run_names_the_matcher_line(
     assert named in problem.message
 
 
+def test_an_undefined_name_is_named_before_an_index_it_breaks(tmp_path: Path) -> None:
+    model = tmp_path / "typo.conf"
+    model.write_text(RBAC.read_text().replace("r.dom == p.dom", "r.dom == p.domx"))
+    entry = casbin("t", model, rules=["g, a, b, c"], index=["message.tenant"])
+    problem = only_problem(tmp_path, app(entry))
+    assert "p.domx" in problem.message and "index" not in problem.message
+
+
 def test_a_policy_line_with_the_wrong_field_count_names_file_and_line(tmp_path: Path) -> None:
     csv = tmp_path / "tenants.csv"
     csv.write_text(

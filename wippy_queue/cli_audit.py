@@ -25,7 +25,7 @@ def add_parser(sub: Any) -> None:
     show.add_argument(
         "--since",
         metavar="TIME",
-        help="an ISO time (2026-11-27T18:00:00Z) or a duration ago (90s, 15m, 2h)",
+        help="an ISO time (2026-11-27T18:00:00Z) or a duration ago (90s, 15m, 2h, 7d)",
     )
     show.add_argument("--json", action="store_true", help="JSON lines instead of a table")
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         print(
             f"wippy-queue audit: --since {args.since!r} is neither an ISO time "
-            "(2026-11-27T18:00:00Z) nor a duration ago (90s, 15m, 2h)",
+            "(2026-11-27T18:00:00Z) nor a duration ago (90s, 15m, 2h, 7d)",
             file=sys.stderr,
         )
         return 2

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from wippy_queue import context
-from wippy_queue.errors import LifecycleError
+from wippy_queue.errors import HandlerError, LifecycleError, WippyQueueError
 from wippy_queue.functions.base import Handler, outcome_of
 from wippy_queue.queue.codec import DecodeError
 from wippy_queue.queue.deferred import DeferredSettles
@@ -286,13 +286,16 @@ class Consumer:
             )
             return Outcome.nack("timeout", f"handler did not finish within {self.timeout_s}s")
         except Exception as err:
+            # our own errors (a publish refused, the audit trail down) say what happened;
+            # a traceback is for the handler's own bugs (Lua errors included)
+            own = isinstance(err, WippyQueueError) and not isinstance(err, HandlerError)
             log.error(
                 "consumer %s: handler failed on message %s: %s: %s",
                 self.entry_id,
                 job.message.id,
                 type(err).__name__,
                 err,
-                extra={"fields": {"traceback": traceback.format_exc()}},
+                extra={} if own else {"fields": {"traceback": traceback.format_exc()}},
             )
             return Outcome.nack("handler_error", f"{type(err).__name__}: {err}")
         outcome = outcome_of(result)

@@ -291,7 +291,7 @@ class PolicyWatcher:
                 )
             for listener in self.listeners:
                 try:
-                    listener(policy, str(path), old, new or "removed", applied, error)
+                    listener(policy, os.path.abspath(path), old, new or "removed", applied, error)
                 except Exception:
                     log.exception("policy %s: recording the reload of %s failed", policy, path)
                     recorded = False

@@ -249,7 +249,16 @@ class CasbinUnit(PolicyUnit):
         if self.config.rules:
             rules += read_policy("\n".join(self.config.rules), f"{self.entry_id} rules", info)
         index = [self._tokens.index(t) for t in self.config.index]
-        _check_index(info, index, model_file, self.entry_id)
+        try:
+            _check_index(info, index, model_file, self.entry_id)
+        except PolicyLoadError:
+            # a name the matcher gets wrong is the first thing to say, not the index
+            undefined = Enforcer(model_text, [], source=model_file).undefined_in_matcher()
+            if undefined:
+                raise self._matcher_error(
+                    ValueError(f"the matcher names undefined {', '.join(undefined)}"), info
+                ) from None
+            raise
         if len(index) == 1:
             index *= 2  # pycasbin's FastPolicy only iterates a two-level index correctly
         enforcer = Enforcer(model_text, rules, index=index, source=model_file, files=files)
@@ -259,18 +268,13 @@ class CasbinUnit(PolicyUnit):
                 raise ValueError(f"the matcher names undefined {', '.join(undefined)}")
             enforcer.decide(*(_sample(t) for t in self._tokens))
         except Exception as err:
-            raise PolicyLoadError(
-                [
-                    Problem(
-                        f"the matcher fails on a sample request: {type(err).__name__}: {err}",
-                        model_file,
-                        info.matcher_line,
-                        self.entry_id,
-                        "model",
-                    )
-                ]
-            ) from err
+            raise self._matcher_error(err, info) from err
         return enforcer
+
+    def _matcher_error(self, err: Exception, info: ModelInfo) -> PolicyLoadError:
+        message = f"the matcher fails on a sample request: {type(err).__name__}: {err}"
+        problem = Problem(message, str(self.model_path), info.matcher_line, self.entry_id, "model")
+        return PolicyLoadError([problem])
 
     def install(self, enforcer: Enforcer) -> None:
         """Put rules made by ``load`` in force (on the event loop, between decisions)."""

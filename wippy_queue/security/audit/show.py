@@ -54,14 +54,19 @@ def parse_time(text: str) -> datetime:
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """An ISO time (see ``parse_time``) or a duration ago with its unit: ``90s``, ``15m``,
-    ``2h`` (a bare number is neither: ``2026`` is no year, nor seconds); ValueError."""
+    ``2h``, ``7d`` (a bare number is neither: ``2026`` is no year, nor seconds);
+    ValueError."""
     try:
         return parse_time(text)
     except ValueError:
         pass
-    if not text.strip() or text.strip()[-1].isdigit():
+    text = text.strip()
+    if not text or text[-1].isdigit():
         raise ValueError(f"{text!r} has no unit")
-    ago = parse_duration(text)  # ValueError when it is not a duration either
+    if text.endswith("d") and text[:-1].replace(".", "", 1).isdigit():
+        ago = float(text[:-1]) * 86_400
+    else:
+        ago = parse_duration(text)  # ValueError when it is not a duration either
     try:
         return (now or datetime.now(UTC)) - timedelta(seconds=ago)
     except OverflowError:
