@@ -551,3 +551,10 @@ def test_policy_test_end_to_end_in_a_subprocess() -> None:
     assert "PASS  svc-b may not publish to tenant-a's private queue: deny (no_allow)" in (
         done.stdout
     )
+
+
+def test_lint_of_a_policy_file_points_to_its_entries(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "policy", "lint", str(EXAMPLE / "tenants.csv"))
+    assert code == 1
+    assert "tenants.csv is not an entry file (.yaml)" in out + err
+    assert "the folder that holds them" in out + err

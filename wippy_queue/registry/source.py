@@ -172,15 +172,23 @@ def read_entries(
     return entries, problems, digests
 
 
+def _not_a_mapping(path: Path) -> str:
+    message = "an entry file is a mapping with 'namespace' and 'entries'"
+    if path.suffix in ENTRY_SUFFIXES:
+        return message
+    return (
+        f"{message}; {path.name} is not an entry file (.yaml): pass the entry files, or the "
+        "folder that holds them (policy files are found through their entries)"
+    )
+
+
 def _file_entries(
     path: Path, document: Any, explicit: bool, problems: list[Problem]
 ) -> list[RawEntry]:
     file = str(path)
     if not isinstance(document, LineDict):
         if explicit:
-            problems.append(
-                Problem("an entry file is a mapping with 'namespace' and 'entries'", file=file)
-            )
+            problems.append(Problem(_not_a_mapping(path), file=file))
         return []
     if not explicit and "namespace" not in document and "entries" not in document:
         return []  # some other YAML file (e.g. policy test cases) in a scanned folder
