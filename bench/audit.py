@@ -34,30 +34,13 @@ ROWS = {"unaudited": None, "audit never": "never", "audit batch": "batch", "audi
 
 
 def entries(n: int, audit: Path | None, fsync: str) -> dict[str, Any]:
-    listed: list[dict[str, Any]] = [
-        {"name": "memory", "kind": "queue.driver.memory", "lifecycle": {"auto_start": True}},
-        {
-            "name": "jobs",
-            "kind": "queue.queue",
-            "driver": "memory",
-            "driver_options": {"memory": {"max_length": n}},
-        },
-        {"name": "noop", "kind": "function.python", "source": f"{HANDLERS_MODULE}:noop"},
-        {
-            "name": "worker",
-            "kind": "queue.consumer",
-            "queue": "jobs",
-            "func": "noop",
-            "concurrency": CONCURRENCY,
-            "prefetch": PREFETCH,
-            "lifecycle": {"auto_start": True},
-        },
-    ]
+    noop = {"name": "noop", "kind": "function.python", "source": f"{HANDLERS_MODULE}:noop"}
+    document = harness.bench_entries(noop, max_length=n)
     if audit is not None:
-        listed.append(
+        document["entries"].append(
             {"name": "audit", "kind": "security.audit", "path": str(audit), "fsync": fsync}
         )
-    return {"namespace": "bench", "entries": listed}
+    return document
 
 
 @dataclass

@@ -32,6 +32,36 @@ CONCURRENCY = 4
 PREFETCH = 20
 
 
+def bench_entries(handler: dict[str, Any], *, max_length: int) -> dict[str, Any]:
+    """The entry file every row starts from: the memory driver, queue ``bench:jobs``
+    holding up to ``max_length``, ``handler`` (a function entry) and consumer
+    ``bench:worker`` calling it with CONCURRENCY and PREFETCH. Rows add to it."""
+    jobs = {"memory": {"max_length": max_length}}
+    return {
+        "version": "1.0",
+        "namespace": "bench",
+        "entries": [
+            {"name": "memory", "kind": "queue.driver.memory", "lifecycle": {"auto_start": True}},
+            {
+                "name": "jobs",
+                "kind": "queue.queue",
+                "driver": "bench:memory",
+                "driver_options": jobs,
+            },
+            handler,
+            {
+                "name": "worker",
+                "kind": "queue.consumer",
+                "queue": "bench:jobs",
+                "func": f"bench:{handler['name']}",
+                "concurrency": CONCURRENCY,
+                "prefetch": PREFETCH,
+                "lifecycle": {"auto_start": True},
+            },
+        ],
+    }
+
+
 # -- timing and rows ------------------------------------------------------------------
 
 

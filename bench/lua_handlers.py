@@ -16,11 +16,13 @@ process_task), which is what a Wippy user actually runs.
 from __future__ import annotations
 
 import asyncio
+import json
 import platform
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import harness
 from harness import CONCURRENCY, PREFETCH, Timing, clock, since
@@ -60,41 +62,25 @@ end
 return handler
 """
 
-ENTRIES = """\
-version: "1.0"
-namespace: bench
-entries:
-  - name: memory
-    kind: queue.driver.memory
-    lifecycle:
-      auto_start: true
-  - name: jobs
-    kind: queue.queue
-    driver: bench:memory
-    driver_options:
-      memory:
-        max_length: {max_length}
-  - name: handler
-{handler}
-  - name: worker
-    kind: queue.consumer
-    queue: bench:jobs
-    func: bench:handler
-    concurrency: {concurrency}
-    prefetch: {prefetch}
-    lifecycle:
-      auto_start: true
-"""
 
-#: row name -> the handler entry's fields (indented under ``- name: handler``)
-ROWS = {
-    "python async no-op": "    kind: function.python\n    source: file://handlers.py\n"
-    "    method: noop_async",
-    "python sync no-op (threads)": "    kind: function.python\n    source: file://handlers.py\n"
-    "    method: noop_sync",
-    "lua no-op": "    kind: function.lua\n    source: file://noop.lua",
-    "lua seed handler": "    kind: function.lua\n    source: file://seed.lua\n"
-    "    modules: [json, logger]",
+#: row name -> the handler entry's fields
+ROWS: dict[str, dict[str, Any]] = {
+    "python async no-op": {
+        "kind": "function.python",
+        "source": "file://handlers.py",
+        "method": "noop_async",
+    },
+    "python sync no-op (threads)": {
+        "kind": "function.python",
+        "source": "file://handlers.py",
+        "method": "noop_sync",
+    },
+    "lua no-op": {"kind": "function.lua", "source": "file://noop.lua"},
+    "lua seed handler": {
+        "kind": "function.lua",
+        "source": "file://seed.lua",
+        "modules": ["json", "logger"],
+    },
 }
 
 
@@ -112,11 +98,8 @@ def write_apps(root: Path, n: int) -> list[HandlerRow]:
         (folder / "handlers.py").write_text(PYTHON_HANDLERS)
         (folder / "noop.lua").write_text(LUA_NOOP)
         (folder / "seed.lua").write_text(LUA_SEED)
-        (folder / "_index.yaml").write_text(
-            ENTRIES.format(
-                max_length=n, handler=handler, concurrency=CONCURRENCY, prefetch=PREFETCH
-            )
-        )
+        document = harness.bench_entries({"name": "handler", **handler}, max_length=n)
+        (folder / "_index.yaml").write_text(json.dumps(document))
         rows.append(HandlerRow(key, folder))
     return rows
 

@@ -106,28 +106,12 @@ def entries(
 ) -> dict[str, Any]:
     """The row's entry file: the core bench's consumer, plus policies when ``rules``
     (or the shipped ABAC policy when ``abac``)."""
-    worker: dict[str, Any] = {
-        "name": "worker",
-        "kind": "queue.consumer",
-        "queue": "bench:jobs",
-        "func": "bench:noop",
-        "concurrency": CONCURRENCY,
-        "prefetch": PREFETCH,
-        "lifecycle": {"auto_start": True},
-    }
-    listed: list[dict[str, Any]] = [
-        {"name": "memory", "kind": "queue.driver.memory", "lifecycle": {"auto_start": True}},
-        {
-            "name": "jobs",
-            "kind": "queue.queue",
-            "driver": "bench:memory",
-            "driver_options": {"memory": {"max_length": n}},
-        },
-        {"name": "noop", "kind": "function.python", "source": f"{HANDLERS_MODULE}:noop"},
-        worker,
-    ]
+    noop = {"name": "noop", "kind": "function.python", "source": f"{HANDLERS_MODULE}:noop"}
+    document = harness.bench_entries(noop, max_length=n)
+    listed: list[dict[str, Any]] = document["entries"]
+    worker = listed[-1]
     if rules is None and not abac:
-        return {"version": "1.0", "namespace": "bench", "entries": listed}
+        return document
     security = {"policies": ["bench:tenants"]}
     worker["lifecycle"]["security"] = {
         "actor": {"id": WORKER.id, "meta": dict(WORKER.meta)},
@@ -167,7 +151,7 @@ def entries(
                 },
             },
         ]
-    return {"version": "1.0", "namespace": "bench", "entries": listed}
+    return document
 
 
 @dataclass

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import importlib
 import itertools
+import json
 import os
 import sys
 import tempfile
@@ -48,33 +49,6 @@ def noop_sync(data):
     next(done)
 '''
 
-ENTRIES_TEMPLATE = """\
-version: "1.0"
-namespace: bench
-entries:
-  - name: memory
-    kind: queue.driver.memory
-    lifecycle:
-      auto_start: true
-  - name: jobs
-    kind: queue.queue
-    driver: bench:memory
-    driver_options:
-      memory:
-        max_length: {max_length}
-  - name: noop
-    kind: function.python
-    source: {module}:{function}
-  - name: worker
-    kind: queue.consumer
-    queue: bench:jobs
-    func: bench:noop
-    concurrency: {concurrency}
-    prefetch: {prefetch}
-    lifecycle:
-      auto_start: true
-"""
-
 
 def write_entries(root: Path, max_length: int) -> dict[str, Path]:
     """Write the handler module and one entry folder per handler style; return the folders."""
@@ -83,15 +57,13 @@ def write_entries(root: Path, max_length: int) -> dict[str, Path]:
     for style in ("async", "sync"):
         folder = root / style
         folder.mkdir()
-        (folder / "_index.yaml").write_text(
-            ENTRIES_TEMPLATE.format(
-                max_length=max_length,
-                module=HANDLERS_MODULE,
-                function=f"noop_{style}",
-                concurrency=CONCURRENCY,
-                prefetch=PREFETCH,
-            )
-        )
+        noop = {
+            "name": "noop",
+            "kind": "function.python",
+            "source": f"{HANDLERS_MODULE}:noop_{style}",
+        }
+        document = harness.bench_entries(noop, max_length=max_length)
+        (folder / "_index.yaml").write_text(json.dumps(document))
         folders[style] = folder
     return folders
 
