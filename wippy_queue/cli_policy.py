@@ -12,12 +12,13 @@ import argparse
 import sys
 from typing import Any
 
+from pydantic import ValidationError
+
 from wippy_queue.errors import ConfigError, Problem
-from wippy_queue.security.actor import Actor
-from wippy_queue.security.authoring.cases import Case, CaseFileError, read_cases
+from wippy_queue.security.authoring.cases import Case, CaseFileError, QuerySpec, read_cases
 from wippy_queue.security.authoring.explain import explain
 from wippy_queue.security.authoring.lint import has_errors, lint
-from wippy_queue.security.authoring.query import ASKED, Query, QueryError, load_security
+from wippy_queue.security.authoring.query import ASKED, QueryError, load_security
 from wippy_queue.security.authoring.runner import run_cases, summary
 from wippy_queue.security.manager import Security
 
@@ -101,22 +102,25 @@ def _test(security: Security, case_files: list[str]) -> int:
 
 
 def _explain(security: Security, args: argparse.Namespace) -> int:
-    actor = None
-    if args.actor is not None:
-        actor = Actor(args.actor, dict(args.meta))
-    elif args.meta:
+    if args.meta and args.actor is None:
         raise QueryError([("meta", "--meta describes the --actor; add --actor ID")])
-    query = Query(
-        action=args.action,
-        resource=args.resource,
-        consumer=args.consumer,
-        actor=actor,
-        policies=tuple(args.policy),
-        groups=tuple(args.group),
-        headers=dict(args.header),
-        publisher=args.publisher,
-        publisher_tenant=args.publisher_tenant,
-    )
+    written = {
+        "action": args.action,
+        "resource": args.resource,
+        "consumer": args.consumer,
+        "actor": None if args.actor is None else {"id": args.actor, "meta": dict(args.meta)},
+        "policies": args.policy,
+        "groups": args.group,
+        "headers": dict(args.header),
+        "publisher": args.publisher,
+        "publisher_tenant": args.publisher_tenant,
+    }
+    try:
+        query = QuerySpec.model_validate(written).query()
+    except ValidationError as err:
+        raise QueryError(
+            [(str(e["loc"][0]), f"{e['msg']} (got {e.get('input')!r})") for e in err.errors()]
+        ) from None
     for line in explain(security, query).lines():
         print(line)
     return 0

@@ -57,10 +57,10 @@ class ActorSpec(_Strict):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
-class CaseSpec(_Strict):
-    """One case as written; the single source of truth for the case fields."""
+class QuerySpec(_Strict):
+    """What is asked, as a case file or ``policy explain`` writes it; the single source
+    of truth for the query fields."""
 
-    name: str | None = None
     consumer: str | None = Field(default=None, min_length=1)
     actor: ActorSpec | None = None
     policies: list[str] = Field(default_factory=list)
@@ -70,7 +70,6 @@ class CaseSpec(_Strict):
     headers: dict[str, Any] = Field(default_factory=dict)
     publisher: str | None = Field(default=None, min_length=1)
     publisher_tenant: str | None = None
-    expect: Literal["allow", "deny"]
 
     @field_validator("actor", mode="before")
     @classmethod
@@ -81,6 +80,26 @@ class CaseSpec(_Strict):
     @classmethod
     def _listify(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    def query(self) -> Query:
+        return Query(
+            action=self.action,
+            resource=self.resource,
+            consumer=self.consumer,
+            actor=Actor(self.actor.id, self.actor.meta) if self.actor else None,
+            policies=tuple(self.policies),
+            groups=tuple(self.groups),
+            headers=MappingProxyType(dict(self.headers)),
+            publisher=self.publisher,
+            publisher_tenant=self.publisher_tenant,
+        )
+
+
+class CaseSpec(QuerySpec):
+    """One case as written: a query, its name and the decision expected."""
+
+    name: str | None = None
+    expect: Literal["allow", "deny"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,22 +182,8 @@ def _case(index: int, item: Any, file: str, problems: list[Problem]) -> Case | N
                 Problem(_explain(error), file, lines.get(top, line), label, where or None)
             )
         return None
-    actor = None
-    if spec.actor is not None:
-        actor = Actor(spec.actor.id, spec.actor.meta)
-    query = Query(
-        action=spec.action,
-        resource=spec.resource,
-        consumer=spec.consumer,
-        actor=actor,
-        policies=tuple(spec.policies),
-        groups=tuple(spec.groups),
-        headers=MappingProxyType(dict(spec.headers)),
-        publisher=spec.publisher,
-        publisher_tenant=spec.publisher_tenant,
-    )
     name = spec.name or f"case {index}"
-    return Case(index, name, query, spec.expect, file, line, lines)
+    return Case(index, name, spec.query(), spec.expect, file, line, lines)
 
 
 def _explain(error: Any) -> str:
