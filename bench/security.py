@@ -54,10 +54,9 @@ import yaml
 from harness import CONCURRENCY, PREFETCH, Timing, check_handled, clock, since
 
 from wippy_queue import Runtime
-from wippy_queue.context import CallContext, bound
-from wippy_queue.security.actor import Actor
+from wippy_queue.identity import Actor, Request
+from wippy_queue.queue.context import CallContext, bound
 from wippy_queue.security.models import CasbinPolicyConfig
-from wippy_queue.security.request import Request
 from wippy_queue.security.scope import Scope
 from wippy_queue.security.units import CasbinUnit
 

@@ -17,9 +17,8 @@ from typing import Any
 import yaml
 
 from wippy_queue import PermissionDenied, PublishError, Runtime, current_actor, current_message
+from wippy_queue.identity import Decision, Request
 from wippy_queue.queue import api
-from wippy_queue.security.request import Request
-from wippy_queue.security.scope import Decision
 
 NAMESPACE = "app"
 SIGNING_KEY = "test-signing-key-0123456789"

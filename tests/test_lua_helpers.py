@@ -16,21 +16,21 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from wippy_queue import context
 from wippy_queue.drivers.memory import MemoryDriver
-from wippy_queue.functions.base import outcome_of
 from wippy_queue.functions.lua.config import LuaFunctionConfig, LuaLimits
 from wippy_queue.functions.lua.handler import LuaHandler
 from wippy_queue.functions.lua.modules import BUILTIN_MODULES, ModuleSpec
 from wippy_queue.functions.lua.program import Program, Unit
+from wippy_queue.identity import Actor
+from wippy_queue.queue import context
 from wippy_queue.queue.codec import get_codec
 from wippy_queue.queue.handle import MessageHandle
+from wippy_queue.queue.handler import outcome_of
 from wippy_queue.queue.message import Message, stamp_new
 from wippy_queue.queue.outcome import Outcome
 from wippy_queue.queue.publisher import Publisher, PublishInterceptor
 from wippy_queue.queue.queue import Queue
 from wippy_queue.runtime import Runtime
-from wippy_queue.security.actor import Actor
 
 T = TypeVar("T")
 TIMEOUT_S = 20.0

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from test_lua_helpers import World, lua_handler, one_call, run
 
-from wippy_queue import context
 from wippy_queue.errors import PermissionDenied
+from wippy_queue.queue import context
 from wippy_queue.queue.message import Message
 from wippy_queue.queue.queue import Queue
 from wippy_queue.runtime import Runtime

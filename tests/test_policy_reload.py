@@ -15,10 +15,9 @@ import yaml
 from security_support import FAST_BACKOFF, consumer, driver, func, queue, rule, settings
 
 from wippy_queue import Runtime
-from wippy_queue.security.actor import Actor
+from wippy_queue.identity import Actor, Request
 from wippy_queue.security.audit import verify_file
 from wippy_queue.security.reload import digest
-from wippy_queue.security.request import Request
 from wippy_queue.security.units import CasbinUnit
 
 WAIT_S = 5.0

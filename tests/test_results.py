@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from wippy_queue.functions.base import outcome_of
+from wippy_queue.queue.handler import outcome_of
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,8 @@ from security_support import consumer, driver, func, load, queue, rule
 
 from wippy_queue import ConfigError, Problem, Runtime
 from wippy_queue.components import default_components
+from wippy_queue.identity import Actor, Request
 from wippy_queue.registry.loader import load_registry
-from wippy_queue.security.actor import Actor
-from wippy_queue.security.request import Request
 from wippy_queue.security.units import CasbinUnit
 
 RBAC = Path(__file__).parents[1] / "wippy_queue" / "policies" / "rbac_with_tenants.conf"

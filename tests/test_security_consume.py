@@ -25,8 +25,8 @@ from security_support import (
     watch_decisions,
 )
 
+from wippy_queue.identity import Actor
 from wippy_queue.queue.message import Message, new_message_id
-from wippy_queue.security.actor import Actor
 from wippy_queue.security.provenance import Stamper
 
 JOBS = f"{NAMESPACE}:jobs"

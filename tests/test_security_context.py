@@ -10,7 +10,7 @@ import pytest
 from security_support import NAMESPACE, consumer, driver, func, load, queue, reset, rule
 
 from wippy_queue import HandlerError, Runtime, current_actor, current_message
-from wippy_queue.context import current
+from wippy_queue.queue.context import current
 
 
 def two_actors(tmp_path: Path, handler: str, *, concurrency: int) -> Runtime:

@@ -42,8 +42,8 @@ from security_support import (
 from security_support import settings as security_settings
 
 from wippy_queue import Runtime
+from wippy_queue.identity import Actor
 from wippy_queue.queue.message import Message, new_message_id
-from wippy_queue.security.actor import Actor
 
 RBAC = Path(__file__).parents[1] / "wippy_queue" / "policies" / "rbac_with_tenants.conf"
 JOBS = f"{NAMESPACE}:jobs"

@@ -22,10 +22,9 @@ from security_support import (
 )
 
 from wippy_queue import ConfigError
-from wippy_queue.security.actor import Actor
+from wippy_queue.identity import Actor, Request
 from wippy_queue.security.conditions import OPERATORS
 from wippy_queue.security.models import CasbinPolicyConfig, WippyPolicyConfig
-from wippy_queue.security.request import Request
 from wippy_queue.security.scope import Scope
 from wippy_queue.security.units import CasbinUnit, WippyRulesUnit
 

@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 from security_support import consumer, driver, func, load, queue
 
+from wippy_queue.identity import Actor, Request, getter
 from wippy_queue.security import scope as scope_module
-from wippy_queue.security.actor import Actor
 from wippy_queue.security.enforcer import PolicyLoadError
 from wippy_queue.security.models import CasbinPolicyConfig, WippyPolicyConfig
-from wippy_queue.security.request import Request, getter
 from wippy_queue.security.scope import Scope
 from wippy_queue.security.units import CasbinUnit, PolicyUnit, Verdict, WippyRulesUnit
 

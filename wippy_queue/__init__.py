@@ -12,13 +12,13 @@ from wippy_queue.errors import (
     SettleError,
     WippyQueueError,
 )
+from wippy_queue.identity import Actor
 from wippy_queue.lifecycle.service import ServiceState
 from wippy_queue.queue.api import current_actor, current_message
 from wippy_queue.queue.driver import QueueInfo
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.message import Message
 from wippy_queue.runtime import Runtime
-from wippy_queue.security.actor import Actor
 
 __all__ = [
     # running

@@ -15,11 +15,11 @@ from functools import partial
 from types import TracebackType
 from typing import Any
 
-from wippy_queue import context
 from wippy_queue.components import Components, default_components
 from wippy_queue.errors import ConfigError, HandlerError, Problem
 from wippy_queue.lifecycle.service import ServiceState
 from wippy_queue.lifecycle.supervisor import Supervised, Supervisor
+from wippy_queue.queue import context
 from wippy_queue.queue.codec import get_codec
 from wippy_queue.queue.consumer import Consumer
 from wippy_queue.queue.driver import Driver, QueueInfo

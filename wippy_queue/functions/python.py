@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from wippy_queue.errors import HandlerError
-from wippy_queue.functions.base import Handler
 from wippy_queue.functions.threads import HandlerThreads
+from wippy_queue.queue.handler import Handler
 from wippy_queue.registry.entry import Entry
 from wippy_queue.registry.models import PythonFunctionConfig
 

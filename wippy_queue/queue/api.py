@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from wippy_queue import context
 from wippy_queue.errors import HandlerError
+from wippy_queue.identity import Actor
+from wippy_queue.queue import context
 from wippy_queue.queue.handle import MessageHandle
-from wippy_queue.security.actor import Actor
 
 
 def _ctx() -> context.CallContext:

@@ -17,13 +17,13 @@ import traceback
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from wippy_queue import context
 from wippy_queue.errors import HandlerError, LifecycleError, WippyQueueError
-from wippy_queue.functions.base import Handler, outcome_of
+from wippy_queue.queue import context
 from wippy_queue.queue.codec import DecodeError
 from wippy_queue.queue.deferred import DeferredSettles
 from wippy_queue.queue.driver import Delivery, Subscription, SubscriptionClosed
 from wippy_queue.queue.handle import MessageHandle
+from wippy_queue.queue.handler import Handler, outcome_of
 from wippy_queue.queue.middleware import Job, Middleware, SettleHook, build_chain
 from wippy_queue.queue.outcome import ACK, Outcome
 from wippy_queue.queue.queue import Queue

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from wippy_queue import context
 from wippy_queue.errors import PublishError
+from wippy_queue.queue import context
 from wippy_queue.queue.message import Message, stamp_new, user_headers
 from wippy_queue.queue.queue import Queue
 

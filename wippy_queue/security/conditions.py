@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from wippy_queue.security.request import Request
+from wippy_queue.identity import Request
 
 OPERATORS = (
     "eq",

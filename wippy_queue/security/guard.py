@@ -9,18 +9,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from wippy_queue.context import CallContext
 from wippy_queue.errors import PermissionDenied
+from wippy_queue.identity import Actor, Decision, Request
+from wippy_queue.queue.context import CallContext
 from wippy_queue.queue.message import Message
 from wippy_queue.queue.middleware import CallNext, Job, Middleware
 from wippy_queue.queue.outcome import Outcome
 from wippy_queue.queue.queue import Queue
-from wippy_queue.security.actor import Actor
 from wippy_queue.security.models import DenyBackoff
 from wippy_queue.security.provenance import ForgedProvenance, Stamper
 from wippy_queue.security.recorder import Recorder
-from wippy_queue.security.request import Request
-from wippy_queue.security.scope import Decision, Scope
+from wippy_queue.security.scope import Scope
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +143,7 @@ class PublishGuard:
             if actor is not None:
                 self.stamper.stamp(message, queue.id, actor)
             return
-        scope: Scope = ctx.scope
+        scope = ctx.scope
         for action, resource in PUBLISH_CHECKS:
             request = Request(
                 action,

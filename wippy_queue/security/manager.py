@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from wippy_queue.errors import WippyQueueError
+from wippy_queue.identity import Actor
 from wippy_queue.registry.entry import Entry
 from wippy_queue.registry.models import ConsumerConfig, QueueConfig, SecurityBlock
 from wippy_queue.registry.registry import Registry
-from wippy_queue.security.actor import Actor
 from wippy_queue.security.guard import ConsumeGuard, PublishGuard
 from wippy_queue.security.models import (
     CasbinPolicyConfig,

@@ -8,10 +8,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from wippy_queue.identity import FIELD_PATHS, known_path
 from wippy_queue.registry.entry import EntryModel
 from wippy_queue.registry.types import Duration
 from wippy_queue.security.conditions import OPERATORS, UNARY
-from wippy_queue.security.request import FIELD_PATHS, known_path
 
 
 class _Strict(BaseModel):

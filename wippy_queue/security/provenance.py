@@ -14,9 +14,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from wippy_queue.identity import Actor
 from wippy_queue.queue.message import ATTEMPTS, Message
 from wippy_queue.queue.queue import DL_QUEUE
-from wippy_queue.security.actor import Actor
 
 PUBLISHER = "x_publisher"
 PUBLISHER_TENANT = "x_publisher_tenant"

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from wippy_queue.security.request import Request
-from wippy_queue.security.scope import Decision
+from wippy_queue.identity import Decision, Request
 
 
 class Recorder(Protocol):

@@ -10,38 +10,13 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
 
-from wippy_queue.security.request import Request
+from wippy_queue.identity import NO_ALLOW, Decision, Request
 from wippy_queue.security.units import PolicyUnit, Verdict
 
 log = logging.getLogger(__name__)
 
 CACHE_LIMIT = 50_000
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    allowed: bool
-    #: ``policy`` (a rule decided), ``no_allow``, ``strict_mode``, ``forged_provenance``, ``error``
-    reason: str
-    policy: str | None = None
-    rule: tuple[str, ...] = ()
-    error: str | None = None
-
-    def describe(self) -> str:
-        verdict = "allow" if self.allowed else "deny"
-        text = f"{verdict} ({self.reason})"
-        if self.policy:
-            text += f" by {self.policy}"
-        if self.rule:
-            text += f" rule [{', '.join(self.rule)}]"
-        if self.error:
-            text += f": {self.error}"
-        return text
-
-
-NO_ALLOW = Decision(False, "no_allow")
 
 
 class Scope:

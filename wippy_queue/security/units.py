@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from wippy_queue.errors import Problem
+from wippy_queue.identity import ActorView, MessageView, Request, getter
 from wippy_queue.security.conditions import evaluate
 from wippy_queue.security.enforcer import (
     Enforcer,
@@ -28,7 +29,6 @@ from wippy_queue.security.enforcer import (
     read_policy,
 )
 from wippy_queue.security.models import CasbinPolicyConfig, Condition, WippyPolicyConfig
-from wippy_queue.security.request import ActorView, MessageView, Request, getter
 
 _PLAIN = (str, int, float, bool, type(None))
 

@@ -16,14 +16,14 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from wippy_queue import context
 from wippy_queue.errors import HandlerError
-from wippy_queue.functions.base import Handler
 from wippy_queue.functions.lua.host import CallToken
 from wippy_queue.functions.lua.modules import BUILTIN_MODULES, ModuleSpec
 from wippy_queue.functions.lua.program import Program
 from wippy_queue.functions.lua.state import LuaState
 from wippy_queue.functions.threads import HandlerThreads
+from wippy_queue.queue import context
+from wippy_queue.queue.handler import Handler
 
 log = logging.getLogger(__name__)
 

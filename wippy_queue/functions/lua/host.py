@@ -15,10 +15,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from wippy_queue import context
 from wippy_queue.errors import SettleError
 from wippy_queue.functions.lua.convert import Converter
 from wippy_queue.functions.lua.memory import Memory
+from wippy_queue.queue import context
 from wippy_queue.queue.handle import MessageHandle
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import importlib
 from collections.abc import Mapping
 
 from wippy_queue.errors import HandlerError, Problem
-from wippy_queue.functions.base import Handler
 from wippy_queue.functions.lua.config import LuaFunctionConfig
+from wippy_queue.queue.handler import Handler
 from wippy_queue.registry.entry import Entry
 from wippy_queue.registry.graph import find_cycles
 from wippy_queue.registry.registry import Registry

@@ -21,10 +21,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from wippy_queue import context
 from wippy_queue.errors import SettleError, WippyQueueError
 from wippy_queue.functions.lua.host import CANCELLED, Host
 from wippy_queue.functions.lua.program import LuaValueError
+from wippy_queue.queue import context
 from wippy_queue.queue.api import context_publish
 from wippy_queue.registry.types import parse_duration
 

@@ -33,8 +33,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from wippy_queue.errors import Problem, WippyQueueError
+from wippy_queue.identity import Actor
 from wippy_queue.registry.source import LineDict, read_yaml
-from wippy_queue.security.actor import Actor
 from wippy_queue.security.authoring.query import Query
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from wippy_queue.security.actor import Actor
+from wippy_queue.identity import Actor
 from wippy_queue.security.authoring.query import Answer, Query, ask
 from wippy_queue.security.authoring.rules import PolicyRules, Rule, RuleJudge, find_rule, rules_of
 from wippy_queue.security.guard import STRICT_DENY, UNCHECKED

@@ -21,17 +21,16 @@ from typing import Any
 
 from wippy_queue.components import default_components
 from wippy_queue.errors import WippyQueueError
+from wippy_queue.identity import Actor, Decision, Request
 from wippy_queue.registry.loader import load_registry
 from wippy_queue.registry.models import ConsumerConfig, SecurityBlock
 from wippy_queue.registry.registry import Registry
-from wippy_queue.security.actor import Actor
 from wippy_queue.security.authoring.hints import did_you_mean, listing
 from wippy_queue.security.guard import CONSUME, PUBLISH_CHECKS, STRICT_DENY, UNCHECKED
 from wippy_queue.security.manager import POLICY_KINDS, Security, actor_of, policies_of
 from wippy_queue.security.models import CasbinPolicyConfig, WippyPolicyConfig
 from wippy_queue.security.provenance import PUBLISHER, PUBLISHER_TENANT, SIGNATURE
-from wippy_queue.security.request import Request
-from wippy_queue.security.scope import Decision, Scope
+from wippy_queue.security.scope import Scope
 
 #: Every action the runtime asks, and its resource: a fixed one, or None for a queue ID.
 ASKED: Mapping[str, str | None] = MappingProxyType({CONSUME: None, **dict(PUBLISH_CHECKS)})

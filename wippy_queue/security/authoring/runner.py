@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from wippy_queue.errors import Problem
+from wippy_queue.identity import Decision
 from wippy_queue.security.authoring.cases import Case, CaseFileError
 from wippy_queue.security.authoring.query import Answer, QueryError, ask
 from wippy_queue.security.authoring.rules import PolicyRules, Rule, find_rule, rules_of
 from wippy_queue.security.manager import Security
-from wippy_queue.security.scope import Decision
 
 
 @dataclass(frozen=True, slots=True)

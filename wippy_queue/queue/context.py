@@ -12,29 +12,48 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Coroutine, Generator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from contextvars_extras import ContextVarsRegistry
 
-from wippy_queue.security.actor import Actor
+from wippy_queue.identity import Actor, Decision, Request
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Mapping
 
     from wippy_queue.queue.handle import MessageHandle
-    from wippy_queue.queue.publisher import Publisher
 
 T = TypeVar("T")
+
+
+class Checker(Protocol):
+    """What the context needs of a security scope: a decision for a request."""
+
+    def check(self, request: Request) -> Decision: ...
+
+
+class Publishes(Protocol):
+    """What a handler's publish goes through (the runtime's Publisher)."""
+
+    async def publish(
+        self,
+        queue_id: str,
+        data: Any,
+        headers: Mapping[str, Any] | None = None,
+        *,
+        message_id: str | None = None,
+    ) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
 class CallContext:
     """Immutable; derive a changed copy with ``evolve``."""
 
-    publisher: Publisher | None = None
+    publisher: Publishes | None = None
     loop: asyncio.AbstractEventLoop | None = None
     actor: Actor | None = None
-    scope: Any = None  # security.scope.Scope once a consumer has a security block
+    scope: Checker | None = None  # the consumer's policies, when it has a security block
     checked: bool = False  # True when the security block applies to this call
     message: MessageHandle | None = None
     consumer: str | None = None

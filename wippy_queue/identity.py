@@ -1,14 +1,35 @@
-"""What a security check is asked about, and the attribute paths policies may read."""
+"""Who asks, what is asked, what was decided: the identity value types.
+
+A leaf module (it imports nothing of ours) so that every layer may use them: the
+call context carries an ``Actor``, a security check takes a ``Request`` and gives a
+``Decision``, and the audit trail records both without importing the engine.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from wippy_queue.security.actor import Actor
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Immutable, meta included: whatever mapping is given is copied read-only, so
+    no caller (a handler, a policy condition) can change who a call runs as."""
+
+    id: str
+    meta: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
+
+    @property
+    def tenant(self) -> str | None:
+        value = self.meta.get("tenant")
+        return None if value is None else str(value)
+
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -122,3 +143,27 @@ class MessageView:
     headers: dict[str, Any]
     publisher: str | None
     tenant: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    #: ``policy`` (a rule decided), ``no_allow``, ``strict_mode``, ``forged_provenance``, ``error``
+    reason: str
+    policy: str | None = None
+    rule: tuple[str, ...] = ()
+    error: str | None = None
+
+    def describe(self) -> str:
+        verdict = "allow" if self.allowed else "deny"
+        text = f"{verdict} ({self.reason})"
+        if self.policy:
+            text += f" by {self.policy}"
+        if self.rule:
+            text += f" rule [{', '.join(self.rule)}]"
+        if self.error:
+            text += f": {self.error}"
+        return text
+
+
+NO_ALLOW = Decision(False, "no_allow")
