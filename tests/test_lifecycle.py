@@ -14,8 +14,8 @@ from conftest import write
 from wippy_queue import LifecycleError, Runtime, ServiceState
 from wippy_queue.lifecycle import supervisor as supervisor_module
 from wippy_queue.lifecycle.backoff import restart_delay
+from wippy_queue.lifecycle.config import Lifecycle, RestartPolicy
 from wippy_queue.lifecycle.supervisor import Supervised, Supervisor
-from wippy_queue.registry.models import Lifecycle, RestartPolicy
 
 WAIT_S = 5.0
 

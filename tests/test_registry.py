@@ -10,7 +10,8 @@ from conftest import write
 from wippy_queue import ConfigError, Runtime
 from wippy_queue.cli import main
 from wippy_queue.errors import Problem
-from wippy_queue.registry.models import ConsumerConfig, PythonFunctionConfig, QueueConfig
+from wippy_queue.functions.python import PythonFunctionConfig
+from wippy_queue.queue.config import ConsumerConfig, QueueConfig
 
 HANDLER = """
 def handle(data):

@@ -9,19 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from wippy_queue.drivers.memory import MemoryDriver, check_queue_options
+from wippy_queue.drivers.memory import MemoryDriver, MemoryDriverConfig, check_queue_options
 from wippy_queue.functions.lua import LuaFunctionConfig, LuaFunctions
-from wippy_queue.functions.python import PythonFunctions
+from wippy_queue.functions.python import PythonFunctionConfig, PythonFunctions
+from wippy_queue.queue.config import ConsumerConfig, QueueConfig
 from wippy_queue.queue.driver import Driver
 from wippy_queue.queue.handler import Handler
 from wippy_queue.registry.entry import Entry
 from wippy_queue.registry.kinds import KindTable
-from wippy_queue.registry.models import (
-    ConsumerConfig,
-    MemoryDriverConfig,
-    PythonFunctionConfig,
-    QueueConfig,
-)
 from wippy_queue.security import kinds as security_kinds
 
 DriverFactory = Callable[[Entry], Driver]

@@ -17,17 +17,18 @@ from typing import Any
 
 from wippy_queue.components import Components, default_components
 from wippy_queue.errors import ConfigError, HandlerError, Problem
+from wippy_queue.lifecycle.config import ServiceModel
 from wippy_queue.lifecycle.service import ServiceState
 from wippy_queue.lifecycle.supervisor import Supervised, Supervisor
 from wippy_queue.queue import context
 from wippy_queue.queue.codec import get_codec
+from wippy_queue.queue.config import ConsumerConfig, QueueConfig
 from wippy_queue.queue.consumer import Consumer
 from wippy_queue.queue.driver import Driver, QueueInfo
 from wippy_queue.queue.publisher import Publisher
 from wippy_queue.queue.queue import Queue
 from wippy_queue.registry.entry import Entry
 from wippy_queue.registry.loader import load_registry
-from wippy_queue.registry.models import ConsumerConfig, QueueConfig, ServiceModel
 from wippy_queue.registry.registry import Registry
 from wippy_queue.security.audit.recorder import AuditRecorder
 from wippy_queue.security.audit.trail import AuditTrail

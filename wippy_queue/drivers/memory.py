@@ -16,10 +16,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from wippy_queue.errors import DriverError, Problem
+from wippy_queue.lifecycle.config import ServiceModel
+from wippy_queue.queue.config import QueueConfig
 from wippy_queue.queue.driver import Delivery, Driver, QueueInfo, Subscription, SubscriptionClosed
 from wippy_queue.queue.message import ATTEMPTS, Message
-from wippy_queue.registry.models import QueueConfig
 from wippy_queue.registry.registry import Registry
+
+
+class MemoryDriverConfig(ServiceModel):
+    """``queue.driver.memory``: no options of its own."""
 
 
 class MemoryQueueOptions(BaseModel):

@@ -12,16 +12,50 @@ import asyncio
 import importlib
 import importlib.util
 import inspect
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, model_validator
+
 from wippy_queue.errors import HandlerError
 from wippy_queue.functions.threads import HandlerThreads
 from wippy_queue.queue.handler import Handler
-from wippy_queue.registry.entry import Entry
-from wippy_queue.registry.models import PythonFunctionConfig
+from wippy_queue.registry.entry import Entry, EntryModel
+
+_DOTTED = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")
+
+
+class PythonFunctionConfig(EntryModel):
+    """``function.python``: ``source: file://x.py`` + ``method``, or ``pkg.module:function``."""
+
+    source: str
+    method: str | None = Field(default=None, pattern=r"^[A-Za-z_]\w*$")
+
+    @model_validator(mode="after")
+    def _shape(self) -> PythonFunctionConfig:
+        if self.source.startswith("file://"):
+            path = Path(self.source.removeprefix("file://"))
+            if not self.method:
+                raise ValueError(
+                    "a file:// source needs 'method': the name of the function in the file"
+                )
+            if path.suffix != ".py":
+                raise ValueError(f"source {path} is not a .py file")
+            if not path.is_file():
+                raise ValueError(f"source file {path} does not exist")
+        elif not _DOTTED.match(self.source):
+            raise ValueError(
+                f"source {self.source!r} is neither file://path.py nor package.module:function"
+            )
+        elif ":" not in self.source and not self.method:
+            raise ValueError(
+                "source names a module without a function: write 'package.module:function' "
+                "or add 'method'"
+            )
+        return self
 
 
 def _load_file(path: Path, entry_id: str) -> Any:

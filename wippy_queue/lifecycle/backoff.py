@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from wippy_queue.registry.models import RestartPolicy
+from wippy_queue.lifecycle.config import RestartPolicy
 
 
 def restart_delay(policy: RestartPolicy, attempt: int, rng: random.Random | None = None) -> float:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from wippy_queue.errors import LifecycleError
 from wippy_queue.lifecycle.backoff import restart_delay
+from wippy_queue.lifecycle.config import Lifecycle
 from wippy_queue.lifecycle.service import Service, ServiceState
-from wippy_queue.registry.models import Lifecycle
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,12 @@ class Reference:
         return any(kind.startswith(k[:-1]) if k.endswith("*") else kind == k for k in self.kinds)
 
 
+class StrictModel(BaseModel):
+    """Base of nested config blocks: unknown fields are rejected, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class EntryModel(BaseModel):
     """Base of the per-kind models: unknown fields are rejected."""
 

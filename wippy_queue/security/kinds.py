@@ -7,8 +7,8 @@ from collections.abc import Hashable, Iterator, Mapping
 from pathlib import Path
 
 from wippy_queue.errors import Problem
+from wippy_queue.queue.config import ConsumerConfig
 from wippy_queue.registry.kinds import KindTable
-from wippy_queue.registry.models import ConsumerConfig
 from wippy_queue.registry.registry import Registry
 from wippy_queue.security.enforcer import PolicyLoadError
 from wippy_queue.security.models import (

@@ -8,8 +8,9 @@ from typing import Any
 
 from wippy_queue.errors import WippyQueueError
 from wippy_queue.identity import Actor
+from wippy_queue.lifecycle.config import SecurityBlock
+from wippy_queue.queue.config import ConsumerConfig, QueueConfig
 from wippy_queue.registry.entry import Entry
-from wippy_queue.registry.models import ConsumerConfig, QueueConfig, SecurityBlock
 from wippy_queue.registry.registry import Registry
 from wippy_queue.security.guard import ConsumeGuard, PublishGuard
 from wippy_queue.security.models import (

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from wippy_queue.registry.models import ConsumerConfig
+from wippy_queue.queue.config import ConsumerConfig
 from wippy_queue.registry.registry import Registry
 from wippy_queue.security.authoring.query import ASKED
 from wippy_queue.security.manager import actor_of, policies_of
