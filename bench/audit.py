@@ -24,7 +24,7 @@ import harness
 from harness import CONCURRENCY, PREFETCH, Timing, check_handled, clock, since
 
 from wippy_queue import Runtime
-from wippy_queue.security.audit import verify_file
+from wippy_queue.audit import verify_file
 
 HANDLERS_MODULE = "wippy_bench_audit_handlers"
 HANDLERS = "import itertools\ndone = itertools.count()\n\nasync def noop(data):\n    next(done)\n"

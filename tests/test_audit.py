@@ -18,11 +18,11 @@ import yaml
 from conftest import write
 
 from wippy_queue import Runtime
+from wippy_queue.audit import AuditTrail, AuditUnavailable, verify_file
+from wippy_queue.audit.chain import CLOSED, RESUMED
 from wippy_queue.cli import main
 from wippy_queue.components import default_components
 from wippy_queue.functions.python import PythonHandler
-from wippy_queue.security.audit import AuditTrail, AuditUnavailable, verify_file
-from wippy_queue.security.audit.chain import CLOSED, RESUMED
 
 WAIT_S = 5.0
 MODEL = Path(__file__).parent.parent / "policies" / "rbac_with_tenants.conf"
@@ -222,7 +222,7 @@ def test_a_strict_mode_publish_denial_is_recorded_with_its_action(
 async def test_records_reach_the_disk_as_the_fsync_mode_says(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: str
 ) -> None:
-    from wippy_queue.security.audit import trail as trail_module
+    from wippy_queue.audit import trail as trail_module
 
     syncs: list[int] = []  # file sizes at each sync
     synced = asyncio.Event()
@@ -306,7 +306,7 @@ def test_verify_names_the_first_bad_line(
 
 def test_rehashed_edit_is_still_caught(trail_file: Path) -> None:
     """Recomputing the edited record's own hash breaks the next record's prev."""
-    from wippy_queue.security.audit.chain import seal
+    from wippy_queue.audit.chain import seal
 
     records = lines(trail_file)
     records[3]["outcome"] = "nack"

@@ -15,8 +15,8 @@ import yaml
 from security_support import FAST_BACKOFF, consumer, driver, func, queue, rule, settings
 
 from wippy_queue import Runtime
+from wippy_queue.audit import verify_file
 from wippy_queue.identity import Actor, Request
-from wippy_queue.security.audit import verify_file
 from wippy_queue.security.reload import digest
 from wippy_queue.security.units import CasbinUnit
 

@@ -12,11 +12,11 @@ import pytest
 from wippy_queue.cli import main
 from wippy_queue.components import default_components
 from wippy_queue.errors import ConfigError
+from wippy_queue.policytools.cases import CaseFileError, read_cases
+from wippy_queue.policytools.explain import explain
+from wippy_queue.policytools.lint import lint
+from wippy_queue.policytools.overlap import pattern_covers
 from wippy_queue.registry.loader import load_registry
-from wippy_queue.security.authoring.cases import CaseFileError, read_cases
-from wippy_queue.security.authoring.explain import explain
-from wippy_queue.security.authoring.lint import lint
-from wippy_queue.security.authoring.overlap import pattern_covers
 from wippy_queue.security.manager import Security
 from wippy_queue.testing import assert_policy_cases, check_policy_cases
 

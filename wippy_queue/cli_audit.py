@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from wippy_queue.security.audit.chain import verify_file
-from wippy_queue.security.audit.show import Filter, parse_since, records, table
+from wippy_queue.audit.chain import verify_file
+from wippy_queue.audit.show import Filter, parse_since, records, table
 
 
 def add_parser(sub: Any) -> None:

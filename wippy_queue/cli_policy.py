@@ -15,11 +15,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from wippy_queue.errors import ConfigError, Problem
-from wippy_queue.security.authoring.cases import Case, CaseFileError, QuerySpec, read_cases
-from wippy_queue.security.authoring.explain import explain
-from wippy_queue.security.authoring.lint import has_errors, lint
-from wippy_queue.security.authoring.query import ASKED, QueryError, load_security
-from wippy_queue.security.authoring.runner import run_cases, summary
+from wippy_queue.policytools.cases import Case, CaseFileError, QuerySpec, read_cases
+from wippy_queue.policytools.explain import explain
+from wippy_queue.policytools.lint import has_errors, lint
+from wippy_queue.policytools.query import ASKED, QueryError, load_security
+from wippy_queue.policytools.runner import run_cases, summary
 from wippy_queue.security.manager import Security
 
 BAD_INPUT = 2

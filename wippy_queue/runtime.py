@@ -15,6 +15,9 @@ from functools import partial
 from types import TracebackType
 from typing import Any
 
+from wippy_queue.audit.config import AuditConfig
+from wippy_queue.audit.recorder import AuditRecorder
+from wippy_queue.audit.trail import AuditTrail
 from wippy_queue.components import Components, default_components
 from wippy_queue.errors import ConfigError, HandlerError, Problem
 from wippy_queue.lifecycle.config import ServiceModel
@@ -30,10 +33,7 @@ from wippy_queue.queue.queue import Queue
 from wippy_queue.registry.entry import Entry
 from wippy_queue.registry.loader import load_registry
 from wippy_queue.registry.registry import Registry
-from wippy_queue.security.audit.recorder import AuditRecorder
-from wippy_queue.security.audit.trail import AuditTrail
 from wippy_queue.security.manager import Security
-from wippy_queue.security.models import AuditConfig
 from wippy_queue.security.reload import PolicyWatcher
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ path as ``wippy-queue policy test``::
             ],
         )
 
-Cases have the CASES.yaml shape (see ``wippy_queue.security.authoring.cases``).
+Cases have the CASES.yaml shape (see ``wippy_queue.policytools.cases``).
 Entry files or cases that cannot be used raise ``ConfigError`` / ``CaseFileError``
 with every problem listed; a case that fails is an ``AssertionError`` naming it,
 its expectation, the decision and the rule that made it.
@@ -32,9 +32,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from wippy_queue.security.authoring.cases import CaseSource, read_cases
-from wippy_queue.security.authoring.query import load_security
-from wippy_queue.security.authoring.runner import CaseResult, run_cases, summary
+from wippy_queue.policytools.cases import CaseSource, read_cases
+from wippy_queue.policytools.query import load_security
+from wippy_queue.policytools.runner import CaseResult, run_cases, summary
 
 __all__ = ["CaseResult", "assert_policy_cases", "check_policy_cases"]
 

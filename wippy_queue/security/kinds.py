@@ -6,13 +6,13 @@ import hashlib
 from collections.abc import Hashable, Iterator, Mapping
 from pathlib import Path
 
+from wippy_queue.audit.config import AuditConfig
 from wippy_queue.errors import Problem
 from wippy_queue.queue.config import ConsumerConfig
 from wippy_queue.registry.kinds import KindTable
 from wippy_queue.registry.registry import Registry
 from wippy_queue.security.enforcer import PolicyLoadError
 from wippy_queue.security.models import (
-    AuditConfig,
     CasbinPolicyConfig,
     SecuritySettingsConfig,
     WippyPolicyConfig,

@@ -6,16 +6,12 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from wippy_queue.identity import FIELD_PATHS, known_path
-from wippy_queue.registry.entry import EntryModel
+from wippy_queue.registry.entry import EntryModel, StrictModel
 from wippy_queue.registry.types import Duration
 from wippy_queue.security.conditions import OPERATORS, UNARY
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _check_path(value: str) -> str:
@@ -24,7 +20,7 @@ def _check_path(value: str) -> str:
     return value
 
 
-class Condition(_Strict):
+class Condition(StrictModel):
     field: str
     operator: Literal[OPERATORS]  # type: ignore[valid-type]
     value: Any = None
@@ -55,7 +51,7 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-class WippyRule(_Strict):
+class WippyRule(StrictModel):
     actions: list[str] = Field(min_length=1)
     resources: list[str] = Field(min_length=1)
     effect: Literal["allow", "deny"]
@@ -133,7 +129,7 @@ class CasbinPolicyConfig(EntryModel):
         return self
 
 
-class DenyBackoff(_Strict):
+class DenyBackoff(StrictModel):
     initial: Duration = 0.05
     max: Duration = 5.0
 
@@ -144,13 +140,3 @@ class SecuritySettingsConfig(EntryModel):
     strict: bool = False
     signing_key: str | None = Field(default=None, min_length=16)
     deny_backoff: DenyBackoff = Field(default_factory=DenyBackoff)
-
-
-class AuditConfig(EntryModel):
-    """``security.audit``: where the hash-chained audit trail goes, and how durably."""
-
-    path: str = Field(min_length=1)
-    fsync: Literal["always", "batch", "never"] = "batch"
-
-    def file(self) -> Path:
-        return Path(self.path.removeprefix("file://"))

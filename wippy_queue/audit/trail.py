@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from wippy_queue.errors import WippyQueueError
-from wippy_queue.security.audit.chain import (
+from wippy_queue.audit.chain import (
     CLOSED,
     GENESIS,
     HEADER,
@@ -38,6 +37,7 @@ from wippy_queue.security.audit.chain import (
     seal_fragment,
     verify_file,
 )
+from wippy_queue.errors import WippyQueueError
 
 log = logging.getLogger(__name__)
 

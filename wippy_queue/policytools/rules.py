@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wippy_queue.identity import Request
+from wippy_queue.policytools.hints import display_path
+from wippy_queue.policytools.model import ModelShape, read_shape
 from wippy_queue.registry.entry import Entry
-from wippy_queue.security.authoring.hints import display_path
-from wippy_queue.security.authoring.model import ModelShape, read_shape
 from wippy_queue.security.enforcer import Enforcer, PolicyLine, read_model, read_policy
 from wippy_queue.security.models import CasbinPolicyConfig, WippyPolicyConfig
 from wippy_queue.security.units import CasbinUnit, Verdict, WippyRulesUnit

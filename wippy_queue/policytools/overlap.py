@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from wippy_queue.errors import Problem
+from wippy_queue.policytools.reach import finding
+from wippy_queue.policytools.rules import PolicyRules, Rule
+from wippy_queue.policytools.world import World
 from wippy_queue.registry.registry import Registry
-from wippy_queue.security.authoring.reach import finding
-from wippy_queue.security.authoring.rules import PolicyRules, Rule
-from wippy_queue.security.authoring.world import World
 from wippy_queue.security.models import WippyPolicyConfig
 
 _WIPPY_FIELDS = ("keyMatch", "keyMatch", "cond", "eft", "pol")

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from wippy_queue.policytools.query import ASKED
 from wippy_queue.queue.config import ConsumerConfig
 from wippy_queue.registry.registry import Registry
-from wippy_queue.security.authoring.query import ASKED
 from wippy_queue.security.manager import actor_of, policies_of
 
 

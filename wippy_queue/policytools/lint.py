@@ -15,12 +15,12 @@ from collections.abc import Iterable
 
 from wippy_queue.components import default_components
 from wippy_queue.errors import ConfigError, Problem
+from wippy_queue.policytools.hints import display_path
+from wippy_queue.policytools.overlap import check_duplicates, check_shadowed
+from wippy_queue.policytools.reach import check_grants, check_rule
+from wippy_queue.policytools.rules import PolicyRules, rules_of
+from wippy_queue.policytools.world import World
 from wippy_queue.registry.loader import load_registry
-from wippy_queue.security.authoring.hints import display_path
-from wippy_queue.security.authoring.overlap import check_duplicates, check_shadowed
-from wippy_queue.security.authoring.reach import check_grants, check_rule
-from wippy_queue.security.authoring.rules import PolicyRules, rules_of
-from wippy_queue.security.authoring.world import World
 from wippy_queue.security.enforcer import PolicyLoadError
 from wippy_queue.security.manager import POLICY_KINDS
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from wippy_queue.audit.chain import CLOSED, HEADER, RESUMED
 from wippy_queue.registry.types import parse_duration
-from wippy_queue.security.audit.chain import CLOSED, HEADER, RESUMED
 
 COLUMNS = (
     "seq",

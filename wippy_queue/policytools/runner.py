@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from wippy_queue.errors import Problem
 from wippy_queue.identity import Decision
-from wippy_queue.security.authoring.cases import Case, CaseFileError
-from wippy_queue.security.authoring.query import Answer, QueryError, ask
-from wippy_queue.security.authoring.rules import PolicyRules, Rule, find_rule, rules_of
+from wippy_queue.policytools.cases import Case, CaseFileError
+from wippy_queue.policytools.query import Answer, QueryError, ask
+from wippy_queue.policytools.rules import PolicyRules, Rule, find_rule, rules_of
 from wippy_queue.security.manager import Security
 
 

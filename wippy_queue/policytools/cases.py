@@ -34,8 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from wippy_queue.errors import Problem, WippyQueueError
 from wippy_queue.identity import Actor
+from wippy_queue.policytools.query import Query
 from wippy_queue.registry.source import LineDict, read_yaml
-from wippy_queue.security.authoring.query import Query
 
 
 class CaseFileError(WippyQueueError):

@@ -23,10 +23,10 @@ from wippy_queue.components import default_components
 from wippy_queue.errors import WippyQueueError
 from wippy_queue.identity import Actor, Decision, Request
 from wippy_queue.lifecycle.config import SecurityBlock
+from wippy_queue.policytools.hints import did_you_mean, listing
 from wippy_queue.queue.config import ConsumerConfig
 from wippy_queue.registry.loader import load_registry
 from wippy_queue.registry.registry import Registry
-from wippy_queue.security.authoring.hints import did_you_mean, listing
 from wippy_queue.security.guard import CONSUME, PUBLISH_CHECKS, STRICT_DENY, UNCHECKED
 from wippy_queue.security.manager import POLICY_KINDS, Security, actor_of, policies_of
 from wippy_queue.security.models import CasbinPolicyConfig, WippyPolicyConfig

@@ -12,11 +12,11 @@ import re
 from collections.abc import Awaitable, Hashable
 from typing import Any
 
+from wippy_queue.audit.chain import encode, fragment
+from wippy_queue.audit.trail import AuditTrail
 from wippy_queue.identity import Decision, Request
 from wippy_queue.queue.middleware import Job
 from wippy_queue.queue.outcome import Outcome
-from wippy_queue.security.audit.chain import encode, fragment
-from wippy_queue.security.audit.trail import AuditTrail
 
 UNCHECKED = Decision(True, "unchecked")
 _UNCHECKED = (UNCHECKED, None)

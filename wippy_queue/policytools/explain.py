@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from wippy_queue.identity import Actor
-from wippy_queue.security.authoring.query import Answer, Query, ask
-from wippy_queue.security.authoring.rules import PolicyRules, Rule, RuleJudge, find_rule, rules_of
+from wippy_queue.policytools.query import Answer, Query, ask
+from wippy_queue.policytools.rules import PolicyRules, Rule, RuleJudge, find_rule, rules_of
 from wippy_queue.security.guard import STRICT_DENY, UNCHECKED
 from wippy_queue.security.manager import Security
 

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from wippy_queue.errors import Problem
-from wippy_queue.security.authoring.hints import did_you_mean, display_path, listing
-from wippy_queue.security.authoring.model import MATCH_FUNCTIONS, ModelShape, RoleTerm
-from wippy_queue.security.authoring.query import ASKED
-from wippy_queue.security.authoring.rules import PolicyRules, Rule
-from wippy_queue.security.authoring.world import World
+from wippy_queue.policytools.hints import did_you_mean, display_path, listing
+from wippy_queue.policytools.model import MATCH_FUNCTIONS, ModelShape, RoleTerm
+from wippy_queue.policytools.query import ASKED
+from wippy_queue.policytools.rules import PolicyRules, Rule
+from wippy_queue.policytools.world import World
 from wippy_queue.security.models import CasbinPolicyConfig
 
 
