@@ -13,8 +13,14 @@ import textwrap
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from wippy_queue.functions.python import PythonHandler
+from wippy_queue.plugins import Plugins, default_plugins
+from wippy_queue.registry.entry import Entry
+from wippy_queue.registry.registry import Registry
 
 ASYNC_TEST_TIMEOUT_S = 30.0
 
@@ -61,3 +67,20 @@ def write_file(tmp_path: Path) -> Callable[[str, str], Path]:
         return write(tmp_path / name, text)
 
     return _write
+
+
+class _FixedHandler:
+    """A ``function.python`` builder whose every entry runs ``fn`` (a test's callable)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self._fn = fn
+
+    def build(self, entry: Entry, registry: Registry) -> PythonHandler:
+        return PythonHandler(entry.id, self._fn)
+
+
+def handler_plugins(fn: Callable[..., Any]) -> Plugins:
+    """The default plugin table, with every ``function.python`` entry running ``fn``."""
+    plugins = default_plugins()
+    plugins.replace("function.python", factory=lambda: _FixedHandler(fn))
+    return plugins

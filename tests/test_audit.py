@@ -15,13 +15,12 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import write
+from conftest import handler_plugins, write
 
 from wippy_queue import Runtime
 from wippy_queue.audit import AuditTrail, AuditUnavailable, verify_file
 from wippy_queue.audit.chain import CLOSED, RESUMED
 from wippy_queue.cli import main
-from wippy_queue.components import default_components
 from wippy_queue.functions.python import PythonHandler
 
 WAIT_S = 5.0
@@ -82,9 +81,7 @@ def app(
         ],
     }
     path = write(tmp_path / "app.yaml", yaml.safe_dump(document, sort_keys=False))
-    components = default_components()
-    components.functions["function.python"] = lambda entry: PythonHandler(entry.id, handler)
-    return Runtime.load(path, components=components)
+    return Runtime.load(path, plugins=handler_plugins(handler))
 
 
 def lines(path: Path) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import write
+from conftest import handler_plugins, write
 
 import wippy_queue
 from wippy_queue import (
@@ -27,9 +27,7 @@ from wippy_queue import (
     ServiceState,
     SettleError,
 )
-from wippy_queue.components import default_components
 from wippy_queue.drivers.memory import MemoryDriver
-from wippy_queue.functions.python import PythonHandler
 from wippy_queue.queue import publish, publish_async
 from wippy_queue.queue.message import Message
 
@@ -83,9 +81,7 @@ def app(
         ],
     }
     path = write(tmp_path / "app.yaml", yaml.safe_dump(document, sort_keys=False))
-    components = default_components()
-    components.functions["function.python"] = lambda entry: PythonHandler(entry.id, handler)
-    return Runtime.load(path, components=components)
+    return Runtime.load(path, plugins=handler_plugins(handler))
 
 
 def memory(runtime: Runtime) -> MemoryDriver:

@@ -11,12 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import write
+from conftest import handler_plugins, write
 
 from wippy_queue import Runtime
-from wippy_queue.components import default_components
 from wippy_queue.drivers.memory import MemoryDriver
-from wippy_queue.functions.python import PythonHandler
 from wippy_queue.functions.threads import MAX_ABANDONED_PER_THREAD, HandlerThreads
 
 WAIT_S = 5.0
@@ -53,9 +51,7 @@ def app(tmp_path: Path, handler: Any, *, timeout_s: float) -> Runtime:
         ],
     }
     path = write(tmp_path / "app.yaml", yaml.safe_dump(document, sort_keys=False))
-    components = default_components()
-    components.functions["function.python"] = lambda entry: PythonHandler(entry.id, handler)
-    return Runtime.load(path, components=components)
+    return Runtime.load(path, plugins=handler_plugins(handler))
 
 
 async def test_a_hung_sync_handler_does_not_stall_its_consumer(

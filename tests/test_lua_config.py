@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 from test_lua_helpers import body_of, drive, run, write_app
 
-from wippy_queue.components import default_components
 from wippy_queue.errors import ConfigError, LifecycleError
 from wippy_queue.functions.lua.config import LuaFunctionConfig, LuaPool
-from wippy_queue.registry.loader import load_registry
+from wippy_queue.loading import load
 from wippy_queue.runtime import Runtime
 
 HEAD = 'version: "1.0"\nnamespace: app\nentries:\n'
@@ -27,7 +26,7 @@ def entries(root: Path, body: str, files: dict[str, str] | None = None) -> Path:
 
 def problems(root: Path) -> str:
     with pytest.raises(ConfigError) as info:
-        load_registry([root], default_components().kinds)
+        load([root])
     return str(info.value)
 
 

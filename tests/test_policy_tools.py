@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 
 from wippy_queue.cli import main
-from wippy_queue.components import default_components
 from wippy_queue.errors import ConfigError
+from wippy_queue.loading import load
 from wippy_queue.policytools.cases import CaseFileError, read_cases
 from wippy_queue.policytools.explain import explain
 from wippy_queue.policytools.lint import lint
 from wippy_queue.policytools.overlap import pattern_covers
-from wippy_queue.registry.loader import load_registry
 from wippy_queue.security.manager import Security
 from wippy_queue.testing import assert_policy_cases, check_policy_cases
 
@@ -363,7 +362,7 @@ def test_explain_rejects_an_action_the_runtime_never_asks(
 def test_explain_agrees_with_the_decision_for_every_example_case() -> None:
     cases, problems = read_cases(EXAMPLE_CASES)
     assert problems == []
-    security = Security(load_registry([EXAMPLE], default_components().kinds))
+    security = Security(load([EXAMPLE]).registry)
     for case in cases:
         explanation = explain(security, case.query)
         decision = explanation.answer.decision

@@ -10,9 +10,8 @@ import pytest
 from security_support import consumer, driver, func, load, queue, rule
 
 from wippy_queue import ConfigError, Problem, Runtime
-from wippy_queue.components import default_components
 from wippy_queue.identity import Actor, Request
-from wippy_queue.registry.loader import load_registry
+from wippy_queue.loading import load as load_entries
 from wippy_queue.security.units import CasbinUnit
 
 RBAC = Path(__file__).parents[1] / "wippy_queue" / "policies" / "rbac_with_tenants.conf"
@@ -218,7 +217,6 @@ def test_broken_policies_never_reach_message_time(tmp_path: Path) -> None:
 
 
 def test_unchecked_consumers_are_warned_about_when_others_are_checked(tmp_path: Path) -> None:
-    from wippy_queue.components import default_components
     from wippy_queue.security.kinds import warn_unchecked
 
     entries = app(rule("r", "queue.consume", "*"), policies=("r",))
@@ -227,7 +225,6 @@ def test_unchecked_consumers_are_warned_about_when_others_are_checked(tmp_path: 
     warnings = list(warn_unchecked(registry))
     assert [(w.entry_id, w.severity) for w in warnings] == [("app:open", "warning")]
     assert "UNCHECKED" in warnings[0].message
-    assert default_components() is not None
 
 
 def test_casbin_files_are_read_once_at_start_and_again_when_changed(
@@ -247,10 +244,9 @@ def test_casbin_files_are_read_once_at_start_and_again_when_changed(
     load(tmp_path / "one", entries)
     assert loads == ["app:rbac"]  # the load check's unit is the one the runtime runs
 
-    components = default_components()
-    registry = load_registry([tmp_path / "one"], components.kinds)
+    loaded = load_entries([tmp_path / "one"])
     rules.write_text("p, w, tenant-a, app:jobs, queue.consume, deny\n")  # changed meanwhile
-    runtime = Runtime(registry, components=components)
+    runtime = Runtime(loaded)
     assert loads == ["app:rbac", "app:rbac", "app:rbac"]  # checked, then loaded afresh
     request = Request("queue.consume", "app:jobs", Actor("w", {}), {}, "svc", "tenant-a")
     decision = runtime.security.scopes["app:worker"].check(request)

@@ -14,7 +14,7 @@ from typing import Any
 
 from wippy_queue import cli_audit, cli_policy, logs
 from wippy_queue.errors import ConfigError, WippyQueueError
-from wippy_queue.registry.loader import load_registry
+from wippy_queue.loading import load
 from wippy_queue.runtime import Runtime
 
 log = logging.getLogger("wippy_queue.cli")
@@ -112,9 +112,7 @@ def _validate(paths: list[str]) -> int:
 
 
 def _info(paths: list[str]) -> int:
-    from wippy_queue.components import default_components
-
-    registry = load_registry(paths, default_components().kinds)
+    registry = load(paths).registry
     for entry_id in registry.start_order():
         entry = registry.get(entry_id)
         deps = ", ".join(registry.dependencies.get(entry_id, ())) or "-"

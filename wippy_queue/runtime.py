@@ -18,11 +18,12 @@ from typing import Any
 from wippy_queue.audit.config import AuditConfig
 from wippy_queue.audit.recorder import AuditRecorder
 from wippy_queue.audit.trail import AuditTrail
-from wippy_queue.components import Components, default_components
 from wippy_queue.errors import ConfigError, HandlerError, Problem
 from wippy_queue.lifecycle.config import ServiceModel
 from wippy_queue.lifecycle.service import ServiceState
 from wippy_queue.lifecycle.supervisor import Supervised, Supervisor
+from wippy_queue.loading import Loaded, load
+from wippy_queue.plugins import Plugins, resolve
 from wippy_queue.queue import context
 from wippy_queue.queue.codec import get_codec
 from wippy_queue.queue.config import ConsumerConfig, QueueConfig
@@ -59,18 +60,17 @@ class DriverService:
 class Runtime:
     def __init__(
         self,
-        registry: Registry,
+        loaded: Loaded,
         *,
-        components: Components | None = None,
         strict: bool | None = None,
         signing_key: str | None = None,
         audit_path: str | os.PathLike[str] | None = None,
         sources: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
-        """``sources``: the entry files or folders ``registry`` was loaded from; given,
+        """``sources``: the entry files or folders ``loaded`` was read from; given,
         their ``security.policy`` entries are reloaded when the files change."""
-        self.registry = registry
-        self.components = components or default_components()
+        registry = self.registry = loaded.registry
+        self.plugins = loaded.plugins
         self.audit = _audit_trail(registry, audit_path)
         self._recorder = AuditRecorder(self.audit) if self.audit else None
         recorders = [self._recorder] if self._recorder else []
@@ -79,16 +79,14 @@ class Runtime:
             strict=strict,
             signing_key=signing_key,
             recorders=recorders,
-            load_casbin=self.components.casbin.take,
+            load_casbin=loaded.casbin.take,
         )
         self.policy_watcher = PolicyWatcher(
             self.security,
             [self._recorder.policy_reload] if self._recorder else [],
             sources=sources,
             entry_digests=registry.files,
-            load_entries=partial(load_registry, sources, self.components.kinds)
-            if sources
-            else None,
+            load_entries=partial(load_registry, sources, loaded.kinds) if sources else None,
         )
         self.drivers: dict[str, Driver] = {}
         self.queues: dict[str, Queue] = {}
@@ -102,7 +100,7 @@ class Runtime:
     def load(
         cls,
         *paths: str | os.PathLike[str],
-        components: Components | None = None,
+        plugins: Plugins | None = None,
         strict: bool | None = None,
         signing_key: str | None = None,
         audit_path: str | os.PathLike[str] | None = None,
@@ -113,11 +111,8 @@ class Runtime:
         and publishers that have no security block; ``signing_key`` signs provenance;
         ``audit_path`` writes the audit trail there (over a ``security.audit`` entry).
         """
-        components = components or default_components()
-        registry = load_registry(paths, components.kinds)
         return cls(
-            registry,
-            components=components,
+            load(paths, plugins),
             strict=strict,
             signing_key=signing_key,
             audit_path=audit_path,
@@ -127,18 +122,19 @@ class Runtime:
     # -- building ---------------------------------------------------------------
 
     def _build_queues(self) -> None:
-        for entry in self.registry.of_kind("queue.driver.*"):
-            self.drivers[entry.id] = self.components.drivers[entry.kind](entry)
+        for entry in self.registry:
+            plugin = self.plugins.get(entry.kind)
+            if plugin.role == "driver":
+                self.drivers[entry.id] = resolve(plugin.factory)(entry)
         for entry in self.registry.of_kind("queue.queue"):
             config = _config(entry, QueueConfig)
-            driver_kind = self.registry.get(config.driver).kind
+            driver = self.plugins.get(self.registry.get(config.driver).kind)
             self.queues[entry.id] = Queue(
                 id=entry.id,
                 name=config.queue_name or entry.name,
                 driver=self.drivers[config.driver],
                 codec=get_codec(config.codec),
-                # driver_options are keyed by the driver's type: queue.driver.memory -> memory
-                options=config.options_for(driver_kind.removeprefix("queue.driver.")),
+                options=config.options_for(driver.options_key or ""),
             )
         for entry in self.registry.of_kind("queue.queue"):
             config = _config(entry, QueueConfig)
@@ -150,11 +146,15 @@ class Runtime:
     def _build_consumers(self) -> None:
         problems = []
         base = context.CallContext(publisher=self.publisher)
+        builders: dict[str, Any] = {}  # one per function kind and runtime
         for entry in self.registry.of_kind("queue.consumer"):
             config = _config(entry, ConsumerConfig)
             func = self.registry.get(config.func)
             try:
-                handler = self.components.functions[func.kind](func)
+                builder = builders.get(func.kind)
+                if builder is None:
+                    builder = builders[func.kind] = resolve(self.plugins.get(func.kind).factory)()
+                handler = builder.build(func, self.registry)
             except HandlerError as err:
                 problems.append(
                     Problem(str(err), func.location.file, func.location.line, func.id, "source")

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from wippy_queue.errors import DriverError, Problem
+from wippy_queue.errors import DriverError
 from wippy_queue.lifecycle.config import ServiceModel
-from wippy_queue.queue.config import QueueConfig
 from wippy_queue.queue.driver import Delivery, Driver, QueueInfo, Subscription, SubscriptionClosed
 from wippy_queue.queue.message import ATTEMPTS, Message
-from wippy_queue.registry.registry import Registry
+from wippy_queue.registry.entry import Entry
 
 
 class MemoryDriverConfig(ServiceModel):
@@ -245,6 +244,10 @@ class MemoryDriver(Driver):
         self._queues: dict[str, _MemoryQueue] = {}
         self._running = False
 
+    @classmethod
+    def from_entry(cls, entry: Entry) -> MemoryDriver:
+        return cls(entry.id)
+
     @property
     def running(self) -> bool:
         return self._running
@@ -313,29 +316,3 @@ class MemoryDriver(Driver):
     def dead_letters(self, queue: str) -> list[Message]:
         """The messages waiting in ``queue`` (inspect a dead-letter queue in tests)."""
         return list(self._queue(queue).ready)
-
-
-def check_queue_options(registry: Registry) -> Iterator[Problem]:
-    """Memory options of every queue on a memory driver, checked at load (``validate``)."""
-    for entry in registry.of_kind("queue.queue"):
-        config = entry.config
-        assert isinstance(config, QueueConfig)
-        driver = registry.entries.get(config.driver)
-        if driver is None or driver.kind != "queue.driver.memory":
-            continue
-        try:
-            MemoryQueueOptions.model_validate(config.options_for("memory"))
-        except ValidationError as err:
-            field = (
-                "driver_options" if "driver_options" in entry.location.field_lines else "options"
-            )
-            for error in err.errors():
-                where = ".".join(str(p) for p in error["loc"])
-                yield Problem(
-                    f"memory option {where}: {error['msg']} (got {error.get('input')!r}); "
-                    f"known options: {', '.join(MemoryQueueOptions.model_fields)}",
-                    entry.location.file,
-                    entry.location.line_of(field),
-                    entry.id,
-                    f"{field}.memory.{where}" if field == "driver_options" else f"options.{where}",
-                )

@@ -24,6 +24,7 @@ from wippy_queue.errors import HandlerError
 from wippy_queue.functions.threads import HandlerThreads
 from wippy_queue.queue.handler import Handler
 from wippy_queue.registry.entry import Entry, EntryModel
+from wippy_queue.registry.registry import Registry
 
 _DOTTED = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")
 
@@ -140,6 +141,6 @@ class PythonFunctions:
     def __init__(self) -> None:
         self._files: dict[str, Any] = {}
 
-    def build(self, entry: Entry) -> PythonHandler:
+    def build(self, entry: Entry, registry: Registry) -> PythonHandler:
         assert isinstance(entry.config, PythonFunctionConfig)
         return PythonHandler(entry.id, resolve(entry.config, entry.id, self._files))

@@ -13,14 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from wippy_queue.components import default_components
 from wippy_queue.errors import ConfigError, Problem
+from wippy_queue.loading import load
 from wippy_queue.policytools.hints import display_path
 from wippy_queue.policytools.overlap import check_duplicates, check_shadowed
 from wippy_queue.policytools.reach import check_grants, check_rule
 from wippy_queue.policytools.rules import PolicyRules, rules_of
 from wippy_queue.policytools.world import World
-from wippy_queue.registry.loader import load_registry
 from wippy_queue.security.enforcer import PolicyLoadError
 from wippy_queue.security.manager import POLICY_KINDS
 
@@ -34,7 +33,7 @@ NO_POLICIES = Problem(
 def lint(paths: Iterable[str | os.PathLike[str]]) -> list[Problem]:
     """Every finding for the entry files at ``paths``, sorted by file and line."""
     try:
-        registry = load_registry(paths, default_components().kinds)
+        registry = load(paths).registry
     except ConfigError as err:
         return _sorted(_shown(p) for p in err.problems)
     findings = [_shown(p) for p in registry.warnings]

@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from wippy_queue.components import default_components
 from wippy_queue.errors import WippyQueueError
 from wippy_queue.identity import Actor, Decision, Request
 from wippy_queue.lifecycle.config import SecurityBlock
+from wippy_queue.loading import load
 from wippy_queue.policytools.hints import did_you_mean, listing
 from wippy_queue.queue.config import ConsumerConfig
-from wippy_queue.registry.loader import load_registry
 from wippy_queue.registry.registry import Registry
 from wippy_queue.security.guard import CONSUME, PUBLISH_CHECKS, STRICT_DENY, UNCHECKED
 from wippy_queue.security.manager import POLICY_KINDS, Security, actor_of, policies_of
@@ -40,9 +39,8 @@ ASKED: Mapping[str, str | None] = MappingProxyType({CONSUME: None, **dict(PUBLIS
 def load_security(paths: Iterable[str | os.PathLike[str]], *, strict: bool | None) -> Security:
     """The security a runtime would build from these entry files (no handler is loaded);
     ConfigError lists every problem. Casbin files are read once, by the load check."""
-    components = default_components()
-    registry = load_registry(paths, components.kinds)
-    return Security(registry, strict=strict, load_casbin=components.casbin.take)
+    loaded = load(paths)
+    return Security(loaded.registry, strict=strict, load_casbin=loaded.casbin.take)
 
 
 @dataclass(frozen=True, slots=True)

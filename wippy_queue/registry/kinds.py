@@ -1,8 +1,8 @@
 """The table of entry kinds: kind name -> config model, plus whole-registry checks.
 
-The loader knows nothing of particular kinds; adding a kind (``function.lua``,
-``security.policy``, another driver) means registering its model here or in a
-table built by the caller, never editing the loader.
+The loader knows nothing of particular kinds: the caller builds this table (see
+``wippy_queue.plugins``). A model may be given as a function that imports it, so
+that only the kinds a registry uses are imported.
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ if TYPE_CHECKING:
 RegistryCheck = Callable[["Registry"], Iterable[Problem]]
 
 
+ModelSource = type[EntryModel] | Callable[[], type[EntryModel]]
+
+
 @dataclass
 class KindTable:
-    models: dict[str, type[EntryModel]] = field(default_factory=dict)
+    models: dict[str, ModelSource] = field(default_factory=dict)
     checks: list[RegistryCheck] = field(default_factory=list)
 
-    def register(self, kind: str, model: type[EntryModel]) -> None:
+    def register(self, kind: str, model: ModelSource) -> None:
         if kind in self.models:
             raise ValueError(f"kind {kind!r} is already registered")
         self.models[kind] = model
@@ -35,7 +38,11 @@ class KindTable:
         self.checks.append(check)
 
     def model(self, kind: str) -> type[EntryModel] | None:
-        return self.models.get(kind)
+        source = self.models.get(kind)
+        if source is None or isinstance(source, type):
+            return source
+        model = self.models[kind] = source()  # imported once, on first use
+        return model
 
     def known(self) -> list[str]:
         return sorted(self.models)

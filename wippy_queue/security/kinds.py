@@ -1,4 +1,4 @@
-"""Registers the security kinds and their whole-registry checks."""
+"""The security kinds' whole-registry checks, and the Casbin units a load reads once."""
 
 from __future__ import annotations
 
@@ -6,29 +6,15 @@ import hashlib
 from collections.abc import Hashable, Iterator, Mapping
 from pathlib import Path
 
-from wippy_queue.audit.config import AuditConfig
 from wippy_queue.errors import Problem
 from wippy_queue.queue.config import ConsumerConfig
-from wippy_queue.registry.kinds import KindTable
 from wippy_queue.registry.registry import Registry
 from wippy_queue.security.enforcer import PolicyLoadError
 from wippy_queue.security.models import (
     CasbinPolicyConfig,
-    SecuritySettingsConfig,
     WippyPolicyConfig,
 )
 from wippy_queue.security.units import CasbinUnit
-
-
-def register(kinds: KindTable, casbin: CasbinLoads) -> None:
-    kinds.register("security.policy", WippyPolicyConfig)
-    kinds.register("security.policy.casbin", CasbinPolicyConfig)
-    kinds.register("security.settings", SecuritySettingsConfig)
-    kinds.register("security.audit", AuditConfig)
-    kinds.add_check(check_groups)
-    kinds.add_check(check_settings)
-    kinds.add_check(casbin.check)
-    kinds.add_check(warn_unchecked)
 
 
 def _declared_groups(registry: Registry) -> set[str]:

@@ -1,9 +1,8 @@
-"""``function.lua`` in a Components table: the registry check and the builder.
+"""``function.lua`` in the plugin table: the registry check and the builder.
 
-The builder gets one entry, but a Lua handler also needs the entries it
-``imports``; the registry check (which the loader runs with the whole registry)
-indexes them and rejects import cycles. lupa is imported only when a handler is
-built, so that the package works without the ``lua`` extra.
+A Lua handler also needs the entries it ``imports``: the builder reads them from the
+registry it is given, and the registry check rejects import cycles at load. lupa is
+imported only when a handler is built, so that loading needs no Lua.
 """
 
 from __future__ import annotations
@@ -21,19 +20,15 @@ from wippy_queue.registry.registry import Registry
 KIND = "function.lua"
 
 
+def check(registry: Registry) -> list[Problem]:
+    """The loader's check: import cycles between the registry's function.lua entries."""
+    return import_cycles({e.id: e for e in registry.of_kind(KIND)})
+
+
 class LuaFunctions:
-    """Registered once per Components table: ``check`` is the loader's registry check,
-    ``build`` the function factory."""
+    """The builder of ``function.lua`` handlers (one per runtime)."""
 
-    def __init__(self) -> None:
-        self._entries: dict[str, Entry] = {}
-
-    def check(self, registry: Registry) -> list[Problem]:
-        """Index the registry's function.lua entries; report import cycles."""
-        self._entries = {e.id: e for e in registry.of_kind(KIND)}
-        return import_cycles(self._entries)
-
-    def build(self, entry: Entry) -> Handler:
+    def build(self, entry: Entry, registry: Registry) -> Handler:
         """A LuaHandler for ``entry``; HandlerError (a load problem) says what is wrong."""
         try:
             importlib.import_module("lupa.lua51")
@@ -47,12 +42,7 @@ class LuaFunctions:
         from wippy_queue.functions.lua.state import check_syntax
 
         assert isinstance(entry.config, LuaFunctionConfig)
-        if entry.config.imports and self._entries.get(entry.id) is not entry:
-            raise HandlerError(
-                f"{entry.id} has imports, but its registry was not loaded with these "
-                "components (use Runtime.load, or load_registry with the same kinds table)"
-            )
-        program = build_program(entry, self._entries)
+        program = build_program(entry, {e.id: e for e in registry.of_kind(KIND)})
         check_syntax(program)
         return LuaHandler(program)
 
