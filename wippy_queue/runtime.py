@@ -31,6 +31,7 @@ from wippy_queue.queue.consumer import Consumer
 from wippy_queue.queue.driver import Driver, QueueInfo
 from wippy_queue.queue.publisher import Publisher
 from wippy_queue.queue.queue import Queue
+from wippy_queue.queue.settle import RetryPolicy
 from wippy_queue.registry.entry import Entry
 from wippy_queue.registry.loader import load_registry
 from wippy_queue.registry.registry import Registry
@@ -170,6 +171,7 @@ class Runtime:
                 concurrency=config.concurrency,
                 prefetch=config.prefetch,
                 base_context=base.evolve(**self.security.consumer_context(entry)),
+                retry=self._retry_policy(queue),
                 middlewares=[guard] if guard else [],
                 settle_hooks=[self._recorder] if self._recorder else [],
                 timeout_s=config.timeout,
@@ -178,6 +180,15 @@ class Runtime:
             )
         if problems:
             raise ConfigError(problems)
+
+    def _retry_policy(self, queue: Queue) -> RetryPolicy:
+        backoff = self.security.backoff
+        return RetryPolicy(
+            dead_letter=queue.dead_letter,
+            max_attempts=queue.max_attempts,
+            deny_initial_s=backoff.initial,
+            deny_max_s=backoff.max,
+        )
 
     def _build_supervisor(self) -> Supervisor:
         services: dict[str, Supervised] = {}

@@ -16,7 +16,7 @@ from wippy_queue.audit.chain import encode, fragment
 from wippy_queue.audit.trail import AuditTrail
 from wippy_queue.identity import Decision, Request
 from wippy_queue.queue.middleware import Job
-from wippy_queue.queue.outcome import Outcome
+from wippy_queue.queue.settle import Outcome
 
 UNCHECKED = Decision(True, "unchecked")
 _UNCHECKED = (UNCHECKED, None)

@@ -14,19 +14,19 @@ import contextvars
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from wippy_queue.errors import HandlerError, LifecycleError, WippyQueueError
 from wippy_queue.queue import context
 from wippy_queue.queue.codec import DecodeError
-from wippy_queue.queue.deferred import DeferredSettles
 from wippy_queue.queue.driver import Delivery, Subscription, SubscriptionClosed
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.handler import Handler, outcome_of
 from wippy_queue.queue.middleware import Job, Middleware, SettleHook, build_chain
-from wippy_queue.queue.outcome import ACK, Outcome
 from wippy_queue.queue.queue import Queue
+from wippy_queue.queue.settle import ACK, Outcome, Reason, RetryPolicy, Settler
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ class _AllOf:
 
 
 class Consumer:
+    """Reads as fetch -> run -> settle: ``_fetch`` fills the buffer within the credits,
+    each worker runs one delivery through the middleware chain and the handler, and
+    the ``Settler`` settles it (every path, including giving it back, goes there)."""
+
     def __init__(
         self,
         entry_id: str,
@@ -55,6 +59,7 @@ class Consumer:
         concurrency: int,
         prefetch: int,
         base_context: context.CallContext,
+        retry: RetryPolicy | None = None,
         middlewares: Sequence[Middleware] = (),
         settle_hooks: Sequence[SettleHook] = (),
         timeout_s: float | None = None,
@@ -69,6 +74,7 @@ class Consumer:
         self.timeout_s = timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.auto_ack = auto_ack
+        self.retry = retry or RetryPolicy()
         self._base_context = base_context
         self._middlewares = tuple(middlewares)
         self._settle_hooks = tuple(settle_hooks)
@@ -82,16 +88,26 @@ class Consumer:
         self._buffer: asyncio.Queue[Delivery] = asyncio.Queue()
         self._credits = asyncio.Semaphore(prefetch + concurrency)
         self._active: dict[asyncio.Task[Any], Delivery] = {}
-        self._deferred: DeferredSettles | None = None
+        self._settler = self._new_settler()
         self._stopping = False
         #: resolves with the error if the consumer dies while running (the supervisor restarts it)
         self.failed: asyncio.Future[BaseException] | None = None
 
+    def _new_settler(self) -> Settler:
+        return Settler(
+            self.entry_id,
+            self.queue,
+            self.retry,
+            hooks=self._settle_hooks,
+            auto_ack=self.auto_ack,
+            release_credit=self._credits.release,
+            on_error=self._fail,
+        )
+
     @property
     def held(self) -> int:
         """Unsettled deliveries this consumer holds (never above prefetch + concurrency)."""
-        deferred = self._deferred.pending if self._deferred else 0
-        return self._buffer.qsize() + len(self._active) + deferred
+        return self._buffer.qsize() + len(self._active) + self._settler.pending
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -109,19 +125,13 @@ class Consumer:
             await self.handler.close()
             raise
         self._credits = asyncio.Semaphore(self.prefetch + self.concurrency)
+        self._settler = self._new_settler()
         self._buffer = asyncio.Queue()
         self._fetcher = asyncio.create_task(self._fetch(), name=f"{self.entry_id}:fetch")
         self._tasks = [
             asyncio.create_task(self._work(), name=f"{self.entry_id}:worker-{i}")
             for i in range(self.concurrency)
         ]
-        if self._settle_hooks:
-            self._deferred = DeferredSettles(
-                self.entry_id,
-                self.queue,
-                release_credit=self._credits.release,
-                on_settle_error=self._settle_failed,
-            )
 
     async def _fetch(self) -> None:
         assert self._subscription is not None
@@ -150,80 +160,44 @@ class Consumer:
             self.failed.set_result(err)
 
     async def _work(self) -> None:
+        settler = self._settler
         while True:
             delivery = await self._buffer.get()
             if self._stopping or (self._gate is not None and not self._gate.is_set()):
-                await delivery.release()
-                self._credits.release()
+                await settler.give_back(delivery)
                 continue
             task = asyncio.current_task()
             assert task is not None
             self._active[task] = delivery
-            deferred = False
             try:
-                deferred = await self._process(delivery)
+                await self._process(delivery)
             except asyncio.CancelledError:
-                if not delivery.settled:  # cut off by stop: give it back, lose nothing
-                    await delivery.release()
+                await settler.cut_off(delivery)  # cut off by stop: give it back, lose nothing
                 raise
-            except Exception as err:  # settling failed (e.g. the dead-letter broker is down)
-                await self._settle_failed(delivery, err)
+            except Exception as err:  # a bug of ours: give the message back, restart
+                log.exception("consumer %s: message %s failed", self.entry_id, delivery.message.id)
+                await settler.cut_off(delivery)
+                self._fail(err)
             finally:
                 del self._active[task]
-                if not deferred:  # a deferred settle returns the credit when it is done
-                    self._credits.release()
             if self._stopping:
                 return  # stop() waits for this task: done with its message, it is done
 
-    async def _settle_failed(self, delivery: Delivery, err: Exception) -> None:
-        """Give the message back and let the supervisor restart this consumer (with backoff)."""
-        log.error(
-            "consumer %s: settling message %s failed: %s: %s; it goes back to the queue",
-            self.entry_id,
-            delivery.message.id,
-            type(err).__name__,
-            err,
-        )
-        if not delivery.settled:
-            try:
-                await delivery.release()
-            except Exception:
-                log.exception(
-                    "consumer %s: giving message %s back failed", self.entry_id, delivery.message.id
-                )
-        self._fail(err)
-
-    async def _process(self, delivery: Delivery) -> bool:
-        """Run one delivery; True when its settle was deferred to a settle task."""
+    async def _process(self, delivery: Delivery) -> None:
+        """Run one delivery: decode, the middleware chain and handler, then settle."""
         message = delivery.message
-        queue = self.queue
-        started = time.monotonic()
-        job = Job(self.entry_id, queue.id, None, message, None, delivery.attempt)
-        deferred = False
-
-        async def settle(outcome: Outcome) -> None:
-            nonlocal deferred
-            if self.auto_ack:
-                return
-            action = queue.plan(delivery, outcome)
-            waits = self._ask_hooks(job, outcome, action, started) if self._settle_hooks else ()
-            if isinstance(waits, Exception):  # refused (the audit trail is down)
-                await self._refused(job, delivery, waits)
-            elif waits:
-                deferred = self._defer(delivery, outcome, action, list(waits))
-            else:  # no hooks, or done (the record is written): settle now
-                await queue.apply(delivery, outcome, action, self.entry_id)
-
+        job = Job(self.entry_id, self.queue.id, None, message, None, delivery.attempt)
+        settle = partial(self._settler.settle, job, delivery, started=time.monotonic())
         if self.auto_ack:
             await delivery.ack()
         try:
-            job.data = queue.codec.decode(message.body)
+            job.data = self.queue.codec.decode(message.body)
         except DecodeError as err:
             log.error("consumer %s: message %s: %s", self.entry_id, message.id, err)
-            await settle(Outcome.nack("decode_error", str(err)))
-            return deferred
+            await settle(Outcome.nack(Reason.DECODE_ERROR, str(err)))
+            return
         handle = job.handle = MessageHandle(
-            message, job.data, queue.id, settle, asyncio.get_running_loop()
+            message, job.data, self.queue.id, settle, asyncio.get_running_loop()
         )
         call = self._base_context.for_message(handle, message.id)
         # In a fresh context: nothing a handler sets (our call context or any context
@@ -237,38 +211,8 @@ class Consumer:
             raise
         except Exception as err:  # a middleware failed: fail closed
             log.exception("consumer %s: middleware failed", self.entry_id)
-            outcome = Outcome.nack("middleware_error", f"{type(err).__name__}: {err}")
+            outcome = Outcome.nack(Reason.MIDDLEWARE_ERROR, f"{type(err).__name__}: {err}")
         await handle.finish(outcome)
-        return deferred
-
-    def _ask_hooks(
-        self, job: Job, outcome: Outcome, action: str, started: float
-    ) -> list[Awaitable[None]] | Exception:
-        """Ask every settle hook (the audit record): what is left to wait for, or why not."""
-        duration_s = time.monotonic() - started
-        waits = []
-        try:
-            for hook in self._settle_hooks:
-                wait = hook.before_settle(job, outcome, action, duration_s)
-                if wait is not None:
-                    waits.append(wait)
-        except Exception as err:
-            return err
-        return waits
-
-    async def _refused(self, job: Job, delivery: Delivery, err: Exception) -> None:
-        """A settle hook refused (the audit trail is down): give the message back."""
-        log.error("consumer %s: message %s given back: %s", self.entry_id, job.message.id, err)
-        await delivery.release()
-
-    def _defer(
-        self, delivery: Delivery, outcome: Outcome, action: str, waits: list[Awaitable[None]]
-    ) -> bool:
-        # Pipelined: the worker takes its next message while the hooks (an audit write
-        # waiting for its fsync, group-committed with other workers' records) finish.
-        assert self._deferred is not None
-        self._deferred.add(delivery, outcome, action, waits)
-        return True
 
     async def _invoke(self, job: Job) -> Outcome:
         try:
@@ -284,7 +228,7 @@ class Consumer:
                 self.timeout_s,
                 job.message.id,
             )
-            return Outcome.nack("timeout", f"handler did not finish within {self.timeout_s}s")
+            return Outcome.nack(Reason.TIMEOUT, f"handler did not finish within {self.timeout_s}s")
         except Exception as err:
             # our own errors (a publish refused, the audit trail down) say what happened;
             # a traceback is for the handler's own bugs (Lua errors included)
@@ -297,7 +241,7 @@ class Consumer:
                 err,
                 extra={} if own else {"fields": {"traceback": traceback.format_exc()}},
             )
-            return Outcome.nack("handler_error", f"{type(err).__name__}: {err}")
+            return Outcome.nack(Reason.HANDLER_ERROR, f"{type(err).__name__}: {err}")
         outcome = outcome_of(result)
         if outcome is ACK:
             if log.isEnabledFor(logging.DEBUG):
@@ -317,11 +261,10 @@ class Consumer:
         if self._subscription is not None:
             await self._subscription.close()
         while not self._buffer.empty():
-            await self._buffer.get_nowait().release()
-            self._credits.release()
+            await self._settler.give_back(self._buffer.get_nowait())
         unfinished = await self._drain()
-        if self._deferred is not None:  # settles waiting on the audit write: bounded too
-            await self._deferred.drain(self.stop_timeout_s)
+        # settles waiting on the audit write: bounded too
+        await self._settler.drain(self.stop_timeout_s)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

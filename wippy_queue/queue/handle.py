@@ -18,7 +18,7 @@ from typing import Any
 
 from wippy_queue.errors import SettleError
 from wippy_queue.queue.message import Headers, HeaderValue, Message
-from wippy_queue.queue.outcome import ACK, Outcome
+from wippy_queue.queue.settle import ACK, Outcome, Reason
 
 Settle = Callable[[Outcome], Awaitable[None]]
 
@@ -90,7 +90,7 @@ class MessageHandle:
             or not 0 <= delay_s < math.inf
         ):
             raise SettleError(f"nack delay_s must be seconds >= 0, got {delay_s!r}")
-        self._decide(Outcome.nack("nack", reason or None, delay_s))
+        self._decide(Outcome.nack(Reason.NACK, reason or None, delay_s))
 
     @property
     def decision(self) -> Outcome | None:

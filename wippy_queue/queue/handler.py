@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from wippy_queue.queue.outcome import ACK, Outcome
+from wippy_queue.queue.settle import ACK, Outcome, Reason
 
 
 class Handler(ABC):
@@ -29,12 +29,12 @@ class Handler(ABC):
 def outcome_of(result: Any) -> Outcome:
     """Wippy's rule: a returned value acks; ``False`` or ``(None, err)`` nacks."""
     if result is False:
-        return Outcome.nack("returned_false", "handler returned false")
+        return Outcome.nack(Reason.RETURNED_FALSE, "handler returned false")
     if (
         isinstance(result, tuple)
         and len(result) == 2
         and result[0] is None
         and result[1] is not None
     ):
-        return Outcome.nack("handler_error", str(result[1]))
+        return Outcome.nack(Reason.HANDLER_ERROR, str(result[1]))
     return ACK

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.message import Message
-from wippy_queue.queue.outcome import Outcome
+from wippy_queue.queue.settle import Outcome
 
 
 @dataclass(slots=True)

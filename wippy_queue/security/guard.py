@@ -14,9 +14,8 @@ from wippy_queue.identity import Actor, Decision, Request
 from wippy_queue.queue.context import CallContext
 from wippy_queue.queue.message import Message
 from wippy_queue.queue.middleware import CallNext, Job, Middleware
-from wippy_queue.queue.outcome import Outcome
 from wippy_queue.queue.queue import Queue
-from wippy_queue.security.models import DenyBackoff
+from wippy_queue.queue.settle import Outcome, Reason
 from wippy_queue.security.provenance import ForgedProvenance, Stamper
 from wippy_queue.security.recorder import Recorder
 from wippy_queue.security.scope import Scope
@@ -43,14 +42,12 @@ class ConsumeGuard(Middleware):
         scope: Scope | None,
         strict: bool,
         stamper: Stamper,
-        backoff: DenyBackoff,
     ) -> None:
         self.consumer_id = consumer_id
         self.actor = actor
         self.scope = scope
         self.strict = strict
         self.stamper = stamper
-        self.backoff = backoff
 
     def decide(self, job: Job) -> tuple[Decision, Request | None]:
         try:
@@ -79,7 +76,9 @@ class ConsumeGuard(Middleware):
         if decision.allowed:
             return await call_next(job)
         reason = (
-            "forged_provenance" if decision.reason == "forged_provenance" else "permission_denied"
+            Reason.FORGED_PROVENANCE
+            if decision.reason == "forged_provenance"
+            else Reason.PERMISSION_DENIED
         )
         log.warning(
             "consumer %s denied message %s on %s: %s",
@@ -98,8 +97,8 @@ class ConsumeGuard(Middleware):
                 }
             },
         )
-        delay_s = min(self.backoff.initial * 2 ** max(job.attempt - 1, 0), self.backoff.max)
-        return Outcome.nack(reason, decision.describe(), delay_s=delay_s)
+        # the retry policy backs a denied message off (see queue/settle.py)
+        return Outcome.nack(reason, decision.describe())
 
 
 class PublishGuard:

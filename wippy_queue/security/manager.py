@@ -184,7 +184,6 @@ class Security:
             scope=self.scopes.get(entry.id),
             strict=self.strict,
             stamper=self.stamper,
-            backoff=self.backoff,
         )
 
     def publish_guard(self) -> PublishGuard:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from wippy_queue.identity import Actor
 from wippy_queue.queue.message import ATTEMPTS, Message
-from wippy_queue.queue.queue import DL_QUEUE
+from wippy_queue.queue.settle import DL_QUEUE
 
 PUBLISHER = "x_publisher"
 PUBLISHER_TENANT = "x_publisher_tenant"
