@@ -27,7 +27,7 @@ from wippy_queue.queue.codec import get_codec
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.handler import outcome_of
 from wippy_queue.queue.message import Message, stamp_new
-from wippy_queue.queue.settle import Outcome
+from wippy_queue.queue.outcome import Outcome
 from wippy_queue.queue.publisher import Publisher, PublishInterceptor
 from wippy_queue.queue.queue import Queue
 from wippy_queue.runtime import Runtime

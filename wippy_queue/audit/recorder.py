@@ -16,7 +16,7 @@ from wippy_queue.audit.chain import encode, fragment
 from wippy_queue.audit.trail import AuditTrail
 from wippy_queue.identity import Decision, Request
 from wippy_queue.queue.middleware import Job
-from wippy_queue.queue.settle import Outcome
+from wippy_queue.queue.outcome import Action, Outcome
 
 UNCHECKED = Decision(True, "unchecked")
 _UNCHECKED = (UNCHECKED, None)
@@ -55,7 +55,7 @@ class AuditRecorder:
         self._memo: dict[Hashable, tuple[Decision, str]] = {}
 
     def before_settle(
-        self, job: Job, outcome: Outcome, action: str, duration_s: float
+        self, job: Job, outcome: Outcome, action: Action, duration_s: float
     ) -> Awaitable[None] | None:
         """The consume record (decision and outcome); written before the settle.
 

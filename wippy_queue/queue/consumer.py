@@ -24,9 +24,10 @@ from wippy_queue.queue.codec import DecodeError
 from wippy_queue.queue.driver import Delivery, Subscription, SubscriptionClosed
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.handler import Handler, outcome_of
-from wippy_queue.queue.middleware import Job, Middleware, SettleHook, build_chain
+from wippy_queue.queue.middleware import Job, Middleware, build_chain
+from wippy_queue.queue.outcome import ACK, Outcome, Reason
 from wippy_queue.queue.queue import Queue
-from wippy_queue.queue.settle import ACK, Outcome, Reason, RetryPolicy, Settler
+from wippy_queue.queue.settle import RetryPolicy, SettleHook, Settler
 
 log = logging.getLogger(__name__)
 

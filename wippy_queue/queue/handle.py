@@ -18,7 +18,7 @@ from typing import Any
 
 from wippy_queue.errors import SettleError
 from wippy_queue.queue.message import Headers, HeaderValue, Message
-from wippy_queue.queue.settle import ACK, Outcome, Reason
+from wippy_queue.queue.outcome import ACK, Outcome, Reason
 
 Settle = Callable[[Outcome], Awaitable[None]]
 

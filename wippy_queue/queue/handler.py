@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from wippy_queue.queue.settle import ACK, Outcome, Reason
+from wippy_queue.queue.outcome import ACK, Outcome, Reason
 
 
 class Handler(ABC):

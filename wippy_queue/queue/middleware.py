@@ -7,16 +7,15 @@ consumer starts, and never changes while it runs.
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.message import Message
-from wippy_queue.queue.settle import Outcome
+from wippy_queue.queue.outcome import Outcome
 
 
 @dataclass(slots=True)
@@ -34,23 +33,6 @@ class Job:
 
 
 CallNext = Callable[[Job], Coroutine[Any, Any, Outcome]]
-
-
-class SettleHook(Protocol):
-    """Asked after the outcome is known and before the delivery is settled.
-
-    ``before_settle`` returns None when its work is done, or an awaitable (e.g. an
-    audit write waiting for its fsync) that the consumer awaits before it settles;
-    raising, or an awaitable that fails, refuses the settle and the message goes back
-    to the queue untried (this is how the audit trail makes sure nothing is acked
-    unaudited). While ``gate`` is clear the consumer takes no new deliveries.
-    """
-
-    gate: asyncio.Event | None
-
-    def before_settle(
-        self, job: Job, outcome: Outcome, action: str, duration_s: float
-    ) -> Awaitable[None] | None: ...
 
 
 class Middleware(ABC):

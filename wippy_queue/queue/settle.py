@@ -1,7 +1,7 @@
 """Settling: what happens to a delivery once its outcome is known, in one place.
 
-- ``Outcome``: ack, or a nack with its ``Reason`` (the handler failed, returned
-  false, timed out, was denied, ...).
+- ``Outcome`` (``queue/outcome.py``): ack, or a nack with its ``Reason``; settling
+  it is an ``Action``: ack, nack (retry) or dead-letter.
 - ``RetryPolicy``: what a nack becomes (a retry after a delay, or a dead letter at
   ``max_attempts``) and how long a retried message waits.
 - ``Settler``: the one path every delivery of a consumer is settled through: now,
@@ -17,62 +17,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from wippy_queue.queue.driver import Delivery
 from wippy_queue.queue.message import ATTEMPTS, Message
-
-if TYPE_CHECKING:
-    from wippy_queue.queue.middleware import Job, SettleHook
-    from wippy_queue.queue.queue import Queue
+from wippy_queue.queue.middleware import Job
+from wippy_queue.queue.outcome import DENIALS, Action, Outcome
+from wippy_queue.queue.queue import Queue
 
 log = logging.getLogger(__name__)
-
-
-class Reason(StrEnum):
-    """Why a message was not acked (in logs, audit records and dead-letter headers)."""
-
-    HANDLER_ERROR = "handler_error"
-    RETURNED_FALSE = "returned_false"
-    TIMEOUT = "timeout"
-    DECODE_ERROR = "decode_error"
-    NACK = "nack"  # the handler called nack()
-    PERMISSION_DENIED = "permission_denied"
-    FORGED_PROVENANCE = "forged_provenance"
-    MIDDLEWARE_ERROR = "middleware_error"
-
-
-#: reasons a consumer's policy decided: retried with the deny back-off
-DENIALS = frozenset((Reason.PERMISSION_DENIED, Reason.FORGED_PROVENANCE))
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """``ack``, or a nack with the reason recorded in logs, audit and dead-letter headers."""
-
-    ack: bool
-    reason: str = ""
-    error: str | None = None
-    #: seconds before the message is offered again; None: the retry policy decides
-    delay_s: float | None = None
-
-    @classmethod
-    def nack(
-        cls, reason: Reason, error: str | None = None, delay_s: float | None = None
-    ) -> Outcome:
-        return cls(False, reason, error, delay_s)
-
-
-ACK = Outcome(True, "ack")
-
-
-class Action(StrEnum):
-    """What settling an outcome does to the delivery."""
-
-    ACK = "ack"
-    NACK = "nack"  # back to the queue, attempt counted
-    DEAD_LETTER = "dead_letter"
 
 
 #: Headers written on a dead-lettered message.
@@ -83,6 +36,23 @@ DL_CONSUMER = "x_dead_letter_consumer"
 DL_TIME = "x_dead_letter_time"
 DL_ATTEMPTS = "x_dead_letter_attempts"
 DL_MESSAGE_ID = "x_dead_letter_message_id"
+
+
+class SettleHook(Protocol):
+    """Asked after the outcome is known and before the delivery is settled.
+
+    ``before_settle`` returns None when its work is done, or an awaitable (e.g. an
+    audit write waiting for its fsync) that the consumer awaits before it settles;
+    raising, or an awaitable that fails, refuses the settle and the message goes back
+    to the queue untried (this is how the audit trail makes sure nothing is acked
+    unaudited). While ``gate`` is clear the consumer takes no new deliveries.
+    """
+
+    gate: asyncio.Event | None
+
+    def before_settle(
+        self, job: Job, outcome: Outcome, action: Action, duration_s: float
+    ) -> Awaitable[None] | None: ...
 
 
 @dataclass(frozen=True, slots=True)

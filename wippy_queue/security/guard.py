@@ -14,8 +14,8 @@ from wippy_queue.identity import Actor, Decision, Request
 from wippy_queue.queue.context import CallContext
 from wippy_queue.queue.message import Message
 from wippy_queue.queue.middleware import CallNext, Job, Middleware
+from wippy_queue.queue.outcome import Outcome, Reason
 from wippy_queue.queue.queue import Queue
-from wippy_queue.queue.settle import Outcome, Reason
 from wippy_queue.security.provenance import ForgedProvenance, Stamper
 from wippy_queue.security.recorder import Recorder
 from wippy_queue.security.scope import Scope
