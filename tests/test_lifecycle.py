@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +63,9 @@ def test_restart_delay_jitter_stays_within_its_bounds_and_never_past_max_delay()
 class FakeService:
     """Records starts and stops; can fail to start, hang, or crash while running."""
 
-    def __init__(self, name: str, journal: list[tuple[str, str]]) -> None:
+    def __init__(self, name: str, journal: list[tuple[str, str]], clock: FakeClock) -> None:
         self.name = name
+        self.clock = clock
         self.journal = journal
         self.failed: asyncio.Future[BaseException] | None = None
         self.fail_starts = 0  # the next N starts raise
@@ -84,7 +84,7 @@ class FakeService:
             raise RuntimeError(f"{self.name} cannot start")
         loop = asyncio.get_running_loop()
         self.failed = loop.create_future()
-        self.started_at.append(time.monotonic())
+        self.started_at.append(self.clock.now())
         self.events.put_nowait("started")
         if self.crashes:
             self.crashes -= 1
@@ -112,14 +112,51 @@ def lifecycle(**fields: Any) -> Lifecycle:
     return Lifecycle.model_validate(fields)
 
 
+class FakeClock:
+    """Time the test moves. ``auto``: a sleep passes at once (virtual time); otherwise a
+    sleeper waits until ``advance`` moves the clock past its deadline."""
+
+    def __init__(self, *, auto: bool = True) -> None:
+        self.time = 1000.0
+        self.auto = auto
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep(self, seconds: float) -> None:
+        if self.auto:
+            self.time += seconds
+            await asyncio.sleep(0)
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.time + seconds, waiter))
+        await waiter
+
+    def advance(self, seconds: float) -> None:
+        self.time += seconds
+        for deadline, waiter in self._sleepers:
+            if deadline <= self.time and not waiter.done():
+                waiter.set_result(None)
+
+    @property
+    def sleepers(self) -> int:
+        """Sleeps still waiting (a cancelled one is not)."""
+        return sum(1 for _, waiter in self._sleepers if not waiter.done())
+
+
 def supervisor(
     *specs: tuple[str, Lifecycle, tuple[str, ...]],
+    clock: FakeClock | None = None,
 ) -> tuple[Supervisor, dict[str, FakeService], list[tuple[str, str]]]:
-    """A supervisor over fake services; returns it, the fakes by id, and the journal."""
+    """A supervisor over fake services on a fake clock; returns it, the fakes by id, and
+    the journal."""
     journal: list[tuple[str, str]] = []
-    fakes = {sid: FakeService(sid, journal) for sid, _, _ in specs}
+    clock = clock or FakeClock()
+    fakes = {sid: FakeService(sid, journal, clock) for sid, _, _ in specs}
     units = {sid: Supervised(sid, fakes[sid], lc, requires) for sid, lc, requires in specs}
-    return Supervisor(units, [sid for sid, _, _ in specs]), fakes, journal
+    order = [sid for sid, _, _ in specs]
+    return Supervisor(units, order, clock), fakes, journal
 
 
 FAST = {"initial_delay": 0.01, "backoff_factor": 2.0, "max_delay": 0.04, "jitter": 0.0}
@@ -305,7 +342,7 @@ async def test_failed_service_restarts_with_real_exponential_backoff(
     assert delays == [(1, 0.01), (2, 0.02), (3, 0.04), (4, 0.04)]
     gaps = [b - a for a, b in zip(fake.started_at, fake.started_at[1:], strict=False)]
     for gap, (_, delay) in zip(gaps, delays, strict=True):
-        assert gap >= delay * 0.9  # it really waited that long
+        assert gap == pytest.approx(delay)  # it really waited that long
     unit = sup.get("svc")
     assert unit.state is ServiceState.RUNNING
     assert unit.restarts == 4
@@ -350,14 +387,17 @@ async def test_restart_counter_resets_after_a_stable_run(
     delays: list[tuple[int, float]],
 ) -> None:
     stable_s = 0.2
-    sup, fakes, _ = supervisor(("svc", lifecycle(restart=FAST, stable_threshold=stable_s), ()))
+    clock = FakeClock()
+    sup, fakes, _ = supervisor(
+        ("svc", lifecycle(restart=FAST, stable_threshold=stable_s), ()), clock=clock
+    )
     fake = fakes["svc"]
     fake.crashes = 3  # three quick crashes: the counter grows
     await sup.start_all()
     for _ in range(4):
         await fake.wait_for("started")
     assert [attempt for attempt, _ in delays] == [1, 2, 3]
-    await asyncio.sleep(stable_s * 1.5)  # a run longer than stable_threshold
+    clock.advance(stable_s * 1.5)  # a run longer than stable_threshold
     fake.crash()
     await fake.wait_for("started")
     assert [attempt for attempt, _ in delays] == [1, 2, 3, 1]
@@ -368,22 +408,28 @@ async def test_restart_counter_resets_after_a_stable_run(
 
 async def test_stop_cancels_a_pending_restart(delays: list[tuple[int, float]]) -> None:
     slow = {**FAST, "initial_delay": 3600, "max_delay": 3600}
-    sup, fakes, journal = supervisor(("svc", lifecycle(restart=slow), ()))
+    clock = FakeClock(auto=False)
+    sup, fakes, journal = supervisor(("svc", lifecycle(restart=slow), ()), clock=clock)
     fake = fakes["svc"]
     fake.crashes = 1
     await sup.start_all()
     await fake.wait_for("started")
     await fake.wait_for("stopped")  # the supervisor stopped the crashed service
+    await asyncio.sleep(0)  # the restart goes to sleep
+    assert clock.sleepers == 1
     async with asyncio.timeout(WAIT_S):
         await sup.stop_all()  # does not wait out the hour-long restart delay
+    assert clock.sleepers == 0
     assert [what for what, _ in journal].count("start") == 1
 
 
 async def test_manual_start_during_a_pending_restart_starts_once(
     delays: list[tuple[int, float]],
 ) -> None:
+    clock = FakeClock(auto=False)
     sup, fakes, journal = supervisor(
-        ("svc", lifecycle(restart={**FAST, "initial_delay": 0.2, "max_delay": 0.2}), ())
+        ("svc", lifecycle(restart={**FAST, "initial_delay": 0.2, "max_delay": 0.2}), ()),
+        clock=clock,
     )
     fake = fakes["svc"]
     fake.crashes = 1
@@ -392,7 +438,9 @@ async def test_manual_start_during_a_pending_restart_starts_once(
     await fake.wait_for("stopped")  # crashed; a restart is due in 0.2s
     await sup.start("svc")  # the operator does not wait for it
     await fake.wait_for("started")
-    await asyncio.sleep(0.3)  # past the moment the pending restart was due
+    assert clock.sleepers == 0  # the pending restart was called off
+    clock.advance(0.3)  # past the moment it was due
+    await asyncio.sleep(0)
     assert [what for what, _ in journal].count("start") == 2  # never started twice
     assert sup.get("svc").state is ServiceState.RUNNING
     await sup.stop_all()

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from wippy_queue.errors import LifecycleError
 from wippy_queue.lifecycle.backoff import restart_delay
+from wippy_queue.lifecycle.clock import Clock, SystemClock
 from wippy_queue.lifecycle.config import Lifecycle
 from wippy_queue.lifecycle.service import Service, ServiceState
 
@@ -39,7 +39,10 @@ class Supervised:
 
 
 class Supervisor:
-    def __init__(self, services: Mapping[str, Supervised], order: list[str]) -> None:
+    def __init__(
+        self, services: Mapping[str, Supervised], order: list[str], clock: Clock | None = None
+    ) -> None:
+        self._clock = clock or SystemClock()
         self._services = dict(services)
         self._order = [s for s in order if s in self._services]
 
@@ -95,7 +98,7 @@ class Supervisor:
                 await unit.service.stop()
             raise LifecycleError(f"service {unit.id} failed to start: {reason}") from err
         unit.state = ServiceState.RUNNING
-        unit.started_at = time.monotonic()
+        unit.started_at = self._clock.now()
         log.info("service %s running", unit.id, extra={"fields": {"service": unit.id}})
         if unit.service.failed is not None:
             unit.watcher = asyncio.create_task(self._watch(unit), name=f"watch:{unit.id}")
@@ -114,7 +117,7 @@ class Supervisor:
         policy = unit.lifecycle.restart
         if (
             unit.started_at
-            and time.monotonic() - unit.started_at >= unit.lifecycle.stable_threshold
+            and self._clock.now() - unit.started_at >= unit.lifecycle.stable_threshold
         ):
             unit.restarts = 0
         while True:
@@ -125,7 +128,7 @@ class Supervisor:
                 return
             delay_s = restart_delay(policy, unit.restarts)
             log.warning("service %s: restart %d in %.2fs", unit.id, unit.restarts, delay_s)
-            await asyncio.sleep(delay_s)
+            await self._clock.sleep(delay_s)
             try:
                 await self._start_one(unit)
                 return
