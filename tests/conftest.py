@@ -11,11 +11,13 @@ import asyncio
 import inspect
 import textwrap
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import backends
 import pytest
+from backends import Backend
 
 from wippy_queue.functions.python import PythonHandler
 from wippy_queue.plugins import Plugins, default_plugins
@@ -84,3 +86,19 @@ def handler_plugins(fn: Callable[..., Any]) -> Plugins:
     plugins = default_plugins()
     plugins.replace("function.python", factory=lambda: _FixedHandler(fn))
     return plugins
+
+
+@pytest.fixture(params=backends.BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """Run the test once per driver (its entries built with ``backends.current()``).
+
+    ``@pytest.mark.backends("memory", reason=...)`` keeps a test to the drivers it names
+    (a capability the others lack); the others are skipped with that reason.
+    """
+    only = request.node.get_closest_marker("backends")
+    if only is not None and request.param not in only.args:
+        pytest.skip(f"not on {request.param}: {only.kwargs.get('reason', 'driver-specific')}")
+    chosen = backends.make(request.param)
+    token = backends.use(chosen)
+    yield chosen
+    backends.reset(token)

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import backends
 import yaml
 
 from wippy_queue import PermissionDenied, PublishError, Runtime, current_actor, current_message
 from wippy_queue.identity import Decision, Request
 from wippy_queue.queue import api
+from wippy_queue.queue.message import Message
 
 NAMESPACE = "app"
 SIGNING_KEY = "test-signing-key-0123456789"
@@ -143,14 +145,15 @@ def forward_sync(data: dict[str, Any]) -> bool:
 
 
 def driver(name: str = "mem") -> dict[str, Any]:
-    return {"name": name, "kind": "queue.driver.memory", "lifecycle": {"auto_start": True}}
+    """The driver entry of the test's backend (see ``backends``)."""
+    return backends.current().driver_entry(name)
 
 
 def queue(name: str, *, dead: str | None = None, max_attempts: int = 3) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": name, "kind": "queue.queue", "driver": "mem"}
+    fields: dict[str, Any] = {}
     if dead:
-        entry["dead_letter"] = {"queue": dead, "max_attempts": max_attempts}
-    return entry
+        fields["dead_letter"] = {"queue": dead, "max_attempts": max_attempts}
+    return backends.current().queue_entry(name, **fields)
 
 
 def func(name: str, handler: str | None = None) -> dict[str, Any]:
@@ -231,9 +234,9 @@ def load(folder: Path, entries: list[dict[str, Any]], **options: Any) -> Runtime
     return Runtime.load(folder, **options)
 
 
-def dead_letters(runtime: Runtime, queue: str = "dead") -> list[Any]:
-    mem = runtime.drivers[f"{NAMESPACE}:mem"]
-    return mem.dead_letters(queue)  # type: ignore[attr-defined, no-any-return]
+async def dead_letters(runtime: Runtime, queue: str = "dead") -> list[Message]:
+    """The messages waiting in ``queue`` (read through the driver protocol)."""
+    return await backends.waiting(runtime, f"{NAMESPACE}:{queue}")
 
 
 # -- observing decisions ------------------------------------------------------------------

@@ -65,8 +65,11 @@ class Plugin:
     options_key: str | None = None
     queue_options: Target | None = None
     consumer_options: Target | None = None
-    #: registry checks this kind adds (each ``(Registry) -> Iterable[Problem]``)
+    #: registry checks run when the registry has an entry of this kind
+    #: (each ``(Registry) -> Iterable[Problem]``)
     checks: tuple[Target, ...] = ()
+    #: at most one entry of this kind (a runtime-wide setting)
+    single: bool = False
     #: modules that must be importable, and what installs them: our pip extra
     #: (``redis`` -> ``wippy-queue[redis]``) or else a requirement (``lupa>=2.0``)
     needs: tuple[str, ...] = ()
@@ -115,10 +118,11 @@ class Plugins:
         for plugin in self:
             table.register(plugin.kind, _lazy_model(plugin.config))
         table.add_check(self.check_extras)
+        table.add_check(self.check_single)
         table.add_check(self.check_driver_options)
         for plugin in self:
             for check in plugin.checks:
-                table.add_check(_lazy_check(check))
+                table.add_check(_lazy_check(plugin.kind, check))
         for check in extra_checks:
             table.add_check(check)
         return table
@@ -138,6 +142,17 @@ class Plugins:
                     entry.location.line_of("kind"),
                     entry.id,
                     "kind",
+                )
+
+    def check_single(self, registry: Registry) -> Iterator[Problem]:
+        for plugin in self:
+            entries = registry.of_kind(plugin.kind) if plugin.single else []
+            for extra in entries[1:]:
+                yield Problem(
+                    f"a second {plugin.kind} entry; {entries[0].id} already sets it: keep one",
+                    extra.location.file,
+                    extra.location.line,
+                    extra.id,
                 )
 
     def driver_plugin(self, registry: Registry, driver_id: str) -> Plugin | None:
@@ -207,8 +222,12 @@ def _lazy_model(target: Target) -> Callable[[], type[EntryModel]]:
     return lambda: resolve(target)
 
 
-def _lazy_check(target: Target) -> RegistryCheck:
+def _lazy_check(kind: str, target: Target) -> RegistryCheck:
+    """``target``, imported and run only for a registry with an entry of ``kind``."""
+
     def check(registry: Registry) -> Iterable[Problem]:
+        if not registry.of_kind(kind):
+            return ()
         found: Iterable[Problem] = resolve(target)(registry)
         return found
 
@@ -217,7 +236,14 @@ def _lazy_check(target: Target) -> RegistryCheck:
 
 BUILTIN = (
     Plugin("queue.queue", "wippy_queue.queue.config:QueueConfig"),
-    Plugin("queue.consumer", "wippy_queue.queue.config:ConsumerConfig"),
+    Plugin(
+        "queue.consumer",
+        "wippy_queue.queue.config:ConsumerConfig",
+        checks=(
+            "wippy_queue.security.kinds:check_groups",
+            "wippy_queue.security.kinds:warn_unchecked",
+        ),
+    ),
     Plugin(
         "queue.driver.memory",
         "wippy_queue.drivers.memory:MemoryDriverConfig",
@@ -241,21 +267,10 @@ BUILTIN = (
         needs=("lupa",),
         requirement="lupa>=2.0",
     ),
-    Plugin(
-        "security.policy",
-        "wippy_queue.security.models:WippyPolicyConfig",
-        checks=("wippy_queue.security.kinds:check_groups",),
-    ),
+    Plugin("security.policy", "wippy_queue.security.models:WippyPolicyConfig"),
     Plugin("security.policy.casbin", "wippy_queue.security.models:CasbinPolicyConfig"),
-    Plugin(
-        "security.settings",
-        "wippy_queue.security.models:SecuritySettingsConfig",
-        checks=(
-            "wippy_queue.security.kinds:check_settings",
-            "wippy_queue.security.kinds:warn_unchecked",
-        ),
-    ),
-    Plugin("security.audit", "wippy_queue.audit.config:AuditConfig"),
+    Plugin("security.settings", "wippy_queue.security.models:SecuritySettingsConfig", single=True),
+    Plugin("security.audit", "wippy_queue.audit.config:AuditConfig", single=True),
 )
 
 

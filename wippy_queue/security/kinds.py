@@ -43,18 +43,6 @@ def check_groups(registry: Registry) -> Iterator[Problem]:
                 )
 
 
-def check_settings(registry: Registry) -> Iterator[Problem]:
-    for kind in ("security.settings", "security.audit"):
-        entries = registry.of_kind(kind)
-        for extra in entries[1:]:
-            yield Problem(
-                f"a second {kind} entry; {entries[0].id} already sets it: keep one",
-                extra.location.file,
-                extra.location.line,
-                extra.id,
-            )
-
-
 def _paths(config: CasbinPolicyConfig) -> list[Path]:
     model = Path(config.model.removeprefix("file://"))
     return [model] if not config.policy else [model, Path(config.policy.removeprefix("file://"))]

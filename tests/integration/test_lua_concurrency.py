@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from test_lua_helpers import World, body_of, drive, lua_handler, run, write_app
+from lua_support import World, body_of, drive, lua_handler, run, write_app
 
 from wippy_queue.functions.lua.host import Host
 from wippy_queue.functions.lua.modules import HostFunctions, ModuleSpec

@@ -9,13 +9,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import backends
 import pytest
 import yaml
 from conftest import handler_plugins, write
 
 from wippy_queue import Runtime
-from wippy_queue.drivers.memory import MemoryDriver
 from wippy_queue.functions.threads import MAX_ABANDONED_PER_THREAD, HandlerThreads
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test runs on every driver
 
 WAIT_S = 5.0
 JOBS = "t:jobs"
@@ -25,18 +27,14 @@ THREADS_LOG = "wippy_queue.functions.threads"
 def app(tmp_path: Path, handler: Any, *, timeout_s: float) -> Runtime:
     """Queue ``t:jobs`` (dead letters to ``t:dead`` after one attempt) consumed by
     ``t:worker`` at concurrency 1, calling ``handler`` with ``timeout_s``."""
+    backend = backends.current()
     document = {
         "version": "1.0",
         "namespace": "t",
         "entries": [
-            {"name": "mem", "kind": "queue.driver.memory", "lifecycle": {"auto_start": True}},
-            {
-                "name": "jobs",
-                "kind": "queue.queue",
-                "driver": "mem",
-                "dead_letter": {"queue": "dead", "max_attempts": 1},
-            },
-            {"name": "dead", "kind": "queue.queue", "driver": "mem"},
+            backend.driver_entry("mem"),
+            backend.queue_entry("jobs", dead_letter={"queue": "dead", "max_attempts": 1}),
+            backend.queue_entry("dead"),
             # the source is a placeholder: the test's callable is injected below
             {"name": "fn", "kind": "function.python", "source": "builtins:print"},
             {
@@ -87,9 +85,7 @@ async def test_a_hung_sync_handler_does_not_stall_its_consumer(
             assert (n, handled_in != thread.name) == (2, True)
 
             await runtime.join(JOBS, timeout=WAIT_S)
-            driver = runtime.drivers["t:mem"]
-            assert isinstance(driver, MemoryDriver)
-            (dead,) = driver.dead_letters("dead")
+            (dead,) = await backends.waiting(runtime, "t:dead")
             assert (dead.id, dead.headers["x_dead_letter_reason"]) == (first, "timeout")
     finally:
         release.set()

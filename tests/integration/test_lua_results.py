@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_lua_helpers import World, body_of, drive, lua_handler, one_call, run, write_app
+from lua_support import World, body_of, drive, lua_handler, one_call, run, write_app
 
 # -- result mapping (Wippy's docs: a value acks; nil, err / error() / false nack) ------------
 

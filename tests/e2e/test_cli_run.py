@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import write
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "examples" / "seed"
 WAIT_S = 15.0
 

@@ -467,7 +467,7 @@ def test_validate_prints_every_problem_and_exits_1(
 def test_validate_good_folder_prints_a_one_line_summary(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    seed = Path(__file__).resolve().parent.parent / "examples" / "seed"
+    seed = Path(__file__).resolve().parents[2] / "examples" / "seed"
     code = main(["validate", str(seed)])
     out, err = capsys.readouterr()
     assert code == 0

@@ -24,6 +24,8 @@ from security_support import (
 from wippy_queue import PermissionDenied, PublishError, Runtime
 from wippy_queue.queue.message import Message, new_message_id
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test runs on every driver
+
 INBOX = f"{NAMESPACE}:inbox"
 
 

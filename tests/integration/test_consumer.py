@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import backends
 import pytest
 import yaml
 from conftest import handler_plugins, write
@@ -27,9 +28,10 @@ from wippy_queue import (
     ServiceState,
     SettleError,
 )
-from wippy_queue.drivers.memory import MemoryDriver
 from wippy_queue.queue import publish, publish_async
 from wippy_queue.queue.message import Message
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test runs on every driver
 
 WAIT_S = 5.0
 JOBS, DEAD, RESULTS, WORKER, DRIVER = "t:jobs", "t:dead", "t:results", "t:worker", "t:mem"
@@ -52,7 +54,8 @@ def app(
     ``t:dead`` is the dead-letter queue when ``max_attempts`` is given; ``t:results``
     is a queue with no consumer for handlers to publish to.
     """
-    jobs: dict[str, Any] = {"name": "jobs", "kind": "queue.queue", "driver": "mem"}
+    backend = backends.current()
+    jobs: dict[str, Any] = backend.queue_entry("jobs")
     if max_attempts is not None:
         jobs["dead_letter"] = {"queue": "dead", "max_attempts": max_attempts}
     consumer: dict[str, Any] = {
@@ -71,10 +74,10 @@ def app(
         "version": "1.0",
         "namespace": "t",
         "entries": [
-            {"name": "mem", "kind": "queue.driver.memory", "lifecycle": {"auto_start": True}},
+            backend.driver_entry("mem"),
             jobs,
-            {"name": "dead", "kind": "queue.queue", "driver": "mem"},
-            {"name": "results", "kind": "queue.queue", "driver": "mem"},
+            backend.queue_entry("dead"),
+            backend.queue_entry("results"),
             # the source is a placeholder: the test's callable is injected below
             {"name": "fn", "kind": "function.python", "source": "builtins:print"},
             consumer,
@@ -84,15 +87,9 @@ def app(
     return Runtime.load(path, plugins=handler_plugins(handler))
 
 
-def memory(runtime: Runtime) -> MemoryDriver:
-    driver = runtime.drivers[DRIVER]
-    assert isinstance(driver, MemoryDriver)
-    return driver
-
-
-def waiting(runtime: Runtime, queue_name: str) -> list[Message]:
-    """Messages ready in a queue nobody consumes (dead letters, results)."""
-    return memory(runtime).dead_letters(queue_name)
+async def waiting(runtime: Runtime, name: str) -> list[Message]:
+    """Messages ready in queue ``t:<name>``, which nobody consumes (dead letters, results)."""
+    return await backends.waiting(runtime, f"t:{name}")
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = WAIT_S) -> None:
@@ -141,7 +138,7 @@ async def test_handler_result_acks_or_nacks(
     async with app(tmp_path, handler, max_attempts=1) as runtime:
         message_id = await runtime.publish(JOBS, {"task": 7})
         await runtime.join(JOBS, timeout=WAIT_S)
-        dead = waiting(runtime, "dead")
+        dead = await waiting(runtime, "dead")
     assert calls == [{"task": 7}]  # the body arrives decoded
     if nack_reason is None:
         assert dead == []
@@ -171,7 +168,7 @@ async def test_undecodable_body_is_nacked_with_decode_error(tmp_path: Path) -> N
         broken = Message(str(uuid.uuid4()), b"{not json", {})
         await runtime.queues[JOBS].put(broken)
         await runtime.join(JOBS, timeout=WAIT_S)
-        dead = waiting(runtime, "dead")
+        dead = await waiting(runtime, "dead")
     assert calls == []
     assert [m.id for m in dead] == [broken.id]
     assert dead[0].headers["x_dead_letter_reason"] == "decode_error"
@@ -184,7 +181,7 @@ async def test_auto_ack_acks_before_the_handler_runs(tmp_path: Path) -> None:
     async with app(tmp_path, failing, auto_ack=True, max_attempts=1) as runtime:
         await runtime.publish(JOBS, {"n": 1})
         await runtime.join(JOBS, timeout=WAIT_S)
-        assert waiting(runtime, "dead") == []
+        assert await waiting(runtime, "dead") == []
         assert (await runtime.info(JOBS)).message_count == 0
 
 
@@ -224,7 +221,7 @@ async def test_current_message_id_headers_and_single_shot_settle(
     async with app(tmp_path, handler, max_attempts=1) as runtime:
         message_id = await runtime.publish(JOBS, {"n": 1}, {"tenant": "acme", "priority": 5})
         await runtime.join(JOBS, timeout=WAIT_S)
-        assert waiting(runtime, "dead") == []  # acked, not nacked by the `return False`
+        assert await waiting(runtime, "dead") == []  # acked, not nacked by the `return False`
 
     assert seen["id"] == message_id
     assert (seen["tenant"], seen["missing"]) == ("acme", None)
@@ -296,6 +293,7 @@ async def test_handler_nack_with_delay_holds_the_message_back(tmp_path: Path) ->
     ],
     ids=["options", "driver_options", "driver_options-over-options"],
 )
+@pytest.mark.backends("memory", reason="the memory driver's own option")
 async def test_memory_queue_max_length_from_the_entry(
     tmp_path: Path, queue_fields: dict[str, Any]
 ) -> None:
@@ -316,6 +314,7 @@ async def test_memory_queue_max_length_from_the_entry(
         assert (await runtime.info(JOBS)).message_count == 2
 
 
+@pytest.mark.backends("memory", reason="handler loading: the driver plays no part")
 async def test_current_message_outside_a_handler_is_an_error() -> None:
     with pytest.raises(HandlerError):
         wippy_queue.current_message()
@@ -361,7 +360,7 @@ async def test_sync_handler_publishes_with_publish(tmp_path: Path) -> None:
     async with app(tmp_path, handler) as runtime:
         await runtime.publish(JOBS, {"n": 42})
         await runtime.join(JOBS, timeout=WAIT_S)
-        (result,) = waiting(runtime, "results")
+        (result,) = await waiting(runtime, "results")
     assert result.body == b'{"from":42}'
     assert result.headers["correlation_id"] == "c-1"
 
@@ -379,11 +378,12 @@ async def test_async_handler_publishes_with_publish_async(tmp_path: Path) -> Non
     async with app(tmp_path, handler) as runtime:
         await runtime.publish(JOBS, {"n": 5})
         await runtime.join(JOBS, timeout=WAIT_S)
-        (result,) = waiting(runtime, "results")
+        (result,) = await waiting(runtime, "results")
     assert result.body == b'{"from":5}'
     assert len(errors) == 1 and "publish_async" in errors[0]
 
 
+@pytest.mark.backends("memory", reason="handler loading: the driver plays no part")
 async def test_file_handler_resolved_from_source_and_method(tmp_path: Path) -> None:
     """The real ``file://`` + ``method`` path, publishing from a plain function."""
     write(
@@ -414,7 +414,7 @@ async def test_file_handler_resolved_from_source_and_method(tmp_path: Path) -> N
     async with Runtime.load(tmp_path / "app.yaml") as runtime:
         message_id = await runtime.publish(JOBS, ["a", 1])
         await runtime.join(JOBS, timeout=WAIT_S)
-        (result,) = waiting(runtime, "results")
+        (result,) = await waiting(runtime, "results")
     assert result.body == f'{{"echo":["a",1],"id":"{message_id}"}}'.encode()
 
 
@@ -431,6 +431,7 @@ entries:
 """
 
 
+@pytest.mark.backends("memory", reason="handler loading: the driver plays no part")
 async def test_handler_resolved_from_module_and_function(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -451,10 +452,11 @@ async def test_handler_resolved_from_module_and_function(
     async with Runtime.load(tmp_path / "app.yaml") as runtime:
         await runtime.publish(JOBS, {"n": 1})
         await runtime.join(JOBS, timeout=WAIT_S)
-        (result,) = waiting(runtime, "results")
+        (result,) = await waiting(runtime, "results")
     assert result.body == b'{"by":"handle","n":1}'
 
 
+@pytest.mark.backends("memory", reason="handler loading: the driver plays no part")
 def test_unresolvable_handlers_are_config_errors(tmp_path: Path) -> None:
     write(tmp_path / "h.py", "def handle(data):\n    return True\n")
     path = write(
@@ -495,7 +497,7 @@ async def test_dead_letter_at_max_attempts_with_reason_headers(tmp_path: Path) -
         before = time.time()
         message_id = await runtime.publish(JOBS, {"n": 1}, {"tenant": "acme"})
         await runtime.join(JOBS, timeout=WAIT_S)
-        (dead,) = waiting(runtime, "dead")
+        (dead,) = await waiting(runtime, "dead")
         assert (await runtime.info(JOBS)).message_count == 0
     assert calls == [1, 2, 3]
     assert (dead.id, dead.body, dead.headers["tenant"]) == (message_id, b'{"n":1}', "acme")
@@ -517,7 +519,7 @@ async def test_hung_handler_times_out_as_a_nack(tmp_path: Path) -> None:
     async with app(tmp_path, hangs, timeout=0.05, max_attempts=2) as runtime:
         message_id = await runtime.publish(JOBS, {"n": 1})
         await runtime.join(JOBS, timeout=WAIT_S)
-        (dead,) = waiting(runtime, "dead")
+        (dead,) = await waiting(runtime, "dead")
     assert dead.id == message_id
     assert dead.headers["x_dead_letter_reason"] == "timeout"
     assert dead.headers["x_dead_letter_attempts"] == 2
@@ -533,7 +535,7 @@ async def test_hung_sync_handler_times_out_as_a_nack(tmp_path: Path) -> None:
         async with app(tmp_path, hangs, timeout=0.05, max_attempts=1) as runtime:
             message_id = await runtime.publish(JOBS, {"n": 1})
             await runtime.join(JOBS, timeout=WAIT_S)
-            (dead,) = waiting(runtime, "dead")
+            (dead,) = await waiting(runtime, "dead")
     finally:
         release.set()
     assert (dead.id, dead.headers["x_dead_letter_reason"]) == (message_id, "timeout")
@@ -560,34 +562,37 @@ async def test_nack_with_a_bad_delay_is_refused_in_the_handler(tmp_path: Path) -
     assert len(errors) == 4 and all("delay_s" in e for e in errors)
 
 
-TWO_DRIVERS = """
-namespace: t
-entries:
-  - {name: mem, kind: queue.driver.memory, lifecycle: {auto_start: true}}
-  - {name: dlq_broker, kind: queue.driver.memory, lifecycle: {auto_start: true}}
-  - name: jobs
-    kind: queue.queue
-    driver: mem
-    dead_letter: {queue: dead, max_attempts: 1}
-  - {name: dead, kind: queue.queue, driver: dlq_broker}
-  - {name: fn, kind: function.python, source: "file://h.py", method: handle}
-  - name: worker
-    kind: queue.consumer
-    queue: jobs
-    func: fn
-    lifecycle:
-      auto_start: true
-      restart: {initial_delay: 0.01, max_delay: 0.05, jitter: 0}
-"""
+def two_drivers() -> dict[str, Any]:
+    """Queue ``jobs`` dead-letters into a queue on a second driver entry."""
+    backend = backends.current()
+    jobs = backend.queue_entry("jobs", dead_letter={"queue": "dead", "max_attempts": 1})
+    worker = {
+        "name": "worker",
+        "kind": "queue.consumer",
+        "queue": "jobs",
+        "func": "fn",
+        "lifecycle": {
+            "auto_start": True,
+            "restart": {"initial_delay": 0.01, "max_delay": 0.05, "jitter": 0},
+        },
+    }
+    entries = [
+        backend.driver_entry("mem"),
+        backend.driver_entry("dlq_broker"),
+        jobs,
+        backend.queue_entry("dead", driver="dlq_broker"),
+        {"name": "fn", "kind": "function.python", "source": "file://h.py", "method": "handle"},
+        worker,
+    ]
+    return {"namespace": "t", "entries": entries}
 
 
 async def test_a_failing_settle_loses_nothing_and_the_consumer_recovers(tmp_path: Path) -> None:
     """The dead-letter queue's broker is down when a message must move there."""
     write(tmp_path / "h.py", "def handle(data):\n    raise ValueError('always')\n")
-    write(tmp_path / "app.yaml", TWO_DRIVERS)
+    write(tmp_path / "app.yaml", yaml.safe_dump(two_drivers(), sort_keys=False))
     async with Runtime.load(tmp_path) as runtime:
         dlq_broker = runtime.drivers["t:dlq_broker"]
-        assert isinstance(dlq_broker, MemoryDriver)
         await dlq_broker.stop()  # behind the supervisor's back
         message_id = await runtime.publish(JOBS, {"n": 1})
 
@@ -600,7 +605,7 @@ async def test_a_failing_settle_loses_nothing_and_the_consumer_recovers(tmp_path
 
         await dlq_broker.start()
         await runtime.join(JOBS, timeout=WAIT_S)
-        assert [m.id for m in dlq_broker.dead_letters("dead")] == [message_id]
+        assert [m.id for m in await waiting(runtime, "dead")] == [message_id]
 
 
 # -- backpressure and concurrency ----------------------------------------------------

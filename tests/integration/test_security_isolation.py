@@ -45,7 +45,9 @@ from wippy_queue import Runtime
 from wippy_queue.identity import Actor
 from wippy_queue.queue.message import Message, new_message_id
 
-RBAC = Path(__file__).parents[1] / "wippy_queue" / "policies" / "rbac_with_tenants.conf"
+pytestmark = pytest.mark.usefixtures("backend")  # every test runs on every driver
+
+RBAC = Path(__file__).parents[2] / "wippy_queue" / "policies" / "rbac_with_tenants.conf"
 JOBS = f"{NAMESPACE}:jobs"
 #: a message no worker may take is denied by each of them in turn until dead-lettered
 MAX_ATTEMPTS = 20
@@ -221,7 +223,7 @@ async def run_scenario(scenario: Scenario, folder: Path) -> None:
     async with runtime:
         truth = await publish_all(runtime, scenario)
         await runtime.join(timeout=15)
-        dead = dead_letters(runtime)
+        dead = await dead_letters(runtime)
 
     assert state.errors == [] and state.mismatches == []
     handled = [s for s in state.seen if s.actor and s.actor.startswith("worker-")]
@@ -292,5 +294,5 @@ async def test_foreign_workers_cannot_starve_a_tenants_messages(
                 runtime.security.stamper.stamp(message, JOBS, publisher)
                 await runtime.queues[JOBS].put(message)
             await runtime.join(timeout=10)
-            assert dead_letters(runtime) == []
+            assert await dead_letters(runtime) == []
         assert sorted(s.data["n"] for s in state.seen) == list(range(messages))

@@ -12,6 +12,8 @@ from security_support import NAMESPACE, consumer, driver, func, load, queue, res
 from wippy_queue import HandlerError, Runtime, current_actor, current_message
 from wippy_queue.queue.context import current
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test runs on every driver
+
 
 def two_actors(tmp_path: Path, handler: str, *, concurrency: int) -> Runtime:
     return load(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_lua_helpers import World, lua_handler, one_call, run
+from lua_support import World, lua_handler, one_call, run
 
 from wippy_queue.errors import PermissionDenied
 from wippy_queue.queue import context

@@ -14,7 +14,7 @@ from wippy_queue.identity import Actor, Request
 from wippy_queue.loading import load as load_entries
 from wippy_queue.security.units import CasbinUnit
 
-RBAC = Path(__file__).parents[1] / "wippy_queue" / "policies" / "rbac_with_tenants.conf"
+RBAC = Path(__file__).parents[2] / "wippy_queue" / "policies" / "rbac_with_tenants.conf"
 REQUEST = ["actor.id", "message.tenant", "resource", "action"]
 
 

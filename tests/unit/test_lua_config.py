@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_lua_helpers import body_of, drive, run, write_app
+from lua_support import body_of, drive, run, write_app
 
 from wippy_queue.errors import ConfigError, LifecycleError
 from wippy_queue.functions.lua.config import LuaFunctionConfig, LuaPool

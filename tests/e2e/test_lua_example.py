@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "seed_lua"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "seed_lua"
 
 #: The handler exactly as the seed page prints it.
 SEED_HANDLER = """\

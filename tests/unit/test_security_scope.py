@@ -17,7 +17,7 @@ from wippy_queue.security.models import CasbinPolicyConfig, WippyPolicyConfig
 from wippy_queue.security.scope import Scope
 from wippy_queue.security.units import CasbinUnit, PolicyUnit, Verdict, WippyRulesUnit
 
-POLICIES = Path(__file__).parents[1] / "wippy_queue" / "policies"
+POLICIES = Path(__file__).parents[2] / "wippy_queue" / "policies"
 RBAC = POLICIES / "rbac_with_tenants.conf"
 ABAC = POLICIES / "abac_tenant.conf"
 WORKER_A = Actor("worker-a", {"tenant": "tenant-a"})

@@ -19,10 +19,10 @@ from wippy_queue.policytools.overlap import pattern_covers
 from wippy_queue.security.manager import Security
 from wippy_queue.testing import assert_policy_cases, check_policy_cases
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "multi_tenant"
 EXAMPLE_CASES = EXAMPLE / "cases.yaml"
-DATA = Path(__file__).resolve().parent / "data" / "policy_tools"
+DATA = Path(__file__).resolve().parents[1] / "data" / "policy_tools"
 LINT_APP = DATA / "lint_app"
 
 WriteFile = Callable[[str, str], Path]

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_lua_helpers import World, drive, lua_handler, one_call, run, write_app
+from lua_support import World, drive, lua_handler, one_call, run, write_app
 
 from wippy_queue.errors import LifecycleError
 from wippy_queue.functions.lua.config import LuaLimits

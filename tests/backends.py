@@ -1,0 +1,91 @@
+"""The drivers a runtime-level test runs on, switched by one fixture parameter.
+
+A test of consumer or security behaviour builds its entries with ``driver_entry``
+and ``queue_entry`` and reads queues with ``waiting``; the ``backend`` fixture
+(``conftest.py``) runs it once per driver in ``BACKENDS``. Each run gets its own
+queue names on the broker (brokers are shared by every test and process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from wippy_queue import Runtime
+from wippy_queue.queue.message import Message
+
+#: every driver a runtime-level test runs on
+BACKENDS = ("memory",)
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    kind: str
+    #: the driver entry's own fields (a broker's url)
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    #: makes this test's broker-side queue names its own
+    prefix: str = ""
+
+    def driver_entry(self, name: str = "mem", **lifecycle: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "kind": self.kind,
+            **self.fields,
+            "lifecycle": {"auto_start": True, **lifecycle},
+        }
+
+    def queue_entry(self, name: str, driver: str = "mem", **fields: Any) -> dict[str, Any]:
+        entry = {"name": name, "kind": "queue.queue", "driver": driver, **fields}
+        if self.prefix:
+            entry.setdefault("queue_name", f"{self.prefix}-{name}")
+        return entry
+
+
+def make(name: str) -> Backend:
+    """The backend ``name`` with queue names of its own."""
+    prefix = f"wq-test-{uuid.uuid4().hex[:10]}"
+    if name == "memory":
+        return Backend(name, "queue.driver.memory", prefix=prefix)
+    raise AssertionError(f"no backend {name!r}")  # pragma: no cover
+
+
+_CURRENT: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("backend", default=None)
+
+
+def current() -> Backend:
+    """The backend of the running test (memory when the test did not ask for one)."""
+    return _CURRENT.get() or Backend("memory", "queue.driver.memory")
+
+
+def use(backend: Backend) -> contextvars.Token[Backend | None]:
+    return _CURRENT.set(backend)
+
+
+def reset(token: contextvars.Token[Backend | None]) -> None:
+    _CURRENT.reset(token)
+
+
+async def waiting(runtime: Runtime, queue_id: str, *, timeout_s: float = 5.0) -> list[Message]:
+    """The messages ready in a queue nobody consumes (dead letters, results), in order.
+
+    Read through the driver protocol, so it works on every driver; each message is
+    given back untried, so the queue is as it was.
+    """
+    queue = runtime.queues[queue_id]
+    ready = (await queue.info()).ready
+    if not ready:
+        return []
+    subscription = await queue.driver.subscribe(queue.name, prefetch=ready)
+    try:
+        async with asyncio.timeout(timeout_s):
+            deliveries = [await subscription.receive() for _ in range(ready)]
+    finally:
+        await subscription.close()
+    for delivery in reversed(deliveries):
+        await delivery.release()
+    return [delivery.message for delivery in deliveries]
