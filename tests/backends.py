@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wippy_queue import Runtime
+from wippy_queue.queue.driver import SubscribeSpec
 from wippy_queue.queue.message import Message
 
 #: every driver a runtime-level test runs on
@@ -80,7 +81,8 @@ async def waiting(runtime: Runtime, queue_id: str, *, timeout_s: float = 5.0) ->
     ready = (await queue.info()).ready
     if not ready:
         return []
-    subscription = await queue.driver.subscribe(queue.name, prefetch=ready)
+    spec = SubscribeSpec("test:peek", queue.name, prefetch=ready, max_unsettled=ready)
+    subscription = await queue.driver.subscribe(spec)
     try:
         async with asyncio.timeout(timeout_s):
             deliveries = [await subscription.receive() for _ in range(ready)]

@@ -24,6 +24,7 @@ from wippy_queue.functions.lua.program import Program, Unit
 from wippy_queue.identity import Actor
 from wippy_queue.queue import context
 from wippy_queue.queue.codec import get_codec
+from wippy_queue.queue.driver import QueueSpec
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.handler import outcome_of
 from wippy_queue.queue.message import Message, stamp_new
@@ -86,8 +87,7 @@ class World:
         self.driver = MemoryDriver("app:mem")
         codec = get_codec("json")
         self.queues = {
-            qid: Queue(id=qid, name=qid.partition(":")[2], driver=self.driver, codec=codec)
-            for qid in queues
+            qid: Queue(self.driver, codec, QueueSpec(qid, qid.partition(":")[2])) for qid in queues
         }
         self.publisher = Publisher(self.queues, interceptors)
         self.actor = actor or Actor("tester")
@@ -96,7 +96,7 @@ class World:
     async def start(self) -> World:
         await self.driver.start()
         for queue in self.queues.values():
-            await self.driver.declare(queue.name, {})
+            await self.driver.declare(queue.spec)
         return self
 
     async def call(

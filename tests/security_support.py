@@ -268,7 +268,7 @@ class DecisionLog:
 
         def recording_check(request: Request) -> Decision:
             decision = check(request)
-            attempt = int(request.headers.get("attempts", 0))
+            attempt = current_message().attempt if request.action == "queue.consume" else 0
             loop = asyncio.get_running_loop()
             self._add(Recorded(consumer_id, request, decision, attempt, loop.time()))
             return decision

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from wippy_queue.errors import Problem
 from wippy_queue.queue.config import ConsumerConfig, QueueConfig
+from wippy_queue.queue.driver import Capabilities
 from wippy_queue.registry.entry import Entry, EntryModel
 from wippy_queue.registry.kinds import KindTable, RegistryCheck
 from wippy_queue.registry.registry import Registry
@@ -65,6 +66,8 @@ class Plugin:
     options_key: str | None = None
     queue_options: Target | None = None
     consumer_options: Target | None = None
+    #: a driver's ``Capabilities`` (what a configuration may ask of it)
+    capabilities: Target | None = None
     #: registry checks run when the registry has an entry of this kind
     #: (each ``(Registry) -> Iterable[Problem]``)
     checks: tuple[Target, ...] = ()
@@ -120,6 +123,7 @@ class Plugins:
         table.add_check(self.check_extras)
         table.add_check(self.check_single)
         table.add_check(self.check_driver_options)
+        table.add_check(self.check_capabilities)
         for plugin in self:
             for check in plugin.checks:
                 table.add_check(_lazy_check(plugin.kind, check))
@@ -160,6 +164,26 @@ class Plugins:
         plugin = self._plugins.get(driver.kind) if driver is not None else None
         return plugin if plugin is not None and plugin.role == "driver" else None
 
+    def check_capabilities(self, registry: Registry) -> Iterator[Problem]:
+        """A queue must not need what its driver cannot do (say so at load, not at run)."""
+        delays = _delays(registry)
+        for entry in registry.of_kind("queue.queue"):
+            assert isinstance(entry.config, QueueConfig)
+            plugin = self.driver_plugin(registry, entry.config.driver)
+            if plugin is None or plugin.capabilities is None:
+                continue
+            capabilities: Capabilities = resolve(plugin.capabilities)
+            for what, seconds in delays:
+                if seconds > capabilities.max_delay_s:
+                    yield Problem(
+                        f"{what} is {seconds:g}s but {plugin.kind} holds a nacked message back "
+                        f"at most {capabilities.max_delay_s:g}s; lower it",
+                        entry.location.file,
+                        entry.location.line_of("driver"),
+                        entry.id,
+                        "driver",
+                    )
+
     def check_driver_options(self, registry: Registry) -> Iterator[Problem]:
         """Each queue's and consumer's options for its driver, against that driver's models."""
         for entry in registry.of_kind("queue.queue"):
@@ -180,6 +204,17 @@ class Plugins:
                 yield from _check_options(
                     entry, plugin, plugin.consumer_options, options, "driver_options"
                 )
+
+
+def _delays(registry: Registry) -> list[tuple[str, float]]:
+    """The longest nack delays the runtime may ask of a driver, and where they are set."""
+    from wippy_queue.security.models import SecuritySettingsConfig
+
+    found = []
+    for entry in registry.of_kind("security.settings"):
+        assert isinstance(entry.config, SecuritySettingsConfig)
+        found.append(("security.settings deny_backoff.max", entry.config.deny_backoff.max))
+    return found
 
 
 def _check_options(
@@ -251,6 +286,7 @@ BUILTIN = (
         factory="wippy_queue.drivers.memory:MemoryDriver.from_entry",
         options_key="memory",
         queue_options="wippy_queue.drivers.memory:MemoryQueueOptions",
+        capabilities="wippy_queue.drivers.memory:CAPABILITIES",
     ),
     Plugin(
         "function.python",

@@ -15,6 +15,8 @@ from functools import partial
 from types import TracebackType
 from typing import Any
 
+from pydantic import BaseModel
+
 from wippy_queue.audit.config import AuditConfig
 from wippy_queue.audit.recorder import AuditRecorder
 from wippy_queue.audit.trail import AuditTrail
@@ -23,12 +25,12 @@ from wippy_queue.lifecycle.config import ServiceModel
 from wippy_queue.lifecycle.service import ServiceState
 from wippy_queue.lifecycle.supervisor import Supervised, Supervisor
 from wippy_queue.loading import Loaded, load
-from wippy_queue.plugins import Plugins, resolve
+from wippy_queue.plugins import Plugin, Plugins, resolve
 from wippy_queue.queue import context
 from wippy_queue.queue.codec import get_codec
 from wippy_queue.queue.config import ConsumerConfig, QueueConfig
 from wippy_queue.queue.consumer import Consumer
-from wippy_queue.queue.driver import Driver, QueueInfo
+from wippy_queue.queue.driver import Driver, QueueInfo, QueueSpec
 from wippy_queue.queue.publisher import Publisher
 from wippy_queue.queue.queue import Queue
 from wippy_queue.queue.settle import RetryPolicy
@@ -47,12 +49,16 @@ class DriverService:
     def __init__(self, driver: Driver, queues: list[Queue]) -> None:
         self.driver = driver
         self.queues = queues
-        self.failed: asyncio.Future[BaseException] | None = None
+
+    @property
+    def failed(self) -> asyncio.Future[BaseException] | None:
+        """Resolves when the driver gives up on its broker (set by ``start``)."""
+        return self.driver.failed
 
     async def start(self) -> None:
         await self.driver.start()
         for queue in self.queues:
-            await self.driver.declare(queue.name, queue.options)
+            await self.driver.declare(queue.spec)
 
     async def stop(self) -> None:
         await self.driver.stop()
@@ -130,19 +136,21 @@ class Runtime:
         for entry in self.registry.of_kind("queue.queue"):
             config = _config(entry, QueueConfig)
             driver = self.plugins.get(self.registry.get(config.driver).kind)
-            self.queues[entry.id] = Queue(
+            spec = QueueSpec(
                 id=entry.id,
                 name=config.queue_name or entry.name,
-                driver=self.drivers[config.driver],
-                codec=get_codec(config.codec),
-                options=config.options_for(driver.options_key or ""),
+                options=_options(
+                    driver.queue_options, config.options_for(driver.options_key or "")
+                ),
+                max_attempts=config.dead_letter.max_attempts if config.dead_letter else 0,
+                dead_letter=config.dead_letter.queue if config.dead_letter else None,
             )
-        for entry in self.registry.of_kind("queue.queue"):
-            config = _config(entry, QueueConfig)
-            if config.dead_letter:
-                queue = self.queues[entry.id]
-                queue.dead_letter = self.queues[config.dead_letter.queue]
-                queue.max_attempts = config.dead_letter.max_attempts
+            self.queues[entry.id] = Queue(
+                self.drivers[config.driver], get_codec(config.codec), spec
+            )
+        for queue in self.queues.values():
+            if queue.spec.dead_letter:
+                queue.dead_letter = self.queues[queue.spec.dead_letter]
 
     def _build_consumers(self) -> None:
         problems = []
@@ -163,6 +171,8 @@ class Runtime:
                 continue
             queue = self.queues[config.queue]
             queue.consumers.append(entry.id)
+            driver = self._driver_plugin(queue)
+            options = config.driver_options.get(driver.options_key or "", {})
             guard = self.security.consume_guard(entry)
             self.consumers[entry.id] = Consumer(
                 entry.id,
@@ -172,6 +182,7 @@ class Runtime:
                 prefetch=config.prefetch,
                 base_context=base.evolve(**self.security.consumer_context(entry)),
                 retry=self._retry_policy(queue),
+                driver_options=_options(driver.consumer_options, options),
                 middlewares=[guard] if guard else [],
                 settle_hooks=[self._recorder] if self._recorder else [],
                 timeout_s=config.timeout,
@@ -181,11 +192,15 @@ class Runtime:
         if problems:
             raise ConfigError(problems)
 
+    def _driver_plugin(self, queue: Queue) -> Plugin:
+        driver_id = _config(self.registry.get(queue.id), QueueConfig).driver
+        return self.plugins.get(self.registry.get(driver_id).kind)
+
     def _retry_policy(self, queue: Queue) -> RetryPolicy:
         backoff = self.security.backoff
         return RetryPolicy(
             dead_letter=queue.dead_letter,
-            max_attempts=queue.max_attempts,
+            max_attempts=queue.spec.max_attempts,
             deny_initial_s=backoff.initial,
             deny_max_s=backoff.max,
         )
@@ -285,6 +300,11 @@ class Runtime:
                     await queue.driver.wait_idle(queue.name)
                 if all([(await q.info()).idle for q in queues]):
                     return
+
+
+def _options(model: Any, values: dict[str, Any]) -> BaseModel | None:
+    """A driver's options model filled from an entry (the loader validated them)."""
+    return resolve(model).model_validate(values) if model is not None else None
 
 
 def _config(entry: Entry, model: type[Any]) -> Any:

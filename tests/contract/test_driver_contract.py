@@ -1,64 +1,38 @@
 """The ONE contract every queue driver passes.
 
-Add a driver by adding its name to ``DRIVERS`` and a branch to ``_make``: every test
-below then runs against it. Options other than ``max_length`` are the harness's
-business, so that a broker can map "bounded queue" to its own mechanism.
+Add a driver by adding it to ``driver_harness.DRIVERS`` and a branch to
+``driver_harness.make``: every test below then runs against it. A case a driver's
+capabilities exclude is skipped by capability, never by driver name.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from driver_harness import DRIVERS, Bound, Harness, make
 
 from wippy_queue.errors import DriverError
-from wippy_queue.queue.driver import Delivery, Driver, QueueInfo, SubscriptionClosed
+from wippy_queue.queue.driver import Delivery, LostDelivery, QueueInfo, SubscriptionClosed
 from wippy_queue.queue.message import Message
-
-DRIVERS = ["memory"]
 
 #: bound on every wait in this file: generous for a remote broker, never reached when green
 WAIT_S = 5.0
 
 
-@dataclass
-class Harness:
-    name: str
-    make: Callable[[], Driver]
-    queue_options: Callable[[int | None], dict[str, Any]]
-
-    @asynccontextmanager
-    async def running(self, *queues: str, max_length: int | None = None) -> AsyncIterator[Driver]:
-        driver = self.make()
-        await driver.start()
-        try:
-            for queue in queues or ("q",):
-                await driver.declare(queue, self.queue_options(max_length))
-            yield driver
-        finally:
-            await driver.stop()
-
-
-def _make(name: str) -> Harness:
-    if name == "memory":
-        from wippy_queue.drivers.memory import MemoryDriver
-
-        def options(max_length: int | None) -> dict[str, Any]:
-            return {} if max_length is None else {"max_length": max_length}
-
-        return Harness(name, lambda: MemoryDriver("test:memory"), options)
-    raise AssertionError(f"no harness for driver {name!r}")  # pragma: no cover
-
-
 @pytest.fixture(params=DRIVERS)
 def driver(request: pytest.FixtureRequest) -> Harness:
-    return _make(request.param)
+    return make(request.param)
+
+
+def needs(harness: Harness, capability: str, why: str) -> None:
+    """Skip unless the driver has ``capability`` (a Capabilities field that is truthy)."""
+    if not getattr(harness.capabilities, capability):
+        pytest.skip(f"{harness.name} lacks capability {capability!r}: {why}")
 
 
 def msg(body: bytes = b'{"n":1}', **headers: Any) -> Message:
@@ -223,9 +197,9 @@ async def test_a_cancelled_blocked_publish_enqueues_nothing(driver: Harness) -> 
 
 
 async def test_a_publish_blocked_when_the_driver_stops_raises(driver: Harness) -> None:
-    d = driver.make()
+    d = Bound(driver, driver.new_driver())
     await d.start()
-    await d.declare("q", driver.queue_options(1))
+    await d.declare("q", 1)
     await d.publish("q", msg())
     blocked = asyncio.create_task(d.publish("q", msg()))
     done, _ = await asyncio.wait([blocked], timeout=0.05)
@@ -239,19 +213,8 @@ async def test_a_publish_blocked_when_the_driver_stops_raises(driver: Harness) -
 async def test_competing_subscriptions_each_message_goes_to_one(driver: Harness) -> None:
     async with driver.running() as d:
         one = await d.subscribe("q", prefetch=10)
-        two = await d.subscribe("q", prefetch=10)
+        two = await d.subscribe("q", prefetch=10, consumer="t:other")
         assert (await d.info("q")).consumer_count == 2
-        first, second = msg(), msg()
-        await d.publish("q", first)
-        await d.publish("q", second)
-        got_one = await receive(one)
-        got_two = await receive(two)
-        assert {got_one.message.id, got_two.message.id} == {first.id, second.id}
-        assert await nothing_to_receive(one)
-        assert await nothing_to_receive(two)
-        await got_one.ack()
-        await got_two.ack()
-
         sent = [msg() for _ in range(50)]
         seen: dict[str, list[str]] = {"one": [], "two": []}
 
@@ -297,9 +260,9 @@ async def test_wait_idle_returns_once_nothing_is_ready_in_flight_or_delayed(
 
 
 async def test_stop_then_start_loses_nothing(driver: Harness) -> None:
-    d = driver.make()
+    d = Bound(driver, driver.new_driver())
     await d.start()
-    await d.declare("q", driver.queue_options(None))
+    await d.declare("q")
     sent = [msg() for _ in range(5)]
     for m in sent:
         await d.publish("q", m)
@@ -317,7 +280,7 @@ async def test_stop_then_start_loses_nothing(driver: Harness) -> None:
         await d.publish("q", msg())
 
     await d.start()
-    await d.declare("q", driver.queue_options(None))
+    await d.declare("q")
     assert (await d.info("q")).message_count == 5
     fresh = await d.subscribe("q", prefetch=10)
     seen = []
@@ -373,9 +336,293 @@ async def test_unknown_queue_and_stopped_driver_are_driver_errors(driver: Harnes
             await d.publish("nope", msg())
         with pytest.raises(DriverError):
             await d.info("nope")
-    fresh = driver.make()
-    await fresh.declare("q", driver.queue_options(None))
+    fresh = Bound(driver, driver.new_driver())
     with pytest.raises(DriverError, match="not running"):
         await fresh.publish("q", msg())
     with pytest.raises(DriverError, match="not running"):
         await fresh.subscribe("q", prefetch=1)
+
+
+# -- the cases real brokers make matter ------------------------------------------------
+
+
+async def test_deliveries_handed_out_stay_settleable_after_the_subscription_closes(
+    driver: Harness,
+) -> None:
+    async with driver.running() as d:
+        for _ in range(3):
+            await d.publish("q", msg())
+        sub = await d.subscribe("q", prefetch=10)
+        acked, nacked, released = [await receive(sub) for _ in range(3)]
+        await sub.close()
+        await acked.ack()
+        await nacked.nack()
+        await released.release()
+        fresh = await d.subscribe("q", prefetch=10)
+        back = sorted([(await receive(fresh)).message.id for _ in range(2)])
+        assert back == sorted([nacked.message.id, released.message.id])
+
+
+async def test_header_types_survive_publish_requeue_and_release(driver: Harness) -> None:
+    """``1``, ``1.0``, ``True`` and ``"1"`` stay distinct, compared by ``type()``."""
+    sent = {"i": 1, "f": 1.0, "b": True, "s": "1", "neg": -7, "big": 2**60, "u": "ünï"}
+    many = {f"h{n:02}": n for n in range(25)}  # more than SQS's 10 attributes
+    async with driver.running() as d:
+        await d.publish("q", msg(**sent, **many))
+        sub = await d.subscribe("q", prefetch=1)
+        first = await receive(sub)
+        await first.nack()
+        second = await receive(sub)
+        await second.release()
+        third = await receive(sub)
+        for delivery in (first, second, third):
+            got = delivery.message.headers
+            assert {k: (v, type(v)) for k, v in got.items()} == {
+                k: (v, type(v)) for k, v in {**sent, **many}.items()
+            }
+        await third.ack()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\xff\xfe\x00 not utf-8 \x80", b"x" * (1024 * 1024), b""],
+    ids=["non-utf8", "1MB", "empty"],
+)
+async def test_bodies_come_back_byte_for_byte(driver: Harness, body: bytes) -> None:
+    async with driver.running() as d:
+        sent = msg(body)
+        await d.publish("q", sent)
+        delivery = await receive(await d.subscribe("q", prefetch=1))
+        assert (delivery.message.id, delivery.message.body) == (sent.id, body)
+        await delivery.ack()
+
+
+async def test_a_signature_verifies_after_a_round_trip_a_requeue_and_a_dead_letter(
+    driver: Harness,
+) -> None:
+    from wippy_queue.identity import Actor
+    from wippy_queue.queue.outcome import Outcome, Reason
+    from wippy_queue.queue.settle import dead_letter_message
+    from wippy_queue.security.provenance import Stamper
+
+    stamper = Stamper("contract-key-0123456789", {"t:dead": frozenset({"t:q"})})
+    async with driver.running("q", "dead") as d:
+        sent = msg(b'{"n":1}', tenant="acme", n=1)
+        stamper.stamp(sent, "t:q", Actor("svc", {"tenant": "acme"}))
+        await d.publish("q", sent)
+        sub = await d.subscribe("q", prefetch=1)
+        first = await receive(sub)
+        assert stamper.verify(first.message, "t:q").publisher == "svc"
+        await first.nack()
+        second = await receive(sub)
+        assert stamper.verify(second.message, "t:q").tenant == "acme"
+        copy = dead_letter_message(second, Outcome.nack(Reason.HANDLER_ERROR), "t:q", "t:c")
+        await d.publish("dead", copy)
+        await second.ack()
+        dead = await receive(await d.subscribe("dead", prefetch=1))
+        assert stamper.verify(dead.message, "t:dead").publisher == "svc"
+        await dead.ack()
+
+
+async def test_a_cancelled_receive_loses_nothing(driver: Harness) -> None:
+    async with driver.running() as d:
+        sub = await d.subscribe("q", prefetch=1)
+        for _ in range(20):  # cancel at every point a receive can be at
+            pending = asyncio.create_task(sub.receive())
+            await d.publish("q", msg())
+            await asyncio.sleep(0)
+            pending.cancel()
+            got = await asyncio.gather(pending, return_exceptions=True)
+            if isinstance(got[0], Delivery):
+                await got[0].ack()
+        sub2 = await d.subscribe("q", prefetch=20, consumer="t:other")
+        info = await d.info("q")
+        for _ in range(info.ready + info.in_flight):
+            await (await receive(sub2)).ack()
+        async with asyncio.timeout(WAIT_S):
+            await d.wait_idle("q")
+
+
+async def test_a_cancelled_ack_still_acks(driver: Harness) -> None:
+    """Settles are shielded from cancellation: a stop cannot leave one half done."""
+    async with driver.running() as d:
+        await d.publish("q", msg())
+        delivery = await receive(await d.subscribe("q", prefetch=1))
+        acking = asyncio.create_task(delivery.ack())
+        await asyncio.sleep(0)
+        acking.cancel()
+        await asyncio.gather(acking, return_exceptions=True)
+        async with asyncio.timeout(WAIT_S):
+            await d.wait_idle("q")
+
+
+async def test_a_subscription_never_holds_more_than_its_limit(driver: Harness) -> None:
+    async with driver.running() as d:
+        for _ in range(10):
+            await d.publish("q", msg())
+        sub = await d.subscribe("q", prefetch=3)
+        held = [await receive(sub) for _ in range(3)]
+        fourth = asyncio.create_task(sub.receive())
+        done, _ = await asyncio.wait([fourth], timeout=0.2)
+        assert not done, "a fourth unsettled delivery past max_unsettled=3"
+        await held[0].ack()
+        async with asyncio.timeout(WAIT_S):
+            await (await fourth).ack()
+        for delivery in held[1:]:
+            await delivery.ack()
+
+
+async def test_declare_is_idempotent_and_a_conflicting_declare_is_refused(
+    driver: Harness,
+) -> None:
+    async with driver.running(max_length=5) as d:
+        await d.publish("q", msg())
+        await d.declare("q", 5)  # the same again: fine, nothing lost
+        assert (await d.info("q")).message_count == 1
+        with pytest.raises(DriverError, match="max_length"):
+            await d.declare("q", 7)
+
+
+# -- brokers: several instances, crashes, leases, faults --------------------------------
+
+
+async def test_messages_outlive_the_driver_instance(driver: Harness) -> None:
+    needs(driver, "durable", "messages must survive the process that published them")
+    sent = [msg() for _ in range(3)]
+    async with driver.running() as first:
+        for m in sent:
+            await first.publish("q", m)
+    async with driver.running() as second:
+        sub = await second.subscribe("q", prefetch=10)
+        got = [await receive(sub) for _ in sent]
+        assert sorted(g.message.id for g in got) == sorted(m.id for m in sent)
+        for delivery in got:
+            await delivery.ack()
+
+
+async def test_a_crashed_instance_s_delivery_goes_to_a_new_instance_with_attempt_plus_one(
+    driver: Harness,
+) -> None:
+    needs(driver, "shared", "a second instance must reach the same queue")
+    needs(driver, "durable", "the message must outlive the crashed instance")
+    sent = msg()
+    async with driver.running() as crashed:
+        await crashed.publish("q", sent)
+        held = await receive(await crashed.subscribe("q", prefetch=1))
+        assert held.attempt == 1
+    # stopped without settling: as if the process had died holding it
+    async with driver.running() as survivor:
+        sub = await survivor.subscribe("q", prefetch=1)
+        async with asyncio.timeout(WAIT_S + (driver.lease_s or 0)):
+            again = await sub.receive()
+        assert (again.message.id, again.attempt) == (sent.id, 2)
+        await again.ack()
+
+
+async def test_two_instances_on_one_queue_each_take_each_message_once(driver: Harness) -> None:
+    needs(driver, "shared", "two instances must reach the same queue")
+    async with driver.running() as one, driver.running() as two:
+        sent = [msg() for _ in range(40)]
+        seen: list[str] = []
+
+        async def drain(bound: Bound, name: str) -> None:
+            sub = await bound.subscribe("q", prefetch=5, consumer=name)
+            while len(seen) < len(sent):
+                try:
+                    async with asyncio.timeout(0.2):
+                        delivery = await sub.receive()
+                except TimeoutError:
+                    continue
+                seen.append(delivery.message.id)
+                await delivery.ack()
+            await sub.close()
+
+        workers = [
+            asyncio.create_task(drain(one, "t:one")),
+            asyncio.create_task(drain(two, "t:two")),
+        ]
+        for m in sent:
+            await one.publish("q", m)
+        async with asyncio.timeout(WAIT_S * 2):
+            await asyncio.gather(*workers)
+        assert sorted(seen) == sorted(m.id for m in sent)  # each exactly once
+
+
+async def test_a_lease_taken_over_makes_the_late_settle_a_lost_delivery(
+    driver: Harness,
+) -> None:
+    needs(driver, "leases", "only a lease can pass to another consumer")
+    assert driver.lease_s is not None
+    async with driver.running() as one, driver.running() as two:
+        await one.publish("q", msg())
+        late = await receive(await one.subscribe("q", prefetch=1, consumer="t:one"))
+        taker = await two.subscribe("q", prefetch=1, consumer="t:two")
+        async with asyncio.timeout(WAIT_S + driver.lease_s * 3):
+            taken = await taker.receive()  # after the lease ran out
+        assert (taken.message.id, taken.attempt) == (late.message.id, 2)
+        with pytest.raises(LostDelivery):
+            await late.ack()
+        await taken.ack()
+        async with asyncio.timeout(WAIT_S):
+            await one.wait_idle("q")
+
+
+async def test_extending_a_lease_keeps_the_message_from_others(driver: Harness) -> None:
+    needs(driver, "leases", "only a lease expires")
+    assert driver.lease_s is not None
+    async with driver.running() as one, driver.running() as two:
+        await one.publish("q", msg())
+        held = await receive(await one.subscribe("q", prefetch=1, consumer="t:one"))
+        other = asyncio.create_task(
+            (await two.subscribe("q", prefetch=1, consumer="t:two")).receive()
+        )
+        deadline = time.monotonic() + driver.lease_s * 3
+        while time.monotonic() < deadline:
+            await held.extend()
+            done, _ = await asyncio.wait([other], timeout=driver.lease_s / 4)
+            assert not done, "an extended lease was handed to another consumer"
+        await held.ack()
+        other.cancel()
+        await asyncio.gather(other, return_exceptions=True)
+
+
+async def test_killed_connections_reconnect_and_lose_nothing(driver: Harness) -> None:
+    if driver.kill_connections is None:
+        pytest.skip(f"{driver.name} has no connection to kill")
+    async with driver.running() as d:
+        sent = [msg() for _ in range(5)]
+        for m in sent[:3]:
+            await d.publish("q", m)
+        sub = await d.subscribe("q", prefetch=10)
+        first = await receive(sub)
+        await driver.kill_connections()
+        with contextlib.suppress(LostDelivery):  # connection-bound: it comes again
+            await first.ack()
+        for m in sent[3:]:
+            async with asyncio.timeout(WAIT_S):
+                await d.publish("q", m)
+        seen = {first.message.id}
+        while seen != {m.id for m in sent}:
+            delivery = await receive(sub)
+            seen.add(delivery.message.id)
+            await delivery.ack()
+
+
+async def test_the_broker_restarting_loses_nothing(driver: Harness) -> None:
+    if driver.restart_broker is None:
+        pytest.skip(f"{driver.name} has no broker to restart")
+    needs(driver, "durable", "messages must outlive a broker restart")
+    async with driver.running() as d:
+        before = msg()
+        await d.publish("q", before)
+        sub = await d.subscribe("q", prefetch=10)
+        await driver.restart_broker()
+        after = msg()
+        async with asyncio.timeout(WAIT_S * 4):
+            await d.publish("q", after)
+        seen = set()
+        while seen != {before.id, after.id}:
+            async with asyncio.timeout(WAIT_S * 4):
+                delivery = await sub.receive()
+            seen.add(delivery.message.id)
+            await delivery.ack()

@@ -10,15 +10,16 @@ from conftest import write
 
 from wippy_queue import ConfigError, Runtime
 from wippy_queue.drivers.memory import MemoryDriver
+from wippy_queue.queue.driver import QueueSpec, SubscribeSpec
 from wippy_queue.queue.message import Message
 
 
 async def test_a_nacked_message_is_offered_to_another_waiting_consumer_first() -> None:
     driver = MemoryDriver("t:mem")
     await driver.start()
-    await driver.declare("q", {})
-    first = await driver.subscribe("q", prefetch=1)
-    second = await driver.subscribe("q", prefetch=1)
+    await driver.declare(QueueSpec("t:q", "q"))
+    first = await driver.subscribe(SubscribeSpec("t:c", "q", 1, 1))
+    second = await driver.subscribe(SubscribeSpec("t:c", "q", 1, 1))
     await driver.publish("q", Message("m1", b"{}", {}))
     delivery = await first.receive()
     # both consumers wait again; the one that nacked asked first
@@ -55,8 +56,8 @@ async def test_a_nacked_message_is_offered_to_another_waiting_consumer_first() -
 async def test_a_lone_consumer_gets_its_nacked_message_back() -> None:
     driver = MemoryDriver("t:mem")
     await driver.start()
-    await driver.declare("q", {})
-    only = await driver.subscribe("q", prefetch=1)
+    await driver.declare(QueueSpec("t:q", "q"))
+    only = await driver.subscribe(SubscribeSpec("t:c", "q", 1, 1))
     await driver.publish("q", Message("m1", b"{}", {}))
     delivery = await only.receive()
     await delivery.nack(requeue=True)

@@ -3,34 +3,47 @@
 Each queue is bounded by ``max_length`` (default 1000) and publish waits while it
 is full. Unlike the original, a nacked message is never dropped (requeues may go
 past the bound), attempts are counted, nacks may be delayed, and stopping the
-driver keeps every queued message for the next start within the process.
+driver keeps every queued message for the next start within the process. Nothing
+survives the process: it is the driver for development, tests and one process.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Mapping
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from wippy_queue.errors import DriverError
 from wippy_queue.lifecycle.config import ServiceModel
-from wippy_queue.queue.driver import Delivery, Driver, QueueInfo, Subscription, SubscriptionClosed
-from wippy_queue.queue.message import ATTEMPTS, Message
+from wippy_queue.queue.config import QueueOptions
+from wippy_queue.queue.driver import (
+    Capabilities,
+    Delivery,
+    Driver,
+    QueueInfo,
+    QueueSpec,
+    SubscribeSpec,
+    Subscription,
+    SubscriptionClosed,
+)
+from wippy_queue.queue.message import Message
 from wippy_queue.registry.entry import Entry
+
+EXPIRED = "expired"
 
 
 class MemoryDriverConfig(ServiceModel):
     """``queue.driver.memory``: no options of its own."""
 
 
-class MemoryQueueOptions(BaseModel):
+class MemoryQueueOptions(QueueOptions):
     """``driver_options: {memory: {...}}`` of a queue on the memory driver."""
 
-    model_config = ConfigDict(extra="forbid")
-    max_length: int = Field(default=1000, gt=0, le=10_000_000)
+    max_length: int | None = Field(default=1000, gt=0, le=10_000_000)
+
+
+CAPABILITIES = Capabilities(attempts="exact", requeue="tail", info="exact")
 
 
 def _wake_one(waiters: deque[asyncio.Future[None]]) -> None:
@@ -48,6 +61,16 @@ def _wake_all(waiters: deque[asyncio.Future[None]]) -> None:
             waiter.set_result(None)
 
 
+class _Held:
+    """A message in a queue and the deliveries it has had."""
+
+    __slots__ = ("attempts", "message")
+
+    def __init__(self, message: Message, attempts: int = 0) -> None:
+        self.message = message
+        self.attempts = attempts
+
+
 class _MemoryQueue:
     """The state of one queue; all methods run on the event loop thread.
 
@@ -59,29 +82,31 @@ class _MemoryQueue:
     (on its way to the dead-letter queue).
     """
 
-    def __init__(self, name: str, max_length: int) -> None:
+    def __init__(self, name: str, max_length: int | None) -> None:
         self.name = name
         self.max_length = max_length
-        self.ready: deque[Message] = deque()
+        self.ready: deque[_Held] = deque()
         self.in_flight = 0
-        self.delayed: dict[asyncio.TimerHandle, Message] = {}
+        self.expired = 0
+        self.delayed: dict[asyncio.TimerHandle, _Held] = {}
         self.subscriptions: set[object] = set()
         #: waiting receivers: (subscription, future)
         self.getters: deque[tuple[object, asyncio.Future[None]]] = deque()
-        #: id(message) of a ready or delayed message -> subscriptions that nacked it
+        #: id(held) of a ready or delayed message -> subscriptions that nacked it
         self.deniers: dict[int, frozenset[object]] = {}
         self.putters: deque[asyncio.Future[None]] = deque()
         self.idle_waiters: deque[asyncio.Future[None]] = deque()
 
     def full(self) -> bool:
-        return len(self.ready) + len(self.delayed) >= self.max_length
+        bound = self.max_length
+        return bound is not None and len(self.ready) + len(self.delayed) >= bound
 
-    def push(self, message: Message, *, front: bool = False) -> None:
+    def push(self, held: _Held, *, front: bool = False) -> None:
         if front:
-            self.ready.appendleft(message)
+            self.ready.appendleft(held)
         else:
-            self.ready.append(message)
-        self.wake_getter(avoid=self.deniers.get(id(message), frozenset()))
+            self.ready.append(held)
+        self.wake_getter(avoid=self.deniers.get(id(held), frozenset()))
 
     def wake_getter(self, avoid: frozenset[object] = frozenset()) -> None:
         """Wake one waiting receiver, preferring one whose subscription is not in ``avoid``."""
@@ -105,26 +130,26 @@ class _MemoryQueue:
                 waiter.set_result(None)
         self.getters.clear()
 
-    def take(self, subscription: object) -> tuple[Message, frozenset[object]] | None:
+    def take(self, subscription: object) -> tuple[_Held, frozenset[object]] | None:
         """The first ready message ``subscription`` may take, moved in flight."""
         if not self.deniers:
             return self._take(0) if self.ready else None
-        for index, message in enumerate(self.ready):
-            denied = self.deniers.get(id(message))
+        for index, held in enumerate(self.ready):
+            denied = self.deniers.get(id(held))
             if denied is None or subscription not in denied or self.subscriptions <= denied:
                 return self._take(index)
         return None
 
-    def _take(self, index: int) -> tuple[Message, frozenset[object]]:
+    def _take(self, index: int) -> tuple[_Held, frozenset[object]]:
         if index:
-            message = self.ready[index]
+            held = self.ready[index]
             del self.ready[index]
         else:
-            message = self.ready.popleft()
+            held = self.ready.popleft()
         self.in_flight += 1
-        message.headers[ATTEMPTS] = int(message.headers.get(ATTEMPTS, 0)) + 1
+        held.attempts += 1
         _wake_one(self.putters)
-        return message, self.deniers.pop(id(message), frozenset())
+        return held, self.deniers.pop(id(held), frozenset())
 
     def settled(self) -> None:
         self.in_flight -= 1
@@ -143,90 +168,111 @@ class _MemoryQueue:
             ready=ready,
             in_flight=self.in_flight,
             delayed=delayed,
+            expired=self.expired,
         )
 
     def flush_delayed(self) -> None:
         """Make every delayed message ready now (on stop: never lose them)."""
-        for handle, message in list(self.delayed.items()):
+        for handle, held in list(self.delayed.items()):
             handle.cancel()
-            self.ready.append(message)
+            self.ready.append(held)
         self.delayed.clear()
 
 
 class MemoryDelivery(Delivery):
-    __slots__ = ("_deniers", "_handle", "_queue", "_subscription")
+    __slots__ = ("_deniers", "_handle", "_held", "_queue", "_subscription")
 
     def __init__(
         self,
         queue: _MemoryQueue,
-        taken: tuple[Message, frozenset[object]],
-        subscription: object,
+        taken: tuple[_Held, frozenset[object]],
+        subscription: MemorySubscription,
     ) -> None:
-        super().__init__(taken[0])
+        held = taken[0]
+        super().__init__(held.message, held.attempts)
+        self._held = held
         self._queue = queue
         self._deniers = taken[1]
         self._subscription = subscription
         self._handle: asyncio.TimerHandle | None = None
 
     async def _ack(self) -> None:
-        self._queue.settled()
+        self._done()
 
     async def _nack(self, *, requeue: bool, delay_s: float, reason: str) -> None:
         queue = self._queue
         if requeue:
-            queue.deniers[id(self.message)] = self._deniers | {self._subscription}
+            queue.deniers[id(self._held)] = self._deniers | {self._subscription}
             if delay_s > 0:
                 loop = asyncio.get_running_loop()
                 self._handle = loop.call_later(delay_s, self._undelay)
-                queue.delayed[self._handle] = self.message
+                queue.delayed[self._handle] = self._held
             else:
-                queue.push(self.message)
-        queue.settled()
+                queue.push(self._held)
+        elif reason == EXPIRED:
+            queue.expired += 1
+        self._done()
 
     def _undelay(self) -> None:
-        message = self._queue.delayed.pop(self._handle, None) if self._handle else None
-        if message is not None:
-            self._queue.push(message)
+        held = self._queue.delayed.pop(self._handle, None) if self._handle else None
+        if held is not None:
+            self._queue.push(held)
 
     async def _release(self) -> None:
-        headers = self.message.headers
-        attempts = int(headers.get(ATTEMPTS, 1)) - 1
-        if attempts > 0:
-            headers[ATTEMPTS] = attempts
-        else:
-            headers.pop(ATTEMPTS, None)
+        self._held.attempts -= 1
         if self._deniers:
-            self._queue.deniers[id(self.message)] = self._deniers
-        self._queue.push(self.message, front=True)
+            self._queue.deniers[id(self._held)] = self._deniers
+        self._queue.push(self._held, front=True)
+        self._done()
+
+    def _done(self) -> None:
         self._queue.settled()
+        self._subscription.settled()
 
 
 class MemorySubscription(Subscription):
-    def __init__(self, driver: MemoryDriver, queue: _MemoryQueue) -> None:
+    def __init__(self, driver: MemoryDriver, queue: _MemoryQueue, spec: SubscribeSpec) -> None:
         self._driver = driver
         self._queue = queue
+        self._max_unsettled = spec.max_unsettled
+        self._unsettled = 0
+        self._room: asyncio.Future[None] | None = None
         self._closed = False
         queue.subscriptions.add(self)
+
+    def settled(self) -> None:
+        self._unsettled -= 1
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
 
     async def receive(self) -> Delivery:
         queue = self._queue
         while True:
             if self._closed or not self._driver.running:
                 raise SubscriptionClosed(f"subscription to {queue.name!r} is closed")
+            if self._unsettled >= self._max_unsettled:  # the consumer's limit, honoured
+                self._room = asyncio.get_running_loop().create_future()
+                await self._room
+                continue
             taken = queue.take(self) if queue.ready else None
             if taken is not None:
+                self._unsettled += 1
                 return MemoryDelivery(queue, taken, self)
             if queue.ready:  # all nacked by this one: make sure another receiver looks
                 queue.wake_getter(avoid=frozenset((self,)))
-            waiter = asyncio.get_running_loop().create_future()
-            queue.getters.append((self, waiter))
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                waiter.cancel()
-                if queue.ready and not waiter.cancelled():
-                    queue.wake_getter()
-                raise
+            await self._wait()
+
+    async def _wait(self) -> None:
+        queue = self._queue
+        waiter = asyncio.get_running_loop().create_future()
+        queue.getters.append((self, waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            waiter.cancel()
+            if queue.ready and not waiter.cancelled():
+                queue.wake_getter()
+            raise
 
     async def close(self) -> None:
         if not self._closed:
@@ -234,10 +280,14 @@ class MemorySubscription(Subscription):
             self._queue.subscriptions.discard(self)
             # messages it skipped may now be anyone's: let every receiver look again
             self._queue.wake_all_getters()
+            if self._room is not None and not self._room.done():
+                self._room.set_result(None)
 
 
 class MemoryDriver(Driver):
     """``queue.driver.memory``."""
+
+    capabilities = CAPABILITIES
 
     def __init__(self, entry_id: str) -> None:
         super().__init__(entry_id)
@@ -262,16 +312,20 @@ class MemoryDriver(Driver):
             queue.wake_all_getters()
             _wake_all(queue.putters)
 
-    async def declare(self, queue: str, options: Mapping[str, Any]) -> None:
-        try:
-            parsed = MemoryQueueOptions.model_validate(dict(options))
-        except ValidationError as err:
-            raise DriverError(f"memory driver options for queue {queue!r}: {err}") from err
-        existing = self._queues.get(queue)
+    async def declare(self, spec: QueueSpec) -> None:
+        options = spec.options
+        if options is None:
+            options = MemoryQueueOptions()
+        if not isinstance(options, MemoryQueueOptions):
+            raise DriverError(f"queue {spec.id}: memory driver options expected, got {options!r}")
+        existing = self._queues.get(spec.name)
         if existing is None:
-            self._queues[queue] = _MemoryQueue(queue, parsed.max_length)
-        else:
-            existing.max_length = parsed.max_length
+            self._queues[spec.name] = _MemoryQueue(spec.name, options.max_length)
+        elif existing.max_length != options.max_length:
+            raise DriverError(
+                f"queue {spec.name!r} is declared with max_length {existing.max_length}; "
+                f"{spec.id} asks for {options.max_length}: give the two one value"
+            )
 
     def _queue(self, name: str) -> _MemoryQueue:
         try:
@@ -280,12 +334,14 @@ class MemoryDriver(Driver):
             raise DriverError(f"queue {name!r} is not declared on driver {self.entry_id}") from None
 
     async def publish(self, queue: str, message: Message) -> None:
+        if not self._running:
+            raise self.not_running_error()
         state = self._queue(queue)
         while True:
             if not self._running:
                 raise self.not_running_error()
             if not state.full():
-                state.push(message)
+                state.push(_Held(message))
                 return
             waiter = asyncio.get_running_loop().create_future()
             state.putters.append(waiter)
@@ -297,10 +353,10 @@ class MemoryDriver(Driver):
                     _wake_one(state.putters)
                 raise
 
-    async def subscribe(self, queue: str, *, prefetch: int) -> Subscription:
+    async def subscribe(self, spec: SubscribeSpec) -> Subscription:
         if not self._running:
             raise self.not_running_error()
-        return MemorySubscription(self, self._queue(queue))
+        return MemorySubscription(self, self._queue(spec.queue), spec)
 
     async def info(self, queue: str) -> QueueInfo:
         return self._queue(queue).info()
@@ -315,4 +371,4 @@ class MemoryDriver(Driver):
 
     def dead_letters(self, queue: str) -> list[Message]:
         """The messages waiting in ``queue`` (inspect a dead-letter queue in tests)."""
-        return list(self._queue(queue).ready)
+        return [held.message for held in self._queue(queue).ready]

@@ -18,6 +18,19 @@ DRIVER_KINDS = ("queue.driver.*",)
 FUNCTION_KINDS = ("function.*",)
 
 
+class QueueOptions(StrictModel):
+    """What every driver's queue options share (``driver_options: {KIND: {...}}``).
+
+    ``max_length`` bounds the queue (publish waits while it is full; nothing is ever
+    trimmed); ``ttl`` expires a message not handled in time: it is dead-lettered
+    (``x_dead_letter_reason: expired``) or, with no dead-letter queue, dropped and
+    counted in ``info``; never handed to a handler.
+    """
+
+    max_length: int | None = Field(default=None, gt=0, le=1_000_000_000)
+    ttl: Duration | None = Field(default=None, gt=0)
+
+
 class DeadLetter(StrictModel):
     queue: Ref
     max_attempts: int = Field(default=5, ge=1, le=1_000_000, strict=True)

@@ -18,10 +18,12 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+from pydantic import BaseModel
+
 from wippy_queue.errors import HandlerError, LifecycleError, WippyQueueError
 from wippy_queue.queue import context
 from wippy_queue.queue.codec import DecodeError
-from wippy_queue.queue.driver import Delivery, Subscription, SubscriptionClosed
+from wippy_queue.queue.driver import Delivery, SubscribeSpec, Subscription, SubscriptionClosed
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.handler import Handler, outcome_of
 from wippy_queue.queue.middleware import Job, Middleware, build_chain
@@ -61,6 +63,7 @@ class Consumer:
         prefetch: int,
         base_context: context.CallContext,
         retry: RetryPolicy | None = None,
+        driver_options: BaseModel | None = None,
         middlewares: Sequence[Middleware] = (),
         settle_hooks: Sequence[SettleHook] = (),
         timeout_s: float | None = None,
@@ -76,6 +79,13 @@ class Consumer:
         self.stop_timeout_s = stop_timeout_s
         self.auto_ack = auto_ack
         self.retry = retry or RetryPolicy()
+        self.spec = SubscribeSpec(
+            consumer_id=entry_id,
+            queue=queue.name,
+            prefetch=prefetch,
+            max_unsettled=prefetch + concurrency,
+            options=driver_options,
+        )
         self._base_context = base_context
         self._middlewares = tuple(middlewares)
         self._settle_hooks = tuple(settle_hooks)
@@ -119,9 +129,7 @@ class Consumer:
         self._clean_context = contextvars.copy_context()
         await self.handler.start(concurrency=self.concurrency)
         try:
-            self._subscription = await self.queue.driver.subscribe(
-                self.queue.name, prefetch=self.prefetch
-            )
+            self._subscription = await self.queue.driver.subscribe(self.spec)
         except BaseException:
             await self.handler.close()
             raise
@@ -198,7 +206,7 @@ class Consumer:
             await settle(Outcome.nack(Reason.DECODE_ERROR, str(err)))
             return
         handle = job.handle = MessageHandle(
-            message, job.data, self.queue.id, settle, asyncio.get_running_loop()
+            message, job.data, self.queue.id, settle, asyncio.get_running_loop(), delivery.attempt
         )
         call = self._base_context.for_message(handle, message.id)
         # In a fresh context: nothing a handler sets (our call context or any context

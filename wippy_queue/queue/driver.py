@@ -1,23 +1,95 @@
-"""The driver protocol: what a queue backend (memory, Redis Streams, RabbitMQ) provides.
+"""The driver protocol: what a queue backend (memory, Redis, RabbitMQ, SQLite, SQS) provides.
 
-Everything is async and per delivery: a consumer subscribes with a prefetch,
-receives deliveries one at a time and settles each exactly once. Attempt counts
-live with the broker (the ``attempts`` header of a delivered message), so that a
-message redelivered after a crash keeps its count. Dead-lettering is NOT a driver
-concern: the consumer decides it from the attempt count (see ``queue/settle.py``).
+Designed for leasing brokers (Redis, SQS, SQLite: a delivery is a lease that
+comes back after a visibility timeout unless settled or extended) and
+connection-bound ones (AMQP: a delivery lives as long as its channel) alike:
+
+- each driver declares its ``Capabilities``, and the loader checks a configuration
+  against them (asking for what a driver lacks is a load error, not a surprise);
+- ``declare`` gets the queue's whole ``QueueSpec``, ``subscribe`` the consumer's
+  ``SubscribeSpec`` (the most deliveries it may hold unsettled included);
+- the attempt number lives on the ``Delivery``, from the broker's own counter
+  where it has one, never in a header the driver edits;
+- drivers receive, settle and publish in batches inside, while the consumer takes
+  and settles one delivery at a time;
+- a settle the broker can no longer honour raises ``LostDelivery``.
+
+Dead-lettering and retry delays are not a driver concern: the runtime decides them
+(``queue/settle.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
+
+from pydantic import BaseModel
 
 from wippy_queue.errors import DriverError
 from wippy_queue.queue.message import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a driver can do; the loader refuses configurations that need more."""
+
+    #: whether ``Delivery.attempt`` is exact or may lag (SQS's approximate count)
+    attempts: Literal["exact", "approximate"] = "exact"
+    #: where a nacked or released message goes back: the tail, its original place, or
+    #: no promised place
+    requeue: Literal["tail", "original", "unordered"] = "tail"
+    #: the longest delay a nack can hold a message back (seconds)
+    max_delay_s: float = math.inf
+    #: whether ``info`` counts are exact or approximate
+    info: Literal["exact", "approximate"] = "exact"
+    #: queues split by partition key (tenant partitions)
+    partitions: bool = False
+    #: messages survive our process (a crash, a restart)
+    durable: bool = False
+    #: several processes (machines) can share one queue
+    shared: bool = False
+    #: deliveries are leases: extended while a handler runs, back after a timeout
+    leases: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """Everything a driver needs to make a queue exist."""
+
+    #: registry ID (``app.queue:tasks``)
+    id: str
+    #: name on the broker (``queue_name``, default the entry name)
+    name: str
+    #: the driver's validated ``driver_options`` model for this queue
+    options: BaseModel | None = None
+    #: the runtime dead-letters at this many attempts (0: never)
+    max_attempts: int = 0
+    #: registry ID of the dead-letter queue
+    dead_letter: str | None = None
+
+    def option(self, name: str, default: object = None) -> object:
+        return getattr(self.options, name, default) if self.options is not None else default
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeSpec:
+    """A consumer's attachment to one queue."""
+
+    #: the consumer's registry ID (names it on the broker)
+    consumer_id: str
+    #: the queue's name on the broker
+    queue: str
+    #: the consumer's prefetch buffer
+    prefetch: int = 10
+    #: the most deliveries it may hold unsettled: prefetch + concurrency
+    max_unsettled: int = 11
+    #: the driver's validated ``driver_options`` model for this consumer
+    options: BaseModel | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +97,8 @@ class QueueInfo:
     """Truthful counts for one queue.
 
     ``message_count`` is every message the queue still owes a handler:
-    ``ready + in_flight + delayed``.
+    ``ready + in_flight + delayed``. ``expired`` counts messages dropped unhandled
+    because their ``ttl`` ran out (with no dead-letter queue to go to).
     """
 
     queue: str
@@ -34,6 +107,8 @@ class QueueInfo:
     ready: int
     in_flight: int
     delayed: int = 0
+    expired: int = 0
+    exact: bool = True
 
     @property
     def idle(self) -> bool:
@@ -44,23 +119,28 @@ class SubscriptionClosed(DriverError):
     """``receive`` on a subscription that was closed or whose driver stopped."""
 
 
+class LostDelivery(DriverError):
+    """A settle the broker can no longer honour: the delivery's channel is gone (a
+    reconnect) or its lease passed to another consumer. The message is (or will be)
+    delivered again; nothing is lost, but this attempt's settle did not happen."""
+
+
 class Delivery(ABC):
     """One delivery of a message to one consumer; settled exactly once.
 
     The base class enforces single-shot settling for every driver; drivers
-    implement ``_ack``, ``_nack`` and ``_release``.
+    implement ``_ack``, ``_nack`` and ``_release`` (and ``_extend`` for leases).
     """
 
-    __slots__ = ("message", "settled")
+    __slots__ = ("attempt", "lease_s", "message", "settled")
 
-    def __init__(self, message: Message) -> None:
+    def __init__(self, message: Message, attempt: int, lease_s: float | None = None) -> None:
         self.message = message
+        #: 1 for the first delivery, 2 for the first redelivery, ... (from the broker)
+        self.attempt = attempt
+        #: seconds the lease lasts unless extended (None: not a lease)
+        self.lease_s = lease_s
         self.settled = False
-
-    @property
-    def attempt(self) -> int:
-        """1 for the first delivery, 2 for the first redelivery, ..."""
-        return self.message.attempts
 
     def _once(self) -> None:
         if self.settled:
@@ -73,14 +153,19 @@ class Delivery(ABC):
         await self._ack()
 
     async def nack(self, *, requeue: bool = True, delay_s: float = 0.0, reason: str = "") -> None:
-        """The attempt failed: requeue at the tail (after ``delay_s``) or drop it."""
+        """The attempt failed: requeue (after ``delay_s``), or drop it (``requeue=False``)."""
         self._once()
         await self._nack(requeue=requeue, delay_s=delay_s, reason=reason)
 
     async def release(self) -> None:
-        """Give the message back untried (prefetched, or cut off by a stop): no attempt counted."""
+        """Give the message back untried (prefetched, cut off by a stop): no attempt counted."""
         self._once()
         await self._release()
+
+    async def extend(self) -> None:
+        """Renew the lease for another ``lease_s`` (no-op for drivers without leases)."""
+        if not self.settled:
+            await self._extend()
 
     @abstractmethod
     async def _ack(self) -> None: ...
@@ -91,24 +176,40 @@ class Delivery(ABC):
     @abstractmethod
     async def _release(self) -> None: ...
 
+    async def _extend(self) -> None:
+        return None
+
 
 class Subscription(ABC):
     """A consumer's attachment to one queue."""
 
     @abstractmethod
     async def receive(self) -> Delivery:
-        """Wait for the next delivery; raise ``SubscriptionClosed`` once closed."""
+        """Wait for the next delivery; raise ``SubscriptionClosed`` once closed.
+
+        While the driver's connection is down this waits (the consumer pauses).
+        """
 
     @abstractmethod
     async def close(self) -> None:
         """Stop delivering; deliveries already handed out stay settleable."""
 
+    async def extend(self, deliveries: Sequence[Delivery]) -> None:
+        """Renew the leases of ``deliveries`` (drivers batch this into one call)."""
+        for delivery in deliveries:
+            await delivery.extend()
+
 
 class Driver(ABC):
     """A queue backend. One driver instance serves every queue bound to its entry."""
 
+    capabilities: Capabilities = Capabilities()
+
     def __init__(self, entry_id: str) -> None:
         self.entry_id = entry_id
+        #: resolves with an error when the driver dies while running (lost its broker
+        #: for good): the supervisor then fails or restarts it as its lifecycle says
+        self.failed: asyncio.Future[BaseException] | None = None
 
     @abstractmethod
     async def start(self) -> None: ...
@@ -120,16 +221,22 @@ class Driver(ABC):
     @abstractmethod
     def running(self) -> bool: ...
 
+    @property
+    def connected(self) -> bool:
+        """False while the broker is unreachable (reconnecting); embedded drivers: True."""
+        return self.running
+
     @abstractmethod
-    async def declare(self, queue: str, options: Mapping[str, Any]) -> None:
-        """Make ``queue`` exist with the driver-specific ``options``."""
+    async def declare(self, spec: QueueSpec) -> None:
+        """Make the queue exist as ``spec`` says; idempotent; a conflicting re-declare
+        raises DriverError."""
 
     @abstractmethod
     async def publish(self, queue: str, message: Message) -> None:
-        """Enqueue; may wait while the queue is full (backpressure)."""
+        """Enqueue (on the broker once this returns); may wait while the queue is full."""
 
     @abstractmethod
-    async def subscribe(self, queue: str, *, prefetch: int) -> Subscription: ...
+    async def subscribe(self, spec: SubscribeSpec) -> Subscription: ...
 
     @abstractmethod
     async def info(self, queue: str) -> QueueInfo: ...

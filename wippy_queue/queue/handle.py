@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from wippy_queue.errors import SettleError
-from wippy_queue.queue.message import Headers, HeaderValue, Message
+from wippy_queue.queue.message import ATTEMPTS, Headers, HeaderValue, Message
 from wippy_queue.queue.outcome import ACK, Outcome, Reason
 
 Settle = Callable[[Outcome], Awaitable[None]]
@@ -25,6 +25,7 @@ Settle = Callable[[Outcome], Awaitable[None]]
 
 class MessageHandle:
     __slots__ = (
+        "_attempt",
         "_decision",
         "_loop",
         "_loop_thread",
@@ -43,8 +44,10 @@ class MessageHandle:
         queue_id: str,
         settle: Settle,
         loop: asyncio.AbstractEventLoop,
+        attempt: int = 1,
     ) -> None:
         self._message = message
+        self._attempt = attempt
         self.data = data
         self.queue_id = queue_id
         self._settle = settle
@@ -72,13 +75,18 @@ class MessageHandle:
 
     @property
     def attempt(self) -> int:
-        return self._live().attempts
+        """This delivery's attempt (1 for the first), from the broker's own counter."""
+        self._live()
+        return self._attempt
 
     def header(self, key: str) -> HeaderValue | None:
+        """A header; ``attempts`` is this delivery's attempt (Wippy's header name)."""
+        if key == ATTEMPTS:
+            return self.attempt
         return self._live().headers.get(key)
 
     def headers(self) -> Headers:
-        return dict(self._live().headers)
+        return {**self._live().headers, ATTEMPTS: self._attempt}
 
     def ack(self) -> None:
         self._decide(ACK)

@@ -14,6 +14,7 @@ HeaderValue = str | int | float | bool
 Headers = dict[str, HeaderValue]
 
 #: Header keys the runtime writes for its own bookkeeping; users may not set them.
+#: (``attempts`` is what a handler's message reports as its delivery's attempt.)
 RESERVED_PREFIX = "x_"
 ATTEMPTS = "attempts"
 TIMESTAMP = "timestamp"
@@ -26,12 +27,6 @@ class Message:
     id: str
     body: bytes
     headers: Headers = field(default_factory=dict)
-
-    @property
-    def attempts(self) -> int:
-        """How many deliveries this message has had, counting the current one."""
-        value = self.headers.get(ATTEMPTS, 0)
-        return int(value)
 
 
 def new_message_id() -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from wippy_queue.queue.driver import Delivery
-from wippy_queue.queue.message import ATTEMPTS, Message
+from wippy_queue.queue.message import Message
 from wippy_queue.queue.middleware import Job
 from wippy_queue.queue.outcome import DENIALS, Action, Outcome
 from wippy_queue.queue.queue import Queue
@@ -88,7 +88,7 @@ def dead_letter_message(
 ) -> Message:
     """The copy that goes to the dead-letter queue: same id, body and headers, plus why."""
     original = delivery.message
-    headers = {k: v for k, v in original.headers.items() if k != ATTEMPTS}
+    headers = dict(original.headers)
     headers.update(
         {
             DL_REASON: outcome.reason,

@@ -1,8 +1,8 @@
 """Who published a message: a stamp in reserved headers, HMAC-signed when a key is set.
 
 The signature covers the message id, the queue, the body and every header except
-the runtime's delivery bookkeeping (``attempts``, the signature itself and the
-``x_dead_letter_*`` headers added when a message is dead-lettered). A message
+the signature itself and the ``x_dead_letter_*`` headers added when a message is
+dead-lettered, in the canonical envelope encoding every driver stores. A message
 whose stamp does not verify is forged: it is denied, never handled.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from wippy_queue.identity import Actor
-from wippy_queue.queue.message import ATTEMPTS, Message
+from wippy_queue.queue.envelope import signed_bytes
+from wippy_queue.queue.message import Message
 from wippy_queue.queue.settle import DL_QUEUE
 
 PUBLISHER = "x_publisher"
@@ -37,21 +37,15 @@ class Provenance:
 ANONYMOUS = Provenance(None, None)
 
 
+def _unsigned(key: str) -> bool:
+    """Headers a signature does not cover: itself and the dead-letter bookkeeping."""
+    return key == SIGNATURE or key.startswith(_UNSIGNED_PREFIX)
+
+
 def _digest(mac: hmac.HMAC, message: Message, queue_id: str) -> str:
-    """HMAC-SHA256 over the length-prefixed id, queue, body and headers (JSON, sorted)."""
-    headers = {
-        k: v
-        for k, v in message.headers.items()
-        if k not in (ATTEMPTS, SIGNATURE) and not k.startswith(_UNSIGNED_PREFIX)
-    }
-    parts = (
-        message.id.encode(),
-        queue_id.encode(),
-        message.body,
-        json.dumps(headers, sort_keys=True, separators=(",", ":")).encode(),
-    )
+    """HMAC-SHA256 over the message's canonical envelope bytes (``queue/envelope.py``)."""
     mac = mac.copy()  # the keyed state is computed once, per Stamper
-    mac.update(b"".join(len(part).to_bytes(8, "big") + part for part in parts))
+    mac.update(signed_bytes(message, queue_id, _unsigned))
     return mac.hexdigest()
 
 

@@ -1,0 +1,92 @@
+"""The one canonical envelope of a message: its id, typed headers and body as bytes.
+
+Broker drivers store and read messages through these functions, so a header keeps
+its exact type on every driver (``1``, ``1.0`` and ``True`` stay distinct: JSON
+writes them differently), and the provenance signature covers exactly the bytes
+``signed_bytes`` gives, never anything a broker adds. A malformed envelope read
+from a broker is a ``DecodeError`` (the delivery is recorded and dead-lettered as
+``decode_error``), never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+from wippy_queue.queue.codec import DecodeError
+from wippy_queue.queue.message import Headers, Message
+
+MAGIC = b"WQ1\n"
+_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
+)
+
+
+def encode_headers(headers: Headers) -> bytes:
+    """Canonical JSON: sorted keys, no spaces, UTF-8; the same bytes for the same headers."""
+    if not headers:
+        return b"{}"
+    return _ENCODER.encode(headers).encode()
+
+
+def _valid_value(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str | int)  # bool is an int
+
+
+def decode_headers(raw: bytes | str) -> Headers:
+    """Headers from ``encode_headers`` bytes; DecodeError when they are not ours."""
+    try:
+        headers = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise DecodeError(f"message headers are not valid JSON: {err}") from err
+    if not isinstance(headers, dict):
+        raise DecodeError(f"message headers must be a JSON object, got {type(headers).__name__}")
+    for key, value in headers.items():
+        if not _valid_value(value):
+            raise DecodeError(f"header {key!r} has a {type(value).__name__} value {value!r}")
+    return headers
+
+
+def _field(part: bytes) -> bytes:
+    return len(part).to_bytes(4, "big") + part
+
+
+def pack(message: Message) -> bytes:
+    """The whole message as one blob (for brokers that store one value per message)."""
+    return b"".join(
+        (MAGIC, _field(message.id.encode()), _field(encode_headers(message.headers)), message.body)
+    )
+
+
+def unpack(data: bytes) -> Message:
+    """The message ``pack`` made; DecodeError for anything else."""
+    if not data.startswith(MAGIC):
+        raise DecodeError("not a wippy-queue envelope")
+    view, at = memoryview(data), len(MAGIC)
+    parts = []
+    for _ in range(2):
+        if at + 4 > len(data):
+            raise DecodeError("truncated wippy-queue envelope")
+        size = int.from_bytes(view[at : at + 4], "big")
+        at += 4
+        if at + size > len(data):
+            raise DecodeError("truncated wippy-queue envelope")
+        parts.append(bytes(view[at : at + size]))
+        at += size
+    try:
+        message_id = parts[0].decode()
+    except UnicodeDecodeError as err:
+        raise DecodeError(f"message id is not UTF-8: {err}") from err
+    return Message(message_id, bytes(view[at:]), decode_headers(parts[1]))
+
+
+def signed_bytes(message: Message, queue_id: str, skip: Callable[[str], bool]) -> bytes:
+    """What a provenance signature covers: the length-prefixed id, queue, body and the
+    canonical headers except those ``skip`` names (the signature itself, bookkeeping)."""
+    headers = {k: v for k, v in message.headers.items() if not skip(k)}
+    parts = (message.id.encode(), queue_id.encode(), message.body, encode_headers(headers))
+    return b"".join(len(part).to_bytes(8, "big") + part for part in parts)
