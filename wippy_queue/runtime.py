@@ -55,6 +55,10 @@ class DriverService:
         """Resolves when the driver gives up on its broker (set by ``start``)."""
         return self.driver.failed
 
+    @property
+    def connected(self) -> bool:
+        return self.driver.connected
+
     async def start(self) -> None:
         await self.driver.start()
         for queue in self.queues:
@@ -266,7 +270,7 @@ class Runtime:
         await self.supervisor.stop(service_id)
 
     def state(self, service_id: str) -> ServiceState:
-        return self.supervisor.get(service_id).state
+        return self.supervisor.state(service_id)
 
     def states(self) -> dict[str, ServiceState]:
         return self.supervisor.states()

@@ -97,6 +97,20 @@ class AuditRecorder:
         hit = self._memo[key] = (decision, fragment(record))
         return hit
 
+    def lost(self, job: Job, action: Action, error: str) -> None:
+        """A settle the broker no longer honoured (its record said it was done)."""
+        self.trail.append(
+            {
+                "event": "lost_settle",
+                "consumer": job.consumer_id,
+                "queue": job.queue_id,
+                "message_id": job.message.id,
+                "attempt": job.attempt,
+                "outcome": str(action),
+                "error": error,
+            }
+        )
+
     def decision(
         self,
         event: str,

@@ -15,11 +15,17 @@ class ServiceState(enum.Enum):
     STOPPED = "stopped"
     FAILED = "failed"
     EXITED = "exited"
+    #: running, but its broker is unreachable: it reconnects (consumers pause)
+    RECONNECTING = "reconnecting"
 
 
 class Service(Protocol):
-    #: set by ``start``; resolves with the error if the service dies while running
-    failed: asyncio.Future[BaseException] | None
+    """``failed``: set by ``start``; resolves with the error if the service dies while
+    running. A service with a ``connected`` attribute that is False while running is
+    shown as RECONNECTING."""
+
+    @property
+    def failed(self) -> asyncio.Future[BaseException] | None: ...
 
     async def start(self) -> None: ...
 

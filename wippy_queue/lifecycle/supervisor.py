@@ -57,7 +57,14 @@ class Supervisor:
             raise LifecycleError(f"{service_id!r} is not a service; services: {known}") from None
 
     def states(self) -> dict[str, ServiceState]:
-        return {sid: self._services[sid].state for sid in self._order}
+        return {sid: self.state(sid) for sid in self._order}
+
+    def state(self, service_id: str) -> ServiceState:
+        """The service's state; RUNNING shows as RECONNECTING while its broker is away."""
+        unit = self.get(service_id)
+        if unit.state is ServiceState.RUNNING and not getattr(unit.service, "connected", True):
+            return ServiceState.RECONNECTING
+        return unit.state
 
     async def start_all(self) -> None:
         for sid in self._order:

@@ -26,12 +26,16 @@ from wippy_queue.queue.codec import DecodeError
 from wippy_queue.queue.driver import Delivery, SubscribeSpec, Subscription, SubscriptionClosed
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.handler import Handler, outcome_of
+from wippy_queue.queue.message import expired
 from wippy_queue.queue.middleware import Job, Middleware, build_chain
 from wippy_queue.queue.outcome import ACK, Outcome, Reason
 from wippy_queue.queue.queue import Queue
 from wippy_queue.queue.settle import RetryPolicy, SettleHook, Settler
 
 log = logging.getLogger(__name__)
+
+#: how often a consumer renews leases when its queue does not say how long they last
+LEASE_LOOK_S = 1.0
 
 
 class _AllOf:
@@ -99,6 +103,9 @@ class Consumer:
         self._buffer: asyncio.Queue[Delivery] = asyncio.Queue()
         self._credits = asyncio.Semaphore(prefetch + concurrency)
         self._active: dict[asyncio.Task[Any], Delivery] = {}
+        #: every delivery taken and not yet settled (buffered, running, awaiting a hook)
+        self._unsettled: set[Delivery] = set()
+        self._leases: asyncio.Task[None] | None = None
         self._settler = self._new_settler()
         self._stopping = False
         #: resolves with the error if the consumer dies while running (the supervisor restarts it)
@@ -111,14 +118,18 @@ class Consumer:
             self.retry,
             hooks=self._settle_hooks,
             auto_ack=self.auto_ack,
-            release_credit=self._credits.release,
+            done=self._settled,
             on_error=self._fail,
         )
+
+    def _settled(self, delivery: Delivery) -> None:
+        self._unsettled.discard(delivery)
+        self._credits.release()
 
     @property
     def held(self) -> int:
         """Unsettled deliveries this consumer holds (never above prefetch + concurrency)."""
-        return self._buffer.qsize() + len(self._active) + self._settler.pending
+        return len(self._unsettled)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -136,7 +147,10 @@ class Consumer:
         self._credits = asyncio.Semaphore(self.prefetch + self.concurrency)
         self._settler = self._new_settler()
         self._buffer = asyncio.Queue()
+        self._unsettled = set()
         self._fetcher = asyncio.create_task(self._fetch(), name=f"{self.entry_id}:fetch")
+        if self.queue.driver.capabilities.leases:
+            self._leases = asyncio.create_task(self._keep_leases(), name=f"{self.entry_id}:leases")
         self._tasks = [
             asyncio.create_task(self._work(), name=f"{self.entry_id}:worker-{i}")
             for i in range(self.concurrency)
@@ -154,6 +168,7 @@ class Consumer:
                 except BaseException:
                     self._credits.release()
                     raise
+                self._unsettled.add(delivery)
                 self._buffer.put_nowait(delivery)
         except SubscriptionClosed:
             if not self._stopping:
@@ -163,6 +178,25 @@ class Consumer:
         except Exception as err:
             log.exception("consumer %s: receiving failed", self.entry_id)
             self._fail(err)
+
+    async def _keep_leases(self) -> None:
+        """Renew the lease of every delivery held (buffered, running, awaiting its
+        audit record) at a third of its length, so none is handed to another process."""
+        assert self._subscription is not None
+        visibility = self.queue.spec.option("visibility_timeout")
+        every_s = float(visibility) / 3 if isinstance(visibility, int | float) else LEASE_LOOK_S
+        while True:
+            leases = [d.lease_s for d in self._unsettled if d.lease_s]
+            await asyncio.sleep(min([every_s, *(lease / 3 for lease in leases)]))
+            held = [d for d in self._unsettled if d.lease_s and not d.settled]
+            if not held:
+                continue
+            try:
+                await self._subscription.extend(held)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # a lease already lost comes back: nothing to undo
+                log.warning("consumer %s: renewing leases failed: %s", self.entry_id, err)
 
     def _fail(self, err: BaseException) -> None:
         if self.failed is not None and not self.failed.done():
@@ -197,6 +231,10 @@ class Consumer:
         message = delivery.message
         job = Job(self.entry_id, self.queue.id, None, message, None, delivery.attempt)
         settle = partial(self._settler.settle, job, delivery, started=time.monotonic())
+        if expired(message, time.time()):  # never handed to a handler
+            log.warning("consumer %s: message %s expired (ttl)", self.entry_id, message.id)
+            await settle(Outcome.nack(Reason.EXPIRED, "its queue's ttl ran out"))
+            return
         if self.auto_ack:
             await delivery.ack()
         try:
@@ -262,22 +300,28 @@ class Consumer:
         return outcome
 
     async def stop(self) -> None:
-        """Stop taking deliveries, drain in-flight work, give back everything unfinished."""
+        """Stop taking deliveries, drain in-flight work, give back everything unfinished.
+
+        The subscription closes last: on a connection-bound broker the running
+        handlers' settles need it.
+        """
         self._stopping = True
         if self._fetcher is not None:
             self._fetcher.cancel()
             await asyncio.gather(self._fetcher, return_exceptions=True)
-        if self._subscription is not None:
-            await self._subscription.close()
         while not self._buffer.empty():
             await self._settler.give_back(self._buffer.get_nowait())
         unfinished = await self._drain()
         # settles waiting on the audit write: bounded too
         await self._settler.drain(self.stop_timeout_s)
-        for task in self._tasks:
+        for task in [*self._tasks, *([self._leases] if self._leases else [])]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(
+            *self._tasks, *([self._leases] if self._leases else []), return_exceptions=True
+        )
+        self._tasks, self._leases = [], None
+        if self._subscription is not None:
+            await self._subscription.close()
         await self.handler.close()
         if unfinished:
             raise LifecycleError(

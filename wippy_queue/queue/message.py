@@ -18,6 +18,8 @@ Headers = dict[str, HeaderValue]
 RESERVED_PREFIX = "x_"
 ATTEMPTS = "attempts"
 TIMESTAMP = "timestamp"
+#: unix seconds after which a message of a queue with a ``ttl`` is not handled
+EXPIRES_AT = "x_expires_at"
 
 
 @dataclass(slots=True)
@@ -64,7 +66,22 @@ def user_headers(headers: Mapping[Any, Any] | None) -> Headers:
     return checked
 
 
-def stamp_new(message_id: str | None, body: bytes, headers: Headers) -> Message:
-    """Create a fresh message: an id (UUID4 unless given) and a ``timestamp`` header."""
-    headers[TIMESTAMP] = int(time.time())
+def stamp_new(
+    message_id: str | None, body: bytes, headers: Headers, ttl_s: float | None = None
+) -> Message:
+    """Create a fresh message: an id (UUID4 unless given), a ``timestamp`` header and,
+    for a queue with a ``ttl``, the time it expires."""
+    now = time.time()
+    headers[TIMESTAMP] = int(now)
+    if ttl_s is not None:
+        headers[EXPIRES_AT] = round(now + ttl_s, 3)
     return Message(id=message_id or new_message_id(), body=body, headers=headers)
+
+
+def expired(message: Message, now: float) -> bool:
+    expires_at = message.headers.get(EXPIRES_AT)
+    return (
+        isinstance(expires_at, int | float)
+        and not isinstance(expires_at, bool)
+        and expires_at < now
+    )

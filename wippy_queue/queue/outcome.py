@@ -20,6 +20,7 @@ class Reason(StrEnum):
     PERMISSION_DENIED = "permission_denied"
     FORGED_PROVENANCE = "forged_provenance"
     MIDDLEWARE_ERROR = "middleware_error"
+    EXPIRED = "expired"  # its queue's ttl ran out before a handler took it
 
 
 #: reasons a consumer's policy decided: retried with the deny back-off
@@ -52,3 +53,4 @@ class Action(StrEnum):
     ACK = "ack"
     NACK = "nack"  # back to the queue, attempt counted
     DEAD_LETTER = "dead_letter"
+    DROP = "drop"  # removed unhandled (an expired message with no dead-letter queue)

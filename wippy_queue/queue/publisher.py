@@ -53,7 +53,8 @@ class Publisher:
         queue = self.queue(queue_id)
         if _is_empty(data):
             raise PublishError(f"refusing to publish empty data {data!r} to {queue_id}")
-        message = stamp_new(message_id, queue.codec.encode(data), user_headers(headers))
+        headers = user_headers(headers)
+        message = stamp_new(message_id, queue.codec.encode(data), headers, queue.ttl_s)
         if self._interceptors:
             ctx = context.current()
             for interceptor in self._interceptors:

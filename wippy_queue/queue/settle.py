@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from wippy_queue.queue.driver import Delivery
-from wippy_queue.queue.message import Message
+from wippy_queue.queue.driver import Delivery, LostDelivery
+from wippy_queue.queue.message import EXPIRES_AT, Message
 from wippy_queue.queue.middleware import Job
-from wippy_queue.queue.outcome import DENIALS, Action, Outcome
+from wippy_queue.queue.outcome import DENIALS, Action, Outcome, Reason
 from wippy_queue.queue.queue import Queue
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ class SettleHook(Protocol):
         self, job: Job, outcome: Outcome, action: Action, duration_s: float
     ) -> Awaitable[None] | None: ...
 
+    def lost(self, job: Job, action: Action, error: str) -> None:
+        """The settle could not be done: the broker no longer honours this delivery."""
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -71,6 +74,8 @@ class RetryPolicy:
     def action(self, attempt: int, outcome: Outcome) -> Action:
         if outcome.ack:
             return Action.ACK
+        if outcome.reason == Reason.EXPIRED:  # never retried, whatever the attempt
+            return Action.DEAD_LETTER if self.dead_letter is not None else Action.DROP
         if self.dead_letter is not None and attempt >= self.max_attempts:
             return Action.DEAD_LETTER
         return Action.NACK
@@ -84,17 +89,24 @@ class RetryPolicy:
 
 
 def dead_letter_message(
-    delivery: Delivery, outcome: Outcome, queue_id: str, consumer: str
+    delivery: Delivery, outcome: Outcome, queue_id: str, consumer: str, ttl_s: float | None = None
 ) -> Message:
-    """The copy that goes to the dead-letter queue: same id, body and headers, plus why."""
+    """The copy that goes to the dead-letter queue: same id, body and headers, plus why.
+
+    The original queue's expiry does not follow it: ``ttl_s`` (the dead-letter queue's
+    own) starts afresh.
+    """
     original = delivery.message
-    headers = dict(original.headers)
+    headers = {k: v for k, v in original.headers.items() if k != EXPIRES_AT}
+    now = time.time()
+    if ttl_s is not None:
+        headers[EXPIRES_AT] = round(now + ttl_s, 3)
     headers.update(
         {
             DL_REASON: outcome.reason,
             DL_QUEUE: queue_id,
             DL_CONSUMER: consumer,
-            DL_TIME: time.time(),
+            DL_TIME: now,
             DL_ATTEMPTS: delivery.attempt,
             DL_MESSAGE_ID: original.id,
         }
@@ -107,9 +119,13 @@ def dead_letter_message(
 class Settler:
     """Settles one consumer's deliveries; every path goes through here.
 
-    ``release_credit`` is called once per delivery, when it is settled or given back.
+    ``done`` is called once per delivery, when it is settled, given back or lost.
     ``on_error`` hears of a settle that failed (the broker of the dead-letter queue
-    is down): the message has been given back, the consumer decides what next.
+    is down): the message has been given back, the consumer decides what next. A
+    settle the broker no longer honours (``LostDelivery``: the message comes again)
+    is logged and told to the hooks (the audit trail), and the consumer goes on.
+    Drivers shield their settles from cancellation (the contract suite checks it), so
+    a stop never leaves one half done.
     """
 
     def __init__(
@@ -120,7 +136,7 @@ class Settler:
         *,
         hooks: Sequence[SettleHook] = (),
         auto_ack: bool = False,
-        release_credit: Callable[[], None],
+        done: Callable[[Delivery], None],
         on_error: Callable[[Exception], None],
     ) -> None:
         self.consumer_id = consumer_id
@@ -128,9 +144,9 @@ class Settler:
         self.policy = policy
         self.auto_ack = auto_ack
         self._hooks = tuple(hooks)
-        self._release_credit = release_credit
+        self._done_callback = done
         self._on_error = on_error
-        self._groups: dict[asyncio.Future[Any], list[tuple[Delivery, Outcome, Action]]] = {}
+        self._groups: dict[asyncio.Future[Any], list[_Decided]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         #: deliveries whose settle has begun (their credit is returned by that settle)
         self._taken: set[Delivery] = set()
@@ -143,23 +159,25 @@ class Settler:
         if self.auto_ack:  # acked on delivery, before the handler ran
             self._done(delivery)
             return
-        action = self.policy.action(delivery.attempt, outcome)
-        waits = self._ask_hooks(job, outcome, action, started) if self._hooks else ()
+        decided = _Decided(job, delivery, outcome, self.policy.action(delivery.attempt, outcome))
+        waits = self._ask_hooks(decided, started) if self._hooks else ()
         if isinstance(waits, Exception):  # refused (the audit trail is down)
             log.error(
                 "consumer %s: message %s given back: %s", self.consumer_id, job.message.id, waits
             )
             await self.give_back(delivery)
         elif waits:
-            self._defer(delivery, outcome, action, list(waits))
+            self._defer(decided, list(waits))
         else:  # no hooks, or done (the record is written): settle now
-            await self._apply_or_give_back(delivery, outcome, action)
+            await self._apply_or_give_back(decided)
 
     async def give_back(self, delivery: Delivery) -> None:
         """Back to the queue untried (prefetched, cut off by a stop, refused): no attempt."""
         try:
             if not delivery.settled:
                 await delivery.release()
+        except LostDelivery as err:  # it comes back by itself
+            log.info("consumer %s: %s", self.consumer_id, err)
         finally:
             self._done(delivery)
 
@@ -170,13 +188,14 @@ class Settler:
 
     def _done(self, delivery: Delivery) -> None:
         self._taken.discard(delivery)
-        self._release_credit()
+        self._done_callback(delivery)
 
-    async def _apply_or_give_back(
-        self, delivery: Delivery, outcome: Outcome, action: Action
-    ) -> None:
+    async def _apply_or_give_back(self, decided: _Decided) -> None:
+        delivery = decided.delivery
         try:
-            await self.apply(delivery, outcome, action)
+            await self.apply(delivery, decided.outcome, decided.action)
+        except LostDelivery as err:
+            self._lost(decided, err)
         except Exception as err:
             log.error(
                 "consumer %s: settling message %s failed: %s: %s; it goes back to the queue",
@@ -197,11 +216,34 @@ class Settler:
             return
         self._done(delivery)
 
+    def _lost(self, decided: _Decided, err: LostDelivery) -> None:
+        log.warning(
+            "consumer %s: message %s could not be %s: %s",
+            self.consumer_id,
+            decided.delivery.message.id,
+            "acked" if decided.action is Action.ACK else f"settled ({decided.action})",
+            err,
+            extra={"fields": {"consumer": self.consumer_id, "message_id": decided.job.message.id}},
+        )
+        for hook in self._hooks:
+            try:
+                hook.lost(decided.job, decided.action, str(err))
+            except Exception:
+                log.exception("consumer %s: recording a lost settle failed", self.consumer_id)
+
     async def apply(self, delivery: Delivery, outcome: Outcome, action: Action) -> None:
         if action is Action.ACK:
             await delivery.ack()
         elif action is Action.DEAD_LETTER:
             await self._dead_letter(delivery, outcome)
+        elif action is Action.DROP:
+            log.warning(
+                "consumer %s: message %s dropped unhandled (%s)",
+                self.consumer_id,
+                delivery.message.id,
+                outcome.reason,
+            )
+            await delivery.nack(requeue=False, reason=outcome.reason)
         else:
             delay_s = self.policy.delay_s(delivery.attempt, outcome)
             await delivery.nack(requeue=True, delay_s=delay_s, reason=outcome.reason)
@@ -209,7 +251,7 @@ class Settler:
     async def _dead_letter(self, delivery: Delivery, outcome: Outcome) -> None:
         target = self.policy.dead_letter
         assert target is not None
-        copy = dead_letter_message(delivery, outcome, self.queue.id, self.consumer_id)
+        copy = dead_letter_message(delivery, outcome, self.queue.id, self.consumer_id, target.ttl_s)
         # Publish first, then ack: a crash in between duplicates, never loses.
         await target.put(copy)
         await delivery.ack()
@@ -222,24 +264,20 @@ class Settler:
             extra={"fields": {"queue": self.queue.id, "message_id": copy.id}},
         )
 
-    def _ask_hooks(
-        self, job: Job, outcome: Outcome, action: Action, started: float
-    ) -> list[Awaitable[None]] | Exception:
+    def _ask_hooks(self, decided: _Decided, started: float) -> list[Awaitable[None]] | Exception:
         """Ask every settle hook (the audit record): what is left to wait for, or why not."""
         duration_s = time.monotonic() - started
         waits = []
         try:
             for hook in self._hooks:
-                wait = hook.before_settle(job, outcome, action, duration_s)
+                wait = hook.before_settle(decided.job, decided.outcome, decided.action, duration_s)
                 if wait is not None:
                     waits.append(wait)
         except Exception as err:
             return err
         return waits
 
-    def _defer(
-        self, delivery: Delivery, outcome: Outcome, action: Action, waits: list[Awaitable[None]]
-    ) -> None:
+    def _defer(self, decided: _Decided, waits: list[Awaitable[None]]) -> None:
         # Pipelined: the worker takes its next message while the hooks (an audit write
         # waiting for its fsync, group-committed with other workers' records) finish.
         first = waits[0] if len(waits) == 1 else None
@@ -253,7 +291,7 @@ class Settler:
         if group is None:
             group = self._groups[future] = []
             future.add_done_callback(self._ready)
-        group.append((delivery, outcome, action))
+        group.append(decided)
 
     def _ready(self, future: asyncio.Future[Any]) -> None:
         items = self._groups.pop(future, [])
@@ -261,23 +299,21 @@ class Settler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _settle_group(
-        self, future: asyncio.Future[Any], items: list[tuple[Delivery, Outcome, Action]]
-    ) -> None:
+    async def _settle_group(self, future: asyncio.Future[Any], items: list[_Decided]) -> None:
         error = None if future.cancelled() else future.exception()
-        for delivery, outcome, action in items:
+        for decided in items:
             self.pending -= 1
             if future.cancelled() or error is not None:
                 # e.g. the audit trail cannot be written: nothing is acked unaudited
                 log.error(
                     "consumer %s: message %s given back unsettled: %s",
                     self.consumer_id,
-                    delivery.message.id,
+                    decided.delivery.message.id,
                     error or "cancelled",
                 )
-                await self.give_back(delivery)
+                await self.give_back(decided.delivery)
             else:
-                await self._apply_or_give_back(delivery, outcome, action)
+                await self._apply_or_give_back(decided)
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (bounded) for every deferred settle; give back whatever is still waiting."""
@@ -289,3 +325,13 @@ class Settler:
         await asyncio.sleep(0)  # let the done callbacks schedule their tasks
         if self._tasks:
             await asyncio.wait(set(self._tasks))
+
+
+@dataclass(slots=True)
+class _Decided:
+    """A delivery whose outcome, and what settling it does, are decided."""
+
+    job: Job
+    delivery: Delivery
+    outcome: Outcome
+    action: Action

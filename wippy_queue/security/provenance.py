@@ -1,8 +1,9 @@
 """Who published a message: a stamp in reserved headers, HMAC-signed when a key is set.
 
 The signature covers the message id, the queue, the body and every header except
-the signature itself and the ``x_dead_letter_*`` headers added when a message is
-dead-lettered, in the canonical envelope encoding every driver stores. A message
+the signature itself, the ``x_dead_letter_*`` headers added when a message is
+dead-lettered and the ttl expiry, in the canonical envelope encoding every driver
+stores. A message
 whose stamp does not verify is forged: it is denied, never handled.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 from wippy_queue.identity import Actor
 from wippy_queue.queue.envelope import signed_bytes
-from wippy_queue.queue.message import Message
+from wippy_queue.queue.message import EXPIRES_AT, Message
 from wippy_queue.queue.settle import DL_QUEUE
 
 PUBLISHER = "x_publisher"
@@ -38,8 +39,9 @@ ANONYMOUS = Provenance(None, None)
 
 
 def _unsigned(key: str) -> bool:
-    """Headers a signature does not cover: itself and the dead-letter bookkeeping."""
-    return key == SIGNATURE or key.startswith(_UNSIGNED_PREFIX)
+    """Headers a signature does not cover: itself, the dead-letter bookkeeping and the
+    ttl expiry (which a dead-letter queue sets afresh)."""
+    return key in (SIGNATURE, EXPIRES_AT) or key.startswith(_UNSIGNED_PREFIX)
 
 
 def _digest(mac: hmac.HMAC, message: Message, queue_id: str) -> str:
