@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 from typing import Any
 
 import pytest
-from test_lua_helpers import World, lua_handler, one_call, run
+from test_lua_helpers import World, lua_handler, one_call, program, run
 
 from wippy_queue.functions.lua.config import LuaLimits
+from wippy_queue.functions.lua.handler import LuaHandler
+from wippy_queue.functions.lua.host import Host
+from wippy_queue.functions.lua.modules import BUILTIN_MODULES, HostFunctions, ModuleSpec
 from wippy_queue.functions.lua.program import LuaHandlerError, LuaLimitError
 
 SMALL = LuaLimits(instructions=1_000_000, memory_mb=16)
@@ -87,7 +91,7 @@ def test_an_exceeded_memory_limit_cannot_be_caught(
     caplog.set_level(logging.INFO, logger="wippy_queue.lua")
     lua = f"return function() {catch} print('survived') end"
     with pytest.raises(LuaLimitError, match="more than its memory limit of 16 MB"):
-        run(one_call(lua, limits=SMALL), timeout_s=BOUND_S)
+        run(one_call(lua, limits=ROOMY), timeout_s=BOUND_S)
     assert survivors(caplog) == []
 
 
@@ -139,6 +143,25 @@ def test_a_timed_out_handler_cannot_catch_its_cancellation(
     states, acked = run(go(), timeout_s=BOUND_S)
     assert survivors(caplog) == []
     assert acked and states == 2  # the cancelled state was replaced
+
+
+# -- C loops the hook cannot see ------------------------------------------------------------
+
+C_LOOPS = {
+    "string.rep of an empty string": 'string.rep("", 2^31 - 1)',
+    "a plain find of a long needle": (
+        'local s = string.rep("a", 2^20) string.find(s, s:sub(2) .. "b", 1, true)'
+    ),
+    "collectgarbage in a loop": "local t = {} for i = 1, 5e4 do t[i] = {} end "
+    "while true do collectgarbage() end",
+}
+
+
+@pytest.mark.parametrize("code", C_LOOPS.values(), ids=C_LOOPS.keys())
+def test_c_loops_the_hook_cannot_see_are_charged(code: str) -> None:
+    lua = f"return function() {code} return 'survived' end"
+    with pytest.raises(LuaLimitError, match="stopped after 1,000,000 Lua instructions"):
+        run(one_call(lua, limits=SMALL), timeout_s=BOUND_S)
 
 
 # -- memory: one ceiling per call -------------------------------------------------------------
@@ -242,3 +265,43 @@ def test_copies_are_charged_to_the_instruction_budget() -> None:
     limits = LuaLimits(instructions=10_000_000, memory_mb=16)
     with pytest.raises(LuaLimitError, match="stopped after 10,000,000 Lua instructions"):
         run(one_call(lua, modules=["json"], limits=limits), timeout_s=BOUND_S)
+
+
+# -- a call that cannot be stopped: the consumer keeps its capacity ------------------------------
+
+STUCK_SHIM = """
+return function(host)
+  return {wait = function() host.wait() end}
+end
+"""
+
+
+def test_a_call_that_does_not_stop_gives_up_its_thread(caplog: pytest.LogCaptureFixture) -> None:
+    # stands for any work the hook cannot reach: a module function deaf to cancellation
+    release = threading.Event()
+
+    def host(h: Host) -> HostFunctions:
+        return {"wait": h.guard("stuck.wait", lambda: release.wait(BOUND_S))}
+
+    lua = 'local stuck = require("stuck") return function(b) if b.stuck then stuck.wait() end end'
+
+    async def go() -> Any:
+        modules = {**BUILTIN_MODULES, "stuck": ModuleSpec(STUCK_SHIM, host)}
+        handler = LuaHandler(program(lua, modules=["stuck"]), modules=modules, stop_grace_s=0.05)
+        world = await World().start()
+        await handler.start(concurrency=1)
+        try:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await world.call(handler, {"stuck": True})
+            # served by the thread that replaces the stuck one, after the grace
+            _, outcome = await world.call(handler, {})
+            return outcome.ack, release.is_set()
+        finally:
+            release.set()
+            await handler.close()
+
+    caplog.set_level(logging.WARNING, logger="wippy_queue.functions.threads")
+    acked, released = run(go(), timeout_s=BOUND_S)
+    assert acked and not released
+    assert any("outlived its caller" in r.getMessage() for r in caplog.records)

@@ -16,13 +16,14 @@ HOOK_STEP = 1000
 CHECK_TICKS = 100_000
 
 PRELUDE = r"""
-local check, print_host, lift_memory_limit, STEP, CHECK_TICKS, CANCELLED = ...
+local check, print_host, lift_memory_limit, STEP, CHECK_TICKS, CANCELLED, MATCHER,
+  FUNCTIONS = ...
 local sethook, traceback = debug.sethook, debug.traceback
 local loadstring, setfenv = loadstring, setfenv
 local setmetatable, getmetatable = setmetatable, getmetatable
 local type, error, pairs, ipairs, select, tostring, rawget, xpcall, pcall, unpack =
   type, error, pairs, ipairs, select, tostring, rawget, xpcall, pcall, unpack
-local collectgarbage, assert = collectgarbage, assert
+local collectgarbage, assert, tonumber, floor = collectgarbage, assert, tonumber, math.floor
 local co_create, co_resume = coroutine.create, coroutine.resume
 local byte, format, concat, sort = string.byte, string.format, table.concat, table.sort
 
@@ -30,7 +31,8 @@ local byte, format, concat, sort = string.byte, string.format, table.concat, tab
 -- ctl.stop, once set, ends the call: every protected call below re-raises it, so no
 -- pcall, xpcall or coroutine of the handler can catch it (nor a memory error).
 local NO_MEMORY = "not enough memory"
-local ctl = {budget = 0, ticks = 0, owed = 0, stop = false}
+-- (no budget until the first call: setting the state up runs only our own code)
+local ctl = {budget = math.huge, ticks = 0, owed = 0, stop = false}
 local hook
 
 local function halt()
@@ -105,6 +107,20 @@ end
 
 local array_mt = {}  -- marks tables made from Python lists: {} stays [] on the way back
 local string_lib = copy(string, {dump = true})
+-- pattern functions run in Lua (patterns.py); C loops the hook cannot see are charged
+local matcher = assert(loadstring(MATCHER, "=patterns"))(charge, string)
+local patterns = assert(loadstring(FUNCTIONS, "=patterns"))(charge, string, matcher)
+for _, name in ipairs({"find", "match", "gmatch", "gsub"}) do string_lib[name] = patterns[name] end
+local C = {rep = string.rep}
+string_lib.rep = function(s, n)
+  local count, ts = tonumber(n), type(s)
+  if count and count > 0 and (ts == "string" or ts == "number") then
+    local size = #tostring(s)  -- the memory limit bounds the bytes, not a loop over ""
+    charge(floor(size == 0 and count or count * size / 16))
+  end
+  local r = C.rep(s, n)
+  return r
+end
 getmetatable("").__index = string_lib
 getmetatable("").__metatable = "string"
 
@@ -129,6 +145,9 @@ base.getmetatable = function(v)
   return getmetatable(v)
 end
 base.collectgarbage = function(opt, arg)
+  if opt == nil or opt == "collect" or opt == "step" then
+    charge(floor(collectgarbage("count") * 64))  -- a full cycle walks the whole heap
+  end
   if opt == nil or opt == "collect" or opt == "count" or opt == "step" then
     return collectgarbage(opt, arg)
   end

@@ -18,6 +18,8 @@ from wippy_queue.functions.lua.convert import Converter, describe
 from wippy_queue.functions.lua.host import CANCELLED, CallToken, Host
 from wippy_queue.functions.lua.memory import NO_MEMORY, Memory
 from wippy_queue.functions.lua.modules import ModuleSpec
+from wippy_queue.functions.lua.pattern_functions import FUNCTIONS
+from wippy_queue.functions.lua.patterns import MATCHER
 from wippy_queue.functions.lua.prelude import CHECK_TICKS, HOOK_STEP, PRELUDE
 from wippy_queue.functions.lua.program import (
     LuaHandlerError,
@@ -60,7 +62,16 @@ class LuaState:
         print_ = self._callback(self._print)
         lift = self.memory.lift
         api = runtime.execute(
-            PRELUDE, check, print_, lift, HOOK_STEP, CHECK_TICKS, CANCELLED, name="prelude"
+            PRELUDE,
+            check,
+            print_,
+            lift,
+            HOOK_STEP,
+            CHECK_TICKS,
+            CANCELLED,
+            MATCHER,
+            FUNCTIONS,
+            name="prelude",
         )
         self.convert = Converter(runtime, api, self.memory)
         self.host = self._host = Host(program.entry_id, runtime, self.convert, self.memory, api.ctl)
