@@ -154,6 +154,10 @@ C_LOOPS = {
     ),
     "collectgarbage in a loop": "local t = {} for i = 1, 5e4 do t[i] = {} end "
     "while true do collectgarbage() end",
+    "table.sort in a loop": "local t = {} for i = 1, 1e5 do t[i] = i end "
+    "while true do table.sort(t) end",
+    "table.insert at the front": "local t = {} for i = 1, 1e5 do t[i] = i end "
+    "while true do table.insert(t, 1, 0) table.remove(t, 1) end",
 }
 
 
@@ -162,6 +166,34 @@ def test_c_loops_the_hook_cannot_see_are_charged(code: str) -> None:
     lua = f"return function() {code} return 'survived' end"
     with pytest.raises(LuaLimitError, match="stopped after 1,000,000 Lua instructions"):
         run(one_call(lua, limits=SMALL), timeout_s=BOUND_S)
+
+
+def test_a_timeout_stops_a_loop_of_slow_instructions() -> None:
+    # few instructions, each copying megabytes: cancellation is checked by time too
+    lua = """
+        return function(b)
+            if b.ok then return true end
+            local s = string.rep("x", 2 * 1024 * 1024)
+            while true do local t = s .. s .. s .. s end  -- one instruction: 8 MB copied
+        end
+    """
+
+    async def go() -> bool:
+        limits = LuaLimits(instructions=10**12, memory_mb=1024)
+        # no giving up on the thread: the call itself must stop
+        handler = LuaHandler(program(lua, limits=limits), stop_grace_s=BOUND_S)
+        world = await World().start()
+        await handler.start(concurrency=1)
+        try:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await world.call(handler, {})
+            _, outcome = await world.call(handler, {"ok": True})  # once the first stopped
+            return outcome.ack
+        finally:
+            await handler.close()
+
+    assert run(go(), timeout_s=BOUND_S)
 
 
 # -- memory: one ceiling per call -------------------------------------------------------------

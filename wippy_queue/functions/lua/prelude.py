@@ -23,7 +23,9 @@ local loadstring, setfenv = loadstring, setfenv
 local setmetatable, getmetatable = setmetatable, getmetatable
 local type, error, pairs, ipairs, select, tostring, rawget, xpcall, pcall, unpack =
   type, error, pairs, ipairs, select, tostring, rawget, xpcall, pcall, unpack
-local collectgarbage, assert, tonumber, floor = collectgarbage, assert, tonumber, math.floor
+local collectgarbage, assert, tonumber, floor, log = collectgarbage, assert, tonumber,
+  math.floor, math.log
+local now = os.time  -- cheap (a second's resolution): cancellation is also checked by time
 local co_create, co_resume = coroutine.create, coroutine.resume
 local byte, format, concat, sort = string.byte, string.format, table.concat, table.sort
 
@@ -32,7 +34,7 @@ local byte, format, concat, sort = string.byte, string.format, table.concat, tab
 -- pcall, xpcall or coroutine of the handler can catch it (nor a memory error).
 local NO_MEMORY = "not enough memory"
 -- (no budget until the first call: setting the state up runs only our own code)
-local ctl = {budget = math.huge, ticks = 0, owed = 0, stop = false}
+local ctl = {budget = math.huge, ticks = 0, owed = 0, stop = false, second = 0}
 local hook
 
 local function halt()
@@ -40,7 +42,9 @@ local function halt()
   error(ctl.stop, 0)
 end
 
--- Spend `cost` instructions of the budget; every CHECK_TICKS asks Python to cancel.
+-- Spend `cost` instructions of the budget. Python is asked whether to cancel every
+-- CHECK_TICKS, and at least once a second: instructions that each copy megabytes
+-- (`..` of long strings) are few but slow.
 local function charge(cost)
   if not ctl.stop then
     local budget = ctl.budget - cost
@@ -48,9 +52,9 @@ local function charge(cost)
     if budget <= 0 then
       ctl.stop = "instruction limit exceeded"
     else
-      local ticks = ctl.ticks + cost
-      if ticks >= CHECK_TICKS then
-        ticks = 0
+      local ticks, second = ctl.ticks + cost, now()
+      if ticks >= CHECK_TICKS or second ~= ctl.second then
+        ticks, ctl.second = 0, second
         if check() then ctl.stop = CANCELLED end
       end
       ctl.ticks = ticks
@@ -126,11 +130,28 @@ getmetatable("").__metatable = "string"
 
 local base = {
   assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
-  pcall = pcall, rawequal = rawequal, rawget = rawget, rawset = rawset, select = select,
-  tonumber = tonumber, tostring = tostring, type = type, unpack = unpack, xpcall = xpcall,
+  rawequal = rawequal, rawget = rawget, rawset = rawset, select = select,
+  tonumber = tonumber, tostring = tostring, type = type, unpack = unpack,
   setmetatable = setmetatable, _VERSION = _VERSION,
   string = string_lib, table = copy(table), math = copy(math),
 }
+-- table functions that loop in C over a whole table are charged what they will do
+local T = {sort = table.sort, insert = table.insert, remove = table.remove}
+local function length(t) return type(t) == "table" and #t or 0 end
+base.table.sort = function(t, less)
+  local n = length(t)
+  if n > 1 then charge(floor(n * log(n) / log(2))) end
+  T.sort(t, less)
+end
+base.table.insert = function(t, ...)  -- at a position: moves the items after it
+  if select("#", ...) > 1 then charge(length(t)) end
+  T.insert(t, ...)
+end
+base.table.remove = function(t, ...)
+  if select("#", ...) > 0 then charge(length(t)) end
+  local r = T.remove(t, ...)
+  return r
+end
 base.pcall = function(f, ...) return relay(pcall(f, ...)) end
 -- An error raised inside the hook runs the message handler with hooks off: a user
 -- handler that loops would never be stopped. Once a call is stopped, skip it.
