@@ -14,8 +14,9 @@ local byte, sub, char, c_find, concat = string.byte, string.sub, string.char, st
   table.concat
 local type, tostring, tonumber, error, floor, pcall, select, format = type, tostring,
   tonumber, error, math.floor, pcall, select, string.format
-local match, capture, captures, state, fail, MINE, SPECIALS = matcher.match, matcher.capture,
-  matcher.captures, matcher.state, matcher.fail, matcher.MINE, matcher.SPECIALS
+local match, capture, captures, state, fail, class_end, MINE, SPECIALS = matcher.match,
+  matcher.capture, matcher.captures, matcher.state, matcher.fail, matcher.class_end,
+  matcher.MINE, matcher.SPECIALS
 
 local function is_text(v)
   local t = type(v)
@@ -47,6 +48,29 @@ local function start_of(init, slen)
   return init
 end
 
+-- A pattern whose first item must match one character (a character, class or set,
+-- alone or with '+') cannot match where that item does not: C finds the next place
+-- it does (one item, no backtracking: a linear scan), instead of a match tried at
+-- every position. Returns that item as a C pattern (and whether it is plain), or nil.
+local function leader(ms, pi)
+  local p = ms.p
+  local c, d = byte(p, pi), byte(p, pi + 1)
+  if c == nil or c == 40 or c == 41 or c == 36 then return nil end
+  if c == 37 and (d == 98 or d == 102 or (d and d >= 48 and d <= 57)) then return nil end
+  local ep = class_end(ms, pi)
+  local q = byte(p, ep)
+  if q == 42 or q == 63 or q == 45 then return nil end
+  local plain = c ~= 37 and c ~= 91 and c ~= 46
+  return sub(p, pi, ep - 1), plain
+end
+
+-- The next position at or after si where the leading item matches (nil: none).
+local function skip(ms, item, plain, si)
+  local at = c_find(ms.s, item, si, plain)
+  charge(floor(((at or ms.slen) - si) / 16))
+  return at
+end
+
 local function find_aux(name, given, s, p, init, plain)
   local i = tonumber(init)
   s, p = texts(name, s, p, given)
@@ -62,7 +86,13 @@ local function find_aux(name, given, s, p, init, plain)
   end
   local anchor = byte(ms.p, 1) == 94
   local pi = anchor and 2 or 1
+  local lead, lead_plain
+  if not anchor then lead, lead_plain = leader(ms, pi) end
   repeat
+    if lead then
+      si = skip(ms, lead, lead_plain, si)
+      if not si then return nil end
+    end
     ms.level = 0
     local e = match(ms, si, pi)
     if e then
@@ -95,9 +125,20 @@ end
 
 local function gmatch(given, s, p)
   s, p = texts("gmatch", s, p, given)
-  local ms, si = state(s, p), 1
+  local ms, si, lead, lead_plain = state(s, p), 1, nil, nil
   local function step()
+    if lead == nil then  -- not before the first call: C raises pattern errors only then
+      local item, plain = leader(ms, 1)
+      lead, lead_plain = item or false, plain
+    end
     while si <= ms.slen + 1 do
+      if lead then
+        si = skip(ms, lead, lead_plain, si)
+        if not si then
+          si = ms.slen + 2
+          return
+        end
+      end
       ms.level = 0
       local start, e = si, match(ms, si, 1)
       if e then
@@ -165,7 +206,7 @@ local function gsub(given, s, p, repl, n)
   max_n = max_n and int(max_n) or slen + 1
   local anchor = byte(ms.p, 1) == 94
   local pi = anchor and 2 or 1
-  local out, count, si, copied = {}, 0, 1, 1
+  local out, count, si, copied, lead, lead_plain = {}, 0, 1, 1, nil, nil
   while count < max_n do
     ms.level = 0
     local e = match(ms, si, pi)
@@ -175,14 +216,19 @@ local function gsub(given, s, p, repl, n)
       out[#out + 1] = value(ms, si, e, repl, kind)
       copied = e
     end
+    if anchor then break end
     if e and e > si then
       si = e
     elseif si <= slen then
       si = si + 1
+      if lead == nil then  -- after a first try, as C raises pattern errors then
+        local item, plain = leader(ms, pi)
+        lead, lead_plain = item or false, plain
+      end
+      if lead and si <= slen then si = skip(ms, lead, lead_plain, si) or slen + 1 end
     else
       break
     end
-    if anchor then break end
   end
   out[#out + 1] = sub(s, copied)
   return concat(out), count

@@ -105,9 +105,17 @@ end
 
 local match
 
+-- The longest run of the item p[pi..ep-1] is counted in C: "^item*" alone cannot
+-- backtrack (a linear scan), and it is charged as such.
 local function max_expand(ms, si, pi, ep)
-  local s, p, slen, i = ms.s, ms.p, ms.slen, 0
-  while si + i <= slen and single(byte(s, si + i), p, pi, ep) do i = i + 1 end
+  local run = ms.runs[pi]
+  if not run then
+    run = "^" .. sub(ms.p, pi, ep - 1) .. "*"
+    ms.runs[pi] = run
+  end
+  local _, last = c_find(ms.s, run, si)
+  local i = last - si + 1
+  charge(floor(i / 16))
   while i >= 0 do
     local res = match(ms, si + i, ep + 1)
     if res then return res end
@@ -253,9 +261,9 @@ end
 local function state(s, p)
   local nul = c_find(p, "\0", 1, true)  -- C stops reading a pattern at a zero byte
   if nul then p = sub(p, 1, nul - 1) end
-  return {s = s, slen = #s, p = p, plen = #p, level = 0, init = {}, len = {}}
+  return {s = s, slen = #s, p = p, plen = #p, level = 0, init = {}, len = {}, runs = {}}
 end
 
 return {match = match, capture = capture, captures = captures, state = state, fail = fail,
-        MINE = MINE, SPECIALS = SPECIALS}
+        class_end = class_end, MINE = MINE, SPECIALS = SPECIALS}
 """
