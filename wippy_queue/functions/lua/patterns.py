@@ -3,10 +3,12 @@
 The C matcher (``string.find``/``match``/``gmatch``/``gsub``) backtracks without
 bound inside one C call: ``("a"):rep(40):find(("a*"):rep(40) .. "b")`` would hold
 its thread for ever, out of reach of the instruction limit and of cancellation, and
-a long enough pattern overflows the C stack. This chunk is a line-by-line port of
-Lua 5.1.5's ``lstrlib.c`` matcher (same results, captures and error messages), run
-as ordinary Lua: every step is counted, so a runaway pattern is stopped like a
+a long enough pattern overflows the C stack. This chunk is a port of Lua 5.1.5's
+``lstrlib.c`` matcher (same results, captures and error messages), run as ordinary
+Lua: every backtracking step is counted, so a runaway pattern is stopped like a
 runaway loop (and a pattern too deep for Lua's stack is a "stack overflow" error).
+Only single items, which cannot backtrack, go to C (a quantified item's longest
+run, the next place a pattern can start): linear scans, charged as such.
 
 Errors are C's, word for word, and name the caller's line as C does, except after a
 tail call (``return s:match(p)``: no line) and in an argument error of a method call
