@@ -6,6 +6,12 @@ plain blocking code: ``time.sleep`` blocks only that thread and wakes early on
 cancellation, ``queue.publish`` hands the publish to the event loop and waits.
 lupa releases the GIL while Lua runs, so the loop and other workers keep going.
 Each thread lazily builds its own Lua state; no state is ever shared.
+
+A cancelled call normally stops within microseconds (at its next hook, sleep or
+publish). One that is still running ``STOP_GRACE_S`` later is stuck in something
+the hook cannot reach (a long C function, a module blocked elsewhere): its thread
+is abandoned and replaced, so the consumer keeps its capacity, and a warning says so
+(see ``HandlerThreads``).
 """
 
 from __future__ import annotations
@@ -27,15 +33,23 @@ from wippy_queue.queue.handler import Handler
 
 log = logging.getLogger(__name__)
 
+#: how long a cancelled call has to stop before its thread is given up on
+STOP_GRACE_S = 1.0
+
 
 class LuaHandler(Handler):
     """One consumer's Lua handler: ``states`` threads, each with its own Lua state."""
 
     def __init__(
-        self, program: Program, *, modules: Mapping[str, ModuleSpec] = BUILTIN_MODULES
+        self,
+        program: Program,
+        *,
+        modules: Mapping[str, ModuleSpec] = BUILTIN_MODULES,
+        stop_grace_s: float = STOP_GRACE_S,
     ) -> None:
         super().__init__(program.entry_id)
         self.program = program
+        self._stop_grace_s = stop_grace_s
         self._modules = modules
         self._threads: HandlerThreads | None = None
         self._local = threading.local()
@@ -51,7 +65,8 @@ class LuaHandler(Handler):
             return
         size = self.program.config.states(concurrency)
         self._local = threading.local()
-        self._threads = HandlerThreads(size, "lua-" + self.entry_id.replace(":", "-"))
+        name = "lua-" + self.entry_id.replace(":", "-")
+        self._threads = HandlerThreads(size, name, replace_abandoned=True)
         try:
             await self._threads.submit(self._state)
         except BaseException:
@@ -68,12 +83,18 @@ class LuaHandler(Handler):
     async def call(self, data: Any) -> Any:
         if self._threads is None:
             raise HandlerError(f"{self.entry_id}: the Lua handler is not started")
+        threads = self._threads
         token = CallToken()
         self._tokens.add(token)
+        future = threads.submit(self._run, token, data)
         try:
-            return await self._threads.submit(self._run, token, data)
+            return await future
         except asyncio.CancelledError:
             token.cancel()  # the Lua call stops at its next hook, sleep or publish
+            # ...or its thread is given up on, if it has not stopped by then
+            asyncio.get_running_loop().call_later(
+                self._stop_grace_s, threads.stopped_waiting, future
+            )
             raise
         finally:
             self._tokens.discard(token)

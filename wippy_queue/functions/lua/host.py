@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from wippy_queue.errors import SettleError
-from wippy_queue.functions.lua.convert import Converter
-from wippy_queue.functions.lua.memory import Memory
+from wippy_queue.functions.lua.convert import NODE_COST, Converter, ValueTooLarge
+from wippy_queue.functions.lua.memory import NO_MEMORY, Memory
 from wippy_queue.queue import context
 from wippy_queue.queue.handle import MessageHandle
 
@@ -68,10 +68,17 @@ class CallToken:
 
 
 class Host:
-    """Per Lua state: its converter, memory guard, log, the running call and its messages."""
+    """Per Lua state: its converter, memory guard, log, the running call and its messages.
 
-    def __init__(self, entry_id: str, runtime: Any, converter: Converter, memory: Memory) -> None:
+    ``ctl`` is the prelude's control table: a module function that finds the call over
+    a limit sets ``ctl.stop`` and the prelude ends the call as the function returns.
+    """
+
+    def __init__(
+        self, entry_id: str, runtime: Any, converter: Converter, memory: Memory, ctl: Any
+    ) -> None:
         self.entry_id = entry_id
+        self._ctl = ctl
         self.convert = converter
         self.memory = memory
         self._runtime = runtime
@@ -97,20 +104,38 @@ class Host:
     def guard(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         """Wrap a module function for Lua: it runs with the memory limit lifted, never
         raises into Lua (its bugs come back as ``false, err``) and returns its values
-        packed in one Lua table built before the limit is restored."""
+        packed in one Lua table built before the limit is restored. The values it
+        copied are charged to the call; a call it leaves over a limit is stopped."""
 
         def wrapper(*args: Any) -> Any:
             with self.memory.unlimited():
+                over = None
                 try:
                     values = fn(*args)
+                except ValueTooLarge as err:
+                    over = f"{name}: {err}"
+                    values = (False, over)
                 except Exception as err:
                     log.exception("Lua module function %s failed", name)
                     values = (False, f"{name} failed: {type(err).__name__}: {err}")
                 if not isinstance(values, tuple):
                     values = (values,)
+                self._settle(over)
                 return self._runtime.table_from(values)
 
         return wrapper
+
+    def _settle(self, over: str | None) -> None:
+        """After a module function: charge its copies; stop the call if it went over a
+        limit (``over``: a value too large) or was cancelled."""
+        copied, self.convert.copied = self.convert.copied, 0
+        self._ctl["owed"] = copied * NODE_COST
+        if self.memory.exceeded:
+            over = NO_MEMORY
+        elif self.token.cancelled:
+            over = over or CANCELLED
+        if over and not self._ctl["stop"]:
+            self._ctl["stop"] = over
 
     def add_handle(self, handle: MessageHandle) -> int:
         self._next_handle += 1

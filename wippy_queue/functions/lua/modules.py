@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wippy_queue.errors import SettleError, WippyQueueError
+from wippy_queue.functions.lua.convert import BYTES_PER_NODE
 from wippy_queue.functions.lua.host import CANCELLED, Host
 from wippy_queue.functions.lua.program import LuaValueError
 from wippy_queue.queue import context
@@ -72,6 +73,13 @@ def _json_host(host: Host) -> HostFunctions:
     def decode(text: Any) -> tuple[bool, Any]:
         if not isinstance(text, str):
             return False, f"json.decode: expected a JSON string, got {_lua_kind(text)}"
+        size, left = len(text.encode()), host.memory.left
+        if 0 <= left < size:  # its Lua copy would not fit; Python's would be bigger still
+            return False, (
+                f"json.decode: the text ({size:,} bytes) is larger than the memory this "
+                f"call has left ({left:,} bytes of limits.memory_mb)"
+            )
+        host.convert.copied += size // BYTES_PER_NODE
         try:
             data = json.loads(text)
         except ValueError as err:

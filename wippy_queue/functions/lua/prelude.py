@@ -12,49 +12,94 @@ from __future__ import annotations
 
 #: Instructions between two runs of the count hook.
 HOOK_STEP = 1000
-#: Hook runs between two cancellation checks (a call into Python).
-CHECK_EVERY = 100
+#: Instructions (and charged work) between two cancellation checks (a call into Python).
+CHECK_TICKS = 100_000
 
 PRELUDE = r"""
-local check, print_host, lift_memory_limit, STEP, CHECK_EVERY, CANCELLED = ...
+local check, print_host, lift_memory_limit, STEP, CHECK_TICKS, CANCELLED, MATCHER,
+  FUNCTIONS = ...
 local sethook, traceback = debug.sethook, debug.traceback
 local loadstring, setfenv = loadstring, setfenv
 local setmetatable, getmetatable = setmetatable, getmetatable
 local type, error, pairs, ipairs, select, tostring, rawget, xpcall, pcall, unpack =
   type, error, pairs, ipairs, select, tostring, rawget, xpcall, pcall, unpack
-local collectgarbage, assert = collectgarbage, assert
+local collectgarbage, assert, tonumber, floor, log = collectgarbage, assert, tonumber,
+  math.floor, math.log
+local now = os.time  -- cheap (a second's resolution): cancellation is also checked by time
 local co_create, co_resume = coroutine.create, coroutine.resume
 local byte, format, concat, sort = string.byte, string.format, table.concat, table.sort
-local function pack(...) return {n = select("#", ...), ...} end
 
 -- instruction budget, cancellation ---------------------------------------------------
-local ctl = {budget = 0, ticks = 0, stop = nil}
+-- ctl.stop, once set, ends the call: every protected call below re-raises it, so no
+-- pcall, xpcall or coroutine of the handler can catch it (nor a memory error).
+local NO_MEMORY = "not enough memory"
+-- (no budget until the first call: setting the state up runs only our own code)
+local ctl = {budget = math.huge, ticks = 0, owed = 0, stop = false, second = 0}
 local hook
-hook = function()
-  local stop = ctl.stop
-  if stop then error(stop, 0) end
-  local budget = ctl.budget - STEP
-  ctl.budget = budget
-  if budget <= 0 then
-    ctl.stop = "instruction limit exceeded"
-  else
-    local ticks = ctl.ticks + 1
-    if ticks >= CHECK_EVERY then
-      ticks = 0
-      if check() then ctl.stop = CANCELLED end
-    end
-    ctl.ticks = ticks
-  end
-  if ctl.stop then
-    sethook(hook, "", 1)  -- from now on every instruction fails: no pcall can swallow it
-    error(ctl.stop, 0)
-  end
+
+local function halt()
+  sethook(hook, "", 1)  -- from now on every instruction of this thread fails too
+  error(ctl.stop, 0)
 end
+
+-- Spend `cost` instructions of the budget. Python is asked whether to cancel every
+-- CHECK_TICKS, and at least once a second: instructions that each copy megabytes
+-- (`..` of long strings) are few but slow.
+local function charge(cost)
+  if not ctl.stop then
+    local budget = ctl.budget - cost
+    ctl.budget = budget
+    if budget <= 0 then
+      ctl.stop = "instruction limit exceeded"
+    else
+      local ticks, second = ctl.ticks + cost, now()
+      if ticks >= CHECK_TICKS or second ~= ctl.second then
+        ticks, ctl.second = 0, second
+        if check() then ctl.stop = CANCELLED end
+      end
+      ctl.ticks = ticks
+    end
+  end
+  if ctl.stop then halt() end
+end
+
+hook = function() charge(STEP) end
 sethook(hook, "", STEP)
 
-local function hooked(co)
-  sethook(co, hook, "", STEP)  -- hooks are per coroutine in Lua 5.1
+-- What comes back from a protected call: a stop (or memory error) goes on up.
+local function relay(ok, ...)
+  if not ok and not ctl.stop and (...) == NO_MEMORY then ctl.stop = NO_MEMORY end
+  if ctl.stop then halt() end
+  return ok, ...
+end
+
+-- Hooks are per coroutine in Lua 5.1 and a fresh coroutine's count starts at zero, so
+-- its first STEP instructions are paid for up front: short-lived coroutines cannot
+-- run uncounted.
+local function new_coroutine(f)
+  charge(STEP)
+  local co = co_create(f)
+  sethook(co, hook, "", STEP)
   return co
+end
+
+-- A host (Python) function: it may have owed work to the budget, or stopped the call.
+local function metered(fn)
+  return function(...)
+    local r = fn(...)
+    local owed = ctl.owed
+    if owed > 0 then
+      ctl.owed = 0
+      charge(owed)
+    end
+    if ctl.stop then halt() end
+    return r
+  end
+end
+
+local function rethrow(ok, ...)
+  if not ok then error((...), 0) end
+  return ...
 end
 
 -- the safe base environment --------------------------------------------------------
@@ -66,29 +111,64 @@ end
 
 local array_mt = {}  -- marks tables made from Python lists: {} stays [] on the way back
 local string_lib = copy(string, {dump = true})
+-- pattern functions run in Lua (patterns.py); C loops the hook cannot see are charged
+local matcher = assert(loadstring(MATCHER, "=patterns"))(charge, string)
+local patterns = assert(loadstring(FUNCTIONS, "=patterns"))(charge, string, matcher)
+for _, name in ipairs({"find", "match", "gmatch", "gsub"}) do string_lib[name] = patterns[name] end
+local C = {rep = string.rep}
+string_lib.rep = function(s, n)
+  local count, ts = tonumber(n), type(s)
+  if count and count > 0 and (ts == "string" or ts == "number") then
+    local size = #tostring(s)  -- the memory limit bounds the bytes, not a loop over ""
+    charge(floor(size == 0 and count or count * size / 16))
+  end
+  local r = C.rep(s, n)
+  return r
+end
 getmetatable("").__index = string_lib
 getmetatable("").__metatable = "string"
 
 local base = {
   assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
-  pcall = pcall, rawequal = rawequal, rawget = rawget, rawset = rawset, select = select,
-  tonumber = tonumber, tostring = tostring, type = type, unpack = unpack, xpcall = xpcall,
+  rawequal = rawequal, rawget = rawget, rawset = rawset, select = select,
+  tonumber = tonumber, tostring = tostring, type = type, unpack = unpack,
   setmetatable = setmetatable, _VERSION = _VERSION,
   string = string_lib, table = copy(table), math = copy(math),
 }
+-- table functions that loop in C over a whole table are charged what they will do
+local T = {sort = table.sort, insert = table.insert, remove = table.remove}
+local function length(t) return type(t) == "table" and #t or 0 end
+base.table.sort = function(t, less)
+  local n = length(t)
+  if n > 1 then charge(floor(n * log(n) / log(2))) end
+  T.sort(t, less)
+end
+base.table.insert = function(t, ...)  -- at a position: moves the items after it
+  if select("#", ...) > 1 then charge(length(t)) end
+  T.insert(t, ...)
+end
+base.table.remove = function(t, ...)
+  if select("#", ...) > 0 then charge(length(t)) end
+  local r = T.remove(t, ...)
+  return r
+end
+base.pcall = function(f, ...) return relay(pcall(f, ...)) end
 -- An error raised inside the hook runs the message handler with hooks off: a user
 -- handler that loops would never be stopped. Once a call is stopped, skip it.
 base.xpcall = function(f, handler)
-  return xpcall(f, function(e)
+  return relay(xpcall(f, function(e)
     if ctl.stop then return e end
     return handler(e)
-  end)
+  end))
 end
 base.getmetatable = function(v)
   if type(v) == "userdata" then return nil end
   return getmetatable(v)
 end
 base.collectgarbage = function(opt, arg)
+  if opt == nil or opt == "collect" or opt == "step" then
+    charge(floor(collectgarbage("count") * 64))  -- a full cycle walks the whole heap
+  end
   if opt == nil or opt == "collect" or opt == "count" or opt == "step" then
     return collectgarbage(opt, arg)
   end
@@ -101,14 +181,11 @@ base.print = function(...)
 end
 base.table.unpack = unpack
 base.coroutine = copy(coroutine)
-base.coroutine.create = function(f) return hooked(co_create(f)) end
+base.coroutine.create = new_coroutine
+base.coroutine.resume = function(co, ...) return relay(co_resume(co, ...)) end
 base.coroutine.wrap = function(f)
-  local co = hooked(co_create(f))
-  return function(...)
-    local res = pack(co_resume(co, ...))
-    if not res[1] then error(res[2], 0) end
-    return unpack(res, 2, res.n)
-  end
+  local co = new_coroutine(f)
+  return function(...) return rethrow(relay(co_resume(co, ...))) end
 end
 
 local function loaders(env)
@@ -197,7 +274,9 @@ function api.add_module(name, shim, host)
   local f = assert(loadstring(shim, "=module " .. name))
   setfenv(f, copy(base))
   local make = f()
-  makers[name] = function() return make(host) end
+  local functions = {}
+  for key, fn in pairs(host) do functions[key] = metered(fn) end
+  makers[name] = function() return make(functions) end
 end
 
 local function load_main(id, method)

@@ -16,9 +16,11 @@ from lupa import lua51
 from wippy_queue.errors import HandlerError
 from wippy_queue.functions.lua.convert import Converter, describe
 from wippy_queue.functions.lua.host import CANCELLED, CallToken, Host
-from wippy_queue.functions.lua.memory import Memory
+from wippy_queue.functions.lua.memory import NO_MEMORY, Memory
 from wippy_queue.functions.lua.modules import ModuleSpec
-from wippy_queue.functions.lua.prelude import CHECK_EVERY, HOOK_STEP, PRELUDE
+from wippy_queue.functions.lua.pattern_functions import FUNCTIONS
+from wippy_queue.functions.lua.patterns import MATCHER
+from wippy_queue.functions.lua.prelude import CHECK_TICKS, HOOK_STEP, PRELUDE
 from wippy_queue.functions.lua.program import (
     LuaHandlerError,
     LuaLimitError,
@@ -28,7 +30,6 @@ from wippy_queue.functions.lua.program import (
 
 MB = 1024 * 1024
 _INSTRUCTIONS = "instruction limit exceeded"
-_NO_MEMORY = "not enough memory"
 
 
 def _deny_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
@@ -61,10 +62,19 @@ class LuaState:
         print_ = self._callback(self._print)
         lift = self.memory.lift
         api = runtime.execute(
-            PRELUDE, check, print_, lift, HOOK_STEP, CHECK_EVERY, CANCELLED, name="prelude"
+            PRELUDE,
+            check,
+            print_,
+            lift,
+            HOOK_STEP,
+            CHECK_TICKS,
+            CANCELLED,
+            MATCHER,
+            FUNCTIONS,
+            name="prelude",
         )
-        self.convert = Converter(runtime, api)
-        self.host = self._host = Host(program.entry_id, runtime, self.convert, self.memory)
+        self.convert = Converter(runtime, api, self.memory)
+        self.host = self._host = Host(program.entry_id, runtime, self.convert, self.memory, api.ctl)
         self._ctl = api.ctl
         self._call = api.call
         used: set[str] = set()
@@ -132,7 +142,7 @@ class LuaState:
         try:
             raw = fn(*args)
         except lua51.LuaMemoryError:
-            raise self._stopped(_NO_MEMORY) from None
+            raise self._stopped(NO_MEMORY) from None
         except lua51.LuaError as err:  # escaped the trampoline: only the hook does that
             raise self._stopped(ctl["stop"]) if ctl["stop"] else LuaHandlerError(str(err)) from None
         except UnicodeDecodeError as err:
@@ -163,13 +173,13 @@ class LuaState:
     def _error(self, value: Any) -> HandlerError:
         if self._ctl["stop"]:
             return self._stopped(self._ctl["stop"])
-        if value == _NO_MEMORY or isinstance(value, MemoryError):
-            return self._stopped(_NO_MEMORY)
+        if value == NO_MEMORY or isinstance(value, MemoryError):
+            return self._stopped(NO_MEMORY)
         if lua51.lua_type(value) != "table":  # not wrapped by the trampoline's on_error
             return LuaHandlerError(describe(value, self.convert))
         inner = value["err"]
         if isinstance(inner, MemoryError):
-            return self._stopped(_NO_MEMORY)
+            return self._stopped(NO_MEMORY)
         err = LuaHandlerError(describe(inner, self.convert))
         trace = str(value["traceback"] or "").strip()
         if trace:
@@ -184,7 +194,7 @@ class LuaState:
                 f"stopped after {limits.instructions:,} Lua instructions "
                 "(limits.instructions); a runaway loop?"
             )
-        elif reason == _NO_MEMORY:
+        elif reason == NO_MEMORY:
             text = (
                 f"stopped: it used more than its memory limit of {limits.memory_mb} MB "
                 "(limits.memory_mb)"
