@@ -42,3 +42,23 @@ def require(name: str, host: str, port: int, *, module: str | None = None) -> No
     if REQUIRED:
         pytest.fail(f"{message} (WIPPY_QUEUE_REQUIRE_SERVICES=1: a missing broker fails)")
     pytest.skip(message)
+
+
+def redis_address() -> tuple[str, int]:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(REDIS_URL)
+    return parsed.hostname or "127.0.0.1", parsed.port or 6379
+
+
+def redis_delete_prefix(prefix: str) -> None:
+    """Delete the keys a test made (they all start with its own prefix)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)  # own: every key starts with this test's prefix
+    finally:
+        client.close()

@@ -289,6 +289,18 @@ BUILTIN = (
         capabilities="wippy_queue.drivers.memory:CAPABILITIES",
     ),
     Plugin(
+        "queue.driver.redis",
+        "wippy_queue.drivers.redis.config:RedisDriverConfig",
+        role="driver",
+        factory="wippy_queue.drivers.redis.driver:RedisDriver.from_entry",
+        options_key="redis",
+        queue_options="wippy_queue.drivers.redis.config:RedisQueueOptions",
+        consumer_options="wippy_queue.drivers.redis.config:RedisConsumerOptions",
+        capabilities="wippy_queue.drivers.redis.config:CAPABILITIES",
+        needs=("redis",),
+        extra="redis",
+    ),
+    Plugin(
         "function.python",
         "wippy_queue.functions.python:PythonFunctionConfig",
         role="function",

@@ -9,11 +9,16 @@ cases that need them, or a capability a driver lacks, are skipped by capability.
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import pytest
+import services
+from proxy import Proxy
 from pydantic import BaseModel
 
 from wippy_queue.queue.driver import (
@@ -26,8 +31,8 @@ from wippy_queue.queue.driver import (
 )
 from wippy_queue.queue.message import Message
 
-#: every driver the contract suite runs on
-DRIVERS = ["memory"]
+#: every driver the contract suite runs on (brokers marked: they need a service)
+DRIVERS = ["memory", pytest.param("redis", marks=pytest.mark.services)]
 
 
 @dataclass
@@ -44,6 +49,12 @@ class Harness:
     #: stop the broker, then start it again
     restart_broker: Callable[[], Awaitable[None]] | None = None
     prefix: str = field(default_factory=lambda: f"wq-contract-{uuid.uuid4().hex[:10]}")
+    #: run in the test's loop before each driver starts (a proxy comes up) and after
+    #: it stops (the last one takes the proxy down)
+    setup: Callable[[], Awaitable[None]] | None = None
+    teardown: Callable[[], Awaitable[None]] | None = None
+    #: run after the test: remove what it made on the broker (its own keys only)
+    cleanup: Callable[[], None] | None = None
 
     def queue_name(self, name: str) -> str:
         return f"{self.prefix}-{name}"
@@ -71,10 +82,16 @@ class Bound:
         self.driver = driver
 
     async def start(self) -> None:
+        if self.harness.setup is not None:
+            await self.harness.setup()
         await self.driver.start()
 
     async def stop(self) -> None:
+        if not self.driver.running:
+            return
         await self.driver.stop()
+        if self.harness.teardown is not None:
+            await self.harness.teardown()
 
     async def declare(self, queue: str, max_length: int | None = None) -> None:
         await self.driver.declare(self.harness.spec(queue, max_length))
@@ -105,4 +122,44 @@ def make(name: str) -> Harness:
             lambda max_length: MemoryQueueOptions(max_length=max_length),
             CAPABILITIES,
         )
+    if name == "redis":
+        return _redis()
     raise AssertionError(f"no harness for driver {name!r}")  # pragma: no cover
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _redis() -> Harness:
+    host, port = services.redis_address()
+    services.require("Redis", host, port, module="redis")
+    from wippy_queue.drivers.redis.config import CAPABILITIES, RedisQueueOptions
+    from wippy_queue.drivers.redis.driver import RedisDriver
+    from wippy_queue.lifecycle.config import RestartPolicy
+
+    proxy = Proxy(host, port)
+    proxy.port = free_port()
+    lease_s = 1.0
+    fast = RestartPolicy(initial_delay=0.05, max_delay=0.5, jitter=0.0)
+
+    async def restart() -> None:
+        await proxy.down()
+        await asyncio.sleep(0.5)  # the broker is away for a while
+        await proxy.up()
+
+    harness = Harness(
+        "redis",
+        lambda: RedisDriver(f"t:{harness.prefix}", f"redis://127.0.0.1:{proxy.port}/0", fast),
+        lambda max_length: RedisQueueOptions(max_length=max_length, visibility_timeout=lease_s),
+        CAPABILITIES,
+        lease_s=lease_s,
+        kill_connections=proxy.drop,
+        restart_broker=restart,
+        setup=proxy.acquire,
+        teardown=proxy.release,
+    )
+    harness.cleanup = lambda: services.redis_delete_prefix(harness.prefix)
+    return harness

@@ -231,6 +231,10 @@ class Consumer:
         message = delivery.message
         job = Job(self.entry_id, self.queue.id, None, message, None, delivery.attempt)
         settle = partial(self._settler.settle, job, delivery, started=time.monotonic())
+        if delivery.malformed is not None:  # decided before anything else
+            log.error("consumer %s: message %s: %s", self.entry_id, message.id, delivery.malformed)
+            await settle(Outcome.nack(Reason.DECODE_ERROR, delivery.malformed))
+            return
         if expired(message, time.time()):  # never handed to a handler
             log.warning("consumer %s: message %s expired (ttl)", self.entry_id, message.id)
             await settle(Outcome.nack(Reason.EXPIRED, "its queue's ttl ran out"))

@@ -132,14 +132,23 @@ class Delivery(ABC):
     implement ``_ack``, ``_nack`` and ``_release`` (and ``_extend`` for leases).
     """
 
-    __slots__ = ("attempt", "lease_s", "message", "settled")
+    __slots__ = ("attempt", "lease_s", "malformed", "message", "settled")
 
-    def __init__(self, message: Message, attempt: int, lease_s: float | None = None) -> None:
+    def __init__(
+        self,
+        message: Message,
+        attempt: int,
+        lease_s: float | None = None,
+        malformed: str | None = None,
+    ) -> None:
         self.message = message
         #: 1 for the first delivery, 2 for the first redelivery, ... (from the broker)
         self.attempt = attempt
         #: seconds the lease lasts unless extended (None: not a lease)
         self.lease_s = lease_s
+        #: why what the broker holds is not a well-formed message (then ``message`` has
+        #: what could be read): the runtime settles it as a ``decode_error``
+        self.malformed = malformed
         self.settled = False
 
     def _once(self) -> None:

@@ -1,0 +1,390 @@
+"""``queue.driver.redis``: Redis Streams, one consumer group per queue, leases.
+
+A queue is a stream named by its ``queue_name``. Every consumer of it, in this
+process or another, reads through one consumer group (``wippy-queue``), so they
+compete for messages as on every driver; each running subscription is a group
+member named ``<consumer id>@<instance>``. A delivery is a pending entry: its
+delivery count is the attempt, its idle time the lease, and an entry idle for the
+queue's ``visibility_timeout`` (its holder died) is claimed by a live member.
+Settles, requeues and delayed nacks are atomic scripts (``scripts.py``); publishes
+and settles from every worker share round trips (``drivers/batch.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from wippy_queue.drivers.batch import Batcher
+from wippy_queue.drivers.redis import scripts
+from wippy_queue.drivers.redis.config import (
+    CAPABILITIES,
+    RedisConsumerOptions,
+    RedisDriverConfig,
+    RedisQueueOptions,
+)
+from wippy_queue.drivers.redis.entries import fields_of
+from wippy_queue.drivers.redis.link import CONNECTION_ERRORS, GROUP, Keys
+from wippy_queue.drivers.redis.subscription import RedisSubscription
+from wippy_queue.errors import DriverError
+from wippy_queue.lifecycle.backoff import restart_delay
+from wippy_queue.lifecycle.config import RestartPolicy
+from wippy_queue.queue.driver import (
+    Driver,
+    QueueInfo,
+    QueueSpec,
+    SubscribeSpec,
+    Subscription,
+)
+from wippy_queue.queue.message import Message
+from wippy_queue.registry.entry import Entry
+
+log = logging.getLogger(__name__)
+
+#: publish waits this long (doubling to the max) while a bounded queue is full
+FULL_WAIT_S, FULL_WAIT_MAX_S = 0.01, 0.2
+#: a group member that has not read for this long is not counted as a consumer (a
+#: live one reads at least every ``read_block``, at most 5 s)
+CONSUMER_LIVE_S = 15.0
+
+T = TypeVar("T")
+
+
+class RedisDriver(Driver):
+    capabilities = CAPABILITIES
+
+    def __init__(self, entry_id: str, url: str, restart: RestartPolicy | None = None) -> None:
+        super().__init__(entry_id)
+        self.url = url
+        self.restart = restart or RestartPolicy()
+        #: names this process's connections and group members
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.client_name = f"wippy-queue:{entry_id}:{self.instance}".replace(" ", "_")
+        self.client: aioredis.Redis | None = None
+        self.queues: dict[str, RedisQueueOptions] = {}
+        self._running = False
+        self._up = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._promoter: asyncio.Task[None] | None = None
+        self._wake_promoter = asyncio.Event()
+        self._publishes: Batcher[tuple[str, Message], bool] = Batcher(self._flush_publishes)
+        self.subscriptions: set[RedisSubscription] = set()
+        self._scripts: dict[str, Any] = {}
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> RedisDriver:
+        config = entry.config
+        assert isinstance(config, RedisDriverConfig)
+        return cls(entry.id, config.url, config.lifecycle.restart)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def connected(self) -> bool:
+        return self._running and self._up.is_set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.failed = loop.create_future()
+        self._stopped = asyncio.Event()
+        self._up = asyncio.Event()
+        self._wake_promoter = asyncio.Event()
+        client = aioredis.Redis.from_url(
+            self.url,
+            client_name=self.client_name,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            max_connections=None,
+        )
+        try:
+            await client.ping()
+        except (RedisError, OSError) as err:
+            await client.aclose()
+            raise DriverError(
+                f"driver {self.entry_id}: cannot reach Redis at {_safe(self.url)}: {err}"
+            ) from err
+        self.client = client
+        self._scripts = {
+            name: client.register_script(getattr(scripts, name))
+            for name in ("PUBLISH_BOUNDED", "SETTLE", "EXTEND", "PROMOTE")
+        }
+        self._running = True
+        self._up.set()
+        self._promoter = asyncio.create_task(self._promote_loop(), name=f"{self.entry_id}:delayed")
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        for subscription in list(self.subscriptions):  # gives back what they buffered
+            await subscription.close()
+        self._running = False
+        self._stopped.set()
+        for task in (self._promoter, self._reconnecting):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in (self._promoter, self._reconnecting) if t), return_exceptions=True
+        )
+        self._promoter = self._reconnecting = None
+        await self._publishes.close()
+        if self.client is not None:
+            await self.client.aclose()
+        self.client = None
+
+    # -- the connection -------------------------------------------------------------
+
+    async def call(self, fn: Callable[[aioredis.Redis], Awaitable[T]], what: str) -> T:
+        """Run ``fn`` on the client; while the connection is down, wait for it and try
+        again (the caller's operation must be safe to repeat); redis errors become
+        DriverError."""
+        while True:
+            client = await self.wait_up()
+            try:
+                return await fn(client)
+            except CONNECTION_ERRORS as err:
+                self.connection_lost(err)
+            except RedisError as err:
+                raise DriverError(f"driver {self.entry_id}: {what} failed: {err}") from err
+
+    async def wait_up(self) -> aioredis.Redis:
+        """The client once connected; DriverError if the driver stops or gives up first."""
+        if not self._up.is_set():
+            up, stopped = (
+                asyncio.ensure_future(self._up.wait()),
+                asyncio.ensure_future(self._stopped.wait()),
+            )
+            try:
+                await asyncio.wait([up, stopped], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                up.cancel()
+                stopped.cancel()
+        if not self._running or self.client is None:
+            raise self.not_running_error()
+        return self.client
+
+    def connection_lost(self, err: BaseException) -> None:
+        """Pause everything on this driver and reconnect with back-off."""
+        if not self._running or not self._up.is_set():
+            return
+        self._up.clear()
+        log.warning("driver %s: lost Redis (%s); reconnecting", self.entry_id, err)
+        self._reconnecting = asyncio.create_task(
+            self._reconnect(), name=f"{self.entry_id}:reconnect"
+        )
+
+    async def _reconnect(self) -> None:
+        attempt = 0
+        while self._running and self.client is not None:
+            try:
+                await self.client.ping()
+            except CONNECTION_ERRORS as err:
+                attempt += 1
+                policy = self.restart
+                if policy.max_attempts and attempt >= policy.max_attempts:
+                    self._give_up(err, attempt)
+                    return
+                await asyncio.sleep(restart_delay(policy, attempt))
+                continue
+            except RedisError as err:
+                self._give_up(err, attempt)
+                return
+            log.info("driver %s: reconnected to Redis", self.entry_id)
+            self._up.set()
+            return
+
+    def _give_up(self, err: BaseException, attempts: int) -> None:
+        error = DriverError(
+            f"driver {self.entry_id}: Redis at {_safe(self.url)} unreachable after "
+            f"{attempts} attempts: {err}"
+        )
+        log.error("%s", error)
+        if self.failed is not None and not self.failed.done():
+            self.failed.set_result(error)
+
+    # -- queues -------------------------------------------------------------------
+
+    async def declare(self, spec: QueueSpec) -> None:
+        options = spec.options if spec.options is not None else RedisQueueOptions()
+        if not isinstance(options, RedisQueueOptions):
+            raise DriverError(f"queue {spec.id}: redis driver options expected, got {options!r}")
+        keys = Keys(spec.name)
+        wanted = {
+            "visibility_timeout": str(float(options.visibility_timeout)),
+            "max_length": str(options.max_length or 0),
+        }
+
+        async def declare(client: aioredis.Redis) -> dict[Any, Any]:
+            try:
+                await client.xgroup_create(keys.stream, GROUP, id="0", mkstream=True)
+            except ResponseError as err:
+                if "BUSYGROUP" not in str(err):
+                    raise
+            for field, value in wanted.items():
+                await client.hsetnx(keys.meta, field, value)
+            held: dict[Any, Any] = await client.hgetall(keys.meta)
+            return held
+
+        held = await self.call(declare, f"declaring queue {spec.name!r}")
+        for field, value in wanted.items():
+            before = held.get(field.encode(), b"").decode()
+            if before != value:
+                raise DriverError(
+                    f"queue {spec.name!r} on Redis is declared with {field} {before}; "
+                    f"{spec.id} asks for {value}: give every entry of it one value"
+                )
+        self.queues[spec.name] = options
+
+    def _options(self, queue: str) -> RedisQueueOptions:
+        try:
+            return self.queues[queue]
+        except KeyError:
+            raise DriverError(
+                f"queue {queue!r} is not declared on driver {self.entry_id}"
+            ) from None
+
+    async def publish(self, queue: str, message: Message) -> None:
+        if not self._running:
+            raise self.not_running_error()
+        self._options(queue)
+        wait_s = FULL_WAIT_S
+        while not await self._publishes.submit((queue, message)):  # full: wait for room
+            await asyncio.sleep(wait_s)
+            wait_s = min(wait_s * 2, FULL_WAIT_MAX_S)
+            if not self._running:
+                raise self.not_running_error()
+
+    async def _flush_publishes(self, items: Sequence[tuple[str, Message]]) -> list[bool]:
+        """One pipeline for every publish waiting: True when added, False when full."""
+
+        async def send(client: aioredis.Redis) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for queue, message in items:
+                keys, bound = Keys(queue), self.queues[queue].max_length
+                fields = fields_of(message)
+                if bound:
+                    flat = [v for pair in fields.items() for v in pair]
+                    await self._scripts["PUBLISH_BOUNDED"](
+                        keys=[keys.stream, keys.delayed], args=[GROUP, bound, *flat], client=pipe
+                    )
+                else:
+                    pipe.xadd(keys.stream, fields)  # type: ignore[arg-type]
+            done: list[Any] = await pipe.execute()
+            return done
+
+        results = await self.call(send, "publishing")
+        return [result is not None for result in results]
+
+    async def subscribe(self, spec: SubscribeSpec) -> Subscription:
+        if not self._running:
+            raise self.not_running_error()
+        options = spec.options if spec.options is not None else RedisConsumerOptions()
+        assert isinstance(options, RedisConsumerOptions)
+        subscription = RedisSubscription(self, spec, self._options(spec.queue), options)
+        await subscription.open()
+        return subscription
+
+    def script(self, name: str) -> Any:
+        return self._scripts[name]
+
+    def delayed_added(self) -> None:
+        """A nack was delayed here: the promoter looks again now."""
+        self._wake_promoter.set()
+
+    async def info(self, queue: str) -> QueueInfo:
+        if not self._running:
+            raise self.not_running_error()
+        self._options(queue)
+        keys = Keys(queue)
+
+        async def read(client: aioredis.Redis) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            pipe.xlen(keys.stream)
+            pipe.xinfo_groups(keys.stream)
+            pipe.zcard(keys.delayed)
+            pipe.get(keys.expired)
+            pipe.xinfo_consumers(keys.stream, GROUP)
+            done: list[Any] = await pipe.execute()
+            return done
+
+        length, groups, delayed, expired, consumers = await self.call(read, f"reading {queue!r}")
+        group: dict[str, Any] = next((g for g in groups if _text(g.get("name")) == GROUP), {})
+        pending = int(group.get("pending", 0))
+        live = sum(1 for c in consumers if int(c.get("idle", 0)) / 1000 < CONSUMER_LIVE_S)
+        ready = max(length - pending, 0)
+        return QueueInfo(
+            queue=queue,
+            message_count=ready + pending + delayed,
+            consumer_count=live,
+            ready=ready,
+            in_flight=pending,
+            delayed=delayed,
+            expired=int(expired or 0),
+        )
+
+    # -- delayed messages -----------------------------------------------------------
+
+    async def _promote(self, keys: Keys) -> int:
+        """Move what is due; milliseconds until the next delayed message (-1: none)."""
+        due_in_ms = await self.call(
+            _promote_call(self, keys), f"moving delayed messages of {keys.stream!r}"
+        )
+        return int(due_in_ms)
+
+    async def _promote_loop(self) -> None:
+        """Move due delayed messages to their streams (any instance may: it is atomic)."""
+        while self._running:
+            wait_s = 1.0  # delays added by other processes are seen within this
+            for queue in list(self.queues):
+                keys = Keys(queue)
+                try:
+                    due_in_ms = await self._promote(keys)
+                except DriverError as err:
+                    log.warning("driver %s: %s", self.entry_id, err)
+                    continue
+                if int(due_in_ms) >= 0:
+                    wait_s = min(wait_s, int(due_in_ms) / 1000)
+            self._wake_promoter.clear()
+            try:
+                async with asyncio.timeout(wait_s):
+                    await self._wake_promoter.wait()
+            except TimeoutError:
+                pass
+
+
+def _promote_call(driver: RedisDriver, keys: Keys) -> Callable[[aioredis.Redis], Awaitable[Any]]:
+    def promote(client: aioredis.Redis) -> Awaitable[Any]:
+        args = [500, keys.delayed_prefix]
+        result: Awaitable[Any] = driver.script("PROMOTE")(
+            keys=[keys.stream, keys.delayed], args=args, client=client
+        )
+        return result
+
+    return promote
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _safe(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
