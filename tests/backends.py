@@ -15,12 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+import services
+
 from wippy_queue import Runtime
 from wippy_queue.queue.driver import SubscribeSpec
 from wippy_queue.queue.message import Message
 
-#: every driver a runtime-level test runs on
-BACKENDS = ("memory",)
+#: every driver a runtime-level test runs on (brokers marked: they need a service)
+BACKENDS = ("memory", pytest.param("redis", marks=pytest.mark.services))
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,17 @@ def make(name: str) -> Backend:
     prefix = f"wq-test-{uuid.uuid4().hex[:10]}"
     if name == "memory":
         return Backend(name, "queue.driver.memory", prefix=prefix)
+    if name == "redis":
+        host, port = services.redis_address()
+        services.require("Redis", host, port, module="redis")
+        return Backend(name, "queue.driver.redis", {"url": services.REDIS_URL}, prefix)
     raise AssertionError(f"no backend {name!r}")  # pragma: no cover
+
+
+def cleanup(backend: Backend) -> None:
+    """Remove what the test made on its broker (only names with its own prefix)."""
+    if backend.name == "redis":
+        services.redis_delete_prefix(backend.prefix)
 
 
 _CURRENT: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("backend", default=None)
