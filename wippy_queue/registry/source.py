@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from wippy_queue.errors import Problem
+from wippy_queue.registry.yaml_limits import BoundedLoader, YamlLimitError, check_expansion
 
 ENTRY_SUFFIXES = (".yaml", ".yml")
 _ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -30,7 +31,7 @@ class LineDict(dict[Any, Any]):
     key_lines: dict[Any, int]
 
 
-class _LineLoader(yaml.SafeLoader):
+class _LineLoader(BoundedLoader):
     duplicate_keys: list[tuple[Any, int]]
 
 
@@ -135,7 +136,10 @@ def read_yaml(path: Path, problems: list[Problem], digests: dict[str, str] | Non
     loader = _LineLoader(text)
     loader.duplicate_keys = []
     try:
-        document = loader.get_single_data()
+        document = _bounded_document(loader)
+    except YamlLimitError as err:
+        problems.append(Problem(str(err), file=str(path), line=err.line))
+        return None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -151,6 +155,15 @@ def read_yaml(path: Path, problems: list[Problem], digests: dict[str, str] | Non
             Problem(f"key {key!r} is written twice; keep one", file=str(path), line=line)
         )
     return document
+
+
+def _bounded_document(loader: _LineLoader) -> Any:
+    """The document, built only once it is known to stay within the YAML limits."""
+    node = loader.get_single_node()
+    if node is None:
+        return None
+    check_expansion(node)
+    return loader.construct_document(node)
 
 
 def read_entries(

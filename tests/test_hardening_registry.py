@@ -1,0 +1,123 @@
+"""Entry files a new user got wrong (issue 15): each is one clear problem at FILE:LINE."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import write
+
+from wippy_queue import ConfigError, Runtime
+from wippy_queue.errors import Problem
+
+
+def problems_of(*paths: Path) -> list[Problem]:
+    with pytest.raises(ConfigError) as caught:
+        Runtime.load(*paths)
+    return caught.value.problems
+
+
+def one_problem(*paths: Path) -> Problem:
+    problems = problems_of(*paths)
+    assert len(problems) == 1, "\n".join(map(str, problems))
+    return problems[0]
+
+
+# -- item 2: YAML that expands without bound -----------------------------------------------
+
+
+def alias_bomb(levels: int = 9) -> str:
+    lines = [
+        "namespace: app",
+        "entries:",
+        "  - name: mem",
+        "    kind: queue.driver.memory",
+        "    meta:",
+        '      a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]',
+    ]
+    for level in range(1, levels):
+        refs = ", ".join([f"*a{level - 1}"] * 10)
+        lines.append(f"      a{level}: &a{level} [{refs}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_quickly_at_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "bomb.yaml", alias_bomb())
+    started = time.monotonic()
+    problem = one_problem(path)
+    assert time.monotonic() - started < 5  # it ran for minutes before
+    assert problem.file == str(path)
+    # a4 is the first level whose ten aliases add more than 100,000 values
+    assert problem.line == 10
+    assert "aliases" in problem.message and "100,000" in problem.message
+
+
+def test_an_alias_inside_the_value_it_names_is_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "loop.yaml",
+        """
+        namespace: app
+        entries:
+          - name: mem
+            kind: queue.driver.memory
+            meta:
+              loop: &loop [1, *loop]
+        """,
+    )
+    problem = one_problem(path)
+    assert problem.line == 6
+    assert "contains it" in problem.message
+
+
+def test_nesting_too_deep_is_refused_at_its_line_without_a_traceback(tmp_path: Path) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    path = write(
+        tmp_path / "deep.yaml",
+        f"namespace: app\nentries:\n  - name: mem\n    kind: queue.driver.memory\n"
+        f"    meta: {{x: {deep}}}\n",
+    )
+    problem = one_problem(path)
+    assert (problem.line, "nested deeper than 100 levels") == (5, problem.message[:29])
+
+
+def test_aliases_nesting_deep_through_each_other_are_refused(tmp_path: Path) -> None:
+    # each anchor is shallow, but each holds the one before: deep once expanded
+    lines = ["namespace: app", "entries:", "  - name: mem", "    kind: queue.driver.memory"]
+    lines += ["    meta:", "      d0: &d0 " + "[" * 40 + "]" * 40]
+    for level in range(1, 5):
+        lines.append(f"      d{level}: &d{level} " + "[" * 40 + f"*d{level - 1}" + "]" * 40)
+    path = write(tmp_path / "deep.yaml", "\n".join(lines) + "\n")
+    problem = one_problem(path)
+    assert "deeper than 100 levels" in problem.message
+    assert problem.line == 8  # d2: d0 inside d1 inside d2, 120 levels below meta
+
+
+def test_shared_blocks_by_merge_key_still_load(tmp_path: Path) -> None:
+    write(tmp_path / "h.py", "def handle(body):\n    return True\n")
+    path = write(
+        tmp_path / "app.yaml",
+        """
+        namespace: app
+        entries:
+          - name: mem
+            kind: queue.driver.memory
+            lifecycle: &service {auto_start: true, stop_timeout: 2s}
+          - {name: jobs, kind: queue.queue, driver: mem}
+          - {name: handle, kind: function.python, source: file://h.py, method: handle}
+          - name: worker
+            kind: queue.consumer
+            queue: jobs
+            func: handle
+            lifecycle:
+              <<: *service
+              start_timeout: 5s
+        """,
+    )
+    runtime = Runtime.load(path)
+    lifecycle = runtime.registry.get("app:worker").config.lifecycle  # type: ignore[attr-defined]
+    assert (lifecycle.auto_start, lifecycle.stop_timeout, lifecycle.start_timeout) == (
+        True,
+        2.0,
+        5.0,
+    )
