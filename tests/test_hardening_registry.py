@@ -121,3 +121,63 @@ def test_shared_blocks_by_merge_key_still_load(tmp_path: Path) -> None:
         2.0,
         5.0,
     )
+
+
+# -- item 5: nothing to load -------------------------------------------------------------
+
+
+def test_an_empty_folder_is_an_error(tmp_path: Path) -> None:
+    problem = one_problem(tmp_path)
+    assert problem.file == str(tmp_path)
+    assert "no .yaml or .yml file" in problem.message
+
+
+def test_a_folder_of_other_yaml_names_each_file_and_why_it_was_skipped(tmp_path: Path) -> None:
+    compose = write(tmp_path / "docker-compose.yml", "services:\n  web: {image: nginx}\n")
+    listed = write(tmp_path / "list.yaml", "- a\n- b\n")
+    empty = write(tmp_path / "nothing.yaml", "")
+    no_entries = write(tmp_path / "app.yaml", "namespace: app\nentries: []\n")
+    problem = one_problem(tmp_path)
+    assert "no entries found" in problem.message
+    assert f"{compose} (no 'namespace' or 'entries' at its top level; its keys: services)" in (
+        problem.message
+    )
+    assert f"{listed} (its top level is a list, not a mapping)" in problem.message
+    assert f"{empty} (empty)" in problem.message
+    assert f"{no_entries} (its entries list is empty)" in problem.message
+
+
+def test_validate_and_run_of_a_folder_without_entries_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wippy_queue.cli import main
+
+    write(tmp_path / "docker-compose.yml", "services: {}\n")
+    assert main(["validate", str(tmp_path)]) == 1
+    assert main(["run", str(tmp_path), "--timeout", "5"]) == 1  # it idled forever
+    err = capsys.readouterr().err
+    assert err.count("no entries found") == 2
+
+
+# -- item 13: the same file twice --------------------------------------------------------
+
+
+def test_a_file_named_twice_or_inside_a_named_folder_is_read_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "app" / "app.yaml",
+        "namespace: app\nentries:\n  - {name: m, kind: queue.driver.memory}\n",
+    )
+    for paths in [(path, path), (tmp_path / "app", path), (path, tmp_path / "app" / ".." / "app")]:
+        runtime = Runtime.load(*paths)
+        assert list(runtime.registry.entries) == ["app:m"]
+
+
+def test_lint_of_a_folder_of_policy_files_says_to_give_the_entry_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wippy_queue.cli import main
+
+    write(tmp_path / "model.conf", "[request_definition]\nr = sub, obj, act\n")
+    assert main(["policy", "lint", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path}: no entries: no .yaml or .yml file here; give the entry files" in out

@@ -516,7 +516,7 @@ def test_lint_shadowing_across_entries_needs_the_deny_in_every_scope(
 
 
 def test_lint_without_policy_entries_says_so(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, "policy", "lint", ROOT / "policies")
+    code, out, _ = run_cli(capsys, "policy", "lint", ROOT / "examples" / "seed")
     assert code == 0
     assert "warning: no security.policy or security.policy.casbin entries here" in out
 

@@ -71,7 +71,17 @@ class RawEntry:
 
 
 def entry_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path, bool]]:
-    """Yield each entry file and whether it was named explicitly (not found by a walk)."""
+    """Yield each entry file once (a file named twice, or also found in a named folder,
+    is one file) and whether it was named explicitly (not found by a walk)."""
+    seen: set[Path] = set()
+    for path, explicit in _candidates(paths):
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            yield path, explicit
+
+
+def _candidates(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path, bool]]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
@@ -169,20 +179,64 @@ def _bounded_document(loader: _LineLoader) -> Any:
 def read_entries(
     paths: Iterable[str | os.PathLike[str]],
 ) -> tuple[list[RawEntry], list[Problem], dict[str, str]]:
-    """The raw entries, the problems found, and the digest of each file read."""
+    """The raw entries, the problems found, and the digest of each file read.
+
+    Finding no entry at all is a problem: it names every file looked at and why it
+    was skipped (a runtime with nothing to run would idle forever).
+    """
+    paths = list(paths)
     entries: list[RawEntry] = []
     problems: list[Problem] = []
     digests: dict[str, str] = {}
+    skipped: list[str] = []
     for path, explicit in entry_files(paths):
         if not path.exists():
             problems.append(Problem("no such file or directory", file=str(path)))
             continue
         known = len(problems)
         document = read_yaml(path, problems, digests)
-        if (document is None and not explicit) or len(problems) > known:
-            continue  # not an entry file, or reported already (malformed YAML)
-        entries.extend(_file_entries(path, document, explicit, problems))
+        if len(problems) > known:
+            continue  # reported already (unreadable, malformed YAML)
+        reason = None if explicit else _skip_reason(document)
+        found = [] if reason else _file_entries(path, document, problems)
+        if not found and len(problems) == known:
+            skipped.append(f"{path} ({reason or 'its entries list is empty'})")
+        entries.extend(found)
+    if not entries and not problems:
+        problems.append(_nothing_found(paths, skipped))
     return entries, problems, digests
+
+
+def _skip_reason(document: Any) -> str | None:
+    """Why a YAML file found in a folder is no entry file (None when it is one)."""
+    if document is None:
+        return "empty"
+    if not isinstance(document, LineDict):
+        return f"its top level is a {_yaml_type(document)}, not a mapping"
+    if "namespace" not in document and "entries" not in document:
+        keys = ", ".join(str(key) for key in list(document)[:5]) or "none"
+        return f"no 'namespace' or 'entries' at its top level; its keys: {keys}"
+    return None
+
+
+def _yaml_type(value: Any) -> str:
+    return "list" if isinstance(value, list) else f"single value ({type(value).__name__})"
+
+
+def _nothing_found(paths: list[str | os.PathLike[str]], skipped: list[str]) -> Problem:
+    where = ", ".join(str(p) for p in paths) or "<no paths>"
+    if not skipped:
+        return Problem(
+            "no entries: no .yaml or .yml file here; give the entry files or the folder that "
+            "holds them (policy and Lua files are found through their entries)",
+            file=where,
+        )
+    listed = "; ".join(skipped[:10]) + (f"; and {len(skipped) - 10} more" if skipped[10:] else "")
+    return Problem(
+        f"no entries found; an entry file is a YAML mapping with 'namespace' and 'entries'. "
+        f"Looked at: {listed}",
+        file=where,
+    )
 
 
 def _not_a_mapping(path: Path) -> str:
@@ -195,16 +249,11 @@ def _not_a_mapping(path: Path) -> str:
     )
 
 
-def _file_entries(
-    path: Path, document: Any, explicit: bool, problems: list[Problem]
-) -> list[RawEntry]:
+def _file_entries(path: Path, document: Any, problems: list[Problem]) -> list[RawEntry]:
     file = str(path)
     if not isinstance(document, LineDict):
-        if explicit:
-            problems.append(Problem(_not_a_mapping(path), file=file))
+        problems.append(Problem(_not_a_mapping(path), file=file))
         return []
-    if not explicit and "namespace" not in document and "entries" not in document:
-        return []  # some other YAML file (e.g. policy test cases) in a scanned folder
     for key in document:
         if key not in _FILE_KEYS:
             problems.append(
