@@ -181,3 +181,46 @@ def test_lint_of_a_folder_of_policy_files_says_to_give_the_entry_files(
     assert main(["policy", "lint", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert f"{tmp_path}: no entries: no .yaml or .yml file here; give the entry files" in out
+
+
+# -- item 17: an unset ${env:X} ----------------------------------------------------------
+
+
+def test_an_unset_env_variable_is_one_problem_at_its_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("WQ_UNSET_KEY", "WQ_UNSET_TIMEOUT", "WQ_UNSET_DRIVER", "WQ_UNSET_SOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    path = write(
+        tmp_path / "app.yaml",
+        """
+        namespace: app
+        entries:
+          - name: settings
+            kind: security.settings
+            signing_key: ${env:WQ_UNSET_KEY}
+          - name: mem
+            kind: queue.driver.memory
+            lifecycle:
+              start_timeout: ${env:WQ_UNSET_TIMEOUT}
+          - name: jobs
+            kind: queue.queue
+            driver: ${env:WQ_UNSET_DRIVER}
+          - name: handle
+            kind: function.python
+            data:
+              source: ${env:WQ_UNSET_SOURCE}
+          - {name: worker, kind: queue.consumer, queue: jobs, func: handle}
+        """,
+    )
+    found = {(p.line, p.entry_id, p.field): p.message for p in problems_of(path)}
+    assert list(found) == [
+        (5, "app:settings", "signing_key"),
+        (9, "app:mem", "lifecycle.start_timeout"),
+        (12, "app:jobs", "driver"),
+        (16, "app:handle", "source"),
+    ]
+    assert found[(5, "app:settings", "signing_key")] == (
+        "environment variable WQ_UNSET_KEY is not set; export it or write "
+        "${env:WQ_UNSET_KEY:-default}"
+    )

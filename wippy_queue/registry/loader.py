@@ -111,9 +111,12 @@ def _validate(
     try:
         config = model.model_validate(raw.data, context=context)
     except ValidationError as err:
-        wrong_fields = _report(err, model, raw, entry_id, problems)
+        wrong_fields = _report(err, model, raw, entry_id, problems) | raw.unset_fields
         refs = written_references(model, raw.data, context)
         refs = [ref for ref in refs if not _overlaps(ref.field, wrong_fields)]
+        return _Invalid(entry_id, location, refs)
+    if raw.unset_fields:  # reported by the reader; what the entry would be is unknown
+        refs = [r for r in config.references() if not _overlaps(r.field, set(raw.unset_fields))]
         return _Invalid(entry_id, location, refs)
     return Entry(entry_id, raw.kind, raw.namespace, raw.name, raw.meta, config, location)
 
@@ -125,6 +128,9 @@ def _report(
     fields = set()
     for error in err.errors():
         field, line = _locate(error["loc"], raw)
+        if raw.unset_fields and (not field or _overlaps(field, set(raw.unset_fields))):
+            # reported as the unset ${env:...}, not as what its "" made of the entry
+            continue
         problems.append(Problem(_explain(error, model), raw.file, line, entry_id, field or None))
         fields.add(field)
     return fields

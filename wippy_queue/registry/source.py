@@ -68,6 +68,8 @@ class RawEntry:
     meta: dict[str, Any]
     data: dict[str, Any]
     field_lines: dict[str, int] = field(default_factory=dict)
+    #: fields whose ``${env:NAME}`` is unset: reported once, never validated as ""
+    unset_fields: frozenset[str] = frozenset()
 
 
 def entry_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path, bool]]:
@@ -92,7 +94,18 @@ def _candidates(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path,
             yield path, True
 
 
-def _interpolate(value: Any, problems: list[str]) -> Any:
+@dataclass(frozen=True, slots=True)
+class _Unset:
+    """An ``${env:NAME}`` without a default whose variable is not set."""
+
+    name: str
+    field: str
+    line: int
+
+
+def _interpolate(value: Any, unset: list[_Unset], field: str = "", line: int = 0) -> Any:
+    """``value`` with ``${env:...}`` replaced; each unset variable noted in ``unset`` with
+    the dotted field (``lifecycle.start_timeout``) and line that name it."""
     if isinstance(value, str):
 
         def env(match: re.Match[str]) -> str:
@@ -101,19 +114,21 @@ def _interpolate(value: Any, problems: list[str]) -> Any:
                 return os.environ[name]
             if default is not None:
                 return default
-            problems.append(
-                f"environment variable {name} is not set; export it or write "
-                f"${{env:{name}:-default}}"
-            )
+            unset.append(_Unset(name, field, line))
             return ""
 
         return _ENV.sub(env, value)
     if isinstance(value, LineDict):
-        out = LineDict({k: _interpolate(v, problems) for k, v in value.items()})
+        out = LineDict(
+            {
+                k: _interpolate(v, unset, f"{field}.{k}" if field else str(k), value.key_lines[k])
+                for k, v in value.items()
+            }
+        )
         out.line, out.key_lines = value.line, value.key_lines
         return out
     if isinstance(value, list):
-        return [_interpolate(v, problems) for v in value]
+        return [_interpolate(v, unset, field, getattr(v, "line", line)) for v in value]
     return value
 
 
@@ -299,19 +314,30 @@ def _raw_entry(
     if not isinstance(item, LineDict):
         problems.append(Problem(f"an entry must be a mapping, got {item!r}", file=file))
         return None
-    env_problems: list[str] = []
-    item = _resolve_files(_interpolate(item, env_problems), path.parent)
+    unset: list[_Unset] = []
+    item = _resolve_files(_interpolate(item, unset), path.parent)
     name, kind = item.get("name"), item.get("kind")
     entry_id = f"{namespace}:{name}" if name else None
-    for message in env_problems:
-        problems.append(Problem(message, file=file, line=item.line, entry_id=entry_id))
+    # a field given under `data:` is validated (and reported) by its own name
+    fields = [u.field.removeprefix("data.") for u in unset]
+    for var, field_name in zip(unset, fields, strict=True):
+        problems.append(
+            Problem(
+                f"environment variable {var.name} is not set; export it or write "
+                f"${{env:{var.name}:-default}}",
+                file,
+                var.line,
+                entry_id,
+                field_name,
+            )
+        )
     meta = {**file_meta, **_mapping(item, "meta", file, entry_id, problems)}
     data = {k: v for k, v in item.items() if k not in ("name", "kind", "meta", "data")}
     lines = dict(item.key_lines)
     explicit = _mapping(item, "data", file, entry_id, problems)
     data.update(explicit)
     lines.update(explicit.key_lines)
-    return RawEntry(file, item.line, namespace, name, kind, meta, data, lines)
+    return RawEntry(file, item.line, namespace, name, kind, meta, data, lines, frozenset(fields))
 
 
 def _mapping(
