@@ -224,3 +224,88 @@ def test_an_unset_env_variable_is_one_problem_at_its_field(
         "environment variable WQ_UNSET_KEY is not set; export it or write "
         "${env:WQ_UNSET_KEY:-default}"
     )
+
+
+# -- item 8: unknown fields inside nested blocks -----------------------------------------
+
+NESTED = """
+namespace: app
+entries:
+  - name: settings
+    kind: security.settings
+    deny_backoff: {initial: 1s, maxx: 2s}
+  - name: mem
+    kind: queue.driver.memory
+    lifecycle:
+      auto_strat: true
+      restart: {max_attempt: 3}
+  - name: jobs
+    kind: queue.queue
+    driver: mem
+    dead_letter: {queue: dead, max_atempts: 3}
+  - {name: dead, kind: queue.queue, driver: mem}
+  - name: lua
+    kind: function.lua
+    source: file://h.lua
+    limits: {memory: 3}
+    pool: {type: static, size: 2, sise: 3}
+  - name: p
+    kind: security.policy
+    policy:
+      actions: [queue.consume]
+      resources: ["*"]
+      effect: allow
+      conditions:
+        - {field: actor.id, operator: eq, value: x, valu: y}
+  - name: w
+    kind: queue.consumer
+    queue: jobs
+    func: lua
+    lifecycle:
+      security:
+        actor: {id: w, tenant: x}
+        policies: [p]
+        group: [x]
+"""
+
+
+def test_an_unknown_nested_field_lists_the_fields_of_its_own_block(tmp_path: Path) -> None:
+    write(tmp_path / "h.lua", "return function(body) return true end\n")
+    path = write(tmp_path / "app.yaml", NESTED)
+    found = {p.field: (p.line, p.message) for p in problems_of(path)}
+    known = {field: message.partition("known fields: ")[2] for field, (_, message) in found.items()}
+    assert known == {
+        "deny_backoff.maxx": "initial, max",
+        "lifecycle.auto_strat": "auto_start, start_timeout, stop_timeout, stable_threshold, "
+        "requires, depends_on, restart, startup, security",
+        "lifecycle.restart.max_attempt": "initial_delay, max_delay, backoff_factor, jitter, "
+        "max_attempts",
+        "dead_letter.max_atempts": "queue, max_attempts",
+        "limits.memory": "instructions, memory_mb",
+        # a union (a number or a block): the block's fields, without pydantic's member tag
+        "pool.sise": "type, size, max_size, buffer, workers",
+        "policy.conditions.0.valu": "field, operator, value, value_from",
+        "lifecycle.security.actor.tenant": "id, meta",
+        "lifecycle.security.group": "actor, policies, groups",
+    }
+    assert found["lifecycle.auto_strat"] == (
+        9,
+        "unknown field; did you mean 'auto_start'? known fields: " + known["lifecycle.auto_strat"],
+    )
+    assert found["pool.sise"][0] == 20
+
+
+def test_a_value_that_fits_no_alternative_of_a_union_is_one_problem(tmp_path: Path) -> None:
+    write(tmp_path / "h.lua", "return function(body) return true end\n")
+    path = write(
+        tmp_path / "app.yaml",
+        """
+        namespace: app
+        entries:
+          - {name: lua, kind: function.lua, source: file://h.lua, pool: many}
+        """,
+    )
+    problem = one_problem(path)
+    assert problem.field == "pool"
+    assert problem.message.count("(got 'many')") == 1
+    assert "valid integer" in problem.message and "LuaPool" in problem.message
