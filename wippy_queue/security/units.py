@@ -252,27 +252,33 @@ class CasbinUnit(PolicyUnit):
         try:
             _check_index(info, index, model_file, self.entry_id)
         except PolicyLoadError:
-            # a name the matcher gets wrong is the first thing to say, not the index
-            undefined = Enforcer(model_text, [], source=model_file).undefined_in_matcher()
-            if undefined:
-                raise self._matcher_error(
-                    ValueError(f"the matcher names undefined {', '.join(undefined)}"), info
-                ) from None
+            # a matcher that does not parse, or names something undefined, is the first
+            # thing to say, not the index it breaks
+            self._check_matcher(Enforcer(model_text, [], source=model_file), info, sample=False)
             raise
         if len(index) == 1:
             index *= 2  # pycasbin's FastPolicy only iterates a two-level index correctly
         enforcer = Enforcer(model_text, rules, index=index, source=model_file, files=files)
+        self._check_matcher(enforcer, info, sample=True)
+        return enforcer
+
+    def _check_matcher(self, enforcer: Enforcer, info: ModelInfo, *, sample: bool) -> None:
+        """PolicyLoadError at the matcher's line if it does not parse, names something
+        undefined, or (``sample``) fails on a sample request."""
         try:
             undefined = enforcer.undefined_in_matcher()
             if undefined:
                 raise ValueError(f"the matcher names undefined {', '.join(undefined)}")
-            enforcer.decide(*(_sample(t) for t in self._tokens))
+            if sample:
+                enforcer.decide(*(_sample(t) for t in self._tokens))
         except Exception as err:
             raise self._matcher_error(err, info) from err
-        return enforcer
 
     def _matcher_error(self, err: Exception, info: ModelInfo) -> PolicyLoadError:
-        message = f"the matcher fails on a sample request: {type(err).__name__}: {err}"
+        if isinstance(err, SyntaxError):  # pycasbin parses it as Python: its line is ours
+            message = f"the matcher does not parse: SyntaxError: {err.msg}; check its operators"
+        else:
+            message = f"the matcher fails on a sample request: {type(err).__name__}: {err}"
         problem = Problem(message, str(self.model_path), info.matcher_line, self.entry_id, "model")
         return PolicyLoadError([problem])
 
