@@ -64,3 +64,143 @@ def test_a_matcher_syntax_error_is_one_line_at_the_matcher(
     ]
     assert problem.startswith(f"{model}:{line_of(model, 'm = ')}: app:tenants: model: ")
     assert "the matcher does not parse: SyntaxError" in problem
+
+
+# -- item 15: typo'd actions and effects are refused at load ------------------------------
+
+HANDLER = "def handle(body):\n    return True\n"
+
+
+def native_app(tmp_path: Path, actions: str, resources: str = '"*"', effect: str = "allow") -> Path:
+    write(tmp_path / "h.py", HANDLER)
+    return write(
+        tmp_path / "app.yaml",
+        f"""
+        namespace: app
+        entries:
+          - {{name: mem, kind: queue.driver.memory}}
+          - {{name: jobs, kind: queue.queue, driver: mem}}
+          - {{name: handle, kind: function.python, source: file://h.py, method: handle}}
+          - name: rule
+            kind: security.policy
+            policy:
+              actions: {actions}
+              resources: {resources}
+              effect: {effect}
+          - name: worker
+            kind: queue.consumer
+            queue: jobs
+            func: handle
+            lifecycle:
+              security: {{actor: {{id: w}}, policies: [rule]}}
+        """,
+    )
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_typod_native_action_fails_validate_and_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    app = native_app(tmp_path, "[queue.consume, queue.consme]")
+    argv = [command, str(app)] + (["--timeout", "5"] if command == "run" else [])
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"{app}:9: app:rule: policy.actions: action 'queue.consme' is never asked by the "
+        "runtime (it asks queue.consume, queue.publish, queue.publish.queue), so this rule "
+        "never takes effect; did you mean 'queue.consume'?"
+    ) in err
+
+
+@pytest.mark.parametrize("actions", ["job.*", "consume", "queue.consume.all"])
+def test_a_native_action_pattern_that_matches_nothing_asked_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], actions: str
+) -> None:
+    assert main(["validate", str(native_app(tmp_path, actions))]) == 1
+    assert f"action {actions!r} is never asked" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("actions", ["'*'", "queue.*", "queue.publish*", "queue.publish.queue"])
+def test_native_action_patterns_that_match_an_asked_action_load(
+    tmp_path: Path, actions: str
+) -> None:
+    assert main(["validate", str(native_app(tmp_path, actions))]) == 0
+
+
+def test_a_native_effect_typo_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", str(native_app(tmp_path, "queue.consume", effect="alow"))]) == 1
+    assert "app:rule: policy.effect: Input should be 'allow' or 'deny'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("matcher", "rule", "message"),
+    [
+        # keyMatch (the shipped model) and == comparisons of the action, and the effect
+        ("keyMatch(r.act, p.act)", "queue.consme, allow", "action 'queue.consme' is never asked"),
+        ("r.act == p.act", "queue.*, allow", "action 'queue.*' is never asked"),
+        ("p.act == r.act", "queue.publsh, allow", "did you mean 'queue.publish'?"),
+        ("keyMatch(r.act, p.act)", "queue.consume, alow", "effect 'alow' is neither 'allow' nor"),
+        ("keyMatch(r.act, p.act)", "queue.consume, Deny", "did you mean 'deny'?"),
+    ],
+)
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_typo_in_a_casbin_rule_fails_validate_and_run_at_its_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    matcher: str,
+    rule: str,
+    message: str,
+    command: str,
+) -> None:
+    model = tmp_path / "model.conf"
+    model.write_text(RBAC.read_text().replace("keyMatch(r.act, p.act)", matcher))
+    csv = write(
+        tmp_path / "rules.csv",
+        f"""
+        p, worker, t1, app:jobs, queue.consume, allow
+        p, worker, t1, app:jobs, {rule}
+        g, w, worker, t1
+        """,
+    )
+    app = write(
+        tmp_path / "app.yaml",
+        f"""
+        namespace: app
+        entries:
+          - name: roles
+            kind: security.policy.casbin
+            model: file://{model}
+            policy: file://{csv}
+            request: [actor.id, message.tenant, resource, action]
+        """,
+    )
+    argv = [command, str(app)] + (["--timeout", "5"] if command == "run" else [])
+    assert main(argv) == 1
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "rules.csv" in line]
+    assert line.startswith(f"{csv}:2: app:roles: ")
+    assert message in line
+
+
+def test_a_casbin_rule_whose_action_is_compared_by_no_term_is_not_judged(tmp_path: Path) -> None:
+    # the matcher never compares the action: any value is as good as another
+    model = tmp_path / "model.conf"
+    model.write_text(RBAC.read_text().replace(" && keyMatch(r.act, p.act)", ""))
+    app = casbin_app(tmp_path, model, index=False, rules='["p, w, t1, app:jobs, anything, allow"]')
+    assert main(["validate", str(app)]) == 0
+
+
+# -- item 11: the resource queue.publish is asked on ---------------------------------------
+
+
+def test_a_native_rule_may_name_the_publish_resource_and_allows_that_publish(
+    tmp_path: Path,
+) -> None:
+    from wippy_queue.security.actor import Actor
+    from wippy_queue.security.authoring.query import Query, ask, load_security
+
+    app = native_app(tmp_path, "queue.publish", resources='[""]')
+    security = load_security([app], strict=None)
+    query = Query("queue.publish", "", actor=Actor("w"), policies=("app:rule",))
+    assert ask(security, query).decision.allowed

@@ -6,12 +6,20 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from wippy_queue.registry.entry import EntryModel
 from wippy_queue.registry.types import Duration
 from wippy_queue.security.conditions import OPERATORS, UNARY
 from wippy_queue.security.request import FIELD_PATHS, known_path
+from wippy_queue.security.vocabulary import action_problem
 
 
 class _Strict(BaseModel):
@@ -68,15 +76,19 @@ class WippyRule(_Strict):
 
     @field_validator("actions", "resources")
     @classmethod
-    def _patterns(cls, values: list[str]) -> list[str]:
+    def _patterns(cls, values: list[str], info: ValidationInfo) -> list[str]:
         for value in values:
-            if not value or "," in value:
-                raise ValueError(f"{value!r}: patterns are non-empty and have no commas")
+            # '' is a resource: the one queue.publish is asked on
+            if (not value and info.field_name == "actions") or "," in value:
+                raise ValueError(f"{value!r}: actions are non-empty and patterns have no commas")
             if "*" in value[:-1]:
                 # keyMatch would treat 'a*b' as the prefix 'a': far wider than written
                 raise ValueError(
                     f"{value!r}: '*' may only be the whole pattern or its last character"
                 )
+            wrong = action_problem(value) if info.field_name == "actions" else None
+            if wrong:
+                raise ValueError(wrong)
         return values
 
 

@@ -29,6 +29,7 @@ from wippy_queue.security.enforcer import (
 )
 from wippy_queue.security.models import CasbinPolicyConfig, Condition, WippyPolicyConfig
 from wippy_queue.security.request import ActorView, MessageView, Request, getter
+from wippy_queue.security.vocabulary import action_problem
 
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -260,7 +261,25 @@ class CasbinUnit(PolicyUnit):
             index *= 2  # pycasbin's FastPolicy only iterates a two-level index correctly
         enforcer = Enforcer(model_text, rules, index=index, source=model_file, files=files)
         self._check_matcher(enforcer, info, sample=True)
+        self._check_actions(enforcer, info, rules)
         return enforcer
+
+    def _check_actions(self, enforcer: Enforcer, info: ModelInfo, rules: list[PolicyLine]) -> None:
+        """PolicyLoadError naming each rule whose action the runtime never asks."""
+        if "action" not in self._tokens:
+            return
+        token = info.request_tokens[self._tokens.index("action")]
+        problems = []
+        for matches, field in enforcer.comparisons(token):
+            if field not in info.policy_tokens:
+                continue
+            at = info.policy_tokens.index(field)
+            for rule in rules:
+                wrong = action_problem(rule.values[at], matches) if rule.ptype == "p" else None
+                if wrong:
+                    problems.append(Problem(wrong, rule.file, rule.line, self.entry_id))
+        if problems:
+            raise PolicyLoadError(problems)
 
     def _check_matcher(self, enforcer: Enforcer, info: ModelInfo, *, sample: bool) -> None:
         """PolicyLoadError at the matcher's line if it does not parse, names something
