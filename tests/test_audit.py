@@ -25,7 +25,7 @@ from wippy_queue.security.audit import AuditTrail, AuditUnavailable, verify_file
 from wippy_queue.security.audit.chain import CLOSED, RESUMED
 
 WAIT_S = 5.0
-MODEL = Path(__file__).parent.parent / "policies" / "rbac_with_tenants.conf"
+MODEL = Path(__file__).parent.parent / "wippy_queue" / "policies" / "rbac_with_tenants.conf"
 ALLOW_A = "p, worker, tenant-a, t:*, queue.consume, allow\ng, worker-a, worker, tenant-a\n"
 ALLOW_NONE = "g, worker-a, worker, tenant-a\n"
 

@@ -204,3 +204,60 @@ def test_a_native_rule_may_name_the_publish_resource_and_allows_that_publish(
     security = load_security([app], strict=None)
     query = Query("queue.publish", "", actor=Actor("w"), policies=("app:rule",))
     assert ask(security, query).decision.allowed
+
+
+# -- item 7: shipped models by a stable name ----------------------------------------------
+
+
+def test_the_multi_tenant_example_works_when_copied_elsewhere(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "my_app"
+    shutil.copytree(ROOT / "examples" / "multi_tenant", copy)
+    done = subprocess.run(
+        [sys.executable, "-m", "wippy_queue", "run", str(copy), "--until-idle", "--timeout", "20",
+         "--publish", "app.mt:outbox_a", '{"job": "a1"}'],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "job handled" in done.stderr and "job=a1" in done.stderr
+
+
+def test_an_unknown_shipped_model_lists_the_shipped_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = write(
+        tmp_path / "app.yaml",
+        """
+        namespace: app
+        entries:
+          - name: roles
+            kind: security.policy.casbin
+            model: builtin://rbac_with_tenant
+            rules: ["g, a, b, c"]
+            request: [actor.id, message.tenant, resource, action]
+        """,
+    )
+    assert main(["validate", str(app)]) == 1
+    assert (
+        f"{app}:5: app:roles: model: no shipped model 'rbac_with_tenant'; shipped: "
+        "abac_tenant, rbac_with_tenants, wippy_rules"
+    ) in capsys.readouterr().err
+
+
+def test_policy_models_prints_each_shipped_model_and_its_file(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["policy", "models"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in out if line.startswith("builtin://")]
+    assert names == [
+        "builtin://abac_tenant",
+        "builtin://rbac_with_tenants",
+        "builtin://wippy_rules",
+    ]
+    for line in out[::2]:
+        assert Path(line.split()[1]).is_file()
+    assert out[3] == "    RBAC with tenants (Casbin domains)."

@@ -446,7 +446,9 @@ def test_lint_reports_entry_file_errors(
 def test_lint_warnings_alone_exit_0_and_inline_rules_have_lines(
     capsys: pytest.CaptureFixture[str], write_file: WriteFile
 ) -> None:
-    write_file("app/rbac.conf", (ROOT / "policies" / "rbac_with_tenants.conf").read_text())
+    write_file(
+        "app/rbac.conf", (ROOT / "wippy_queue" / "policies" / "rbac_with_tenants.conf").read_text()
+    )
     app = write_file(
         "app/_index.yaml",
         """

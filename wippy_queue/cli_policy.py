@@ -1,7 +1,7 @@
 """``wippy-queue policy test|explain|lint``: tools for writing policy files.
 
 Exit codes: ``test`` 0 when every case passes, 1 when one fails; ``lint`` 0 without
-errors (warnings are printed), 1 with any; ``explain`` 0. Input that cannot be
+errors (warnings are printed), 1 with any; ``explain`` and ``models`` 0. Input that cannot be
 used (entry files, case files, a request the runtime never asks) exits 2 with
 every problem listed.
 """
@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from wippy_queue import policies as shipped
 from wippy_queue.errors import ConfigError, Problem
 from wippy_queue.security.authoring.cases import Case, CaseFileError, QuerySpec, read_cases
 from wippy_queue.security.authoring.explain import explain
@@ -68,11 +69,17 @@ def add_parser(subparsers: Any) -> None:
     check = sub.add_parser("lint", help="find broken, dead, shadowed and duplicate rules")
     check.add_argument("paths", nargs="+", metavar="PATH", help="entry files or folders")
 
+    sub.add_parser(
+        "models", help="list the shipped Casbin models: write 'model: builtin://NAME' to use one"
+    )
+
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``policy`` sub-command in ``args``; returns the exit code."""
     if args.policy_command == "lint":
         return _lint(args.paths)
+    if args.policy_command == "models":
+        return _models()
     try:
         security = load_security(args.paths, strict=args.strict or None)
         if args.policy_command == "test":
@@ -123,6 +130,12 @@ def _explain(security: Security, args: argparse.Namespace) -> int:
         ) from None
     for line in explain(security, query).lines():
         print(line)
+    return 0
+
+
+def _models() -> int:
+    for name, path in shipped.models().items():
+        print(f"{shipped.SCHEME}{name:20} {path}\n    {shipped.summary(path)}")
     return 0
 
 

@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 
+from wippy_queue import policies as shipped
 from wippy_queue.registry.entry import EntryModel
 from wippy_queue.registry.types import Duration
 from wippy_queue.security.conditions import OPERATORS, UNARY
@@ -93,15 +94,15 @@ class WippyRule(_Strict):
 
 
 class WippyPolicyConfig(EntryModel):
-    """``security.policy``: Wippy's native rule, compiled to Casbin under policies/wippy.conf."""
+    """``security.policy``: Wippy's native rule, compiled to Casbin under builtin://wippy_rules."""
 
     policy: WippyRule
     groups: list[str] = Field(default_factory=list)
 
 
-def _existing_file(value: str, what: str) -> str:
+def _existing_file(value: str, what: str, other: str = "") -> str:
     if not value.startswith("file://"):
-        raise ValueError(f"{what} must be a file:// path, got {value!r}")
+        raise ValueError(f"{what} must be a file:// path{other}, got {value!r}")
     path = Path(value.removeprefix("file://"))
     if not path.is_file():
         raise ValueError(f"{what} file {path} does not exist")
@@ -121,7 +122,13 @@ class CasbinPolicyConfig(EntryModel):
     @field_validator("model")
     @classmethod
     def _model_file(cls, value: str) -> str:
-        return _existing_file(value, "model")
+        if value.startswith(shipped.SCHEME):  # a shipped model, wherever it is installed
+            try:
+                path = shipped.model_path(value.removeprefix(shipped.SCHEME))
+            except KeyError as err:
+                raise ValueError(err.args[0]) from None
+            return f"file://{path}"
+        return _existing_file(value, "model", f" or {shipped.SCHEME}NAME (a shipped model)")
 
     @field_validator("policy")
     @classmethod

@@ -1,7 +1,7 @@
 """Policy units: one Casbin enforcer each, asked the same Request.
 
 - ``WippyRulesUnit``: the ``security.policy`` entries of a scope, compiled into
-  rules of the shipped model ``policies/wippy_rules.conf``.
+  rules of the shipped model ``builtin://wippy_rules``.
 - ``CasbinUnit``: one ``security.policy.casbin`` entry, its own model and rules,
   with ``request:`` mapping a Request onto the model's request tokens.
 """
@@ -12,11 +12,11 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
+from wippy_queue import policies as shipped
 from wippy_queue.errors import Problem
 from wippy_queue.security.conditions import evaluate
 from wippy_queue.security.enforcer import (
@@ -63,7 +63,7 @@ SCOPE_KEYED = ("action", "resource", "actor.id")
 
 
 def wippy_model_text() -> str:
-    return resources.files("wippy_queue.policies").joinpath("wippy_rules.conf").read_text()
+    return shipped.model_path("wippy_rules").read_text(encoding="utf-8")
 
 
 _UNHASHABLE = object()
@@ -104,7 +104,7 @@ class WippyRulesUnit(PolicyUnit):
             wippy_model_text(),
             rules,
             functions={"wippyCond": self._cond},
-            source="policies/wippy_rules.conf",
+            source="builtin://wippy_rules",
         )
 
     def _cond(self, cond: str, request: Request) -> bool:
