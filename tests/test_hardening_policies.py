@@ -261,3 +261,68 @@ def test_policy_models_prints_each_shipped_model_and_its_file(
     for line in out[::2]:
         assert Path(line.split()[1]).is_file()
     assert out[3] == "    RBAC with tenants (Casbin domains)."
+
+
+# -- item 12: explain shows a native rule as written, and the condition that decided ------
+
+
+def explain_native(tmp_path: Path, capsys: pytest.CaptureFixture[str], prio: str) -> list[str]:
+    write(tmp_path / "h.py", HANDLER)
+    app = write(
+        tmp_path / "app.yaml",
+        """
+        namespace: app
+        entries:
+          - {name: mem, kind: queue.driver.memory}
+          - {name: jobs, kind: queue.queue, driver: mem}
+          - {name: handle, kind: function.python, source: file://h.py, method: handle}
+          - name: same_tenant
+            kind: security.policy
+            policy:
+              actions: [queue.consume]
+              resources: ["app:*"]
+              effect: allow
+              conditions:
+                - {field: actor.meta.tenant, operator: eq, value_from: message.tenant}
+                - {field: meta.prio, operator: eq, value: high}
+          - name: w
+            kind: queue.consumer
+            queue: jobs
+            func: handle
+            lifecycle:
+              security: {actor: {id: w, meta: {tenant: t1}}, policies: [same_tenant]}
+        """,
+    )
+    argv = ["policy", "explain", str(app), "--consumer", "app:w", "--action", "queue.consume"]
+    assert main([*argv, "--publisher", "w", "--header", f"prio={prio}"]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+RULE = (
+    "allow queue.consume on 'app:*' if actor.meta.tenant eq message.tenant and meta.prio eq 'high'"
+)
+
+
+def test_explain_shows_an_allowing_native_rule_as_written_with_its_conditions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = explain_native(tmp_path, capsys, "high")
+    assert lines[0] == f"decision: allow (policy) by app:same_tenant: {RULE}"
+    assert lines[4].startswith("  => allow  app:same_tenant  ")
+    assert lines[4].endswith(f":8  {RULE}")
+    assert lines[5].strip() == "actor.meta.tenant eq message.tenant ('t1' eq 't1'): true"
+    assert lines[6].strip() == "meta.prio eq 'high' ('high' eq 'high'): true"
+
+
+def test_explain_names_the_condition_that_stopped_the_only_allow(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = explain_native(tmp_path, capsys, "low")
+    assert lines[0] == "decision: deny (no_allow)"
+    assert "matched rules: none" in lines
+    at = lines.index("stopped by a condition (1):")
+    assert lines[at + 1].endswith(f":8  {RULE}")
+    assert lines[at + 2].strip() == "meta.prio eq 'high' ('low' eq 'high'): false"
+    assert lines[-1].endswith(
+        ":8 is stopped by its condition meta.prio eq 'high' ('low' eq 'high')"
+    )
