@@ -326,3 +326,20 @@ def test_explain_names_the_condition_that_stopped_the_only_allow(
     assert lines[-1].endswith(
         ":8 is stopped by its condition meta.prio eq 'high' ('low' eq 'high')"
     )
+
+
+# -- item 11: pycasbin's construction chatter under an application's INFO logging ---------
+
+
+def test_loading_policies_logs_no_casbin_model_or_rules_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from wippy_queue import Runtime
+
+    with caplog.at_level(logging.INFO):
+        Runtime.load(ROOT / "examples" / "multi_tenant")
+    assert [r.name for r in caplog.records if r.name.startswith("casbin")] == []
+    # quieted while it builds only: the application's own casbin logging is left as it was
+    assert not logging.getLogger("casbin.policy").disabled

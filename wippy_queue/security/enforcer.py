@@ -135,8 +135,12 @@ def _rule_problem(ptype: str, values: tuple[str, ...], model: ModelInfo) -> str 
 
 
 def _quiet_construct(factory: Callable[[], Any]) -> Any:
-    """Build an enforcer without letting pycasbin change logging configuration."""
+    """Build an enforcer without letting pycasbin change logging configuration, and
+    without the model and every rule it logs at INFO while it builds (an application's
+    ``logging.basicConfig(level=INFO)`` would print them all)."""
     saved = {name: logging.getLogger(name).disabled for name in _CASBIN_LOGGERS}
+    for name in saved:
+        logging.getLogger(name).disabled = True
     try:
         return factory()
     finally:
