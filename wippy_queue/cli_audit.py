@@ -18,14 +18,14 @@ from wippy_queue.security.audit.show import Filter, parse_since, records, table
 
 def add_parser(sub: Any) -> None:
     audit = sub.add_parser("audit", help="verify or show an audit trail file")
-    commands = audit.add_subparsers(dest="audit_command", required=True)
+    commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     verify = commands.add_parser("verify", help="check the hash chain; exit 1 if tampered")
-    verify.add_argument("file", type=Path)
+    verify.add_argument("file", type=Path, help="an audit trail (JSON lines)")
     show = commands.add_parser("show", help="print records as a table")
-    show.add_argument("file", type=Path)
+    show.add_argument("file", type=Path, help="an audit trail (JSON lines)")
     show.add_argument("--denied", action="store_true", help="only denied decisions")
-    show.add_argument("--actor", metavar="ID")
-    show.add_argument("--queue", metavar="ID")
+    show.add_argument("--actor", metavar="ID", help="only records of this actor")
+    show.add_argument("--queue", metavar="ID", help="only records of this queue")
     show.add_argument(
         "--since",
         metavar="TIME",
