@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import textwrap
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,14 @@ def write_file(tmp_path: Path) -> Callable[[str, str], Path]:
         return write(tmp_path / name, text)
 
     return _write
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo what ``main(["run", ...])`` run in-process does to the root logger (the CLI
+    installs its own handlers and level there)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

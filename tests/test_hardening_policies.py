@@ -9,6 +9,10 @@ from conftest import write
 
 from wippy_queue.cli import main
 
+# main(["run", ...]) sets up the CLI's log handlers: each test gets the logging it had
+pytestmark = pytest.mark.usefixtures("restore_logging")
+
+
 ROOT = Path(__file__).resolve().parent.parent
 RBAC = ROOT / "wippy_queue" / "policies" / "rbac_with_tenants.conf"
 

@@ -11,6 +11,9 @@ from conftest import write
 from wippy_queue import ConfigError, Runtime
 from wippy_queue.errors import Problem
 
+# main(["run", ...]) sets up the CLI's log handlers: each test gets the logging it had
+pytestmark = pytest.mark.usefixtures("restore_logging")
+
 
 def problems_of(*paths: Path) -> list[Problem]:
     with pytest.raises(ConfigError) as caught:

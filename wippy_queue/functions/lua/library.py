@@ -54,7 +54,9 @@ class LuaFunctions:
             )
         program = build_program(entry, self._entries)
         check_syntax(program)
-        return LuaHandler(program)
+        handler = LuaHandler(program)
+        handler.check_load()
+        return handler
 
 
 def import_cycles(entries: Mapping[str, Entry]) -> list[Problem]:
