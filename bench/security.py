@@ -3,7 +3,7 @@
 Every row publishes N messages and drains them with a no-op async handler
 (concurrency 4, prefetch 20) in this one process, like ``throughput.py``'s
 ``wippy-async`` row. The checked rows put the consumer under RBAC-with-tenants
-policies (``policies/rbac_with_tenants.conf``, indexed by tenant) of 10, 1,000 or
+policies (``builtin://rbac_with_tenants``, indexed by tenant) of 10, 1,000 or
 10,000 rules, generated into a temp dir (many tenants, two roles each; the
 consumer's actor may consume its own tenant's messages):
 
@@ -16,7 +16,7 @@ consumer's actor may consume its own tenant's messages):
   ``queue.publish.queue`` checks, the stamp and its HMAC signature), and consuming
   verifies the signature and decides on the VERIFIED tenant (``message.tenant``).
 
-- ``abac``: the shipped ``policies/abac_tenant.conf`` ("the actor's tenant must
+- ``abac``: the shipped ``builtin://abac_tenant`` ("the actor's tenant must
   equal the message's tenant") over the whole ``actor`` and ``message`` objects,
   published under a publisher actor (unsigned), so every message is checked three
   times (two publish checks, one consume check); decisions are cached by the

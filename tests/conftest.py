@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import textwrap
 import warnings
 from collections.abc import Callable, Iterator
@@ -103,3 +104,14 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     yield chosen
     backends.reset(token)
     backends.cleanup(chosen)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo what ``main(["run", ...])`` run in-process does to the root logger (the CLI
+    installs its own handlers and level there)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

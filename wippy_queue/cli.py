@@ -1,74 +1,57 @@
-"""``wippy-queue``: validate entry files, run them, inspect queues."""
+"""``wippy-queue``: validate entry files, run them, inspect queues.
+
+Exit codes: 0 success; 1 the entry files (or what a command checks) have problems,
+each listed as FILE:LINE; 2 a usage error, or input that is not what the command
+takes; 130 interrupted while loading. ``run``, ``policy`` and ``audit`` document
+their own (see their modules and the README).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from importlib import metadata
 
-from wippy_queue import cli_audit, cli_policy, logs
+from wippy_queue import cli_audit, cli_policy, cli_run, logs
 from wippy_queue.errors import ConfigError, WippyQueueError
 from wippy_queue.loading import load
 from wippy_queue.runtime import Runtime
 
-log = logging.getLogger("wippy_queue.cli")
+DESCRIPTION = (
+    "A security-aware runtime for Wippy-style message queues: validate entry files, "
+    "run them, write and check policies, verify audit trails."
+)
 
 
-def _json_arg(text: str) -> Any:
+def _version() -> str:
     try:
-        return json.loads(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
+        return metadata.version("wippy-queue")
+    except metadata.PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown (not installed)"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wippy-queue", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="wippy-queue", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     validate = sub.add_parser("validate", help="check entry files; list every problem")
-    validate.add_argument("paths", nargs="+", metavar="PATH")
+    validate.add_argument("paths", nargs="+", metavar="PATH", help="entry files or folders")
 
-    run = sub.add_parser("run", help="start the runtime on entry files")
-    run.add_argument("paths", nargs="+", metavar="PATH")
-    run.add_argument(
-        "--publish",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("QUEUE_ID", "JSON"),
-        help="publish a message once started (repeatable)",
-    )
-    run.add_argument("--until-idle", action="store_true", help="stop once every queue is idle")
-    run.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this long")
-    run.add_argument("--log-format", choices=["text", "json"], default="text")
-    run.add_argument("--log-level", default="INFO")
-    run.add_argument(
-        "--strict", action="store_true", help="deny consumers and publishers without security"
-    )
-    run.add_argument("--audit", metavar="PATH", help="write the audit trail to PATH")
-
+    cli_run.add_parser(sub)
     cli_audit.add_parser(sub)
     cli_policy.add_parser(sub)
 
     info = sub.add_parser("info", help="list the entries, services and queues of entry files")
-    info.add_argument("paths", nargs="+", metavar="PATH")
+    info.add_argument("paths", nargs="+", metavar="PATH", help="entry files or folders")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "run":
-        try:  # bad JSON is a usage error, found before anything starts
-            args.publish = [(queue_id, _json_arg(text)) for queue_id, text in args.publish]
-        except argparse.ArgumentTypeError as err:
-            parser.error(f"--publish: {err}")
+    args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
     except ConfigError as err:
@@ -95,7 +78,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "policy":
         return cli_policy.run(args)
     logs.setup(args.log_format, args.log_level)
-    return asyncio.run(_run(args))
+    return asyncio.run(cli_run.run(args))
 
 
 def _validate(paths: list[str]) -> int:
@@ -118,28 +101,3 @@ def _info(paths: list[str]) -> int:
         deps = ", ".join(registry.dependencies.get(entry_id, ())) or "-"
         print(f"{entry_id:40} {entry.kind:22} requires: {deps}")
     return 0
-
-
-async def _run(args: argparse.Namespace) -> int:
-    runtime = Runtime.load(*args.paths, strict=args.strict or None, audit_path=args.audit)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    code = 0
-    async with runtime:
-        for queue_id, data in args.publish:
-            message_id = await runtime.publish(queue_id, data)
-            log.info("published", extra={"fields": {"message_id": message_id, "queue": queue_id}})
-        waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
-        if args.until_idle:
-            waiters.append(asyncio.create_task(runtime.join()))
-        done, pending = await asyncio.wait(
-            waiters, timeout=args.timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        for task in pending:
-            task.cancel()
-        if not done and args.until_idle:
-            print(f"wippy-queue: not idle after {args.timeout}s; stopping", file=sys.stderr)
-            code = 3
-    return code

@@ -1,4 +1,8 @@
-"""``wippy-queue audit verify|show``: check and read audit trail files."""
+"""``wippy-queue audit verify|show``: check and read audit trail files.
+
+Exit codes: 0 intact; 1 tampered (``verify``; ``show`` prints the records anyway); 2 no
+such file, or a file that is no audit trail at all (no line of it is an audit record).
+"""
 
 from __future__ import annotations
 
@@ -14,14 +18,14 @@ from wippy_queue.audit.show import Filter, parse_since, records, table
 
 def add_parser(sub: Any) -> None:
     audit = sub.add_parser("audit", help="verify or show an audit trail file")
-    commands = audit.add_subparsers(dest="audit_command", required=True)
+    commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     verify = commands.add_parser("verify", help="check the hash chain; exit 1 if tampered")
-    verify.add_argument("file", type=Path)
+    verify.add_argument("file", type=Path, help="an audit trail (JSON lines)")
     show = commands.add_parser("show", help="print records as a table")
-    show.add_argument("file", type=Path)
+    show.add_argument("file", type=Path, help="an audit trail (JSON lines)")
     show.add_argument("--denied", action="store_true", help="only denied decisions")
-    show.add_argument("--actor", metavar="ID")
-    show.add_argument("--queue", metavar="ID")
+    show.add_argument("--actor", metavar="ID", help="only records of this actor")
+    show.add_argument("--queue", metavar="ID", help="only records of this queue")
     show.add_argument(
         "--since",
         metavar="TIME",
@@ -35,8 +39,11 @@ def run(args: argparse.Namespace) -> int:
         what = "a directory, not an audit file" if args.file.is_dir() else "no such file"
         print(f"wippy-queue audit: {args.file}: {what}", file=sys.stderr)
         return 2
+    result = verify_file(args.file)
+    if result.not_audit:  # another file given by mistake: bad input, not tampering
+        print(f"wippy-queue audit: {args.file}: {result.summary()}", file=sys.stderr)
+        return 2
     if args.audit_command == "verify":
-        result = verify_file(args.file)
         print(f"{args.file}: {result.summary()}")
         return 0 if result.ok else 1
     try:
@@ -57,7 +64,6 @@ def run(args: argparse.Namespace) -> int:
         print(table(rows))
         print(f"({len(rows)} records)")
     # Records are shown as written; a reader must not take a tampered file at its word.
-    result = verify_file(args.file)
     if not result.ok:
         print(
             f"wippy-queue audit: WARNING: {args.file} fails verification ({result.summary()}); "

@@ -1,7 +1,7 @@
 """``wippy-queue policy test|explain|lint``: tools for writing policy files.
 
 Exit codes: ``test`` 0 when every case passes, 1 when one fails; ``lint`` 0 without
-errors (warnings are printed), 1 with any; ``explain`` 0. Input that cannot be
+errors (warnings are printed), 1 with any; ``explain`` and ``models`` 0. Input that cannot be
 used (entry files, case files, a request the runtime never asks) exits 2 with
 every problem listed.
 """
@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from wippy_queue import policies as shipped
 from wippy_queue.errors import ConfigError, Problem
 from wippy_queue.policytools.cases import Case, CaseFileError, QuerySpec, read_cases
 from wippy_queue.policytools.explain import explain
@@ -41,7 +42,11 @@ def add_parser(subparsers: Any) -> None:
     test = sub.add_parser("test", help="run policy test cases; exit 1 if any fails")
     test.add_argument("paths", nargs="+", metavar="PATH", help="entry files or folders")
     test.add_argument(
-        "--cases", action="append", required=True, metavar="CASES.yaml", help="(repeatable)"
+        "--cases",
+        action="append",
+        required=True,
+        metavar="CASES.yaml",
+        help="a policy test case file (repeatable)",
     )
     test.add_argument("--strict", action="store_true", help="decide as 'run --strict' would")
 
@@ -49,30 +54,58 @@ def add_parser(subparsers: Any) -> None:
     why.add_argument("paths", nargs="+", metavar="PATH", help="entry files or folders")
     who = why.add_argument_group("who asks: a consumer, or an actor with policies/groups")
     who.add_argument("--consumer", metavar="ID", help="its lifecycle.security applies")
-    who.add_argument("--actor", metavar="ID")
-    who.add_argument("--meta", type=_pair, action="append", default=[], metavar="KEY=VALUE")
-    who.add_argument("--policy", action="append", default=[], metavar="ID")
-    who.add_argument("--group", action="append", default=[], metavar="NAME")
+    who.add_argument("--actor", metavar="ID", help="an actor id (with --policy/--group)")
+    who.add_argument(
+        "--meta",
+        type=_pair,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the actor's meta (repeatable), e.g. tenant=tenant-a",
+    )
+    who.add_argument(
+        "--policy", action="append", default=[], metavar="ID", help="a policy entry (repeatable)"
+    )
+    who.add_argument(
+        "--group", action="append", default=[], metavar="NAME", help="a policy group (repeatable)"
+    )
     what = why.add_argument_group("what is asked")
-    what.add_argument("--action", required=True, choices=list(ASKED))
+    what.add_argument("--action", required=True, choices=list(ASKED), help="the action asked")
     what.add_argument(
         "--resource",
         metavar="ID",
         help="a queue ID (default: the consumer's queue; '' for queue.publish)",
     )
-    what.add_argument("--header", type=_pair, action="append", default=[], metavar="KEY=VALUE")
+    what.add_argument(
+        "--header",
+        type=_pair,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a message header (repeatable)",
+    )
     what.add_argument("--publisher", metavar="ACTOR_ID", help="the verified publisher (consume)")
-    what.add_argument("--publisher-tenant", metavar="TENANT")
+    what.add_argument(
+        "--publisher-tenant",
+        metavar="TENANT",
+        help="the verified publisher's tenant (default: that of its actor)",
+    )
     why.add_argument("--strict", action="store_true", help="decide as 'run --strict' would")
 
     check = sub.add_parser("lint", help="find broken, dead, shadowed and duplicate rules")
     check.add_argument("paths", nargs="+", metavar="PATH", help="entry files or folders")
+
+    sub.add_parser(
+        "models", help="list the shipped Casbin models: write 'model: builtin://NAME' to use one"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``policy`` sub-command in ``args``; returns the exit code."""
     if args.policy_command == "lint":
         return _lint(args.paths)
+    if args.policy_command == "models":
+        return _models()
     try:
         security = load_security(args.paths, strict=args.strict or None)
         if args.policy_command == "test":
@@ -123,6 +156,12 @@ def _explain(security: Security, args: argparse.Namespace) -> int:
         ) from None
     for line in explain(security, query).lines():
         print(line)
+    return 0
+
+
+def _models() -> int:
+    for name, path in shipped.models().items():
+        print(f"{shipped.SCHEME}{name:20} {path}\n    {shipped.summary(path)}")
     return 0
 
 

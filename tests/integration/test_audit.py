@@ -27,7 +27,7 @@ from wippy_queue.functions.python import PythonHandler
 pytestmark = pytest.mark.usefixtures("backend")  # every test runs on every driver
 
 WAIT_S = 5.0
-MODEL = Path(__file__).parents[2] / "policies" / "rbac_with_tenants.conf"
+MODEL = Path(__file__).parents[2] / "wippy_queue" / "policies" / "rbac_with_tenants.conf"
 ALLOW_A = "p, worker, tenant-a, t:*, queue.consume, allow\ng, worker-a, worker, tenant-a\n"
 ALLOW_NONE = "g, worker-a, worker, tenant-a\n"
 

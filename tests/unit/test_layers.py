@@ -15,14 +15,24 @@ import wippy_queue
 PACKAGE = Path(wippy_queue.__file__).parent
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "identity"),
+    ("errors", "identity", "policies"),
     ("registry",),
     ("lifecycle",),
     ("queue",),
     ("drivers", "functions"),
     ("security", "audit"),
     ("plugins", "loading", "runtime"),
-    ("cli", "cli_audit", "cli_policy", "logs", "policytools", "testing", "__main__", "__init__"),
+    (
+        "cli",
+        "cli_audit",
+        "cli_policy",
+        "cli_run",
+        "logs",
+        "policytools",
+        "testing",
+        "__main__",
+        "__init__",
+    ),
 ]
 #: modules of the same layer that must not import each other
 APART = [("security", "audit"), ("drivers", "functions")]

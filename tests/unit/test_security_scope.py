@@ -128,7 +128,9 @@ def test_clearing_the_cache_lets_a_changed_policy_take_effect(
     unit = security.casbin_units["app:tenants"]
     assert scope.check(consume()).allowed
 
-    tenants_csv.write_text(TENANT_RULES.replace("app:*, queue.consume, allow", "x, y, allow"))
+    tenants_csv.write_text(
+        TENANT_RULES.replace("app:*, queue.consume, allow", "x, queue.publish.queue, allow")
+    )
     assert scope.check(consume()).allowed  # cached, the file is not re-read per message
     security.clear_caches()
     assert scope.check(consume()).allowed  # the file is read only by a reload
@@ -148,7 +150,9 @@ def test_installing_new_rules_makes_cached_decisions_stale(tenants_csv: Path) ->
     unit = rbac_unit(tenants_csv)
     scope = Scope("s", [unit])
     assert scope.check(consume()).allowed
-    tenants_csv.write_text(TENANT_RULES.replace("app:*, queue.consume, allow", "x, y, allow"))
+    tenants_csv.write_text(
+        TENANT_RULES.replace("app:*, queue.consume, allow", "x, queue.publish.queue, allow")
+    )
     unit.install(unit.load())
     assert not scope.check(consume()).allowed
 

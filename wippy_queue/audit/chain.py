@@ -97,8 +97,12 @@ class VerifyResult:
     trailing_torn: int | None = None
     #: whether the last record is ``audit_closed`` (the writer stopped cleanly)
     closed: bool = False
+    #: not ok because no line of the file is an audit record: not tampering, another file
+    not_audit: bool = False
 
     def summary(self) -> str:
+        if self.not_audit:
+            return str(self.problem)
         if not self.ok:
             return f"TAMPERED: line {self.bad_line}: {self.problem}"
         text = f"ok: {self.records} records, chain intact"
@@ -135,11 +139,12 @@ def verify_file(path: str | Path) -> VerifyResult:
     pending_torn: int | None = None
     last_event = None
     data = Path(path).read_bytes()
+    no_header = _no_header(data)
+    if no_header:
+        return _not_audit(result, data, no_header)
     for number, raw in _lines(data):
         record = _parse(raw)
         if record is None:
-            if number == 1:
-                return _bad(result, 1, "not an audit file: the first line is not its header")
             if pending_torn is None:
                 pending_torn = number  # maybe torn by a crash: the next record must say so
                 continue
@@ -154,8 +159,6 @@ def verify_file(path: str | Path) -> VerifyResult:
         result.last_seq = int(record["seq"])
         result.last_hash = str(record["hash"])
         last_event = record.get("event")
-    if result.records == 0 and pending_torn is None:
-        return _bad(result, 1, "empty: not an audit file (no header)")
     if pending_torn is not None:
         if data.endswith(b"\n"):  # a crash tears the unfinished last line: no newline
             return _bad(result, pending_torn, "not a record, yet a complete line (edited)")
@@ -163,6 +166,29 @@ def verify_file(path: str | Path) -> VerifyResult:
         result.trailing_torn = pending_torn
     result.closed = last_event == CLOSED
     return result
+
+
+def _no_header(data: bytes) -> str | None:
+    """Why the file does not start with an audit header, or None."""
+    first = next(_lines(data), None)
+    if first is None:
+        return "it is empty (no header)"
+    record = _parse(first[1])
+    if record is None or record.get("event") != HEADER:
+        return "its first line is not an audit header"
+    return None
+
+
+def _not_audit(result: VerifyResult, data: bytes, problem: str) -> VerifyResult:
+    """The file does not start as an audit trail: tampered if any line of it is an audit
+    record (its header edited away), else some other file given by mistake."""
+    result.not_audit = not any(
+        (record := _parse(raw)) is not None and {"seq", "hash"} <= record.keys()
+        for _, raw in _lines(data)
+    )
+    if result.not_audit:
+        return _bad(result, 1, f"not an audit file: {problem}")
+    return _bad(result, 1, f"{problem}, yet audit records follow (its header edited or removed)")
 
 
 def _bad(result: VerifyResult, line: int, problem: str) -> VerifyResult:

@@ -153,8 +153,14 @@ class Supervisor:
     async def _cancel_watcher(self, unit: Supervised) -> None:
         if unit.watcher is not None:
             unit.watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await unit.watcher
+            except asyncio.CancelledError:
+                # the watcher's own cancellation is swallowed, never ours: a stop that is
+                # itself cancelled (a second Ctrl-C) must not carry on gracefully
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
             unit.watcher = None
 
     async def _stop_one(self, unit: Supervised) -> None:

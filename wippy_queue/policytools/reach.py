@@ -73,12 +73,6 @@ def check_rule(world: World, written: PolicyRules, rule: Rule) -> Iterator[Probl
 def _dead(
     world: World, written: PolicyRules, rule: Rule, constraints: list[Constraint]
 ) -> Iterator[str]:
-    if rule.effect not in ("allow", "deny"):
-        yield (
-            f"never decides: its effect is {rule.effect!r}, and the model compares it exactly "
-            "with 'allow' and 'deny'; write one of those"
-        )
-        return
     candidates = set(ASKED)
     for constraint in (c for c in constraints if c.path == "action"):
         candidates &= {a for a in ASKED if constraint.matches(a) is not False}

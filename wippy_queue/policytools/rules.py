@@ -20,8 +20,9 @@ from wippy_queue.identity import Request
 from wippy_queue.policytools.hints import display_path
 from wippy_queue.policytools.model import ModelShape, read_shape
 from wippy_queue.registry.entry import Entry
+from wippy_queue.security.conditions import UNARY
 from wippy_queue.security.enforcer import Enforcer, PolicyLine, read_model, read_policy
-from wippy_queue.security.models import CasbinPolicyConfig, WippyPolicyConfig
+from wippy_queue.security.models import CasbinPolicyConfig, Condition, WippyPolicyConfig
 from wippy_queue.security.units import CasbinUnit, Verdict, WippyRulesUnit
 
 
@@ -34,6 +35,8 @@ class Rule:
     line: int
     #: ``allow`` / ``deny`` for a policy rule; None for a role grant (``g`` line)
     effect: str | None
+    #: how the user wrote it, when that is not a Casbin line (a ``security.policy``)
+    written: str | None = None
 
     @property
     def where(self) -> str:
@@ -41,7 +44,7 @@ class Rule:
 
     @property
     def text(self) -> str:
-        return ", ".join((self.ptype, *self.values))
+        return self.written or ", ".join((self.ptype, *self.values))
 
     def as_line(self) -> PolicyLine:
         return PolicyLine(self.ptype, self.values, self.file, self.line)
@@ -78,6 +81,7 @@ def _wippy_rules(entry: Entry, config: WippyPolicyConfig) -> list[Rule]:
     rule = config.policy
     cond = entry.id if rule.conditions else ""
     line = entry.location.line_of("policy")
+    when = " if " + " and ".join(map(condition_text, rule.conditions)) if rule.conditions else ""
     return [
         Rule(
             entry.id,
@@ -86,10 +90,19 @@ def _wippy_rules(entry: Entry, config: WippyPolicyConfig) -> list[Rule]:
             entry.location.file,
             line,
             rule.effect,
+            f"{rule.effect} {act} on {res!r}{when}",
         )
         for act in rule.actions
         for res in rule.resources
     ]
+
+
+def condition_text(condition: Condition) -> str:
+    """A condition as written: ``actor.meta.tenant eq message.tenant``, ``meta.p eq 'x'``."""
+    if condition.operator in UNARY:
+        return f"{condition.field} {condition.operator}"
+    operand = condition.value_from or repr(condition.value)
+    return f"{condition.field} {condition.operator} {operand}"
 
 
 def _casbin_rules(entry: Entry, config: CasbinPolicyConfig) -> PolicyRules:
@@ -138,12 +151,14 @@ class RuleJudge:
         if isinstance(config, CasbinPolicyConfig):
             self._unit = CasbinUnit(entry_rules.entry.id, config)
 
-    def verdict(self, rule: Rule, request: Request) -> Verdict:
+    def verdict(self, rule: Rule, request: Request, *, conditions: bool = True) -> Verdict:
+        """``conditions=False``: a Wippy rule's verdict were its conditions all true."""
         if self._unit is None:
             config = self.entry_rules.entry.config
             assert isinstance(config, WippyPolicyConfig)
+            update = {"actions": [rule.values[0]], "resources": [rule.values[1]]}
             narrowed = config.policy.model_copy(
-                update={"actions": [rule.values[0]], "resources": [rule.values[1]]}
+                update=update if conditions else {**update, "conditions": []}
             )
             single = config.model_copy(update={"policy": narrowed})
             return WippyRulesUnit([(rule.policy, single)]).decide(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 
 from wippy_queue.errors import ConfigError, Problem
 from wippy_queue.registry.entry import Entry, Location, Reference
+from wippy_queue.registry.fields import locate
 from wippy_queue.registry.graph import find_cycles
 from wippy_queue.registry.ids import valid_part
 from wippy_queue.registry.kinds import KindTable
@@ -111,23 +113,60 @@ def _validate(
     try:
         config = model.model_validate(raw.data, context=context)
     except ValidationError as err:
-        wrong_fields = _report(err, model, raw, entry_id, problems)
+        wrong_fields = _report(err, model, raw, entry_id, problems) | raw.unset_fields
         refs = written_references(model, raw.data, context)
         refs = [ref for ref in refs if not _overlaps(ref.field, wrong_fields)]
         return _Invalid(entry_id, location, refs)
+    if raw.unset_fields:  # reported by the reader; what the entry would be is unknown
+        refs = [r for r in config.references() if not _overlaps(r.field, set(raw.unset_fields))]
+        return _Invalid(entry_id, location, refs)
     return Entry(entry_id, raw.kind, raw.namespace, raw.name, raw.meta, config, location)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    field: str
+    line: int
+    text: str
+    #: the value is not of one union alternative's type (pool: neither int nor a block)
+    mismatch: bool
+    #: what ``text`` ends with when it shows the value: `` (got 'abc')``
+    got: str = ""
 
 
 def _report(
     err: ValidationError, model: type, raw: RawEntry, entry_id: str, problems: list[Problem]
 ) -> set[str]:
-    """One problem per validation error; the fields they name."""
-    fields = set()
+    """One problem per validation error; the fields they name.
+
+    A value that fits no alternative of a union is one problem; when one alternative
+    got further (an unknown field inside a ``pool`` block), only its errors are told.
+    """
+    found = []
     for error in err.errors():
-        field, line = _locate(error["loc"], raw)
-        problems.append(Problem(_explain(error, model), raw.file, line, entry_id, field or None))
-        fields.add(field)
-    return fields
+        place = locate(model, tuple(error["loc"]))
+        field, line = _locate(place.path, raw)
+        if raw.unset_fields and (not field or _overlaps(field, set(raw.unset_fields))):
+            # reported as the unset ${env:...}, not as what its "" made of the entry
+            continue
+        text, got = _explain(error, place.block), f" (got {error.get('input')!r})"
+        found.append(_Found(field, line, text, place.member_mismatch, got))
+    for item in _without_union_noise(found):
+        problems.append(Problem(item.text, raw.file, item.line, entry_id, item.field or None))
+    return {item.field for item in found}
+
+
+def _without_union_noise(found: list[_Found]) -> list[_Found]:
+    deeper = [f.field for f in found if not f.mismatch]
+    kept: dict[str, _Found] = {}
+    for item in found:
+        if not item.mismatch:
+            kept[f"{len(kept)}"] = item
+        elif not any(d == item.field or d.startswith(f"{item.field}.") for d in deeper):
+            first = kept.get(item.field)
+            text = f"{first.text.removesuffix(item.got)}; or {item.text}" if first else item.text
+            kept[item.field] = _Found(item.field, item.line, text, True, item.got)
+    return list(kept.values())
 
 
 def _overlaps(field: str, wrong_fields: set[str]) -> bool:
@@ -176,11 +215,16 @@ def _locate(loc: tuple[int | str, ...], raw: RawEntry) -> tuple[str, int]:
     return ".".join(parts), line
 
 
-def _explain(error: Any, model: type) -> str:
+def _explain(error: Any, block: type | None) -> str:
+    """What is wrong, in words; ``block`` is the model the field was written in."""
     kind, msg, value = error["type"], error["msg"], error.get("input")
     if kind == "extra_forbidden":
-        fields = getattr(model, "model_fields", {})
-        return f"unknown field; known fields: {', '.join(fields)}"
+        fields = list(getattr(block, "model_fields", {}))
+        if not fields:
+            return "unknown field"
+        close = difflib.get_close_matches(str(error["loc"][-1]), fields, n=1)
+        hint = f" did you mean {close[0]!r}?" if close else ""
+        return f"unknown field;{hint} known fields: {', '.join(fields)}"
     if kind == "missing":
         return "required field is missing"
     if kind in ("value_error", "assertion_error"):

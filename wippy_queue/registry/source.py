@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from wippy_queue.errors import Problem
+from wippy_queue.registry.yaml_limits import BoundedLoader, YamlLimitError, check_expansion
 
 ENTRY_SUFFIXES = (".yaml", ".yml")
 _ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -30,7 +31,7 @@ class LineDict(dict[Any, Any]):
     key_lines: dict[Any, int]
 
 
-class _LineLoader(yaml.SafeLoader):
+class _LineLoader(BoundedLoader):
     duplicate_keys: list[tuple[Any, int]]
 
 
@@ -67,10 +68,22 @@ class RawEntry:
     meta: dict[str, Any]
     data: dict[str, Any]
     field_lines: dict[str, int] = field(default_factory=dict)
+    #: fields whose ``${env:NAME}`` is unset: reported once, never validated as ""
+    unset_fields: frozenset[str] = frozenset()
 
 
 def entry_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path, bool]]:
-    """Yield each entry file and whether it was named explicitly (not found by a walk)."""
+    """Yield each entry file once (a file named twice, or also found in a named folder,
+    is one file) and whether it was named explicitly (not found by a walk)."""
+    seen: set[Path] = set()
+    for path, explicit in _candidates(paths):
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            yield path, explicit
+
+
+def _candidates(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path, bool]]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
@@ -81,7 +94,18 @@ def entry_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path,
             yield path, True
 
 
-def _interpolate(value: Any, problems: list[str]) -> Any:
+@dataclass(frozen=True, slots=True)
+class _Unset:
+    """An ``${env:NAME}`` without a default whose variable is not set."""
+
+    name: str
+    field: str
+    line: int
+
+
+def _interpolate(value: Any, unset: list[_Unset], field: str = "", line: int = 0) -> Any:
+    """``value`` with ``${env:...}`` replaced; each unset variable noted in ``unset`` with
+    the dotted field (``lifecycle.start_timeout``) and line that name it."""
     if isinstance(value, str):
 
         def env(match: re.Match[str]) -> str:
@@ -90,19 +114,21 @@ def _interpolate(value: Any, problems: list[str]) -> Any:
                 return os.environ[name]
             if default is not None:
                 return default
-            problems.append(
-                f"environment variable {name} is not set; export it or write "
-                f"${{env:{name}:-default}}"
-            )
+            unset.append(_Unset(name, field, line))
             return ""
 
         return _ENV.sub(env, value)
     if isinstance(value, LineDict):
-        out = LineDict({k: _interpolate(v, problems) for k, v in value.items()})
+        out = LineDict(
+            {
+                k: _interpolate(v, unset, f"{field}.{k}" if field else str(k), value.key_lines[k])
+                for k, v in value.items()
+            }
+        )
         out.line, out.key_lines = value.line, value.key_lines
         return out
     if isinstance(value, list):
-        return [_interpolate(v, problems) for v in value]
+        return [_interpolate(v, unset, field, getattr(v, "line", line)) for v in value]
     return value
 
 
@@ -135,7 +161,10 @@ def read_yaml(path: Path, problems: list[Problem], digests: dict[str, str] | Non
     loader = _LineLoader(text)
     loader.duplicate_keys = []
     try:
-        document = loader.get_single_data()
+        document = _bounded_document(loader)
+    except YamlLimitError as err:
+        problems.append(Problem(str(err), file=str(path), line=err.line))
+        return None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -153,23 +182,76 @@ def read_yaml(path: Path, problems: list[Problem], digests: dict[str, str] | Non
     return document
 
 
+def _bounded_document(loader: _LineLoader) -> Any:
+    """The document, built only once it is known to stay within the YAML limits."""
+    node = loader.get_single_node()
+    if node is None:
+        return None
+    check_expansion(node)
+    return loader.construct_document(node)
+
+
 def read_entries(
     paths: Iterable[str | os.PathLike[str]],
 ) -> tuple[list[RawEntry], list[Problem], dict[str, str]]:
-    """The raw entries, the problems found, and the digest of each file read."""
+    """The raw entries, the problems found, and the digest of each file read.
+
+    Finding no entry at all is a problem: it names every file looked at and why it
+    was skipped (a runtime with nothing to run would idle forever).
+    """
+    paths = list(paths)
     entries: list[RawEntry] = []
     problems: list[Problem] = []
     digests: dict[str, str] = {}
+    skipped: list[str] = []
     for path, explicit in entry_files(paths):
         if not path.exists():
             problems.append(Problem("no such file or directory", file=str(path)))
             continue
         known = len(problems)
         document = read_yaml(path, problems, digests)
-        if (document is None and not explicit) or len(problems) > known:
-            continue  # not an entry file, or reported already (malformed YAML)
-        entries.extend(_file_entries(path, document, explicit, problems))
+        if len(problems) > known:
+            continue  # reported already (unreadable, malformed YAML)
+        reason = None if explicit else _skip_reason(document)
+        found = [] if reason else _file_entries(path, document, problems)
+        if not found and len(problems) == known:
+            skipped.append(f"{path} ({reason or 'its entries list is empty'})")
+        entries.extend(found)
+    if not entries and not problems:
+        problems.append(_nothing_found(paths, skipped))
     return entries, problems, digests
+
+
+def _skip_reason(document: Any) -> str | None:
+    """Why a YAML file found in a folder is no entry file (None when it is one)."""
+    if document is None:
+        return "empty"
+    if not isinstance(document, LineDict):
+        return f"its top level is a {_yaml_type(document)}, not a mapping"
+    if "namespace" not in document and "entries" not in document:
+        keys = ", ".join(str(key) for key in list(document)[:5]) or "none"
+        return f"no 'namespace' or 'entries' at its top level; its keys: {keys}"
+    return None
+
+
+def _yaml_type(value: Any) -> str:
+    return "list" if isinstance(value, list) else f"single value ({type(value).__name__})"
+
+
+def _nothing_found(paths: list[str | os.PathLike[str]], skipped: list[str]) -> Problem:
+    where = ", ".join(str(p) for p in paths) or "<no paths>"
+    if not skipped:
+        return Problem(
+            "no entries: no .yaml or .yml file here; give the entry files or the folder that "
+            "holds them (policy and Lua files are found through their entries)",
+            file=where,
+        )
+    listed = "; ".join(skipped[:10]) + (f"; and {len(skipped) - 10} more" if skipped[10:] else "")
+    return Problem(
+        f"no entries found; an entry file is a YAML mapping with 'namespace' and 'entries'. "
+        f"Looked at: {listed}",
+        file=where,
+    )
 
 
 def _not_a_mapping(path: Path) -> str:
@@ -182,16 +264,11 @@ def _not_a_mapping(path: Path) -> str:
     )
 
 
-def _file_entries(
-    path: Path, document: Any, explicit: bool, problems: list[Problem]
-) -> list[RawEntry]:
+def _file_entries(path: Path, document: Any, problems: list[Problem]) -> list[RawEntry]:
     file = str(path)
     if not isinstance(document, LineDict):
-        if explicit:
-            problems.append(Problem(_not_a_mapping(path), file=file))
+        problems.append(Problem(_not_a_mapping(path), file=file))
         return []
-    if not explicit and "namespace" not in document and "entries" not in document:
-        return []  # some other YAML file (e.g. policy test cases) in a scanned folder
     for key in document:
         if key not in _FILE_KEYS:
             problems.append(
@@ -237,19 +314,30 @@ def _raw_entry(
     if not isinstance(item, LineDict):
         problems.append(Problem(f"an entry must be a mapping, got {item!r}", file=file))
         return None
-    env_problems: list[str] = []
-    item = _resolve_files(_interpolate(item, env_problems), path.parent)
+    unset: list[_Unset] = []
+    item = _resolve_files(_interpolate(item, unset), path.parent)
     name, kind = item.get("name"), item.get("kind")
     entry_id = f"{namespace}:{name}" if name else None
-    for message in env_problems:
-        problems.append(Problem(message, file=file, line=item.line, entry_id=entry_id))
+    # a field given under `data:` is validated (and reported) by its own name
+    fields = [u.field.removeprefix("data.") for u in unset]
+    for var, field_name in zip(unset, fields, strict=True):
+        problems.append(
+            Problem(
+                f"environment variable {var.name} is not set; export it or write "
+                f"${{env:{var.name}:-default}}",
+                file,
+                var.line,
+                entry_id,
+                field_name,
+            )
+        )
     meta = {**file_meta, **_mapping(item, "meta", file, entry_id, problems)}
     data = {k: v for k, v in item.items() if k not in ("name", "kind", "meta", "data")}
     lines = dict(item.key_lines)
     explicit = _mapping(item, "data", file, entry_id, problems)
     data.update(explicit)
     lines.update(explicit.key_lines)
-    return RawEntry(file, item.line, namespace, name, kind, meta, data, lines)
+    return RawEntry(file, item.line, namespace, name, kind, meta, data, lines, frozenset(fields))
 
 
 def _mapping(

@@ -26,6 +26,7 @@ from casbin.util import has_eval
 from casbin.util.log import DEFAULT_LOGGING
 
 from wippy_queue.errors import Problem, WippyQueueError
+from wippy_queue.security.vocabulary import Matcher, effect_problem
 
 _CASBIN_LOGGERS = tuple(DEFAULT_LOGGING["loggers"])
 _DROP = logging.Logger("wippy_queue.casbin.requests", level=logging.CRITICAL + 1)
@@ -111,20 +112,9 @@ def read_policy(text: str, file: str, model: ModelInfo, first_line: int = 1) -> 
             continue
         row = [cell.strip() for cell in next(csv.reader(io.StringIO(raw), skipinitialspace=True))]
         ptype, values = row[0], tuple(row[1:])
-        size = model.rule_sizes.get(ptype)
-        if size is None:
-            known = ", ".join(model.rule_sizes)
-            problems.append(
-                Problem(f"rule type {ptype!r} is not in the model ({known})", file, number)
-            )
-        elif len(values) != size:
-            problems.append(
-                Problem(
-                    f"{ptype} rule has {len(values)} fields, the model's {ptype} has {size}",
-                    file,
-                    number,
-                )
-            )
+        wrong = _rule_problem(ptype, values, model)
+        if wrong:
+            problems.append(Problem(wrong, file, number))
         else:
             lines.append(PolicyLine(ptype, values, file, number))
     if problems:
@@ -132,9 +122,25 @@ def read_policy(text: str, file: str, model: ModelInfo, first_line: int = 1) -> 
     return lines
 
 
+def _rule_problem(ptype: str, values: tuple[str, ...], model: ModelInfo) -> str | None:
+    """What is wrong with one policy line for ``model``, or None."""
+    size = model.rule_sizes.get(ptype)
+    if size is None:
+        return f"rule type {ptype!r} is not in the model ({', '.join(model.rule_sizes)})"
+    if len(values) != size:
+        return f"{ptype} rule has {len(values)} fields, the model's {ptype} has {size}"
+    if ptype == "p" and "eft" in model.policy_tokens:  # pycasbin reads p.eft by that name
+        return effect_problem(values[model.policy_tokens.index("eft")])
+    return None
+
+
 def _quiet_construct(factory: Callable[[], Any]) -> Any:
-    """Build an enforcer without letting pycasbin change logging configuration."""
+    """Build an enforcer without letting pycasbin change logging configuration, and
+    without the model and every rule it logs at INFO while it builds (an application's
+    ``logging.basicConfig(level=INFO)`` would print them all)."""
     saved = {name: logging.getLogger(name).disabled for name in _CASBIN_LOGGERS}
+    for name in saved:
+        logging.getLogger(name).disabled = True
     try:
         return factory()
     finally:
@@ -231,6 +237,29 @@ class Enforcer:
                 missing.append(node.id.replace("_", ".", 1))  # r_sub is how r.sub reads here
         return list(dict.fromkeys(missing))
 
+    def comparisons(self, token: str) -> list[tuple[Matcher, str]]:
+        """How the matcher compares request token ``token`` with a rule field, in terms
+        EVERY match must pass: ``r.T == p.F`` or ``fn(r.T, p.F)`` joined by ``&&``.
+
+        Each is (the comparison as a function of the request's value and the rule's,
+        the rule field ``F``). A matcher with ``||`` or ``eval`` gives none.
+        """
+        matcher = self._e.model.model["m"]["m"].value
+        if has_eval(matcher):
+            return []
+        tree = self._e._get_expression(matcher).ast_parsed_value
+        if isinstance(tree, ast.BoolOp) and not isinstance(tree.op, ast.And):
+            return []
+        terms = tree.values if isinstance(tree, ast.BoolOp) else [tree]
+        functions = self._e.fm.get_functions()
+        found = []
+        for term in terms:
+            names = _compared(term, f"r_{token}")
+            if names is not None and names[0] in (*functions, "=="):
+                fn = functions.get(names[0], _equal)
+                found.append((fn, names[1]))
+        return found
+
     def request_tokens(self) -> list[str]:
         """The model's request tokens in order (``sub``, ``obj``, ``act``)."""
         return [t.removeprefix("r_") for t in self._e.model.model["r"]["r"].tokens]
@@ -276,3 +305,25 @@ class Enforcer:
         if not explain:
             return None, []
         return ("allow" if allowed else "deny"), list(explain)
+
+
+def _equal(value: str, rule: str) -> bool:
+    return value == rule
+
+
+def _compared(term: ast.expr, request: str) -> tuple[str, str] | None:
+    """(``==`` or the function name, the rule field) if ``term`` compares ``request``
+    with a rule field (``p_F``), else None."""
+    if isinstance(term, ast.Compare) and len(term.ops) == 1 and isinstance(term.ops[0], ast.Eq):
+        pair = [term.left, term.comparators[0]]
+        op = "=="
+    elif isinstance(term, ast.Call) and isinstance(term.func, ast.Name) and len(term.args) == 2:
+        pair, op = list(term.args), term.func.id
+    else:
+        return None
+    names = [n.id if isinstance(n, ast.Name) else "" for n in pair]
+    if op == "==" and names[1] == request:
+        names.reverse()
+    if names[0] != request or not names[1].startswith("p_"):
+        return None
+    return op, names[1].removeprefix("p_")

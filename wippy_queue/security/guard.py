@@ -19,6 +19,8 @@ from wippy_queue.queue.queue import Queue
 from wippy_queue.security.provenance import ForgedProvenance, Stamper
 from wippy_queue.security.recorder import Recorder
 from wippy_queue.security.scope import Scope
+from wippy_queue.security.vocabulary import CONSUME as CONSUME
+from wippy_queue.security.vocabulary import PUBLISH_CHECKS as PUBLISH_CHECKS
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +28,6 @@ STRICT_DENY = Decision(
     False, "strict_mode", error="strict mode denies calls without a security block"
 )
 UNCHECKED = Decision(True, "unchecked")
-CONSUME = "queue.consume"
-PUBLISH_CHECKS: Sequence[tuple[str, str | None]] = (
-    ("queue.publish", ""),
-    ("queue.publish.queue", None),
-)
 
 
 class ConsumeGuard(Middleware):

@@ -6,12 +6,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from wippy_queue import policies as shipped
 from wippy_queue.identity import FIELD_PATHS, known_path
 from wippy_queue.registry.entry import EntryModel, StrictModel
 from wippy_queue.registry.types import Duration
 from wippy_queue.security.conditions import OPERATORS, UNARY
+from wippy_queue.security.vocabulary import action_problem
 
 
 def _check_path(value: str) -> str:
@@ -64,28 +66,32 @@ class WippyRule(StrictModel):
 
     @field_validator("actions", "resources")
     @classmethod
-    def _patterns(cls, values: list[str]) -> list[str]:
+    def _patterns(cls, values: list[str], info: ValidationInfo) -> list[str]:
         for value in values:
-            if not value or "," in value:
-                raise ValueError(f"{value!r}: patterns are non-empty and have no commas")
+            # '' is a resource: the one queue.publish is asked on
+            if (not value and info.field_name == "actions") or "," in value:
+                raise ValueError(f"{value!r}: actions are non-empty and patterns have no commas")
             if "*" in value[:-1]:
                 # keyMatch would treat 'a*b' as the prefix 'a': far wider than written
                 raise ValueError(
                     f"{value!r}: '*' may only be the whole pattern or its last character"
                 )
+            wrong = action_problem(value) if info.field_name == "actions" else None
+            if wrong:
+                raise ValueError(wrong)
         return values
 
 
 class WippyPolicyConfig(EntryModel):
-    """``security.policy``: Wippy's native rule, compiled to Casbin under policies/wippy.conf."""
+    """``security.policy``: Wippy's native rule, compiled to Casbin under builtin://wippy_rules."""
 
     policy: WippyRule
     groups: list[str] = Field(default_factory=list)
 
 
-def _existing_file(value: str, what: str) -> str:
+def _existing_file(value: str, what: str, other: str = "") -> str:
     if not value.startswith("file://"):
-        raise ValueError(f"{what} must be a file:// path, got {value!r}")
+        raise ValueError(f"{what} must be a file:// path{other}, got {value!r}")
     path = Path(value.removeprefix("file://"))
     if not path.is_file():
         raise ValueError(f"{what} file {path} does not exist")
@@ -105,7 +111,13 @@ class CasbinPolicyConfig(EntryModel):
     @field_validator("model")
     @classmethod
     def _model_file(cls, value: str) -> str:
-        return _existing_file(value, "model")
+        if value.startswith(shipped.SCHEME):  # a shipped model, wherever it is installed
+            try:
+                path = shipped.model_path(value.removeprefix(shipped.SCHEME))
+            except KeyError as err:
+                raise ValueError(err.args[0]) from None
+            return f"file://{path}"
+        return _existing_file(value, "model", f" or {shipped.SCHEME}NAME (a shipped model)")
 
     @field_validator("policy")
     @classmethod

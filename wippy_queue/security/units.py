@@ -1,7 +1,7 @@
 """Policy units: one Casbin enforcer each, asked the same Request.
 
 - ``WippyRulesUnit``: the ``security.policy`` entries of a scope, compiled into
-  rules of the shipped model ``policies/wippy_rules.conf``.
+  rules of the shipped model ``builtin://wippy_rules``.
 - ``CasbinUnit``: one ``security.policy.casbin`` entry, its own model and rules,
   with ``request:`` mapping a Request onto the model's request tokens.
 """
@@ -12,11 +12,11 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
+from wippy_queue import policies as shipped
 from wippy_queue.errors import Problem
 from wippy_queue.identity import ActorView, MessageView, Request, getter
 from wippy_queue.security.conditions import evaluate
@@ -29,6 +29,7 @@ from wippy_queue.security.enforcer import (
     read_policy,
 )
 from wippy_queue.security.models import CasbinPolicyConfig, Condition, WippyPolicyConfig
+from wippy_queue.security.vocabulary import action_problem
 
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -62,7 +63,7 @@ SCOPE_KEYED = ("action", "resource", "actor.id")
 
 
 def wippy_model_text() -> str:
-    return resources.files("wippy_queue.policies").joinpath("wippy_rules.conf").read_text()
+    return shipped.model_path("wippy_rules").read_text(encoding="utf-8")
 
 
 _UNHASHABLE = object()
@@ -103,7 +104,7 @@ class WippyRulesUnit(PolicyUnit):
             wippy_model_text(),
             rules,
             functions={"wippyCond": self._cond},
-            source="policies/wippy_rules.conf",
+            source="builtin://wippy_rules",
         )
 
     def _cond(self, cond: str, request: Request) -> bool:
@@ -252,27 +253,51 @@ class CasbinUnit(PolicyUnit):
         try:
             _check_index(info, index, model_file, self.entry_id)
         except PolicyLoadError:
-            # a name the matcher gets wrong is the first thing to say, not the index
-            undefined = Enforcer(model_text, [], source=model_file).undefined_in_matcher()
-            if undefined:
-                raise self._matcher_error(
-                    ValueError(f"the matcher names undefined {', '.join(undefined)}"), info
-                ) from None
+            # a matcher that does not parse, or names something undefined, is the first
+            # thing to say, not the index it breaks
+            self._check_matcher(Enforcer(model_text, [], source=model_file), info, sample=False)
             raise
         if len(index) == 1:
             index *= 2  # pycasbin's FastPolicy only iterates a two-level index correctly
         enforcer = Enforcer(model_text, rules, index=index, source=model_file, files=files)
+        self._check_matcher(enforcer, info, sample=True)
+        self._check_actions(enforcer, info, rules)
+        return enforcer
+
+    def _check_actions(self, enforcer: Enforcer, info: ModelInfo, rules: list[PolicyLine]) -> None:
+        """PolicyLoadError naming each rule whose action the runtime never asks."""
+        if "action" not in self._tokens:
+            return
+        token = info.request_tokens[self._tokens.index("action")]
+        problems = []
+        for matches, field in enforcer.comparisons(token):
+            if field not in info.policy_tokens:
+                continue
+            at = info.policy_tokens.index(field)
+            for rule in rules:
+                wrong = action_problem(rule.values[at], matches) if rule.ptype == "p" else None
+                if wrong:
+                    problems.append(Problem(wrong, rule.file, rule.line, self.entry_id))
+        if problems:
+            raise PolicyLoadError(problems)
+
+    def _check_matcher(self, enforcer: Enforcer, info: ModelInfo, *, sample: bool) -> None:
+        """PolicyLoadError at the matcher's line if it does not parse, names something
+        undefined, or (``sample``) fails on a sample request."""
         try:
             undefined = enforcer.undefined_in_matcher()
             if undefined:
                 raise ValueError(f"the matcher names undefined {', '.join(undefined)}")
-            enforcer.decide(*(_sample(t) for t in self._tokens))
+            if sample:
+                enforcer.decide(*(_sample(t) for t in self._tokens))
         except Exception as err:
             raise self._matcher_error(err, info) from err
-        return enforcer
 
     def _matcher_error(self, err: Exception, info: ModelInfo) -> PolicyLoadError:
-        message = f"the matcher fails on a sample request: {type(err).__name__}: {err}"
+        if isinstance(err, SyntaxError):  # pycasbin parses it as Python: its line is ours
+            message = f"the matcher does not parse: SyntaxError: {err.msg}; check its operators"
+        else:
+            message = f"the matcher fails on a sample request: {type(err).__name__}: {err}"
         problem = Problem(message, str(self.model_path), info.matcher_line, self.entry_id, "model")
         return PolicyLoadError([problem])
 

@@ -99,6 +99,17 @@ class LuaHandler(Handler):
         finally:
             self._tokens.discard(token)
 
+    def check_load(self) -> None:
+        """Load the chunk once, as a start will, and drop the state: what a start would
+        refuse (a require of a module not listed, no handler function) is then a load
+        error that ``validate`` reports, not a failed start."""
+        self._new_state()
+
+    def _new_state(self) -> LuaState:
+        # a chunk's top level runs outside any message's context
+        with context.bound(context.CallContext()):
+            return LuaState(self.program, self._modules)
+
     def _run(self, token: CallToken, data: Any) -> Any:
         state = self._state()
         try:
@@ -117,9 +128,7 @@ class LuaHandler(Handler):
             )
             state = None
         if state is None:
-            # a chunk's top level runs outside any message's context
-            with context.bound(context.CallContext()):
-                state = LuaState(self.program, self._modules)
+            state = self._new_state()
             self._local.state = state
             with self._lock:
                 self.states_built += 1

@@ -44,7 +44,9 @@ class LuaFunctions:
         assert isinstance(entry.config, LuaFunctionConfig)
         program = build_program(entry, {e.id: e for e in registry.of_kind(KIND)})
         check_syntax(program)
-        return LuaHandler(program)
+        handler = LuaHandler(program)
+        handler.check_load()
+        return handler
 
 
 def import_cycles(entries: Mapping[str, Entry]) -> list[Problem]:
