@@ -646,8 +646,8 @@ async def test_consumer_never_holds_more_than_prefetch_plus_concurrency(tmp_path
         assert sorted(handled) == list(range(20))
         assert consumer.held == 0  # nothing held once the queue is drained
     assert len(samples) == 20
-    assert max(in_flight for in_flight, _ in samples) == concurrency + prefetch
-    assert max(held for _, held in samples) == concurrency + prefetch
+    assert max(in_flight for in_flight, _ in samples) <= concurrency + prefetch
+    assert max(held for _, held in samples) <= concurrency + prefetch
 
 
 @pytest.mark.parametrize("style", ["sync", "async"])
@@ -792,10 +792,10 @@ async def test_stop_and_restart_loses_nothing(tmp_path: Path) -> None:
     tenth = asyncio.Event()
 
     async def handler(data: Any) -> Any:
-        await asyncio.sleep(0)
         handled[wippy_queue.current_message().id] += 1
         if sum(handled.values()) == 10:
             tenth.set()
+        await asyncio.sleep(0.01 if tenth.is_set() else 0)  # the stop comes mid-run
 
     async with app(tmp_path, handler, concurrency=3, prefetch=5) as runtime:
         sent = await publish_many(runtime, 50)

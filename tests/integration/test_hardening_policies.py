@@ -202,7 +202,6 @@ def test_a_native_rule_may_name_the_publish_resource_and_allows_that_publish(
     tmp_path: Path,
 ) -> None:
     from wippy_queue.identity import Actor
-
     from wippy_queue.policytools.query import Query, ask, load_security
 
     app = native_app(tmp_path, "queue.publish", resources='[""]')

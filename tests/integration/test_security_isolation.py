@@ -247,6 +247,11 @@ async def run_scenario(scenario: Scenario, folder: Path) -> None:
     assert all(r.request.tenant == r.request.actor.tenant for r in allowed)  # type: ignore[union-attr]
 
 
+@pytest.mark.backends(
+    "memory",
+    reason="on a broker, tenants sharing one queue need partition_by (issue 14): "
+    "until then each foreign denial costs an attempt",
+)
 @settings(
     max_examples=25,
     deadline=None,
@@ -266,6 +271,11 @@ def test_tenants_never_see_each_others_messages_on_a_shared_queue(scenario: Scen
     ("initech", 2, 2, 3),
     ("hooli", 4, 4, 2),
 ])  # fmt: skip
+@pytest.mark.backends(
+    "memory",
+    reason="on a broker, tenants sharing one queue need partition_by (issue 14): "
+    "until then each foreign denial costs an attempt",
+)
 async def test_foreign_workers_cannot_starve_a_tenants_messages(
     tmp_path: Path, tenant: str, concurrency: int, prefetch: int, messages: int
 ) -> None:
