@@ -101,3 +101,20 @@ def test_loading_imports_only_the_kinds_it_uses() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_asking_a_driver_for_a_longer_delay_than_it_holds_is_a_load_error(
+    tmp_path: Path,
+) -> None:
+    from wippy_queue.queue.driver import Capabilities
+
+    short = Plugin(**{**_fields(FAKE), "capabilities": Capabilities(max_delay_s=60)})
+    write(
+        tmp_path / "app.yaml",
+        APP + "  - {name: s, kind: security.settings, deny_backoff: {initial: 1s, max: 2m}}\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        Runtime.load(tmp_path, plugins=Plugins([*default_plugins(), short]))
+    (problem,) = caught.value.problems
+    assert (problem.entry_id, problem.field, problem.line) == ("app:jobs", "driver", 8)
+    assert "deny_backoff.max is 120s" in problem.message and "at most 60s" in problem.message
