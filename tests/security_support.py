@@ -149,8 +149,12 @@ def driver(name: str = "mem") -> dict[str, Any]:
     return backends.current().driver_entry(name)
 
 
-def queue(name: str, *, dead: str | None = None, max_attempts: int = 3) -> dict[str, Any]:
+def queue(
+    name: str, *, dead: str | None = None, max_attempts: int = 3, partition_by: str | None = None
+) -> dict[str, Any]:
     fields: dict[str, Any] = {}
+    if partition_by:
+        fields["partition_by"] = partition_by
     if dead:
         fields["dead_letter"] = {"queue": dead, "max_attempts": max_attempts}
     return backends.current().queue_entry(name, **fields)
@@ -299,3 +303,10 @@ def watch_decisions(runtime: Runtime, *consumer_ids: str) -> DecisionLog:
     for consumer_id in consumer_ids:
         log.watch(runtime, consumer_id)
     return log
+
+
+async def eventually(check: Callable[[], Any], timeout_s: float = 5.0) -> None:
+    """Re-check an async condition that has no event of its own, up to a bound."""
+    async with asyncio.timeout(timeout_s):
+        while not await check():
+            await asyncio.sleep(0.01)

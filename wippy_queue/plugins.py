@@ -173,6 +173,15 @@ class Plugins:
             if plugin is None or plugin.capabilities is None:
                 continue
             capabilities: Capabilities = resolve(plugin.capabilities)
+            if entry.config.partition_by and not capabilities.partitions:
+                yield Problem(
+                    f"{plugin.kind} has no partitions; drop partition_by or use a driver "
+                    "that has them (see the README's Drivers table)",
+                    entry.location.file,
+                    entry.location.line_of("partition_by"),
+                    entry.id,
+                    "partition_by",
+                )
             for what, seconds in delays:
                 if seconds > capabilities.max_delay_s:
                     yield Problem(

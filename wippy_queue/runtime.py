@@ -148,9 +148,13 @@ class Runtime:
                 ),
                 max_attempts=config.dead_letter.max_attempts if config.dead_letter else 0,
                 dead_letter=config.dead_letter.queue if config.dead_letter else None,
+                partitioned=config.partition_by is not None,
             )
             self.queues[entry.id] = Queue(
-                self.drivers[config.driver], get_codec(config.codec), spec
+                self.drivers[config.driver],
+                get_codec(config.codec),
+                spec,
+                partition_by=config.partition_by,
             )
         for queue in self.queues.values():
             if queue.spec.dead_letter:
@@ -178,15 +182,19 @@ class Runtime:
             driver = self._driver_plugin(queue)
             options = config.driver_options.get(driver.options_key or "", {})
             guard = self.security.consume_guard(entry)
+            security = self.security.consumer_context(entry)
+            actor = security["actor"]
             self.consumers[entry.id] = Consumer(
                 entry.id,
                 queue,
                 handler,
                 concurrency=config.concurrency,
                 prefetch=config.prefetch,
-                base_context=base.evolve(**self.security.consumer_context(entry)),
+                base_context=base.evolve(**security),
                 retry=self._retry_policy(queue),
                 driver_options=_options(driver.consumer_options, options),
+                # a tenant's consumer reads its tenant's partition only; others read all
+                partition=actor.tenant if queue.partition_by and actor else None,
                 middlewares=[guard] if guard else [],
                 settle_hooks=[self._recorder] if self._recorder else [],
                 timeout_s=config.timeout,

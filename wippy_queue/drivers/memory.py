@@ -43,7 +43,7 @@ class MemoryQueueOptions(QueueOptions):
     max_length: int | None = Field(default=1000, gt=0, le=10_000_000)
 
 
-CAPABILITIES = Capabilities(attempts="exact", requeue="tail", info="exact")
+CAPABILITIES = Capabilities(attempts="exact", requeue="tail", info="exact", partitions=True)
 
 
 def _wake_one(waiters: deque[asyncio.Future[None]]) -> None:
@@ -62,67 +62,61 @@ def _wake_all(waiters: deque[asyncio.Future[None]]) -> None:
 
 
 class _Held:
-    """A message in a queue and the deliveries it has had."""
+    """A message in a queue, its partition and the deliveries it has had."""
 
-    __slots__ = ("attempts", "message")
+    __slots__ = ("attempts", "message", "partition")
 
-    def __init__(self, message: Message, attempts: int = 0) -> None:
+    def __init__(self, message: Message, partition: str = "", attempts: int = 0) -> None:
         self.message = message
+        self.partition = partition
         self.attempts = attempts
 
 
 class _MemoryQueue:
     """The state of one queue; all methods run on the event loop thread.
 
-    A nacked message remembers which subscriptions nacked it (``deniers``): those
-    skip it while another subscription may still take it, and waiting receivers
-    that did not nack it are woken first. So a consumer that may not take a message
-    (a tenant's worker on a shared queue) cannot use up its attempts while an
-    allowed one exists; once every subscription has nacked it, anyone takes it again
-    (on its way to the dead-letter queue).
+    Messages wait by partition (only ``""`` on a queue without partitions). A receiver
+    reads one partition or, with none given, every partition in turn, so one busy
+    partition cannot starve another.
     """
 
     def __init__(self, name: str, max_length: int | None) -> None:
         self.name = name
         self.max_length = max_length
-        self.ready: deque[_Held] = deque()
+        self.ready: dict[str, deque[_Held]] = {}
+        self.ready_count = 0
         self.in_flight = 0
         self.expired = 0
         self.delayed: dict[asyncio.TimerHandle, _Held] = {}
         self.subscriptions: set[object] = set()
-        #: waiting receivers: (subscription, future)
-        self.getters: deque[tuple[object, asyncio.Future[None]]] = deque()
-        #: id(held) of a ready or delayed message -> subscriptions that nacked it
-        self.deniers: dict[int, frozenset[object]] = {}
+        #: waiting receivers: (the partition they read, None for all; future)
+        self.getters: deque[tuple[str | None, asyncio.Future[None]]] = deque()
         self.putters: deque[asyncio.Future[None]] = deque()
         self.idle_waiters: deque[asyncio.Future[None]] = deque()
 
     def full(self) -> bool:
         bound = self.max_length
-        return bound is not None and len(self.ready) + len(self.delayed) >= bound
+        return bound is not None and self.ready_count + len(self.delayed) >= bound
 
     def push(self, held: _Held, *, front: bool = False) -> None:
+        waiting = self.ready.get(held.partition)
+        if waiting is None:
+            waiting = self.ready[held.partition] = deque()
         if front:
-            self.ready.appendleft(held)
+            waiting.appendleft(held)
         else:
-            self.ready.append(held)
-        self.wake_getter(avoid=self.deniers.get(id(held), frozenset()))
+            waiting.append(held)
+        self.ready_count += 1
+        self.wake_getter(held.partition)
 
-    def wake_getter(self, avoid: frozenset[object] = frozenset()) -> None:
-        """Wake one waiting receiver, preferring one whose subscription is not in ``avoid``."""
-        while self.getters and self.getters[0][1].done():
-            self.getters.popleft()
-        chosen = None
+    def wake_getter(self, partition: str) -> None:
+        """Wake the first waiting receiver that reads ``partition``."""
         for item in self.getters:
-            if item[1].done():
-                continue
-            if item[0] not in avoid:
-                chosen = item
-                break
-            chosen = chosen or item
-        if chosen is not None:
-            self.getters.remove(chosen)
-            chosen[1].set_result(None)
+            wanted, waiter = item
+            if not waiter.done() and (wanted is None or wanted == partition):
+                self.getters.remove(item)
+                waiter.set_result(None)
+                return
 
     def wake_all_getters(self) -> None:
         for _, waiter in self.getters:
@@ -130,37 +124,33 @@ class _MemoryQueue:
                 waiter.set_result(None)
         self.getters.clear()
 
-    def take(self, subscription: object) -> tuple[_Held, frozenset[object]] | None:
-        """The first ready message ``subscription`` may take, moved in flight."""
-        if not self.deniers:
-            return self._take(0) if self.ready else None
-        for index, held in enumerate(self.ready):
-            denied = self.deniers.get(id(held))
-            if denied is None or subscription not in denied or self.subscriptions <= denied:
-                return self._take(index)
-        return None
-
-    def _take(self, index: int) -> tuple[_Held, frozenset[object]]:
-        if index:
-            held = self.ready[index]
-            del self.ready[index]
+    def take(self, partition: str | None) -> _Held | None:
+        """The next ready message of ``partition`` (None: of any, in turn), in flight."""
+        if partition is not None:
+            waiting = self.ready.get(partition)
         else:
-            held = self.ready.popleft()
+            waiting = next((q for q in self.ready.values() if q), None)
+        if not waiting:
+            return None
+        held = waiting.popleft()
+        if partition is None and len(self.ready) > 1:  # the next turn is another's
+            self.ready[held.partition] = self.ready.pop(held.partition)
+        self.ready_count -= 1
         self.in_flight += 1
         held.attempts += 1
         _wake_one(self.putters)
-        return held, self.deniers.pop(id(held), frozenset())
+        return held
 
     def settled(self) -> None:
         self.in_flight -= 1
         self.check_idle()
 
     def check_idle(self) -> None:
-        if not self.ready and not self.in_flight and not self.delayed:
+        if not self.ready_count and not self.in_flight and not self.delayed:
             _wake_all(self.idle_waiters)
 
     def info(self) -> QueueInfo:
-        ready, delayed = len(self.ready), len(self.delayed)
+        ready, delayed = self.ready_count, len(self.delayed)
         return QueueInfo(
             queue=self.name,
             message_count=ready + self.in_flight + delayed,
@@ -175,24 +165,17 @@ class _MemoryQueue:
         """Make every delayed message ready now (on stop: never lose them)."""
         for handle, held in list(self.delayed.items()):
             handle.cancel()
-            self.ready.append(held)
+            self.push(held)
         self.delayed.clear()
 
 
 class MemoryDelivery(Delivery):
-    __slots__ = ("_deniers", "_handle", "_held", "_queue", "_subscription")
+    __slots__ = ("_handle", "_held", "_queue", "_subscription")
 
-    def __init__(
-        self,
-        queue: _MemoryQueue,
-        taken: tuple[_Held, frozenset[object]],
-        subscription: MemorySubscription,
-    ) -> None:
-        held = taken[0]
+    def __init__(self, queue: _MemoryQueue, held: _Held, subscription: MemorySubscription) -> None:
         super().__init__(held.message, held.attempts)
         self._held = held
         self._queue = queue
-        self._deniers = taken[1]
         self._subscription = subscription
         self._handle: asyncio.TimerHandle | None = None
 
@@ -202,7 +185,6 @@ class MemoryDelivery(Delivery):
     async def _nack(self, *, requeue: bool, delay_s: float, reason: str) -> None:
         queue = self._queue
         if requeue:
-            queue.deniers[id(self._held)] = self._deniers | {self._subscription}
             if delay_s > 0:
                 loop = asyncio.get_running_loop()
                 self._handle = loop.call_later(delay_s, self._undelay)
@@ -220,8 +202,6 @@ class MemoryDelivery(Delivery):
 
     async def _release(self) -> None:
         self._held.attempts -= 1
-        if self._deniers:
-            self._queue.deniers[id(self._held)] = self._deniers
         self._queue.push(self._held, front=True)
         self._done()
 
@@ -235,6 +215,7 @@ class MemorySubscription(Subscription):
         self._driver = driver
         self._queue = queue
         self._max_unsettled = spec.max_unsettled
+        self._partition = spec.partition
         self._unsettled = 0
         self._room: asyncio.Future[None] | None = None
         self._closed = False
@@ -254,32 +235,31 @@ class MemorySubscription(Subscription):
                 self._room = asyncio.get_running_loop().create_future()
                 await self._room
                 continue
-            taken = queue.take(self) if queue.ready else None
-            if taken is not None:
+            held = queue.take(self._partition) if queue.ready_count else None
+            if held is not None:
                 self._unsettled += 1
-                return MemoryDelivery(queue, taken, self)
-            if queue.ready:  # all nacked by this one: make sure another receiver looks
-                queue.wake_getter(avoid=frozenset((self,)))
+                return MemoryDelivery(queue, held, self)
             await self._wait()
 
     async def _wait(self) -> None:
         queue = self._queue
         waiter = asyncio.get_running_loop().create_future()
-        queue.getters.append((self, waiter))
+        queue.getters.append((self._partition, waiter))
         try:
             await waiter
         except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # woken for a message: pass it on
+                for partition, waiting in queue.ready.items():
+                    if waiting:
+                        queue.wake_getter(partition)
             waiter.cancel()
-            if queue.ready and not waiter.cancelled():
-                queue.wake_getter()
             raise
 
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._queue.subscriptions.discard(self)
-            # messages it skipped may now be anyone's: let every receiver look again
-            self._queue.wake_all_getters()
+            self._queue.wake_all_getters()  # its own pending receive sees the close
             if self._room is not None and not self._room.done():
                 self._room.set_result(None)
 
@@ -333,7 +313,7 @@ class MemoryDriver(Driver):
         except KeyError:
             raise DriverError(f"queue {name!r} is not declared on driver {self.entry_id}") from None
 
-    async def publish(self, queue: str, message: Message) -> None:
+    async def publish(self, queue: str, message: Message, partition: str = "") -> None:
         if not self._running:
             raise self.not_running_error()
         state = self._queue(queue)
@@ -341,7 +321,7 @@ class MemoryDriver(Driver):
             if not self._running:
                 raise self.not_running_error()
             if not state.full():
-                state.push(_Held(message))
+                state.push(_Held(message, partition))
                 return
             waiter = asyncio.get_running_loop().create_future()
             state.putters.append(waiter)
@@ -371,4 +351,4 @@ class MemoryDriver(Driver):
 
     def dead_letters(self, queue: str) -> list[Message]:
         """The messages waiting in ``queue`` (inspect a dead-letter queue in tests)."""
-        return [held.message for held in self._queue(queue).ready]
+        return [held.message for waiting in self._queue(queue).ready.values() for held in waiting]

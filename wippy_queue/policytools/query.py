@@ -25,11 +25,12 @@ from wippy_queue.lifecycle.config import SecurityBlock
 from wippy_queue.loading import load
 from wippy_queue.policytools.hints import did_you_mean, listing
 from wippy_queue.queue.config import ConsumerConfig
+from wippy_queue.queue.message import PUBLISHER, PUBLISHER_TENANT
 from wippy_queue.registry.registry import Registry
 from wippy_queue.security.guard import CONSUME, PUBLISH_CHECKS, STRICT_DENY, UNCHECKED
 from wippy_queue.security.manager import POLICY_KINDS, Security, actor_of, policies_of
 from wippy_queue.security.models import CasbinPolicyConfig, WippyPolicyConfig
-from wippy_queue.security.provenance import PUBLISHER, PUBLISHER_TENANT, SIGNATURE
+from wippy_queue.security.provenance import SIGNATURE
 from wippy_queue.security.scope import Scope
 
 #: Every action the runtime asks, and its resource: a fixed one, or None for a queue ID.

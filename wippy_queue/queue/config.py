@@ -15,6 +15,8 @@ MAX_CONCURRENCY = 1000
 MAX_PREFETCH = 10_000
 
 DRIVER_KINDS = ("queue.driver.*",)
+#: what a queue may be partitioned by (a request field)
+PARTITION_PATTERN = r"^message\.(tenant|headers\.[A-Za-z0-9_.\-]+)$"
 FUNCTION_KINDS = ("function.*",)
 
 
@@ -45,6 +47,8 @@ class QueueConfig(EntryModel):
     driver_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
     dead_letter: DeadLetter | None = None
+    #: ``message.tenant`` (the verified publisher's tenant) or ``message.headers.NAME``
+    partition_by: str | None = Field(default=None, pattern=PARTITION_PATTERN)
 
     @field_validator("codec")
     @classmethod

@@ -68,6 +68,7 @@ class Consumer:
         base_context: context.CallContext,
         retry: RetryPolicy | None = None,
         driver_options: BaseModel | None = None,
+        partition: str | None = None,
         middlewares: Sequence[Middleware] = (),
         settle_hooks: Sequence[SettleHook] = (),
         timeout_s: float | None = None,
@@ -89,6 +90,7 @@ class Consumer:
             prefetch=prefetch,
             max_unsettled=prefetch + concurrency,
             options=driver_options,
+            partition=partition,
         )
         self._base_context = base_context
         self._middlewares = tuple(middlewares)

@@ -47,7 +47,8 @@ class Capabilities:
     max_delay_s: float = math.inf
     #: whether ``info`` counts are exact or approximate
     info: Literal["exact", "approximate"] = "exact"
-    #: queues split by partition key (tenant partitions)
+    #: queues split by partition key (tenant partitions): a message goes to its
+    #: partition, a subscriber reads one partition or all of them
     partitions: bool = False
     #: messages survive our process (a crash, a restart)
     durable: bool = False
@@ -71,6 +72,8 @@ class QueueSpec:
     max_attempts: int = 0
     #: registry ID of the dead-letter queue
     dead_letter: str | None = None
+    #: messages go to partitions (``publish(partition=...)``; subscribers pick one or all)
+    partitioned: bool = False
 
     def option(self, name: str, default: object = None) -> object:
         return getattr(self.options, name, default) if self.options is not None else default
@@ -90,6 +93,9 @@ class SubscribeSpec:
     max_unsettled: int = 11
     #: the driver's validated ``driver_options`` model for this consumer
     options: BaseModel | None = None
+    #: on a partitioned queue: the one partition it reads (None: every partition,
+    #: including those that appear later)
+    partition: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,8 +247,12 @@ class Driver(ABC):
         raises DriverError."""
 
     @abstractmethod
-    async def publish(self, queue: str, message: Message) -> None:
-        """Enqueue (on the broker once this returns); may wait while the queue is full."""
+    async def publish(self, queue: str, message: Message, partition: str = "") -> None:
+        """Enqueue (on the broker once this returns); may wait while the queue is full.
+
+        ``partition``: where the message goes on a partitioned queue (a requeue keeps it
+        there); ``""`` is the default partition (and the only one of other queues).
+        """
 
     @abstractmethod
     async def subscribe(self, spec: SubscribeSpec) -> Subscription: ...

@@ -20,6 +20,9 @@ ATTEMPTS = "attempts"
 TIMESTAMP = "timestamp"
 #: unix seconds after which a message of a queue with a ``ttl`` is not handled
 EXPIRES_AT = "x_expires_at"
+#: the provenance stamp: who published (their actor id) and their tenant
+PUBLISHER = "x_publisher"
+PUBLISHER_TENANT = "x_publisher_tenant"
 
 
 @dataclass(slots=True)

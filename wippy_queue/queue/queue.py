@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from wippy_queue.queue.codec import Codec
 from wippy_queue.queue.driver import Driver, QueueInfo, QueueSpec
-from wippy_queue.queue.message import Message
+from wippy_queue.queue.message import PUBLISHER_TENANT, Message
 
 
 @dataclass(eq=False)
@@ -17,6 +17,8 @@ class Queue:
     #: where its failed messages go (the consumers' retry policy dead-letters there)
     dead_letter: Queue | None = None
     consumers: list[str] = field(default_factory=list)
+    #: ``message.tenant`` or ``message.headers.NAME``: what its partitions follow
+    partition_by: str | None = None
 
     @property
     def id(self) -> str:
@@ -32,8 +34,22 @@ class Queue:
         ttl = self.spec.option("ttl")
         return float(ttl) if isinstance(ttl, int | float) else None
 
+    def partition_of(self, message: Message) -> str:
+        """The partition ``message`` belongs to (``""`` when the queue has none, or the
+        message has no value: an anonymous message on a tenant-partitioned queue).
+
+        ``message.tenant`` is read from the provenance stamp, which the runtime's publish
+        guard has just written (or verified) on every path that reaches here.
+        """
+        by = self.partition_by
+        if by is None:
+            return ""
+        key = PUBLISHER_TENANT if by == "message.tenant" else by.removeprefix("message.headers.")
+        value = message.headers.get(key)
+        return "" if value is None else str(value)
+
     async def put(self, message: Message) -> None:
-        await self.driver.publish(self.name, message)
+        await self.driver.publish(self.name, message, self.partition_of(message))
 
     async def info(self) -> QueueInfo:
         """The driver's counts, under the queue's registry ID."""

@@ -16,11 +16,9 @@ from dataclasses import dataclass
 
 from wippy_queue.identity import Actor
 from wippy_queue.queue.envelope import signed_bytes
-from wippy_queue.queue.message import EXPIRES_AT, Message
+from wippy_queue.queue.message import EXPIRES_AT, PUBLISHER, PUBLISHER_TENANT, Message
 from wippy_queue.queue.settle import DL_QUEUE
 
-PUBLISHER = "x_publisher"
-PUBLISHER_TENANT = "x_publisher_tenant"
 SIGNATURE = "x_signature"
 _UNSIGNED_PREFIX = "x_dead_letter_"
 

@@ -258,7 +258,7 @@ class RedisDriver(Driver):
                 f"queue {queue!r} is not declared on driver {self.entry_id}"
             ) from None
 
-    async def publish(self, queue: str, message: Message) -> None:
+    async def publish(self, queue: str, message: Message, partition: str = "") -> None:
         if not self._running:
             raise self.not_running_error()
         self._options(queue)
