@@ -286,6 +286,7 @@ BUILTIN = (
         checks=(
             "wippy_queue.security.kinds:check_groups",
             "wippy_queue.security.kinds:warn_unchecked",
+            "wippy_queue.security.kinds:warn_shared_tenants",
         ),
     ),
     Plugin(

@@ -164,3 +164,17 @@ def test_a_driver_without_partitions_refuses_partition_by_at_load(tmp_path: Path
     (problem,) = caught.value.problems
     assert (problem.entry_id, problem.field) == ("app:jobs", "partition_by")
     assert "has no partitions" in problem.message
+
+
+def test_validate_warns_when_tenants_share_a_queue_without_partitions(tmp_path: Path) -> None:
+    from wippy_queue.loading import load as load_entries
+
+    found = entries()
+    found[2] = queue("jobs", dead="dead", max_attempts=2)  # no partition_by
+    write_entries(tmp_path, found)
+    warnings = load_entries([tmp_path]).registry.warnings
+    (warning,) = [w for w in warnings if w.field == "partition_by"]
+    assert warning.entry_id == "app:jobs" and warning.severity == "warning"
+    assert "acme, globex" in warning.message and "partition_by: message.tenant" in warning.message
+    write_entries(tmp_path, entries())
+    assert not [w for w in load_entries([tmp_path]).registry.warnings if w.field == "partition_by"]

@@ -7,7 +7,7 @@ from collections.abc import Hashable, Iterator, Mapping
 from pathlib import Path
 
 from wippy_queue.errors import Problem
-from wippy_queue.queue.config import ConsumerConfig
+from wippy_queue.queue.config import ConsumerConfig, QueueConfig
 from wippy_queue.registry.registry import Registry
 from wippy_queue.security.enforcer import PolicyLoadError
 from wippy_queue.security.models import (
@@ -113,5 +113,34 @@ def warn_unchecked(registry: Registry) -> Iterator[Problem]:
                 entry.location.line,
                 entry.id,
                 "lifecycle.security",
+                severity="warning",
+            )
+
+
+def warn_shared_tenants(registry: Registry) -> Iterator[Problem]:
+    """Consumers of different tenants on one queue without ``partition_by``: each takes
+    the others' messages only to deny them, and every denial spends an attempt."""
+    tenants: dict[str, set[str]] = {}
+    for entry in registry.of_kind("queue.consumer"):
+        assert isinstance(entry.config, ConsumerConfig)
+        block = entry.config.lifecycle.security
+        tenant = block.actor.meta.get("tenant") if block and block.actor else None
+        if tenant is not None:
+            tenants.setdefault(entry.config.queue, set()).add(str(tenant))
+    for queue_id, found in tenants.items():
+        queue = registry.entries.get(queue_id)
+        if queue is None or len(found) < 2:
+            continue
+        assert isinstance(queue.config, QueueConfig)
+        if queue.config.partition_by is None:
+            yield Problem(
+                f"consumers of {len(found)} tenants ({', '.join(sorted(found))}) share this "
+                "queue without partition_by: each is offered the others' messages and every "
+                "denial spends an attempt (a message can be dead-lettered before its own "
+                "tenant's consumer sees it); add partition_by: message.tenant",
+                queue.location.file,
+                queue.location.line,
+                queue.id,
+                "partition_by",
                 severity="warning",
             )
