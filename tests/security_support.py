@@ -310,3 +310,13 @@ async def eventually(check: Callable[[], Any], timeout_s: float = 5.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not await check():
             await asyncio.sleep(0.01)
+
+
+async def later_async(data: Any) -> bool:
+    """Nacked with ``data["delay"]`` at its first attempt; recorded at the next."""
+    message = current_message()
+    if message.attempt == 1:
+        message.nack("later", delay_s=data["delay"])
+        return False
+    _observe(data)
+    return True

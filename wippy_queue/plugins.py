@@ -124,6 +124,7 @@ class Plugins:
         table.add_check(self.check_single)
         table.add_check(self.check_driver_options)
         table.add_check(self.check_capabilities)
+        table.add_check(self.check_unverifiable_provenance)
         for plugin in self:
             for check in plugin.checks:
                 table.add_check(_lazy_check(plugin.kind, check))
@@ -192,6 +193,38 @@ class Plugins:
                         entry.id,
                         "driver",
                     )
+
+    def check_unverifiable_provenance(self, registry: Registry) -> Iterator[Problem]:
+        """A policy that decides on who published, on a broker, with no key to verify
+        the stamp: every broker message is anonymous to it (the stamp is dropped)."""
+        from wippy_queue.security.manager import reads_provenance, settings_of
+
+        settings = settings_of(registry)
+        if settings.key_ring():
+            return
+        for entry in registry.of_kind("queue.consumer"):
+            assert isinstance(entry.config, ConsumerConfig)
+            block = entry.config.lifecycle.security
+            queue = registry.entries.get(entry.config.queue)
+            if block is None or queue is None or not isinstance(queue.config, QueueConfig):
+                continue
+            plugin = self.driver_plugin(registry, queue.config.driver)
+            if plugin is None or plugin.capabilities is None:
+                continue
+            capabilities: Capabilities = resolve(plugin.capabilities)
+            readers = reads_provenance(registry, block) if capabilities.shared else []
+            if readers:
+                yield Problem(
+                    f"policies {', '.join(readers)} decide on who published, but "
+                    f"{plugin.kind} messages can come from anyone with access to the broker "
+                    "and no signing key is set to verify the stamp: every message is "
+                    "anonymous to them; set security.settings signing_key(s)",
+                    entry.location.file,
+                    entry.location.line_of("lifecycle"),
+                    entry.id,
+                    "lifecycle.security.policies",
+                    severity="error" if settings.strict else "warning",
+                )
 
     def check_driver_options(self, registry: Registry) -> Iterator[Problem]:
         """Each queue's and consumer's options for its driver, against that driver's models."""

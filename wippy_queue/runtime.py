@@ -181,7 +181,9 @@ class Runtime:
             queue.consumers.append(entry.id)
             driver = self._driver_plugin(queue)
             options = config.driver_options.get(driver.options_key or "", {})
-            guard = self.security.consume_guard(entry)
+            capabilities = queue.driver.capabilities
+            trusted = not (capabilities.shared or capabilities.durable)
+            guard = self.security.consume_guard(entry, trusted=trusted)
             security = self.security.consumer_context(entry)
             actor = security["actor"]
             self.consumers[entry.id] = Consumer(

@@ -421,7 +421,9 @@ async def test_a_signature_verifies_after_a_round_trip_a_requeue_and_a_dead_lett
     from wippy_queue.queue.settle import dead_letter_message
     from wippy_queue.security.provenance import Stamper
 
-    stamper = Stamper("contract-key-0123456789", {"t:dead": frozenset({"t:q"})})
+    stamper = Stamper(
+        {"k1": "contract-key-0123456789"}, "k1", dead_letter_sources={"t:dead": frozenset({"t:q"})}
+    )
     async with driver.running("q", "dead") as d:
         sent = msg(b'{"n":1}', tenant="acme", n=1)
         stamper.stamp(sent, "t:q", Actor("svc", {"tenant": "acme"}))

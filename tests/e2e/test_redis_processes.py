@@ -7,36 +7,19 @@ handlers recorded (a line per message handled, written when the handler is done)
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import services
 import yaml
+from processes import HANDLER, handled, start, stop, until
 
 from wippy_queue import Runtime
 
 pytestmark = pytest.mark.services
-
-ROOT = Path(__file__).resolve().parents[2]
-WAIT_S = 20.0
-
-HANDLER = """
-import os, time
-
-def handle(data):
-    time.sleep(float(os.environ.get("WQ_SLEEP", "0")))
-    with open(os.environ["WQ_OUT"], "a") as out:
-        out.write(f"{os.getpid()} {data['n']}\\n")
-    return True
-"""
 
 
 @pytest.fixture
@@ -84,46 +67,6 @@ def write_apps(tmp_path: Path, stream: str, *, visibility_s: float = 1.0) -> tup
         (tmp_path / folder / "_index.yaml").write_text(yaml.safe_dump(document))
     (tmp_path / "app" / "h.py").write_text(HANDLER)
     return tmp_path / "app", tmp_path / "pub"
-
-
-def start(app: Path, out: Path, sleep_s: float = 0.0) -> subprocess.Popen[str]:
-    env = {**os.environ, "WQ_OUT": str(out), "WQ_SLEEP": str(sleep_s)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "wippy_queue", "run", str(app), "--log-level", "warning"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def stop(process: subprocess.Popen[str]) -> str:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        _, err = process.communicate(timeout=WAIT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, err = process.communicate()
-    return err
-
-
-def handled(out: Path) -> list[tuple[int, int]]:
-    """(pid, n) for every message a handler finished."""
-    if not out.exists():
-        return []
-    return [(int(p), int(n)) for p, n in (line.split() for line in out.read_text().splitlines())]
-
-
-async def until(check: Callable[[], bool], what: str) -> None:
-    """Poll ``check`` (it reads files other processes write) up to a bound."""
-    try:
-        async with asyncio.timeout(WAIT_S):
-            while not check():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not {what} within {WAIT_S}s") from None
 
 
 async def publish(pub: Path, count: int) -> None:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import backends
 import pytest
 from security_support import (
     FAST_BACKOFF,
@@ -156,7 +157,7 @@ SVC_A = Actor("svc-a", {"tenant": "tenant-a"})
 
 def signed(body: dict[str, Any], *, queue_id: str = JOBS, key: str = SIGNING_KEY) -> Message:
     message = Message(new_message_id(), json.dumps(body).encode(), {"timestamp": 1})
-    Stamper(key).stamp(message, queue_id, SVC_A)
+    Stamper({"default": key}, "default").stamp(message, queue_id, SVC_A)
     return message
 
 
@@ -265,8 +266,12 @@ async def test_a_signed_message_still_verifies_in_its_dead_letter_queue(tmp_path
     assert state.seen[0].headers["x_dead_letter_queue"] == JOBS
 
 
-async def test_without_a_signing_key_stamps_are_not_checked(tmp_path: Path) -> None:
-    """The documented trade-off: without a key the broker is trusted with the stamp."""
+async def test_without_a_signing_key_a_stamp_is_believed_only_from_this_process(
+    tmp_path: Path,
+) -> None:
+    """Without a key nothing can be verified: the memory driver's messages can only have
+    been stamped by this process, a broker's can have been written by anyone, so their
+    stamp is dropped before the check (the message is anonymous)."""
     state = reset()
     runtime = load(
         tmp_path,
@@ -278,12 +283,15 @@ async def test_without_a_signing_key_stamps_are_not_checked(tmp_path: Path) -> N
             consumer("worker", "jobs", "record_async", actor="w", policies=("take_jobs",)),
         ],
     )
+    decisions = watch_decisions(runtime, "app:worker")
     async with runtime:
-        await runtime.queues[JOBS].put(
-            Message(new_message_id(), b'{"n": 1}', {"x_publisher": "svc-a"})
-        )
+        stamp = {"x_publisher": "svc-a", "x_publisher_tenant": "acme"}
+        await runtime.queues[JOBS].put(Message(new_message_id(), b'{"n": 1}', stamp))
         await runtime.join(timeout=5)
-    assert [s.headers["x_publisher"] for s in state.seen] == ["svc-a"]
+    in_process = backends.current().name == "memory"
+    assert [s.headers.get("x_publisher") for s in state.seen] == ["svc-a" if in_process else None]
+    (taken,) = decisions.of("app:worker")
+    assert taken.request.publisher == ("svc-a" if in_process else None)
 
 
 async def test_an_unstamped_message_is_anonymous_not_forged(tmp_path: Path) -> None:

@@ -19,12 +19,17 @@ class Reason(StrEnum):
     NACK = "nack"  # the handler called nack()
     PERMISSION_DENIED = "permission_denied"
     FORGED_PROVENANCE = "forged_provenance"
+    STALE_PROVENANCE = "stale_provenance"  # signed longer ago than max_message_age
     MIDDLEWARE_ERROR = "middleware_error"
     EXPIRED = "expired"  # its queue's ttl ran out before a handler took it
 
 
+#: outcomes no retry can change: dead-lettered (or, with no dead-letter queue, dropped)
+#: at once. A stale stamp only gets older; freshness is checked at a first delivery.
+FINAL = frozenset((Reason.EXPIRED, Reason.STALE_PROVENANCE))
+
 #: reasons a consumer's policy decided: retried with the deny back-off
-DENIALS = frozenset((Reason.PERMISSION_DENIED, Reason.FORGED_PROVENANCE))
+DENIALS = frozenset((Reason.PERMISSION_DENIED, Reason.FORGED_PROVENANCE, Reason.STALE_PROVENANCE))
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from wippy_queue.queue.driver import Delivery, LostDelivery
 from wippy_queue.queue.message import EXPIRES_AT, Message
 from wippy_queue.queue.middleware import Job
-from wippy_queue.queue.outcome import DENIALS, Action, Outcome, Reason
+from wippy_queue.queue.outcome import DENIALS, FINAL, Action, Outcome
 from wippy_queue.queue.queue import Queue
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class RetryPolicy:
     def action(self, attempt: int, outcome: Outcome) -> Action:
         if outcome.ack:
             return Action.ACK
-        if outcome.reason == Reason.EXPIRED:  # never retried, whatever the attempt
+        if outcome.reason in FINAL:  # never retried, whatever the attempt
             return Action.DEAD_LETTER if self.dead_letter is not None else Action.DROP
         if self.dead_letter is not None and attempt >= self.max_attempts:
             return Action.DEAD_LETTER

@@ -16,7 +16,7 @@ from wippy_queue.queue.message import Message
 from wippy_queue.queue.middleware import CallNext, Job, Middleware
 from wippy_queue.queue.outcome import Outcome, Reason
 from wippy_queue.queue.queue import Queue
-from wippy_queue.security.provenance import ForgedProvenance, Stamper
+from wippy_queue.security.provenance import ForgedProvenance, StaleProvenance, Stamper
 from wippy_queue.security.recorder import Recorder
 from wippy_queue.security.scope import Scope
 from wippy_queue.security.vocabulary import CONSUME as CONSUME
@@ -30,6 +30,13 @@ STRICT_DENY = Decision(
 UNCHECKED = Decision(True, "unchecked")
 
 
+#: a decision's reason -> the nack's (and dead letter's) reason
+_REASONS = {
+    "forged_provenance": Reason.FORGED_PROVENANCE,
+    "stale_provenance": Reason.STALE_PROVENANCE,
+}
+
+
 class ConsumeGuard(Middleware):
     def __init__(
         self,
@@ -39,16 +46,23 @@ class ConsumeGuard(Middleware):
         scope: Scope | None,
         strict: bool,
         stamper: Stamper,
+        trusted: bool = True,
     ) -> None:
         self.consumer_id = consumer_id
         self.actor = actor
         self.scope = scope
         self.strict = strict
         self.stamper = stamper
+        #: only this process can have stamped its queue's messages (memory driver)
+        self.trusted = trusted
 
     def decide(self, job: Job) -> tuple[Decision, Request | None]:
         try:
-            provenance = self.stamper.verify(job.message, job.queue_id)
+            provenance = self.stamper.verify(
+                job.message, job.queue_id, attempt=job.attempt, trusted=self.trusted
+            )
+        except StaleProvenance as err:
+            return Decision(False, "stale_provenance", error=str(err)), None
         except ForgedProvenance as err:
             return Decision(False, "forged_provenance", error=str(err)), None
         except Exception as err:
@@ -72,11 +86,7 @@ class ConsumeGuard(Middleware):
         job.decision = (decision, request)
         if decision.allowed:
             return await call_next(job)
-        reason = (
-            Reason.FORGED_PROVENANCE
-            if decision.reason == "forged_provenance"
-            else Reason.PERMISSION_DENIED
-        )
+        reason = _REASONS.get(decision.reason, Reason.PERMISSION_DENIED)
         log.warning(
             "consumer %s denied message %s on %s: %s",
             self.consumer_id,

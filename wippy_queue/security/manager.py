@@ -14,6 +14,7 @@ from wippy_queue.registry.entry import Entry
 from wippy_queue.registry.registry import Registry
 from wippy_queue.security.guard import ConsumeGuard, PublishGuard
 from wippy_queue.security.models import (
+    DEFAULT_KEY_ID,
     CasbinPolicyConfig,
     DenyBackoff,
     SecuritySettingsConfig,
@@ -61,6 +62,26 @@ def policies_of(registry: Registry, block: SecurityBlock) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+#: request paths that read who published a message (its provenance stamp)
+PROVENANCE_PATHS = ("message", "message.publisher", "message.tenant")
+
+
+def reads_provenance(registry: Registry, block: SecurityBlock) -> list[str]:
+    """The policies of ``block`` that decide on who published (sorted ids)."""
+    found = []
+    for pid in policies_of(registry, block):
+        config = registry.entries[pid].config if pid in registry.entries else None
+        if isinstance(config, WippyPolicyConfig):
+            paths = [p for c in config.policy.conditions for p in (c.field, c.value_from) if p]
+        elif isinstance(config, CasbinPolicyConfig):
+            paths = list(config.request)
+        else:
+            continue
+        if any(path in PROVENANCE_PATHS for path in paths):
+            found.append(pid)
+    return sorted(found)
+
+
 def dead_letter_sources(registry: Registry) -> dict[str, frozenset[str]]:
     """Dead-letter queue id -> the queues whose messages it receives."""
     sources: dict[str, set[str]] = {}
@@ -99,7 +120,15 @@ class Security:
         self._load_casbin = load_casbin
         self.registry = registry
         self.strict = settings.strict if strict is None else strict
-        self.stamper = Stamper(signing_key or settings.signing_key, dead_letter_sources(registry))
+        keys, signer = settings.key_ring(), settings.signer()
+        if signing_key:  # given to the runtime (--signing-key): it signs
+            keys, signer = {**keys, DEFAULT_KEY_ID: signing_key}, DEFAULT_KEY_ID
+        self.stamper = Stamper(
+            keys,
+            signer,
+            max_age_s=settings.max_message_age,
+            dead_letter_sources=dead_letter_sources(registry),
+        )
         self.backoff: DenyBackoff = settings.deny_backoff
         self.recorders = tuple(recorders)
         self.policy_configs = _policy_configs(registry)
@@ -173,10 +202,14 @@ class Security:
             "checked": block is not None,
         }
 
-    def consume_guard(self, entry: Entry) -> ConsumeGuard | None:
-        """The guard for a consumer, or None when nothing would ever be checked."""
+    def consume_guard(self, entry: Entry, *, trusted: bool = True) -> ConsumeGuard | None:
+        """The guard for a consumer, or None when nothing would ever be checked.
+
+        ``trusted``: the queue's messages can only come from this process (the memory
+        driver); otherwise an unsigned stamp is dropped, so the guard always runs.
+        """
         block = _block(entry)
-        if block is None and not self.strict and not self.stamper.signing:
+        if block is None and not self.strict and not self.stamper.signing and trusted:
             return None
         return ConsumeGuard(
             consumer_id=entry.id,
@@ -184,6 +217,7 @@ class Security:
             scope=self.scopes.get(entry.id),
             strict=self.strict,
             stamper=self.stamper,
+            trusted=trusted,
         )
 
     def publish_guard(self) -> PublishGuard:

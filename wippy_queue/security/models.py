@@ -146,9 +146,81 @@ class DenyBackoff(StrictModel):
     max: Duration = 5.0
 
 
+#: the id ``signing_key`` (the one-key form) signs under
+DEFAULT_KEY_ID = "default"
+_KEY_ID = r"^[A-Za-z0-9_.-]{1,64}$"
+MIN_KEY_CHARS = 16
+
+
+def _key_value(value: str, where: str) -> str:
+    """A signing key as given, or read from ``file://path`` (one line, no newline)."""
+    if value.startswith("file://"):
+        path = Path(value.removeprefix("file://"))
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"{where}: cannot read the key file {path}: {err}") from None
+    if len(value) < MIN_KEY_CHARS:
+        raise ValueError(
+            f"{where}: a signing key needs at least {MIN_KEY_CHARS} characters "
+            f"(got {len(value)}); use a long random value, e.g. from ${{env:...}}"
+        )
+    return value
+
+
 class SecuritySettingsConfig(EntryModel):
-    """``security.settings``: runtime-wide security switches (at most one entry)."""
+    """``security.settings``: runtime-wide security switches (at most one entry).
+
+    Provenance keys: ``signing_key`` (one key), or ``signing_keys`` (key id -> value;
+    ``${env:...}`` or ``file://``) with ``signing_key_id`` naming the one that signs;
+    any listed key verifies. ``max_message_age`` (off by default) denies a first
+    delivery whose signed stamp is older.
+    """
 
     strict: bool = False
-    signing_key: str | None = Field(default=None, min_length=16)
+    signing_key: str | None = None
+    signing_keys: dict[str, str] = Field(default_factory=dict)
+    signing_key_id: str | None = Field(default=None, pattern=_KEY_ID)
+    max_message_age: Duration | None = Field(default=None, gt=0)
     deny_backoff: DenyBackoff = Field(default_factory=DenyBackoff)
+
+    @field_validator("signing_key")
+    @classmethod
+    def _one_key(cls, value: str | None) -> str | None:
+        return None if value is None else _key_value(value, "signing_key")
+
+    @field_validator("signing_keys")
+    @classmethod
+    def _keys(cls, keys: dict[str, str]) -> dict[str, str]:
+        for kid in keys:
+            if not re.match(_KEY_ID, kid):
+                raise ValueError(f"key id {kid!r}: use letters, digits, '_', '.', '-'")
+        return {kid: _key_value(value, f"signing_keys.{kid}") for kid, value in keys.items()}
+
+    @model_validator(mode="after")
+    def _signer(self) -> SecuritySettingsConfig:
+        ring = self.key_ring()
+        if self.signing_key_id is not None and self.signing_key_id not in ring:
+            known = ", ".join(sorted(ring)) or "none"
+            raise ValueError(
+                f"signing_key_id {self.signing_key_id!r} is not in signing_keys ({known})"
+            )
+        if self.signing_key_id is None and len(self.signing_keys) > 1:
+            raise ValueError("several signing_keys: name the one that signs in signing_key_id")
+        return self
+
+    def key_ring(self) -> dict[str, str]:
+        """Every key that verifies, by id."""
+        ring = dict(self.signing_keys)
+        if self.signing_key is not None:
+            ring.setdefault(DEFAULT_KEY_ID, self.signing_key)
+        return ring
+
+    def signer(self) -> str | None:
+        """The id of the key that signs (None: nothing is signed)."""
+        if self.signing_key_id is not None:
+            return self.signing_key_id
+        ring = self.key_ring()
+        if self.signing_key is not None:
+            return DEFAULT_KEY_ID
+        return next(iter(ring)) if ring else None

@@ -1,5 +1,13 @@
 """Who published a message: a stamp in reserved headers, HMAC-signed when a key is set.
 
+Keys have ids: ``x_signature`` is ``<key id>:<hex HMAC-SHA256>``, made with the key
+that signs and checked with whichever listed key it names, so keys rotate (add the
+new key everywhere, switch the signing id, later drop the old one). A signed stamp
+carries its time (``x_signed_at``): with a ``max_message_age`` a first delivery of
+an older one is stale. A stamp that no key can verify is believed only where the
+message cannot have come from outside this process (the memory driver); from a
+broker it is dropped, and the message is anonymous.
+
 The signature covers the message id, the queue, the body and every header except
 the signature itself, the ``x_dead_letter_*`` headers added when a message is
 dead-lettered and the ttl expiry, in the canonical envelope encoding every driver
@@ -11,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,11 +29,19 @@ from wippy_queue.queue.message import EXPIRES_AT, PUBLISHER, PUBLISHER_TENANT, M
 from wippy_queue.queue.settle import DL_QUEUE
 
 SIGNATURE = "x_signature"
+#: when the stamp was signed (unix seconds): a signed stamp's age
+SIGNED_AT = "x_signed_at"
 _UNSIGNED_PREFIX = "x_dead_letter_"
+#: the stamp's headers: dropped from a broker's message that no key can verify
+STAMP = (PUBLISHER, PUBLISHER_TENANT, SIGNATURE, SIGNED_AT)
 
 
 class ForgedProvenance(Exception):
     """The stamp is missing its signature or the signature does not match."""
+
+
+class StaleProvenance(ForgedProvenance):
+    """The stamp verifies but is older than ``max_message_age``: a replay, maybe."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,50 +61,108 @@ def _unsigned(key: str) -> bool:
 
 def _digest(mac: hmac.HMAC, message: Message, queue_id: str) -> str:
     """HMAC-SHA256 over the message's canonical envelope bytes (``queue/envelope.py``)."""
-    mac = mac.copy()  # the keyed state is computed once, per Stamper
+    mac = mac.copy()  # the keyed state is computed once per key
     mac.update(signed_bytes(message, queue_id, _unsigned))
     return mac.hexdigest()
 
 
 class Stamper:
+    """Stamps and verifies provenance with a ring of keys.
+
+    ``keys``: key id -> secret; ``signing_id`` names the one that signs (None: no
+    signing, nothing verifies). ``max_age_s``: a first delivery of a stamp signed
+    longer ago is stale (a requeued or delayed message is not: it was fresh when
+    first delivered).
+    """
+
     def __init__(
-        self, key: str | None, dead_letter_sources: Mapping[str, frozenset[str]] | None = None
+        self,
+        keys: Mapping[str, str] | None = None,
+        signing_id: str | None = None,
+        *,
+        max_age_s: float | None = None,
+        dead_letter_sources: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
-        self._mac = hmac.new(key.encode(), digestmod=hashlib.sha256) if key else None
+        self._macs = {
+            kid: hmac.new(secret.encode(), digestmod=hashlib.sha256)
+            for kid, secret in (keys or {}).items()
+        }
+        if signing_id is not None and signing_id not in self._macs:
+            raise ValueError(f"signing key id {signing_id!r} is not one of the keys given")
+        self._signing_id = signing_id
+        self._max_age_s = max_age_s
         #: dead-letter queue id -> the queues that dead-letter into it
         self._sources = dict(dead_letter_sources or {})
 
     @property
     def signing(self) -> bool:
-        return self._mac is not None
+        return self._signing_id is not None
 
     def stamp(self, message: Message, queue_id: str, actor: Actor) -> None:
-        message.headers[PUBLISHER] = actor.id
-        if actor.tenant is not None:
-            message.headers[PUBLISHER_TENANT] = actor.tenant
-        if self._mac is not None:
-            message.headers[SIGNATURE] = _digest(self._mac, message, queue_id)
-
-    def verify(self, message: Message, queue_id: str) -> Provenance:
-        """The verified publisher; raise ForgedProvenance when the stamp does not hold."""
         headers = message.headers
-        publisher = headers.get(PUBLISHER)
-        signature = headers.get(SIGNATURE)
-        if publisher is None and signature is None and PUBLISHER_TENANT not in headers:
+        headers[PUBLISHER] = actor.id
+        if actor.tenant is not None:
+            headers[PUBLISHER_TENANT] = actor.tenant
+        if self._signing_id is not None:
+            headers[SIGNED_AT] = round(time.time(), 3)
+            digest = _digest(self._macs[self._signing_id], message, queue_id)
+            headers[SIGNATURE] = f"{self._signing_id}:{digest}"
+
+    def verify(
+        self, message: Message, queue_id: str, *, attempt: int = 1, trusted: bool = True
+    ) -> Provenance:
+        """The verified publisher; raise ForgedProvenance when the stamp does not hold.
+
+        ``trusted``: the message can only have been stamped by this process (no key
+        needed to believe it). Untrusted and unverifiable, the stamp is dropped.
+        """
+        headers = message.headers
+        if not any(key in headers for key in STAMP):
             return ANONYMOUS
-        if self._mac is not None:
-            if not isinstance(signature, str):
-                raise ForgedProvenance("the publisher stamp is not signed")
-            # A dead-lettered copy was signed for the queue it was first published to;
-            # that (unsigned) header is believed only where such copies can arrive.
-            origin = headers.get(DL_QUEUE)
-            signed_for = queue_id
-            if isinstance(origin, str) and origin in self._sources.get(queue_id, ()):
-                signed_for = origin
-            expected = _digest(self._mac, message, signed_for)
-            if not hmac.compare_digest(signature, expected):
-                raise ForgedProvenance("the publisher stamp's signature does not match")
+        if not self._macs:
+            if not trusted:
+                for key in STAMP:
+                    headers.pop(key, None)
+                return ANONYMOUS
+        else:
+            self._check_signature(message, queue_id)
+            if attempt == 1:
+                self._check_age(headers.get(SIGNED_AT))
+        publisher = headers.get(PUBLISHER)
         if not isinstance(publisher, str):
             raise ForgedProvenance("a publisher tenant without a publisher")
         tenant = headers.get(PUBLISHER_TENANT)
         return Provenance(publisher, None if tenant is None else str(tenant))
+
+    def _check_signature(self, message: Message, queue_id: str) -> None:
+        headers = message.headers
+        signature = headers.get(SIGNATURE)
+        if not isinstance(signature, str) or ":" not in signature:
+            raise ForgedProvenance("the publisher stamp is not signed")
+        kid, _, given = signature.rpartition(":")
+        mac = self._macs.get(kid)
+        if mac is None:
+            raise ForgedProvenance(
+                f"the publisher stamp is signed with key id {kid!r}, which this runtime "
+                f"does not have (it has {', '.join(sorted(self._macs))})"
+            )
+        # A dead-lettered copy was signed for the queue it was first published to;
+        # that (unsigned) header is believed only where such copies can arrive.
+        origin = headers.get(DL_QUEUE)
+        signed_for = queue_id
+        if isinstance(origin, str) and origin in self._sources.get(queue_id, ()):
+            signed_for = origin
+        if not hmac.compare_digest(given, _digest(mac, message, signed_for)):
+            raise ForgedProvenance("the publisher stamp's signature does not match")
+
+    def _check_age(self, signed_at: object) -> None:
+        if self._max_age_s is None:
+            return
+        if isinstance(signed_at, bool) or not isinstance(signed_at, int | float):
+            raise ForgedProvenance("the signed stamp carries no signing time")
+        age_s = time.time() - signed_at
+        if age_s > self._max_age_s:
+            raise StaleProvenance(
+                f"the publisher stamp was signed {age_s:.0f}s ago; max_message_age is "
+                f"{self._max_age_s:g}s"
+            )
