@@ -20,7 +20,7 @@ from wippy_queue.queue.driver import SubscribeSpec
 from wippy_queue.queue.message import Message
 
 #: every driver a runtime-level test runs on
-BACKENDS = ("memory",)
+BACKENDS = ("memory", "sqlite")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,11 @@ def make(name: str) -> Backend:
     prefix = f"wq-test-{uuid.uuid4().hex[:10]}"
     if name == "memory":
         return Backend(name, "queue.driver.memory", prefix=prefix)
+    if name == "sqlite":
+        # a relative path: a database file beside each test's entry files, so a test that
+        # loads fresh folders (hypothesis examples) starts each one empty, as on memory
+        fields = {"path": "queues.db", "poll_interval": "20ms"}
+        return Backend(name, "queue.driver.sqlite", fields, prefix=prefix)
     raise AssertionError(f"no backend {name!r}")  # pragma: no cover
 
 

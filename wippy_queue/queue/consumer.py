@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import time
 import traceback
 from collections.abc import Sequence
@@ -23,7 +24,13 @@ from pydantic import BaseModel
 from wippy_queue.errors import HandlerError, LifecycleError, WippyQueueError
 from wippy_queue.queue import context
 from wippy_queue.queue.codec import DecodeError
-from wippy_queue.queue.driver import Delivery, SubscribeSpec, Subscription, SubscriptionClosed
+from wippy_queue.queue.driver import (
+    Delivery,
+    LostDelivery,
+    SubscribeSpec,
+    Subscription,
+    SubscriptionClosed,
+)
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.handler import Handler, outcome_of
 from wippy_queue.queue.middleware import Job, Middleware, build_chain
@@ -101,6 +108,10 @@ class Consumer:
         self._active: dict[asyncio.Task[Any], Delivery] = {}
         self._settler = self._new_settler()
         self._stopping = False
+        #: deliveries whose leases the renewer keeps (leasing drivers), and its task
+        self._leased: set[Delivery] = set()
+        self._got_lease = asyncio.Event()
+        self._renewer: asyncio.Task[None] | None = None
         #: resolves with the error if the consumer dies while running (the supervisor restarts it)
         self.failed: asyncio.Future[BaseException] | None = None
 
@@ -111,6 +122,7 @@ class Consumer:
             self.retry,
             hooks=self._settle_hooks,
             auto_ack=self.auto_ack,
+            pipelined=self.queue.driver.capabilities.group_commit,
             release_credit=self._credits.release,
             on_error=self._fail,
         )
@@ -137,6 +149,9 @@ class Consumer:
         self._settler = self._new_settler()
         self._buffer = asyncio.Queue()
         self._fetcher = asyncio.create_task(self._fetch(), name=f"{self.entry_id}:fetch")
+        self._leased = set()
+        if self.queue.driver.capabilities.leases:
+            self._renewer = asyncio.create_task(self._renew(), name=f"{self.entry_id}:leases")
         self._tasks = [
             asyncio.create_task(self._work(), name=f"{self.entry_id}:worker-{i}")
             for i in range(self.concurrency)
@@ -154,6 +169,9 @@ class Consumer:
                 except BaseException:
                     self._credits.release()
                     raise
+                if delivery.lease_s is not None:
+                    self._leased.add(delivery)
+                    self._got_lease.set()
                 self._buffer.put_nowait(delivery)
         except SubscriptionClosed:
             if not self._stopping:
@@ -163,6 +181,27 @@ class Consumer:
         except Exception as err:
             log.exception("consumer %s: receiving failed", self.entry_id)
             self._fail(err)
+
+    async def _renew(self) -> None:
+        """Renew the leases of every delivery held (buffered, running, settling) every
+        third of a lease, in one batch, so a message outlives its lease only when this
+        process dies or hangs."""
+        assert self._subscription is not None
+        while True:
+            self._leased = {d for d in self._leased if not d.settled}
+            if not self._leased:
+                self._got_lease.clear()
+                await self._got_lease.wait()
+                continue
+            lease_s = min(d.lease_s or math.inf for d in self._leased)
+            await asyncio.sleep(max(lease_s / 3, 0.01))
+            held = [d for d in self._leased if not d.settled]
+            try:
+                await self._subscription.extend(held)
+            except LostDelivery as err:  # its settle will say so too
+                log.warning("consumer %s: %s", self.entry_id, err)
+            except Exception as err:
+                log.error("consumer %s: renewing leases failed: %s", self.entry_id, err)
 
     def _fail(self, err: BaseException) -> None:
         if self.failed is not None and not self.failed.done():
@@ -274,6 +313,10 @@ class Consumer:
         unfinished = await self._drain()
         # settles waiting on the audit write: bounded too
         await self._settler.drain(self.stop_timeout_s)
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

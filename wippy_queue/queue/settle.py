@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from wippy_queue.queue.driver import Delivery
+from wippy_queue.queue.driver import Delivery, LostDelivery
 from wippy_queue.queue.message import Message
 from wippy_queue.queue.middleware import Job
 from wippy_queue.queue.outcome import DENIALS, Action, Outcome
@@ -120,6 +120,7 @@ class Settler:
         *,
         hooks: Sequence[SettleHook] = (),
         auto_ack: bool = False,
+        pipelined: bool = False,
         release_credit: Callable[[], None],
         on_error: Callable[[Exception], None],
     ) -> None:
@@ -127,6 +128,8 @@ class Settler:
         self.queue = queue
         self.policy = policy
         self.auto_ack = auto_ack
+        #: settle in the background (drivers that group-commit): the worker goes on
+        self.pipelined = pipelined
         self._hooks = tuple(hooks)
         self._release_credit = release_credit
         self._on_error = on_error
@@ -152,8 +155,22 @@ class Settler:
             await self.give_back(delivery)
         elif waits:
             self._defer(delivery, outcome, action, list(waits))
+        elif self.pipelined:  # committed with other workers' settles; the credit waits
+            self.pending += 1
+            self._spawn(self._pipelined(delivery, outcome, action))
         else:  # no hooks, or done (the record is written): settle now
             await self._apply_or_give_back(delivery, outcome, action)
+
+    async def _pipelined(self, delivery: Delivery, outcome: Outcome, action: Action) -> None:
+        try:
+            await self._apply_or_give_back(delivery, outcome, action)
+        finally:
+            self.pending -= 1
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def give_back(self, delivery: Delivery) -> None:
         """Back to the queue untried (prefetched, cut off by a stop, refused): no attempt."""
@@ -177,6 +194,10 @@ class Settler:
     ) -> None:
         try:
             await self.apply(delivery, outcome, action)
+        except LostDelivery as err:  # its lease was taken over: it is delivered again
+            log.warning("consumer %s: %s", self.consumer_id, err)
+            self._done(delivery)
+            return
         except Exception as err:
             log.error(
                 "consumer %s: settling message %s failed: %s: %s; it goes back to the queue",
@@ -257,9 +278,7 @@ class Settler:
 
     def _ready(self, future: asyncio.Future[Any]) -> None:
         items = self._groups.pop(future, [])
-        task = asyncio.get_running_loop().create_task(self._settle_group(future, items))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._settle_group(future, items))
 
     async def _settle_group(
         self, future: asyncio.Future[Any], items: list[tuple[Delivery, Outcome, Action]]
