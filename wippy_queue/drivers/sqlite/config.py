@@ -24,6 +24,7 @@ CAPABILITIES = Capabilities(
     durable=True,
     shared=True,  # several processes on one machine, one file
     leases=True,
+    group_commit=True,  # settles share commits: the consumer pipelines them
 )
 
 

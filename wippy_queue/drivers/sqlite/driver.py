@@ -185,6 +185,8 @@ class SqliteSubscription(Subscription):
         self._claiming: asyncio.Future[float | None] | None = None
         self._releases: list[asyncio.Future[bool]] = []
         self._error: BaseException | None = None
+        #: someone receives: settles may claim ahead for them
+        self._receiving = False
         self._closed = False
         queue.subscriptions.add(self)
 
@@ -195,8 +197,19 @@ class SqliteSubscription(Subscription):
     def settled(self) -> None:
         self._unsettled -= 1
         self._room.wake_all()
+        self._refill()
+
+    def _refill(self) -> None:
+        """Claim ahead as soon as a settle makes room, so that the claim shares the
+        settle's commit (the buffer counts: never past ``max_unsettled``)."""
+        if self._claiming is not None or not self._receiving or self._closed:
+            return
+        room = self._max_unsettled - self._unsettled
+        if room > 0 and self.driver.running and self.driver.writer.open:
+            self._claiming = self._claim()
 
     async def receive(self) -> Delivery:
+        self._receiving = True
         while True:
             if self._closed or not self.driver.running:
                 raise SubscriptionClosed(f"subscription to {self.queue!r} is closed")
@@ -210,7 +223,7 @@ class SqliteSubscription(Subscription):
                 await self._room.wait(None)
                 continue
             if self._claiming is None:
-                self._claiming = self._claim(min(room, CLAIM_MAX))
+                self._claiming = self._claim()
             next_due = await asyncio.shield(self._claiming)
             if self._buffer or self._closed or not self.driver.running:
                 continue
@@ -219,8 +232,15 @@ class SqliteSubscription(Subscription):
                 wait_s = min(wait_s, next_due - time.time())
             await self._queue.receivers.wait(wait_s)
 
-    def _claim(self, limit: int) -> asyncio.Future[float | None]:
-        """Lease up to ``limit`` messages into the buffer; resolves with the next due time."""
+    def _room_now(self) -> int:
+        """Room for more deliveries: read on the writer thread when the claim runs, so a
+        claim takes the room every settle queued before it made (room only grows while
+        the claim waits: its own result is the only thing that takes room)."""
+        return max(min(self._max_unsettled - self._unsettled, CLAIM_MAX), 0)
+
+    def _claim(self) -> asyncio.Future[float | None]:
+        """Lease messages into the buffer, as many as there is room for when the claim
+        runs; resolves with the time the next message falls due."""
         queue, lease_s, owner = self.queue, self._queue.lease_s, self.driver.owner
         consumer, subscription = self.consumer, self.id
         keep_alive = time.monotonic() - self._alive_at > CONSUMER_TTL_S / 3
@@ -230,6 +250,9 @@ class SqliteSubscription(Subscription):
         def claim(store: Store) -> tuple[list[Claimed], float | None]:
             if keep_alive:
                 store.subscribe(subscription, queue, consumer)
+            limit = self._room_now()
+            if not limit:
+                return [], None
             return store.claim(queue, limit, lease_s, owner, consumer)
 
         request = self.driver.submit(claim, f"claim from {queue!r}")

@@ -53,7 +53,12 @@ class Writer:
         self.path = path
         self.synchronous = synchronous
         self._on_commit = on_commit
-        self._requests: queue.SimpleQueue[Request[Any] | None] = queue.SimpleQueue()
+        #: batches handed to the thread (None: stop)
+        self._requests: queue.SimpleQueue[list[Request[Any]] | None] = queue.SimpleQueue()
+        #: submitted on the loop, not yet handed over
+        self._pending: list[Request[Any]] = []
+        self._seen = 0
+        self._flushing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._exited: asyncio.Future[None] | None = None
@@ -71,6 +76,7 @@ class Writer:
         opened: asyncio.Future[None] = loop.create_future()
         self._exited = loop.create_future()
         self._requests = queue.SimpleQueue()
+        self._pending, self._flushing = [], False
         self._thread = threading.Thread(
             target=self._run, args=(opened,), name=f"wippy-queue sqlite {self.path.name}"
         )
@@ -84,14 +90,34 @@ class Writer:
         if not self._open or self._loop is None:
             raise DriverError(f"sqlite database {self.path} is closed")
         request = Request(op, self._loop.create_future(), what)
-        self._requests.put(request)
+        self._pending.append(request)
+        if not self._flushing:
+            self._flushing = True
+            self._seen = 0
+            self._loop.call_soon(self._flush)
         return request
+
+    def _flush(self) -> None:
+        """Hand what was submitted to the thread once a loop iteration passes with no
+        more: the callers a commit woke submit their next operations over a few
+        iterations, and one batch for all of them is one commit (one fsync)."""
+        if len(self._pending) != self._seen:
+            self._seen = len(self._pending)
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+            return
+        batch, self._pending = self._pending, []
+        self._flushing = False
+        self._requests.put(batch)
 
     async def stop(self) -> None:
         """Finish what was submitted, then close the database."""
         if not self._open:
             return
         self._open = False
+        if self._pending:
+            self._requests.put(self._pending)
+            self._pending = []
         self._requests.put(None)
         assert self._exited is not None
         await asyncio.shield(self._exited)
@@ -131,29 +157,28 @@ class Writer:
             first = self._requests.get()
             if first is None:
                 return
-            batch = [first]
-            stopping = False
-            while len(batch) < MAX_BATCH:
+            batch, stopping = list(first), False
+            while len(batch) < MAX_BATCH:  # and whatever else was handed over meanwhile
                 try:
-                    request = self._requests.get_nowait()
+                    more = self._requests.get_nowait()
                 except queue.Empty:
                     break
-                if request is None:
+                if more is None:
                     stopping = True
                     break
-                batch.append(request)
+                batch += more
             self._run_batch(store, [r for r in batch if not r.cancelled])
             if stopping:
                 return
 
     def _fail_rest(self) -> None:
+        error = DriverError(f"sqlite database {self.path} is closed")
         while True:
             try:
-                request = self._requests.get_nowait()
+                batch = self._requests.get_nowait()
             except queue.Empty:
                 return
-            if request is not None:
-                error = DriverError(f"sqlite database {self.path} is closed")
+            for request in batch or ():
                 self._post(_fail, request.future, error)
 
     def _run_batch(self, store: Store, batch: list[Request[Any]]) -> None:
