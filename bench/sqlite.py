@@ -248,7 +248,7 @@ def count_fsyncs(row: SqliteRow, n: int) -> float | None:
         for line in out.read_text().splitlines():
             parts = line.split()
             if parts and parts[-1] in ("fsync", "fdatasync"):
-                calls += int(parts[3] if len(parts) >= 6 else parts[2])
+                calls += int(parts[3])  # % time, seconds, usecs/call, calls, [errors,] name
     return calls / n
 
 
