@@ -131,7 +131,9 @@ def open_database(path: Path, synchronous: str, busy_timeout_s: float) -> sqlite
 
 
 def _prepare(conn: sqlite3.Connection, path: Path) -> None:
-    """Check the file is ours (or empty: make it ours) and in WAL mode."""
+    """Check the file is ours (or empty: make it ours), touching nothing of a file that
+    is not, then turn on write-ahead logging."""
+    _check_ours(conn, path)
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
         raise DriverError(
@@ -140,29 +142,36 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
         )
     conn.execute("BEGIN IMMEDIATE")
     try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")]
-        if app_id == 0 and not tables:
+        if _check_ours(conn, path):  # still empty: another process did not make it first
             for statement in SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        elif app_id != APPLICATION_ID:
-            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "") or "none"
-            raise NotOurs(
-                f"sqlite database {path} is not a wippy-queue database (application_id "
-                f"{app_id:#x}, tables: {shown}); refusing to touch it: set another path"
-            )
-        elif version > SCHEMA_VERSION:
-            raise NotOurs(
-                f"sqlite database {path} has wippy-queue schema {version}, newer than this "
-                f"version's {SCHEMA_VERSION}: upgrade wippy-queue"
-            )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _check_ours(conn: sqlite3.Connection, path: Path) -> bool:
+    """True if the database is empty (ours to make); NotOurs unless it is ours."""
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")]
+    if app_id == 0 and not tables:
+        return True
+    if app_id != APPLICATION_ID:
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "") or "none"
+        raise NotOurs(
+            f"sqlite database {path} is not a wippy-queue database (application_id "
+            f"{app_id:#x}, tables: {shown}); refusing to touch it: set another path"
+        )
+    if version > SCHEMA_VERSION:
+        raise NotOurs(
+            f"sqlite database {path} has wippy-queue schema {version}, newer than this "
+            f"version's {SCHEMA_VERSION}: upgrade wippy-queue"
+        )
+    return False
 
 
 @dataclass(frozen=True, slots=True)
