@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -253,3 +254,40 @@ def test_two_processes_on_one_file_handle_each_message_once(tmp_path: Path) -> N
     assert sorted(int(n) for _, n, _ in handled) == list(range(total))  # each exactly once
     assert {attempt for _, _, attempt in handled} == {"1"}
     assert len({pid for pid, _, _ in handled}) == 2, "both processes took a share"
+
+
+def test_the_durable_example_killed_and_resumed_loses_nothing(tmp_path: Path) -> None:
+    """The README's run of ``examples/durable/`` (in a copy: its database goes beside it)."""
+    app = tmp_path / "durable"
+    shutil.copytree(ROOT / "examples" / "durable", app)
+    tasks = [f"task-{i}" for i in range(1, 9)]
+    publish_args = []
+    for task in tasks:
+        publish_args += ["--publish", "app.queue:tasks", json.dumps({"id": task, "seconds": 0.5})]
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    with first_log.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "wippy_queue", "run", str(app), *publish_args],
+            cwd=ROOT,
+            stderr=log,
+        )
+        try:
+            wait_until(lambda: "task_id=task-5" in first_log.read_text(), "task-5 started", process)
+        finally:
+            process.kill()
+            process.wait(timeout=WAIT_S)
+    assert process.returncode == -signal.SIGKILL
+    with second_log.open("w") as log:
+        resume = ["run", str(app), "--until-idle", "--timeout", str(WAIT_S)]
+        second = subprocess.run(
+            [sys.executable, "-m", "wippy_queue", *resume],
+            cwd=ROOT,
+            stderr=log,
+            timeout=WAIT_S + 10,
+        )
+    assert second.returncode == 0, second_log.read_text()
+    assert (app / "data" / "queues.db").is_file()
+    resumed = second_log.read_text()
+    assert "task_id=task-5" in resumed  # it was being handled when the first run died
+    done = first_log.read_text() + resumed
+    assert all(f"task_id={task}" in done for task in tasks)
