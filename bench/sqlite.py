@@ -14,6 +14,8 @@ Rows (all with their defaults unless said):
 - ``wippy-full``: ``queue.driver.sqlite`` with ``synchronous: full`` (every returned
   publish and ack on disk);
 - ``wippy-normal``: ``synchronous: normal`` (survives a process crash, not a power cut);
+- ``wippy-full-p100``: ``synchronous: full`` with prefetch 100 instead of 20: a consumer
+  holds up to prefetch + concurrency messages, so up to that many acks share a commit;
 - ``huey``: ``SqliteHuey`` (WAL, SQLite's default synchronous) and its thread consumer
   with 4 workers;
 - ``persist-queue``: ``SQLiteAckQueue`` (WAL, SQLite's default synchronous;
@@ -67,7 +69,7 @@ def counted(counter: itertools.count[int]) -> int:
 # -- wippy-queue ----------------------------------------------------------------------
 
 
-def wippy_entries(folder: Path, synchronous: str) -> None:
+def wippy_entries(folder: Path, synchronous: str, prefetch: int = PREFETCH) -> None:
     noop = {"name": "noop", "kind": "function.python", "source": f"{HANDLERS_MODULE}:noop"}
     document = harness.bench_entries(noop, max_length=1)
     entries = document["entries"]
@@ -80,6 +82,7 @@ def wippy_entries(folder: Path, synchronous: str) -> None:
     }
     entries[1] = {"name": "jobs", "kind": "queue.queue", "driver": "bench:disk"}
     entries[3]["lifecycle"] = {"auto_start": False}  # publish first, then drain
+    entries[3]["prefetch"] = prefetch
     (folder / "_index.yaml").write_text(json.dumps(document))
 
 
@@ -207,6 +210,12 @@ def rows() -> list[SqliteRow]:
     return [
         SqliteRow("wippy-full", "wippy-queue sqlite", f"synchronous full, {ours}", peer=False),
         SqliteRow("wippy-normal", "wippy-queue sqlite", f"synchronous normal, {ours}", peer=False),
+        SqliteRow(
+            "wippy-full-p100",
+            "wippy-queue sqlite",
+            f"synchronous full, concurrency {CONCURRENCY}, prefetch 100, {PRODUCERS} producers",
+            peer=False,
+        ),
         SqliteRow("huey", "huey SqliteHuey", f"defaults, {CONCURRENCY} thread workers", peer=True),
         SqliteRow(
             "persist-queue",
@@ -221,7 +230,8 @@ def run_row(row: SqliteRow, n: int) -> Timing:
     folder = Path(tempfile.mkdtemp(prefix=f"wq-bench-{row.key}-"))
     try:
         if row.key.startswith("wippy-"):
-            wippy_entries(folder, row.key.removeprefix("wippy-"))
+            synchronous, _, prefetch = row.key.removeprefix("wippy-").partition("-p")
+            wippy_entries(folder, synchronous, int(prefetch or PREFETCH))
             return asyncio.run(wippy_run(folder, n, row.commits))
         if row.key == "huey":
             return huey_run(folder, n)

@@ -150,13 +150,14 @@ class SqliteDelivery(Delivery):
         await self._subscription.extend([self])
 
     async def _settle(self, op: Callable[[Store], bool], what: str) -> None:
-        """Shielded: a cancelled caller still settles (the commit goes ahead)."""
+        """A cancelled caller still settles: the request stays queued and commits (only
+        the caller's future is cancelled), as a shield would, for one future less."""
         subscription = self._subscription
         try:
             request = subscription.driver.submit(op, f"{what} of message {self.message.id}")
         finally:
             subscription.settled()
-        if not await asyncio.shield(request.future):
+        if not await request.future:
             raise self.lost(what)
 
     def lost(self, what: str) -> LostDelivery:
