@@ -23,7 +23,7 @@ from wippy_queue.queue.driver import SubscribeSpec
 from wippy_queue.queue.message import Message
 
 #: every driver a runtime-level test runs on (brokers marked: they need a service)
-BACKENDS = ("memory", pytest.param("redis", marks=pytest.mark.services))
+BACKENDS = ("memory", "sqlite", pytest.param("redis", marks=pytest.mark.services))
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,11 @@ def make(name: str) -> Backend:
         host, port = services.redis_address()
         services.require("Redis", host, port, module="redis")
         return Backend(name, "queue.driver.redis", {"url": services.REDIS_URL}, prefix)
+    if name == "sqlite":
+        # a relative path: a database file beside each test's entry files, so a test that
+        # loads fresh folders (hypothesis examples) starts each one empty, as on memory
+        fields = {"path": "queues.db", "poll_interval": "20ms"}
+        return Backend(name, "queue.driver.sqlite", fields, prefix=prefix)
     raise AssertionError(f"no backend {name!r}")  # pragma: no cover
 
 

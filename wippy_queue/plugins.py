@@ -344,6 +344,15 @@ BUILTIN = (
         extra="redis",
     ),
     Plugin(
+        "queue.driver.sqlite",
+        "wippy_queue.drivers.sqlite.config:SqliteDriverConfig",
+        role="driver",
+        factory="wippy_queue.drivers.sqlite.driver:SqliteDriver.from_entry",
+        options_key="sqlite",
+        queue_options="wippy_queue.drivers.sqlite.config:SqliteQueueOptions",
+        capabilities="wippy_queue.drivers.sqlite.config:CAPABILITIES",
+    ),
+    Plugin(
         "function.python",
         "wippy_queue.functions.python:PythonFunctionConfig",
         role="function",

@@ -10,8 +10,11 @@ cases that need them, or a capability a driver lacks, are skipped by capability.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import tempfile
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -32,7 +35,7 @@ from wippy_queue.queue.driver import (
 from wippy_queue.queue.message import Message
 
 #: every driver the contract suite runs on (brokers marked: they need a service)
-DRIVERS = ["memory", pytest.param("redis", marks=pytest.mark.services)]
+DRIVERS = ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.services)]
 
 
 @dataclass
@@ -124,6 +127,8 @@ def make(name: str) -> Harness:
         )
     if name == "redis":
         return _redis()
+    if name == "sqlite":
+        return _sqlite(name)
     raise AssertionError(f"no harness for driver {name!r}")  # pragma: no cover
 
 
@@ -162,4 +167,23 @@ def _redis() -> Harness:
         teardown=proxy.release,
     )
     harness.cleanup = lambda: services.redis_delete_prefix(harness.prefix)
+    return harness
+
+
+def _sqlite(name: str) -> Harness:
+    """Every instance of one test on one database file of its own (removed afterwards);
+    leases of 1 s, so the lease cases run fast."""
+    from wippy_queue.drivers.sqlite.config import CAPABILITIES, SqliteQueueOptions
+    from wippy_queue.drivers.sqlite.driver import SqliteDriver
+
+    folder = tempfile.mkdtemp(prefix="wq-sqlite-")
+    lease_s = 1.0
+    harness = Harness(
+        name,
+        lambda: SqliteDriver("t:sqlite", f"{folder}/queues.db", poll_interval_s=0.02),
+        lambda max_length: SqliteQueueOptions(max_length=max_length, visibility_timeout=lease_s),
+        CAPABILITIES,
+        lease_s=lease_s,
+    )
+    weakref.finalize(harness, shutil.rmtree, folder, True)
     return harness

@@ -646,6 +646,8 @@ async def test_consumer_never_holds_more_than_prefetch_plus_concurrency(tmp_path
         assert sorted(handled) == list(range(20))
         assert consumer.held == 0  # nothing held once the queue is drained
     assert len(samples) == 20
+    # never more (the full buffer was seen above; while draining, a driver whose claims
+    # and settles take a commit each may refill the buffer more slowly than it empties)
     assert max(in_flight for in_flight, _ in samples) <= concurrency + prefetch
     assert max(held for _, held in samples) <= concurrency + prefetch
 

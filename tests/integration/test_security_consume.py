@@ -61,8 +61,8 @@ async def test_deny_nacks_with_growing_backoff_then_dead_letters(tmp_path: Path)
     assert all(not r.decision.allowed and r.decision.reason == "no_allow" for r in tries)
     gaps = [b.at - a.at for a, b in itertools.pairwise(tries)]
     for gap, delay in zip(gaps, [0.02, 0.04, 0.05, 0.05], strict=True):
-        assert gap >= delay * 0.9, gaps  # backed off (never a hot loop), doubling to the cap
-    assert gaps[1] > gaps[0] * 1.5
+        assert gap >= delay * 0.9, gaps  # backed off: never a hot loop (the doubling itself
+        # is RetryPolicy's, asserted exactly in tests/unit/test_settle.py)
     assert dead.id == message_id
     assert dead.headers["x_dead_letter_reason"] == "permission_denied"
     assert dead.headers["x_dead_letter_attempts"] == 5

@@ -23,7 +23,12 @@ from pydantic import BaseModel
 from wippy_queue.errors import HandlerError, LifecycleError, WippyQueueError
 from wippy_queue.queue import context
 from wippy_queue.queue.codec import DecodeError
-from wippy_queue.queue.driver import Delivery, SubscribeSpec, Subscription, SubscriptionClosed
+from wippy_queue.queue.driver import (
+    Delivery,
+    SubscribeSpec,
+    Subscription,
+    SubscriptionClosed,
+)
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.handler import Handler, outcome_of
 from wippy_queue.queue.message import expired
@@ -110,6 +115,10 @@ class Consumer:
         self._leases: asyncio.Task[None] | None = None
         self._settler = self._new_settler()
         self._stopping = False
+        #: deliveries whose leases the renewer keeps (leasing drivers), and its task
+        self._leased: set[Delivery] = set()
+        self._got_lease = asyncio.Event()
+        self._renewer: asyncio.Task[None] | None = None
         #: resolves with the error if the consumer dies while running (the supervisor restarts it)
         self.failed: asyncio.Future[BaseException] | None = None
 
@@ -120,6 +129,7 @@ class Consumer:
             self.retry,
             hooks=self._settle_hooks,
             auto_ack=self.auto_ack,
+            pipelined=self.queue.driver.capabilities.group_commit,
             done=self._settled,
             on_error=self._fail,
         )

@@ -56,6 +56,9 @@ class Capabilities:
     shared: bool = False
     #: deliveries are leases: extended while a handler runs, back after a timeout
     leases: bool = False
+    #: settles are committed in groups (one commit and fsync for many): the consumer lets
+    #: a worker take its next message while its settle commits, so settles can share one
+    group_commit: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -136,6 +136,7 @@ class Settler:
         *,
         hooks: Sequence[SettleHook] = (),
         auto_ack: bool = False,
+        pipelined: bool = False,
         done: Callable[[Delivery], None],
         on_error: Callable[[Exception], None],
     ) -> None:
@@ -143,6 +144,8 @@ class Settler:
         self.queue = queue
         self.policy = policy
         self.auto_ack = auto_ack
+        #: settle in the background (drivers that group-commit): the worker goes on
+        self.pipelined = pipelined
         self._hooks = tuple(hooks)
         self._done_callback = done
         self._on_error = on_error
@@ -168,8 +171,22 @@ class Settler:
             await self.give_back(delivery)
         elif waits:
             self._defer(decided, list(waits))
+        elif self.pipelined:  # committed with other workers' settles; the credit waits
+            self.pending += 1
+            self._spawn(self._pipelined(decided))
         else:  # no hooks, or done (the record is written): settle now
             await self._apply_or_give_back(decided)
+
+    async def _pipelined(self, decided: _Decided) -> None:
+        try:
+            await self._apply_or_give_back(decided)
+        finally:
+            self.pending -= 1
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def give_back(self, delivery: Delivery) -> None:
         """Back to the queue untried (prefetched, cut off by a stop, refused): no attempt."""
@@ -295,9 +312,7 @@ class Settler:
 
     def _ready(self, future: asyncio.Future[Any]) -> None:
         items = self._groups.pop(future, [])
-        task = asyncio.get_running_loop().create_task(self._settle_group(future, items))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._settle_group(future, items))
 
     async def _settle_group(self, future: asyncio.Future[Any], items: list[_Decided]) -> None:
         error = None if future.cancelled() else future.exception()

@@ -1,0 +1,258 @@
+"""SQLite-driver behaviour beyond the shared contract: where the file is, files that
+are not ours (or corrupt, read-only, full), durable delays and truthful info."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import write
+
+from wippy_queue import Runtime
+from wippy_queue.drivers.sqlite.config import SqliteQueueOptions
+from wippy_queue.drivers.sqlite.driver import SqliteDriver
+from wippy_queue.drivers.sqlite.store import Store
+from wippy_queue.errors import DriverError
+from wippy_queue.queue.driver import QueueSpec, SubscribeSpec
+from wippy_queue.queue.message import Message, new_message_id
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT_S = 5.0
+
+
+def spec(max_length: int | None = None, lease_s: float = 30.0) -> QueueSpec:
+    options = SqliteQueueOptions(max_length=max_length, visibility_timeout=lease_s)
+    return QueueSpec("t:q", "q", options)
+
+
+def msg(body: bytes = b"{}") -> Message:
+    return Message(new_message_id(), body, {})
+
+
+@contextlib.asynccontextmanager
+async def started(path: Path) -> AsyncIterator[SqliteDriver]:
+    driver = SqliteDriver("t:disk", path, poll_interval_s=0.02)
+    await driver.start()
+    try:
+        await driver.declare(spec())
+        yield driver
+    finally:
+        await driver.stop()
+
+
+# -- where the file is ---------------------------------------------------------------
+
+
+def entry_file(folder: Path, path: str) -> None:
+    write(
+        folder / "app" / "_index.yaml",
+        f"""
+        version: "1.0"
+        namespace: app
+        entries:
+          - name: disk
+            kind: queue.driver.sqlite
+            path: {path}
+            lifecycle: {{auto_start: true}}
+          - name: jobs
+            kind: queue.queue
+            driver: app:disk
+        """,
+    )
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["data/queues.db", "file://data/queues.db", "ABSOLUTE", "${env:WQ_TEST_DB_DIR}/queues.db"],
+    ids=["plain-relative", "file-relative", "absolute", "env"],
+)
+async def test_the_path_is_relative_to_the_entry_file(
+    tmp_path: Path, written: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = tmp_path / "app" / "data" / "queues.db"
+    monkeypatch.setenv("WQ_TEST_DB_DIR", str(expected.parent))
+    monkeypatch.chdir(tmp_path)  # not where the entry file is
+    entry_file(tmp_path, written.replace("ABSOLUTE", str(expected)))
+    async with Runtime.load(tmp_path / "app") as runtime:
+        await runtime.publish("app:jobs", {"n": 1})
+    assert expected.is_file()
+    assert not (tmp_path / "data").exists()
+
+
+# -- files that are not ours ---------------------------------------------------------
+
+
+async def start_fails(path: Path) -> str:
+    driver = SqliteDriver("t:disk", path)
+    with pytest.raises(DriverError) as caught:
+        await driver.start()
+    assert not driver.running
+    message = str(caught.value)
+    assert str(path) in message
+    return message
+
+
+async def test_a_database_of_something_else_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+        conn.execute("INSERT INTO users VALUES ('ada')")
+        conn.commit()
+    before = path.read_bytes()
+    message = await start_fails(path)
+    assert "not a wippy-queue database" in message and "users" in message
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "content", [b"hello, I am a text file\n" * 100, b"SQLite format 3\x00" + b"\xff" * 4000]
+)
+async def test_a_file_that_is_no_database_or_is_corrupt_is_a_clear_error(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "queues.db"
+    path.write_bytes(content)
+    message = await start_fails(path)
+    assert "not a SQLite database" in message or "corrupt" in message
+    assert path.read_bytes() == content
+
+
+async def test_a_directory_is_a_clear_error(tmp_path: Path) -> None:
+    assert "is a directory" in await start_fails(tmp_path)
+
+
+async def test_a_path_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("x")
+    assert "cannot be created" in await start_fails(tmp_path / "plain" / "queues.db")
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """``path`` and its folder read-only, even for root (immutable attribute)."""
+    targets = [path, path.parent]
+    for target in targets:
+        target.chmod(0o555 if target.is_dir() else 0o444)
+    immutable = os.geteuid() == 0
+    if immutable:
+        for target in targets:
+            subprocess.run(["chattr", "+i", str(target)], check=True)
+    try:
+        yield
+    finally:
+        if immutable:
+            for target in targets:
+                subprocess.run(["chattr", "-i", str(target)], check=False)
+        for target in targets:
+            target.chmod(0o755 if target.is_dir() else 0o644)
+
+
+async def test_a_read_only_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "ro" / "queues.db"
+    async with started(path) as driver:
+        await driver.publish("q", msg())
+    with read_only(path):
+        message = await start_fails(path)
+    assert "read-only" in message or "cannot be opened" in message
+
+
+async def test_a_full_disk_fails_the_publish_loudly_and_commits_nothing(tmp_path: Path) -> None:
+    async with started(tmp_path / "queues.db") as driver:
+        await driver.publish("q", msg())
+        sub = await driver.subscribe(SubscribeSpec("t:c", "q", 1, 1))
+        held = await sub.receive()
+        # the file may not grow past its size now: as if the disk were full
+        await driver.call(lambda store: _cap_size(store), "test: cap the size")
+        with pytest.raises(DriverError, match="disk is full") as caught:
+            await driver.publish("q", msg(b"x" * 200_000))
+        assert str(driver.path) in str(caught.value)
+        assert (await driver.info("q")).message_count == 1  # nothing of it committed
+        await held.ack()  # what needs no room still works
+        assert (await driver.info("q")).message_count == 0
+
+
+def _cap_size(store: Store) -> None:
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def test_run_on_a_foreign_database_says_so_without_a_traceback(tmp_path: Path) -> None:
+    db = tmp_path / "app" / "other.db"
+    entry_file(tmp_path, "other.db")
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE accounts (id INTEGER)")
+    result = subprocess.run(
+        [sys.executable, "-m", "wippy_queue", "run", str(tmp_path / "app"), "--timeout", "5"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"sqlite database {db} is not a wippy-queue database" in result.stderr
+
+
+# -- durable delays, truthful info ---------------------------------------------------
+
+
+async def test_a_delayed_nack_is_in_the_file_for_every_process(tmp_path: Path) -> None:
+    path = tmp_path / "queues.db"
+    async with started(path) as one, started(path) as two:
+        await one.publish("q", msg())
+        sub = await one.subscribe(SubscribeSpec("t:c", "q", 1, 1))
+        await (await sub.receive()).nack(delay_s=60)
+        info = await two.info("q")
+        assert (info.ready, info.in_flight, info.delayed) == (0, 0, 1)
+
+
+async def test_a_dead_holder_s_lease_counts_in_flight_until_it_is_taken(tmp_path: Path) -> None:
+    path = tmp_path / "queues.db"
+    lease_s = 0.2
+    async with started(path) as observer:
+        dead = SqliteDriver("t:dead", path)
+        await dead.start()
+        await dead.declare(spec(lease_s=lease_s))
+        await dead.publish("q", msg())
+        held = await (await dead.subscribe(SubscribeSpec("t:c", "q", 1, 1))).receive()
+        await asyncio.sleep(lease_s * 2)  # the lease ran out, nobody took it yet
+        info = await observer.info("q")
+        assert (info.ready, info.in_flight) == (0, 1)
+        taker = await observer.subscribe(SubscribeSpec("t:c", "q", 1, 1))
+        async with asyncio.timeout(WAIT_S):
+            again = await taker.receive()
+        assert (again.message.id, again.attempt) == (held.message.id, 2)
+        await again.ack()
+        await dead.stop()
+
+
+async def test_expired_drops_are_counted_for_every_process(tmp_path: Path) -> None:
+    path = tmp_path / "queues.db"
+    async with started(path) as one, started(path) as two:
+        await one.publish("q", msg())
+        delivery = await (await one.subscribe(SubscribeSpec("t:c", "q", 1, 1))).receive()
+        await delivery.nack(requeue=False, reason="expired")
+        assert (await two.info("q")).expired == 1
+
+
+async def test_a_bounded_queue_counts_the_messages_of_every_process(tmp_path: Path) -> None:
+    path = tmp_path / "queues.db"
+    bounded = spec(max_length=2)
+    async with started(path) as one, started(path) as two:
+        for driver in (one, two):
+            await driver.declare(QueueSpec("t:b", "b", bounded.options))
+        await one.publish("b", msg())
+        await two.publish("b", msg())
+        blocked = asyncio.create_task(one.publish("b", msg()))
+        done, _ = await asyncio.wait([blocked], timeout=0.1)
+        assert not done
+        sub = await two.subscribe(SubscribeSpec("t:c", "b", 1, 1))
+        await (await sub.receive()).ack()  # room, made by the other instance
+        async with asyncio.timeout(WAIT_S):
+            await blocked  # found by the poll
