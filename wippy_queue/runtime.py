@@ -136,6 +136,7 @@ class Runtime:
         for entry in self.registry.of_kind("queue.queue"):
             config = _config(entry, QueueConfig)
             driver = self.plugins.get(self.registry.get(config.driver).kind)
+            codec = get_codec(config.codec)
             spec = QueueSpec(
                 id=entry.id,
                 name=config.queue_name or entry.name,
@@ -144,10 +145,9 @@ class Runtime:
                 ),
                 max_attempts=config.dead_letter.max_attempts if config.dead_letter else 0,
                 dead_letter=config.dead_letter.queue if config.dead_letter else None,
+                content_type=codec.content_type,
             )
-            self.queues[entry.id] = Queue(
-                self.drivers[config.driver], get_codec(config.codec), spec
-            )
+            self.queues[entry.id] = Queue(self.drivers[config.driver], codec, spec)
         for queue in self.queues.values():
             if queue.spec.dead_letter:
                 queue.dead_letter = self.queues[queue.spec.dead_letter]

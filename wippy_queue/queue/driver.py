@@ -71,6 +71,8 @@ class QueueSpec:
     max_attempts: int = 0
     #: registry ID of the dead-letter queue
     dead_letter: str | None = None
+    #: the MIME type of the queue codec's bytes (brokers that label messages)
+    content_type: str = "application/json"
 
     def option(self, name: str, default: object = None) -> object:
         return getattr(self.options, name, default) if self.options is not None else default
