@@ -19,8 +19,10 @@ from wippy_queue import Runtime
 from wippy_queue.queue.driver import SubscribeSpec
 from wippy_queue.queue.message import Message
 
-#: every driver a runtime-level test runs on
-BACKENDS = ("memory",)
+import pytest
+
+#: every driver a runtime-level test runs on (broker drivers: marked ``services``)
+BACKENDS = ("memory", pytest.param("amqp", marks=pytest.mark.services))
 
 
 @dataclass(frozen=True)
@@ -31,20 +33,30 @@ class Backend:
     fields: Mapping[str, Any] = field(default_factory=dict)
     #: makes this test's broker-side queue names its own
     prefix: str = ""
+    #: the broker-side queue names this test used (deleted after it, ``cleanup``)
+    names: set[str] = field(default_factory=set)
 
     def driver_entry(self, name: str = "mem", **lifecycle: Any) -> dict[str, Any]:
         return {
             "name": name,
             "kind": self.kind,
             **self.fields,
-            "lifecycle": {"auto_start": True, **lifecycle},
+            "lifecycle": {"auto_start": True, **self.fields.get("lifecycle", {}), **lifecycle},
         }
 
     def queue_entry(self, name: str, driver: str = "mem", **fields: Any) -> dict[str, Any]:
         entry = {"name": name, "kind": "queue.queue", "driver": driver, **fields}
         if self.prefix:
             entry.setdefault("queue_name", f"{self.prefix}-{name}")
+            self.names.add(entry["queue_name"])
         return entry
+
+    def cleanup(self) -> None:
+        """Delete the broker queues this test used (holding queues expire by themselves)."""
+        if self.kind == "queue.driver.amqp":
+            import amqp_support
+
+            amqp_support.delete_queues(sorted(self.names))
 
 
 def make(name: str) -> Backend:
@@ -52,6 +64,13 @@ def make(name: str) -> Backend:
     prefix = f"wq-test-{uuid.uuid4().hex[:10]}"
     if name == "memory":
         return Backend(name, "queue.driver.memory", prefix=prefix)
+    if name == "amqp":
+        import amqp_support
+
+        amqp_support.require()
+        restart = {"initial_delay": 0.05, "max_delay": 0.5}
+        fields = {"url": amqp_support.URL, "lifecycle": {"restart": restart}}
+        return Backend(name, "queue.driver.amqp", fields, prefix=prefix)
     raise AssertionError(f"no backend {name!r}")  # pragma: no cover
 
 

@@ -102,3 +102,4 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     token = backends.use(chosen)
     yield chosen
     backends.reset(token)
+    chosen.cleanup()

@@ -117,6 +117,10 @@ class ConsumerChannel:
         self.outstanding.clear()
 
     async def close(self) -> None:
+        """Close once the settles already asked for are sent."""
+        await asyncio.sleep(0)
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         self.dead = True
         try:
             await self.channel.close()

@@ -76,7 +76,7 @@ async def _shielded(work: Awaitable[None]) -> None:
 
 
 class AmqpDelivery(Delivery):
-    __slots__ = ("_channel", "_count", "_properties", "_subscription", "_tag")
+    __slots__ = ("_channel", "_count", "_counted", "_properties", "_subscription", "_tag")
 
     def __init__(
         self,
@@ -97,6 +97,8 @@ class AmqpDelivery(Delivery):
         self._tag: int = delivered.delivery.delivery_tag
         self._properties: Basic.Properties = properties
         self._count = count
+        #: still counted in the subscription's in-flight deliveries
+        self._counted = True
 
     def _live(self, what: str) -> ConsumerChannel:
         channel = self._channel
@@ -140,13 +142,19 @@ class AmqpDelivery(Delivery):
             await driver.hold(state, delay_s, self.message.body, properties)
         else:
             await driver.publish_raw(state.name, self.message.body, properties)
+        self._uncount()  # the copy is on the broker: count that one, not this
         await self._live("ack after republishing").ack(self._tag)
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._subscription.settled()
 
     async def _settled(self, work: Awaitable[None]) -> None:
         try:
             await work
         finally:
-            self._subscription.settled()
+            self._uncount()
 
 
 class AmqpSubscription(Subscription):
