@@ -646,8 +646,9 @@ async def test_consumer_never_holds_more_than_prefetch_plus_concurrency(tmp_path
         assert sorted(handled) == list(range(20))
         assert consumer.held == 0  # nothing held once the queue is drained
     assert len(samples) == 20
-    assert max(in_flight for in_flight, _ in samples) == concurrency + prefetch
-    assert max(held for _, held in samples) == concurrency + prefetch
+    # never more (a broker refills the buffer a round trip later: not always full)
+    assert max(in_flight for in_flight, _ in samples) <= concurrency + prefetch
+    assert max(held for _, held in samples) <= concurrency + prefetch
 
 
 @pytest.mark.parametrize("style", ["sync", "async"])

@@ -299,6 +299,9 @@ class AmqpDriver(Driver):
             raise translate(err, f"counting queue {queue!r}") from err
         return ok.message_count or 0, ok.consumer_count or 0
 
+    async def consumer_count(self, queue: str) -> int:
+        return (await self._counts(queue))[1]
+
     async def _delayed(self, state: QueueState) -> int:
         total = 0
         for name in list(state.holding):
@@ -319,7 +322,7 @@ class AmqpDriver(Driver):
             if subscription.state is state:
                 buffered += subscription.buffered
                 handed += subscription.handed
-        ready += buffered
+        ready += buffered + state.returned()
         return QueueInfo(
             queue=queue,
             message_count=ready + handed + delayed,

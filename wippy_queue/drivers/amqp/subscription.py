@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable
@@ -30,7 +31,7 @@ from pamqp.commands import Basic
 from wippy_queue.drivers.amqp import wire
 from wippy_queue.drivers.amqp.link import Link
 from wippy_queue.drivers.amqp.settle import ConsumerChannel
-from wippy_queue.drivers.amqp.topology import REPUBLISH_AT, QueueState
+from wippy_queue.drivers.amqp.topology import REPUBLISH_AT, RETURN_GRACE_S, QueueState
 from wippy_queue.errors import DriverError
 from wippy_queue.queue.driver import (
     Delivery,
@@ -42,6 +43,8 @@ from wippy_queue.queue.driver import (
 log = logging.getLogger(__name__)
 
 EXPIRED = "expired"
+#: how long a close waits to see its consumer gone from the broker's count
+CANCEL_SEEN_S = 1.0
 
 
 class Host(Protocol):
@@ -66,6 +69,8 @@ class Host(Protocol):
     ) -> None: ...
 
     def keep(self, task: asyncio.Task[Any]) -> None: ...
+
+    async def consumer_count(self, queue: str) -> int: ...
 
     def forget(self, subscription: AmqpSubscription) -> None: ...
 
@@ -128,6 +133,7 @@ class AmqpDelivery(Delivery):
             await self._copy(self.attempt, delay_s=delay_s)
         elif state.quorum and self._count < REPUBLISH_AT:
             await self._live("nack").nack(self._tag, requeue=True)
+            state.returning[self.message.id] = time.monotonic() + RETURN_GRACE_S
         else:
             await self._copy(self.attempt)
 
@@ -197,6 +203,8 @@ class AmqpSubscription(Subscription):
         if channel is not self._channel or channel.dead:
             return  # a stale channel's delivery: the broker gives it back
         channel.outstanding[delivered.delivery.delivery_tag] = None
+        if self.state.returning:
+            self.state.returning.pop(delivered.header.properties.message_id, None)
         self._buffer.append((channel, delivered))
         self._wake()
 
@@ -263,16 +271,30 @@ class AmqpSubscription(Subscription):
         channel = self._channel
         if channel is None:
             return
+        before = None
         with contextlib.suppress(Exception):
             if channel.alive(self.driver.link.generation):
+                before = await self.driver.consumer_count(self.state.name)
                 await channel.raw.basic_cancel(self.tag)
+        if before is not None:
+            await self._until_gone(before)
         buffered, self._buffer = list(self._buffer), deque()
+        self.handed += len(buffered)  # the channel stays open until all are given back
         for holder, delivered in buffered:
-            self.handed += 1
-            with contextlib.suppress(DriverError):
+            try:
                 await AmqpDelivery(self, holder, delivered).release()
+            except DriverError as err:
+                log.warning("subscription to %s: giving back failed: %s", self.state.name, err)
         if self.handed == 0:
             await self._close_channel()
+
+    async def _until_gone(self, before: int) -> None:
+        """Wait (bounded) until the broker's consumer count shows the cancel: a quorum
+        queue applies it a moment after ``cancel-ok``, and ``info`` must not lag."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CANCEL_SEEN_S):
+                while await self.driver.consumer_count(self.state.name) >= before:
+                    await asyncio.sleep(0.002)
 
     def _close_channel_later(self) -> None:
         task = asyncio.get_running_loop().create_task(self._close_channel())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ from wippy_queue.queue.driver import QueueSpec
 DELIVERY_LIMIT = 2_000_000_000
 #: a nack at this broker count republishes instead, so the count restarts
 REPUBLISH_AT = 1_000_000
+#: how long a requeued message counts as ready unless it is seen again first
+RETURN_GRACE_S = 1.0
 #: a holding queue outlives its last message by this long, then removes itself
 HOLD_EXPIRES_MARGIN_MS = 600_000
 
@@ -47,6 +50,17 @@ class QueueState:
     holding: dict[str, int] = field(default_factory=dict)
     #: messages dropped because their ttl ran out (by this driver)
     expired: int = 0
+    #: message id -> until when it is counted as ready: a ``basic.nack`` requeue has
+    #: no reply, and the queue shows the message again only once it has applied it
+    returning: dict[str, float] = field(default_factory=dict)
+
+    def returned(self) -> int:
+        """Messages nacked back that the broker may not show as ready yet."""
+        if self.returning:
+            now = time.monotonic()
+            for message_id in [k for k, until in self.returning.items() if until <= now]:
+                del self.returning[message_id]
+        return len(self.returning)
 
     @property
     def quorum(self) -> bool:
