@@ -317,11 +317,15 @@ class AmqpDriver(Driver):
         await self.link.wait_up(lambda: self._running)
         ready, consumers = await self._counts(queue)
         delayed = await self._delayed(state)
-        buffered = handed = 0
+        buffered = handed = open_ = closing = 0
         for subscription in self._subscriptions:
             if subscription.state is state:
                 buffered += subscription.buffered
                 handed += subscription.handed
+                closing += subscription.closed
+                open_ += not subscription.closed
+        # ours being closed may still be listed by the broker (see subscription.close)
+        consumers = max(consumers - closing, open_)
         ready += buffered + state.returned()
         return QueueInfo(
             queue=queue,

@@ -174,6 +174,8 @@ class AmqpSubscription(Subscription):
         self._waiter: asyncio.Future[None] | None = None
         #: deliveries handed out and not yet settled
         self.handed = 0
+        #: the broker's consumer count when this one was cancelled
+        self._consumers_before: int | None = None
         self.closed = False
 
     @property
@@ -271,13 +273,10 @@ class AmqpSubscription(Subscription):
         channel = self._channel
         if channel is None:
             return
-        before = None
         with contextlib.suppress(Exception):
             if channel.alive(self.driver.link.generation):
-                before = await self.driver.consumer_count(self.state.name)
+                self._consumers_before = await self.driver.consumer_count(self.state.name)
                 await channel.raw.basic_cancel(self.tag)
-        if before is not None:
-            await self._until_gone(before)
         buffered, self._buffer = list(self._buffer), deque()
         self.handed += len(buffered)  # the channel stays open until all are given back
         for holder, delivered in buffered:
@@ -290,7 +289,8 @@ class AmqpSubscription(Subscription):
 
     async def _until_gone(self, before: int) -> None:
         """Wait (bounded) until the broker's consumer count shows the cancel: a quorum
-        queue applies it a moment after ``cancel-ok``, and ``info`` must not lag."""
+        queue keeps a cancelled consumer until its deliveries are settled, and removes
+        it a moment after that; ``info`` discounts it until then."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CANCEL_SEEN_S):
                 while await self.driver.consumer_count(self.state.name) >= before:
@@ -304,4 +304,7 @@ class AmqpSubscription(Subscription):
         channel, self._channel = self._channel, None
         if channel is not None:
             await channel.close()
+            before, self._consumers_before = self._consumers_before, None
+            if before is not None and self.driver.running:
+                await self._until_gone(before)
         self.driver.forget(self)
