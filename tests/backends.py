@@ -15,11 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from wippy_queue import Runtime
 from wippy_queue.queue.driver import SubscribeSpec
 from wippy_queue.queue.message import Message
-
-import pytest
 
 #: every driver a runtime-level test runs on (broker drivers: marked ``services``)
 BACKENDS = ("memory", pytest.param("amqp", marks=pytest.mark.services))
