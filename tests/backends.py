@@ -23,7 +23,12 @@ from wippy_queue.queue.driver import SubscribeSpec
 from wippy_queue.queue.message import Message
 
 #: every driver a runtime-level test runs on (brokers marked: they need a service)
-BACKENDS = ("memory", "sqlite", pytest.param("redis", marks=pytest.mark.services))
+BACKENDS = (
+    "memory",
+    "sqlite",
+    pytest.param("redis", marks=pytest.mark.services),
+    pytest.param("amqp", marks=pytest.mark.services),
+)
 
 
 @dataclass(frozen=True)
@@ -34,20 +39,33 @@ class Backend:
     fields: Mapping[str, Any] = field(default_factory=dict)
     #: makes this test's broker-side queue names its own
     prefix: str = ""
+    #: the broker-side queue names this test used (deleted after it, ``cleanup``)
+    names: set[str] = field(default_factory=set)
 
     def driver_entry(self, name: str = "mem", **lifecycle: Any) -> dict[str, Any]:
         return {
             "name": name,
             "kind": self.kind,
             **self.fields,
-            "lifecycle": {"auto_start": True, **lifecycle},
+            "lifecycle": {"auto_start": True, **self.fields.get("lifecycle", {}), **lifecycle},
         }
 
     def queue_entry(self, name: str, driver: str = "mem", **fields: Any) -> dict[str, Any]:
         entry = {"name": name, "kind": "queue.queue", "driver": driver, **fields}
         if self.prefix:
             entry.setdefault("queue_name", f"{self.prefix}-{name}")
+            self.names.add(entry["queue_name"])
         return entry
+
+    def cleanup(self) -> None:
+        """Remove what the test made on its broker (only names with its own prefix;
+        AMQP holding queues expire by themselves)."""
+        if self.kind == "queue.driver.amqp":
+            import amqp_support
+
+            amqp_support.delete_queues(sorted(self.names))
+        elif self.kind == "queue.driver.redis":
+            services.redis_delete_prefix(self.prefix)
 
 
 def make(name: str) -> Backend:
@@ -64,13 +82,14 @@ def make(name: str) -> Backend:
         # loads fresh folders (hypothesis examples) starts each one empty, as on memory
         fields = {"path": "queues.db", "poll_interval": "20ms"}
         return Backend(name, "queue.driver.sqlite", fields, prefix=prefix)
+    if name == "amqp":
+        import amqp_support
+
+        amqp_support.require()
+        restart = {"initial_delay": 0.05, "max_delay": 0.5}
+        fields = {"url": amqp_support.URL, "lifecycle": {"restart": restart}}
+        return Backend(name, "queue.driver.amqp", fields, prefix=prefix)
     raise AssertionError(f"no backend {name!r}")  # pragma: no cover
-
-
-def cleanup(backend: Backend) -> None:
-    """Remove what the test made on its broker (only names with its own prefix)."""
-    if backend.name == "redis":
-        services.redis_delete_prefix(backend.prefix)
 
 
 _CURRENT: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("backend", default=None)

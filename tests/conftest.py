@@ -103,7 +103,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     token = backends.use(chosen)
     yield chosen
     backends.reset(token)
-    backends.cleanup(chosen)
+    chosen.cleanup()
 
 
 @pytest.fixture

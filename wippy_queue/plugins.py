@@ -353,6 +353,18 @@ BUILTIN = (
         capabilities="wippy_queue.drivers.sqlite.config:CAPABILITIES",
     ),
     Plugin(
+        "queue.driver.amqp",
+        "wippy_queue.drivers.amqp.config:AmqpDriverConfig",
+        role="driver",
+        factory="wippy_queue.drivers.amqp.driver:AmqpDriver.from_entry",
+        options_key="amqp",
+        queue_options="wippy_queue.drivers.amqp.config:AmqpQueueOptions",
+        consumer_options="wippy_queue.drivers.amqp.config:AmqpConsumerOptions",
+        capabilities="wippy_queue.drivers.amqp.config:CAPABILITIES",
+        needs=("aio_pika",),
+        extra="amqp",
+    ),
+    Plugin(
         "function.python",
         "wippy_queue.functions.python:PythonFunctionConfig",
         role="function",

@@ -140,6 +140,7 @@ class Runtime:
         for entry in self.registry.of_kind("queue.queue"):
             config = _config(entry, QueueConfig)
             driver = self.plugins.get(self.registry.get(config.driver).kind)
+            codec = get_codec(config.codec)
             spec = QueueSpec(
                 id=entry.id,
                 name=config.queue_name or entry.name,
@@ -149,12 +150,10 @@ class Runtime:
                 max_attempts=config.dead_letter.max_attempts if config.dead_letter else 0,
                 dead_letter=config.dead_letter.queue if config.dead_letter else None,
                 partitioned=config.partition_by is not None,
+                content_type=codec.content_type,
             )
             self.queues[entry.id] = Queue(
-                self.drivers[config.driver],
-                get_codec(config.codec),
-                spec,
-                partition_by=config.partition_by,
+                self.drivers[config.driver], codec, spec, partition_by=config.partition_by
             )
         for queue in self.queues.values():
             if queue.spec.dead_letter:

@@ -15,7 +15,7 @@ import socket
 import tempfile
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -35,7 +35,13 @@ from wippy_queue.queue.driver import (
 from wippy_queue.queue.message import Message
 
 #: every driver the contract suite runs on (brokers marked: they need a service)
-DRIVERS = ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.services)]
+DRIVERS = [
+    "memory",
+    "sqlite",
+    pytest.param("redis", marks=pytest.mark.services),
+    pytest.param("amqp", marks=pytest.mark.services),
+    pytest.param("amqp-classic", marks=pytest.mark.services),
+]
 
 
 @dataclass
@@ -58,8 +64,11 @@ class Harness:
     teardown: Callable[[], Awaitable[None]] | None = None
     #: run after the test: remove what it made on the broker (its own keys only)
     cleanup: Callable[[], None] | None = None
+    #: the logical queue names the test used
+    used: set[str] = field(default_factory=set)
 
     def queue_name(self, name: str) -> str:
+        self.used.add(name)
         return f"{self.prefix}-{name}"
 
     def spec(self, name: str, max_length: int | None = None) -> QueueSpec:
@@ -129,6 +138,8 @@ def make(name: str) -> Harness:
         return _redis()
     if name == "sqlite":
         return _sqlite(name)
+    if name in ("amqp", "amqp-classic"):
+        return _amqp(name)
     raise AssertionError(f"no harness for driver {name!r}")  # pragma: no cover
 
 
@@ -186,4 +197,49 @@ def _sqlite(name: str) -> Harness:
         lease_s=lease_s,
     )
     weakref.finalize(harness, shutil.rmtree, folder, True)
+    return harness
+
+
+def _amqp(name: str) -> Harness:
+    import amqp_support
+
+    amqp_support.require()
+    from wippy_queue.drivers.amqp.config import (
+        CAPABILITIES,
+        CLASSIC_CAPABILITIES,
+        AmqpQueueOptions,
+    )
+    from wippy_queue.drivers.amqp.driver import AmqpDriver
+    from wippy_queue.lifecycle.config import RestartPolicy
+
+    classic = name == "amqp-classic"
+    kind = "classic" if classic else "quorum"
+    tag = f"wq-contract-{uuid.uuid4().hex[:10]}"
+    # reconnect fast in tests: the broker is local
+    policy = RestartPolicy(initial_delay=0.05, max_delay=0.5, jitter=0.0)
+
+    async def kill() -> None:
+        assert await amqp_support.close_connections(tag) > 0
+
+    made: list[AmqpDriver] = []
+
+    def new_driver() -> AmqpDriver:
+        made.append(AmqpDriver(f"t:{tag}", amqp_support.URL, restart=policy))
+        return made[-1]
+
+    def remove(names: Iterable[str]) -> None:
+        held = {name for driver in made for name in driver.queue_names()}
+        amqp_support.delete_queues(sorted({*names, *held}))
+
+    harness = Harness(
+        name,
+        new_driver,
+        lambda max_length: AmqpQueueOptions(type=kind, max_length=max_length),
+        CLASSIC_CAPABILITIES if classic else CAPABILITIES,
+        kill_connections=kill,
+        # one broker restart for the whole suite: it stops everyone's connections
+        restart_broker=None if classic else amqp_support.restart_broker,
+        prefix=tag,
+    )
+    harness.cleanup = lambda: remove(f"{tag}-{name}" for name in harness.used)
     return harness

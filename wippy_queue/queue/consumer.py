@@ -318,13 +318,16 @@ class Consumer:
     async def stop(self) -> None:
         """Stop taking deliveries, drain in-flight work, give back everything unfinished.
 
-        The subscription closes last: on a connection-bound broker the running
-        handlers' settles need it.
+        The subscription is closed first (no more deliveries); what it handed out stays
+        settleable (the driver keeps its channel or lease until the running handlers
+        have settled: the contract suite checks it), so handlers finish normally.
         """
         self._stopping = True
         if self._fetcher is not None:
             self._fetcher.cancel()
             await asyncio.gather(self._fetcher, return_exceptions=True)
+        if self._subscription is not None:
+            await self._subscription.close()
         while not self._buffer.empty():
             await self._settler.give_back(self._buffer.get_nowait())
         unfinished = await self._drain()
@@ -336,8 +339,6 @@ class Consumer:
             *self._tasks, *([self._leases] if self._leases else []), return_exceptions=True
         )
         self._tasks, self._leases = [], None
-        if self._subscription is not None:
-            await self._subscription.close()
         await self.handler.close()
         if unfinished:
             raise LifecycleError(

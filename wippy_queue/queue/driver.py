@@ -77,6 +77,8 @@ class QueueSpec:
     dead_letter: str | None = None
     #: messages go to partitions (``publish(partition=...)``; subscribers pick one or all)
     partitioned: bool = False
+    #: the MIME type of the queue codec's bytes (brokers that label messages)
+    content_type: str = "application/json"
 
     def option(self, name: str, default: object = None) -> object:
         return getattr(self.options, name, default) if self.options is not None else default

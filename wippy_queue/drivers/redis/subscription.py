@@ -186,6 +186,8 @@ class RedisSubscription(Subscription):
         finally:
             self._handed.pop(delivery.entry_id, None)
             self._room.set()
+        if self._closed and not self._handed and self.driver.running:
+            await self._leave()  # the last delivery of a closed subscription is settled
         if op[3] > 0 and not lost:
             self.driver.delayed_added()
         if lost:
@@ -260,10 +262,15 @@ class RedisSubscription(Subscription):
         if ops:
             await self._flush_settles(ops)
         if not self._handed:
-            await self.driver.call(
-                lambda c: c.xgroup_delconsumer(self.keys.stream, GROUP, self.name),
-                f"leaving queue {self.spec.queue!r}",
-            )
+            await self._leave()
+
+    async def _leave(self) -> None:
+        """Leave the group (only when this member holds nothing: a member's pending
+        entries would go with it)."""
+        await self.driver.call(
+            lambda c: c.xgroup_delconsumer(self.keys.stream, GROUP, self.name),
+            f"leaving queue {self.spec.queue!r}",
+        )
 
 
 def _text(value: Any) -> str:

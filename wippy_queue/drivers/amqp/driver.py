@@ -1,0 +1,350 @@
+"""``queue.driver.amqp``: RabbitMQ (AMQP 0-9-1) through aio-pika.
+
+Durable by default: quorum queues, persistent messages, publisher confirms always
+on and pipelined (a publish returns once the broker confirmed it; many are in flight
+on one channel). See ``subscription.py`` for what each settle is on the wire,
+``topology.py`` for the queues and ``wire.py`` for the message format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import aiormq
+from pamqp.commands import Basic
+
+from wippy_queue.drivers.amqp import topology, wire
+from wippy_queue.drivers.amqp.config import CAPABILITIES, AmqpDriverConfig, AmqpQueueOptions
+from wippy_queue.drivers.amqp.link import CLIENT_ERRORS, RECONNECT_ERRORS, Link, translate
+from wippy_queue.drivers.amqp.subscription import AmqpSubscription
+from wippy_queue.drivers.amqp.topology import QueueState
+from wippy_queue.errors import DriverError
+from wippy_queue.lifecycle.config import RestartPolicy
+from wippy_queue.queue.driver import (
+    Driver,
+    QueueInfo,
+    QueueSpec,
+    SubscribeSpec,
+    Subscription,
+)
+from wippy_queue.queue.message import Message
+from wippy_queue.registry.entry import Entry
+
+log = logging.getLogger(__name__)
+
+#: how long a publish to a full queue waits before it looks again (doubling to the max)
+FULL_RETRY_S = (0.005, 0.25)
+#: how often wait_idle asks the broker
+IDLE_POLL_S = 0.02
+
+
+class _Channel:
+    """A channel the driver itself uses (publishing, declaring), reopened when lost."""
+
+    def __init__(self, link: Link, *, confirms: bool) -> None:
+        self._link = link
+        self._confirms = confirms
+        self._raw: Any = None
+        self._generation = -1
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Any:
+        raw = self._raw
+        if raw is not None and not raw.is_closed and self._generation == self._link.generation:
+            return raw
+        async with self._lock:
+            raw = self._raw
+            if raw is None or raw.is_closed or self._generation != self._link.generation:
+                _channel, raw, self._generation = await self._link.channel(confirms=self._confirms)
+                self._raw = raw
+            return raw
+
+    def reset(self) -> None:
+        self._raw = None
+
+
+class AmqpDriver(Driver):
+    """``queue.driver.amqp``."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        entry_id: str,
+        url: str = AmqpDriverConfig.model_fields["url"].default,
+        *,
+        restart: RestartPolicy | None = None,
+    ) -> None:
+        super().__init__(entry_id)
+        self.link = Link(entry_id, url, restart or RestartPolicy())
+        self.link.on_up(self._after_reconnect)
+        self._running = False
+        self._queues: dict[str, QueueState] = {}
+        self._subscriptions: set[AmqpSubscription] = set()
+        self._publisher = _Channel(self.link, confirms=True)
+        self._admin = _Channel(self.link, confirms=False)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        #: holding queue -> when this driver last declared it (monotonic seconds)
+        self._held: dict[str, float] = {}
+        #: bounded queue -> room left at the last look (publishes since take from it)
+        self._room: dict[str, int] = {}
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> AmqpDriver:
+        config = entry.config
+        assert isinstance(config, AmqpDriverConfig)
+        return cls(entry.id, config.url, restart=config.lifecycle.restart)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def connected(self) -> bool:
+        return self._running and self.link.up.is_set()
+
+    async def start(self) -> None:
+        await self.link.open()
+        self.failed = self.link.failed
+        self._publisher.reset()
+        self._admin.reset()
+        self._held.clear()
+        self._running = True
+
+    async def stop(self) -> None:
+        self._running = False
+        for subscription in list(self._subscriptions):
+            with contextlib.suppress(Exception):
+                await subscription.close()
+        self._subscriptions.clear()
+        await self.link.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def keep(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def queue_names(self) -> list[str]:
+        """Every queue this driver declared, its holding queues included."""
+        return [name for state in self._queues.values() for name in (state.name, *state.holding)]
+
+    def forget(self, subscription: AmqpSubscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    async def _after_reconnect(self) -> None:
+        self._publisher.reset()
+        self._admin.reset()
+        self._held.clear()
+        for state in list(self._queues.values()):
+            await self._declare_on_broker(state.spec, state.options)
+        for subscription in list(self._subscriptions):
+            await subscription.reopen_after_reconnect()
+
+    # -- queues -------------------------------------------------------------------
+
+    async def declare(self, spec: QueueSpec) -> None:
+        if not self._running:
+            raise self.not_running_error()
+        options = spec.options if spec.options is not None else AmqpQueueOptions()
+        if not isinstance(options, AmqpQueueOptions):
+            raise DriverError(f"queue {spec.id}: amqp driver options expected, got {options!r}")
+        known = self._queues.get(spec.name)
+        if known is not None:
+            for option in ("type", "max_length"):
+                mine, theirs = getattr(known.options, option), getattr(options, option)
+                if mine != theirs:
+                    raise DriverError(
+                        f"queue {spec.name!r} is declared with {option} {mine}; {spec.id} "
+                        f"asks for {option} {theirs}: give the two one value"
+                    )
+        await self._declare_on_broker(spec, options)
+        if known is None:
+            self._queues[spec.name] = QueueState(spec.name, spec, options, spec.content_type)
+
+    async def _declare_on_broker(self, spec: QueueSpec, options: AmqpQueueOptions) -> None:
+        raw = await self._admin.get()
+        try:
+            await raw.queue_declare(
+                spec.name, durable=True, arguments=topology.queue_arguments(options)
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as err:
+            self._admin.reset()
+            raise topology.conflict(spec, err) from err
+        except CLIENT_ERRORS as err:
+            self._admin.reset()
+            raise translate(err, f"declaring queue {spec.name!r}") from err
+
+    def _state(self, queue: str) -> QueueState:
+        try:
+            return self._queues[queue]
+        except KeyError:
+            raise DriverError(
+                f"queue {queue!r} is not declared on driver {self.entry_id}"
+            ) from None
+
+    # -- publishing -----------------------------------------------------------------
+
+    async def publish(self, queue: str, message: Message, partition: str = "") -> None:
+        if not self._running:
+            raise self.not_running_error()
+        state = self._state(queue)
+        properties = wire.properties_of(message, state.content_type)
+        await self.publish_raw(queue, message.body, properties, bounded=state.max_length)
+
+    async def publish_raw(
+        self,
+        routing_key: str,
+        body: bytes,
+        properties: Basic.Properties,
+        *,
+        bounded: int | None = None,
+    ) -> None:
+        """Publish to the default exchange and wait for the broker's confirm; while the
+        connection is down, wait for it; a queue full (``reject-publish``) waits for room."""
+        pause_s = FULL_RETRY_S[0]
+        while True:
+            await self.link.wait_up(lambda: self._running)
+            if bounded is not None:
+                await self._wait_for_room(routing_key, bounded)
+            try:
+                raw = await self._publisher.get()
+                confirm = await raw.basic_publish(
+                    body, routing_key=routing_key, properties=properties, mandatory=True
+                )
+            except aiormq.exceptions.PublishError as err:
+                raise DriverError(
+                    f"queue {routing_key!r} does not exist on the broker (the message was "
+                    "returned); declare it first"
+                ) from err
+            except RECONNECT_ERRORS as err:
+                if not self._running:
+                    raise self.not_running_error() from err
+                log.debug("publish to %s: %s; trying again", routing_key, err)
+                await asyncio.sleep(0.01)
+                continue
+            if isinstance(confirm, Basic.Ack):
+                return
+            if bounded is None:
+                raise DriverError(f"the broker refused a message for queue {routing_key!r}")
+            self._room[routing_key] = 0
+            await asyncio.sleep(pause_s)  # full: reject-publish
+            pause_s = min(pause_s * 2, FULL_RETRY_S[1])
+
+    async def _wait_for_room(self, queue: str, max_length: int) -> None:
+        """Wait while ``queue`` holds ``max_length`` ready messages; the broker's
+        ``reject-publish`` stops what slips past this look."""
+        if self._room.get(queue, 0) > 0:
+            self._room[queue] -= 1
+            return
+        pause_s = FULL_RETRY_S[0]
+        while True:
+            ready, _ = await self._counts(queue)
+            if ready < max_length:
+                self._room[queue] = max_length - ready - 1
+                return
+            if not self._running:
+                raise self.not_running_error()
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, FULL_RETRY_S[1])
+
+    async def hold(
+        self, state: QueueState, delay_s: float, body: bytes, properties: Basic.Properties
+    ) -> None:
+        """Publish to ``state``'s holding queue for ``delay_s`` (declared as needed)."""
+        ms = topology.delay_ms(delay_s)
+        name = topology.holding_name(state.name, ms)
+        # re-declared now and then: each declare restarts its x-expires clock
+        last = self._held.get(name)
+        if last is None or time.monotonic() - last > topology.HOLD_EXPIRES_MARGIN_MS / 4000:
+            raw = await self._admin.get()
+            try:
+                await raw.queue_declare(
+                    name, durable=True, arguments=topology.holding_arguments(state.name, ms)
+                )
+            except CLIENT_ERRORS as err:
+                self._admin.reset()
+                raise translate(err, f"declaring holding queue {name!r}") from err
+            self._held[name] = time.monotonic()
+            state.holding[name] = ms
+        await self.publish_raw(name, body, properties)
+
+    # -- consuming and counting -------------------------------------------------------
+
+    async def subscribe(self, spec: SubscribeSpec) -> Subscription:
+        if not self._running:
+            raise self.not_running_error()
+        state = self._state(spec.queue)
+        subscription = AmqpSubscription(self, state, spec)
+        await subscription.open()
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def _counts(self, queue: str) -> tuple[int, int]:
+        """(ready, consumers) of ``queue`` on the broker; DriverError if it is not there."""
+        raw = await self._admin.get()
+        try:
+            ok = await raw.queue_declare(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity as err:
+            self._admin.reset()
+            raise DriverError(f"queue {queue!r} does not exist on the broker") from err
+        except CLIENT_ERRORS as err:
+            self._admin.reset()
+            raise translate(err, f"counting queue {queue!r}") from err
+        return ok.message_count or 0, ok.consumer_count or 0
+
+    async def consumer_count(self, queue: str) -> int:
+        return (await self._counts(queue))[1]
+
+    async def _delayed(self, state: QueueState) -> int:
+        total = 0
+        for name in list(state.holding):
+            try:
+                total += (await self._counts(name))[0]
+            except DriverError:
+                state.holding.pop(name, None)  # it removed itself (x-expires): empty
+                self._held.pop(name, None)
+        return total
+
+    async def info(self, queue: str) -> QueueInfo:
+        state = self._state(queue)
+        await self.link.wait_up(lambda: self._running)
+        ready, consumers = await self._counts(queue)
+        delayed = await self._delayed(state)
+        buffered = handed = open_ = closing = 0
+        for subscription in self._subscriptions:
+            if subscription.state is state:
+                buffered += subscription.buffered
+                handed += subscription.handed
+                closing += subscription.closed
+                open_ += not subscription.closed
+        # ours being closed may still be listed by the broker (see subscription.close)
+        consumers = max(consumers - closing, open_)
+        ready += buffered + state.returned()
+        return QueueInfo(
+            queue=queue,
+            message_count=ready + handed + delayed,
+            consumer_count=consumers,
+            ready=ready,
+            in_flight=handed,
+            delayed=delayed,
+            expired=state.expired,
+        )
+
+    async def wait_idle(self, queue: str, *, timeout_s: float | None = None) -> None:
+        """Poll ``info`` until idle; a reconnect in between is waited out."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                try:
+                    if (await self.info(queue)).idle:
+                        return
+                except DriverError:
+                    if not self._running:
+                        raise
+                await asyncio.sleep(IDLE_POLL_S)
