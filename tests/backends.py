@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
 
 from wippy_queue import Runtime
 from wippy_queue.queue.driver import SubscribeSpec
 from wippy_queue.queue.message import Message
 
 #: every driver a runtime-level test runs on
-BACKENDS = ("memory",)
+BACKENDS = ("memory", pytest.param("sqs", marks=pytest.mark.services))
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class Backend:
     fields: Mapping[str, Any] = field(default_factory=dict)
     #: makes this test's broker-side queue names its own
     prefix: str = ""
+    #: ``driver_options`` every queue entry gets (a short SQS lease)
+    queue_options: Mapping[str, Any] = field(default_factory=dict)
 
     def driver_entry(self, name: str = "mem", **lifecycle: Any) -> dict[str, Any]:
         return {
@@ -44,6 +49,10 @@ class Backend:
         entry = {"name": name, "kind": "queue.queue", "driver": driver, **fields}
         if self.prefix:
             entry.setdefault("queue_name", f"{self.prefix}-{name}")
+        if self.queue_options:
+            options = entry["driver_options"] = copy.deepcopy(entry.get("driver_options", {}))
+            for key, values in self.queue_options.items():
+                options.setdefault(key, dict(values))
         return entry
 
 
@@ -52,6 +61,16 @@ def make(name: str) -> Backend:
     prefix = f"wq-test-{uuid.uuid4().hex[:10]}"
     if name == "memory":
         return Backend(name, "queue.driver.memory", prefix=prefix)
+    if name == "sqs":
+        from sqs_support import LEASE_S, driver_fields, shared
+
+        return Backend(
+            name,
+            "queue.driver.sqs",
+            driver_fields(shared().url),
+            prefix,
+            {"sqs": {"visibility_timeout": LEASE_S}},
+        )
     raise AssertionError(f"no backend {name!r}")  # pragma: no cover
 
 

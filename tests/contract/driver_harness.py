@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import pytest
 from pydantic import BaseModel
 
 from wippy_queue.queue.driver import (
@@ -27,7 +28,7 @@ from wippy_queue.queue.driver import (
 from wippy_queue.queue.message import Message
 
 #: every driver the contract suite runs on
-DRIVERS = ["memory"]
+DRIVERS = ["memory", pytest.param("sqs", marks=pytest.mark.services)]
 
 
 @dataclass
@@ -43,12 +44,18 @@ class Harness:
     kill_connections: Callable[[], Awaitable[None]] | None = None
     #: stop the broker, then start it again
     restart_broker: Callable[[], Awaitable[None]] | None = None
+    #: queues can be bounded (``max_length``); the bounded cases skip otherwise
+    bounded: bool = True
+    #: the largest message body the broker carries (None: no limit)
+    max_body_bytes: int | None = None
     prefix: str = field(default_factory=lambda: f"wq-contract-{uuid.uuid4().hex[:10]}")
 
     def queue_name(self, name: str) -> str:
         return f"{self.prefix}-{name}"
 
     def spec(self, name: str, max_length: int | None = None) -> QueueSpec:
+        if max_length is not None and not self.bounded:
+            pytest.skip(f"{self.name} cannot bound a queue (max_length)")
         return QueueSpec(f"t:{name}", self.queue_name(name), self.queue_options(max_length))
 
     @asynccontextmanager
@@ -105,4 +112,30 @@ def make(name: str) -> Harness:
             lambda max_length: MemoryQueueOptions(max_length=max_length),
             CAPABILITIES,
         )
-    raise AssertionError(f"no harness for driver {name!r}")  # pragma: no cover
+    if name == "sqs":
+        return _sqs(name)
+    raise AssertionError(f"no harness for driver {name!r}")
+
+
+def _sqs(name: str) -> Harness:
+    from sqs_support import LEASE_S, driver_fields, shared
+
+    from wippy_queue.drivers.sqs.config import (
+        CAPABILITIES,
+        MAX_MESSAGE_BYTES,
+        SqsDriverConfig,
+        SqsQueueOptions,
+    )
+    from wippy_queue.drivers.sqs.driver import SqsDriver
+
+    config = SqsDriverConfig.model_validate(driver_fields(shared().url))
+    return Harness(
+        name,
+        lambda: SqsDriver("t:sqs", config),
+        lambda max_length: SqsQueueOptions(visibility_timeout=LEASE_S),
+        CAPABILITIES,
+        lease_s=LEASE_S,
+        bounded=False,
+        # a body and its three attributes share SQS's 1 MiB
+        max_body_bytes=MAX_MESSAGE_BYTES - 1024,
+    )  # pragma: no cover

@@ -26,6 +26,7 @@ from wippy_queue.queue.codec import DecodeError
 from wippy_queue.queue.driver import Delivery, SubscribeSpec, Subscription, SubscriptionClosed
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.handler import Handler, outcome_of
+from wippy_queue.queue.leases import LeaseKeeper
 from wippy_queue.queue.middleware import Job, Middleware, build_chain
 from wippy_queue.queue.outcome import ACK, Outcome, Reason
 from wippy_queue.queue.queue import Queue
@@ -94,6 +95,7 @@ class Consumer:
         self._gate = gates[0] if len(gates) == 1 else _AllOf(gates) if gates else None
         self._chain = build_chain(self._middlewares, self._invoke)
         self._subscription: Subscription | None = None
+        self._leases: LeaseKeeper | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._fetcher: asyncio.Task[None] | None = None
         self._buffer: asyncio.Queue[Delivery] = asyncio.Queue()
@@ -135,6 +137,7 @@ class Consumer:
             raise
         self._credits = asyncio.Semaphore(self.prefetch + self.concurrency)
         self._settler = self._new_settler()
+        self._leases = LeaseKeeper(self.entry_id, self._subscription)
         self._buffer = asyncio.Queue()
         self._fetcher = asyncio.create_task(self._fetch(), name=f"{self.entry_id}:fetch")
         self._tasks = [
@@ -143,7 +146,7 @@ class Consumer:
         ]
 
     async def _fetch(self) -> None:
-        assert self._subscription is not None
+        assert self._subscription is not None and self._leases is not None
         try:
             while True:
                 if self._gate is not None and not self._gate.is_set():
@@ -154,6 +157,7 @@ class Consumer:
                 except BaseException:
                     self._credits.release()
                     raise
+                self._leases.hold(delivery)  # extended while held (leasing drivers)
                 self._buffer.put_nowait(delivery)
         except SubscriptionClosed:
             if not self._stopping:
@@ -200,6 +204,8 @@ class Consumer:
         if self.auto_ack:
             await delivery.ack()
         try:
+            if delivery.decode_error is not None:  # the driver could not read its envelope
+                raise DecodeError(delivery.decode_error)
             job.data = self.queue.codec.decode(message.body)
         except DecodeError as err:
             log.error("consumer %s: message %s: %s", self.entry_id, message.id, err)
@@ -278,6 +284,8 @@ class Consumer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._leases is not None:
+            await self._leases.stop()
         await self.handler.close()
         if unfinished:
             raise LifecycleError(

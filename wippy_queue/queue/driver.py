@@ -132,10 +132,13 @@ class Delivery(ABC):
     implement ``_ack``, ``_nack`` and ``_release`` (and ``_extend`` for leases).
     """
 
-    __slots__ = ("attempt", "lease_s", "message", "settled")
+    __slots__ = ("attempt", "decode_error", "lease_s", "message", "settled")
 
     def __init__(self, message: Message, attempt: int, lease_s: float | None = None) -> None:
         self.message = message
+        #: why the driver could not read the message's envelope (its id and headers); the
+        #: consumer then settles it as ``decode_error`` without running a handler
+        self.decode_error: str | None = None
         #: 1 for the first delivery, 2 for the first redelivery, ... (from the broker)
         self.attempt = attempt
         #: seconds the lease lasts unless extended (None: not a lease)
