@@ -18,6 +18,7 @@ moto is a test dependency: a server that does not start is a failure, not a skip
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import socket
 import subprocess
@@ -62,6 +63,7 @@ class MotoSqs:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self._server: Any = None
+        self._connections: list[socket.socket] = []
 
     @property
     def url(self) -> str:
@@ -75,14 +77,31 @@ class MotoSqs:
         quiet()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         server.start()
+        wsgi = server._server
+        accept = wsgi.get_request
+
+        def get_request() -> tuple[socket.socket, Any]:
+            conn, address = accept()
+            self._connections.append(conn)
+            return conn, address
+
+        wsgi.get_request = get_request
+        wsgi.handle_error = lambda *args: None  # a cut connection is what a stop means here
         self._server = server
         return self
 
     def stop(self) -> None:
+        """Down: no new connection is accepted and every open one (keep-alive, a long poll
+        in progress) is cut, as a network outage does."""
         server, self._server = self._server, None
         if server is not None:
             server.stop()
             server._server.server_close()  # free the port (shutdown alone keeps it bound)
+        connections, self._connections = self._connections, []
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
 
 
 class SharedMoto:
