@@ -357,3 +357,17 @@ def test_an_empty_endpoint_means_aws_itself(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ValueError, match="whole seconds"):
         SqsQueueOptions(visibility_timeout="1500ms")
     assert SqsQueueOptions(visibility_timeout="2m").visibility_timeout == 120
+
+
+def test_the_readme_entries_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### SQS (`queue.driver.sqs`)") :]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    monkeypatch.delenv("SQS_ENDPOINT_URL", raising=False)
+    entries = "".join(f"  {line}\n" for line in block.splitlines())
+    (tmp_path / "app.yaml").write_text(f"version: '1.0'\nnamespace: app\nentries:\n{entries}")
+    runtime = Runtime.load(tmp_path)
+    driver = runtime.drivers["app:sqs"]
+    assert isinstance(driver, SqsDriver)
+    assert (driver.config.region, driver.config.endpoint_url) == ("us-east-1", None)
+    assert runtime.queues["app:tasks"].spec.option("visibility_timeout") == 30
