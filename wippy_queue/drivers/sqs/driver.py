@@ -327,11 +327,17 @@ class SqsDriver(Driver):
         )
 
     async def wait_idle(self, queue: str, *, timeout_s: float | None = None) -> None:
-        """Idle twice in a row (SQS's counts are approximate), polled every 50 ms."""
+        """Idle twice in a row (SQS's counts are approximate), polled every 50 ms; while
+        the endpoint is unreachable it waits for it."""
         async with asyncio.timeout(timeout_s):
             seen = 0
             while seen < 2:
-                seen = seen + 1 if (await self.info(queue)).idle else 0
+                try:
+                    seen = seen + 1 if (await self.info(queue)).idle else 0
+                except Unavailable:  # the endpoint is away: wait for it, then look again
+                    seen = 0
+                    if not await self.link.ready():
+                        raise self.not_running_error() from None
                 await asyncio.sleep(IDLE_POLL_S)
 
 
