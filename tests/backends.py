@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ BACKENDS = (
     "sqlite",
     pytest.param("redis", marks=pytest.mark.services),
     pytest.param("amqp", marks=pytest.mark.services),
+    pytest.param("sqs", marks=pytest.mark.services),
 )
 
 
@@ -41,6 +43,8 @@ class Backend:
     prefix: str = ""
     #: the broker-side queue names this test used (deleted after it, ``cleanup``)
     names: set[str] = field(default_factory=set)
+    #: ``driver_options`` every queue entry gets (a short SQS lease)
+    queue_options: Mapping[str, Any] = field(default_factory=dict)
 
     def driver_entry(self, name: str = "mem", **lifecycle: Any) -> dict[str, Any]:
         return {
@@ -55,6 +59,10 @@ class Backend:
         if self.prefix:
             entry.setdefault("queue_name", f"{self.prefix}-{name}")
             self.names.add(entry["queue_name"])
+        if self.queue_options:
+            options = entry["driver_options"] = copy.deepcopy(entry.get("driver_options", {}))
+            for key, values in self.queue_options.items():
+                options.setdefault(key, dict(values))
         return entry
 
     def cleanup(self) -> None:
@@ -89,6 +97,16 @@ def make(name: str) -> Backend:
         restart = {"initial_delay": 0.05, "max_delay": 0.5}
         fields = {"url": amqp_support.URL, "lifecycle": {"restart": restart}}
         return Backend(name, "queue.driver.amqp", fields, prefix=prefix)
+    if name == "sqs":
+        from sqs_support import LEASE_S, driver_fields, shared
+
+        return Backend(
+            name,
+            "queue.driver.sqs",
+            driver_fields(shared().url),
+            prefix,
+            queue_options={"sqs": {"visibility_timeout": LEASE_S}},
+        )
     raise AssertionError(f"no backend {name!r}")  # pragma: no cover
 
 

@@ -365,6 +365,17 @@ BUILTIN = (
         extra="amqp",
     ),
     Plugin(
+        "queue.driver.sqs",
+        "wippy_queue.drivers.sqs.config:SqsDriverConfig",
+        role="driver",
+        factory="wippy_queue.drivers.sqs.driver:SqsDriver.from_entry",
+        options_key="sqs",
+        queue_options="wippy_queue.drivers.sqs.config:SqsQueueOptions",
+        capabilities="wippy_queue.drivers.sqs.config:CAPABILITIES",
+        needs=("aiobotocore",),
+        extra="sqs",
+    ),
+    Plugin(
         "function.python",
         "wippy_queue.functions.python:PythonFunctionConfig",
         role="function",

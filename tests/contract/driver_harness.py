@@ -41,6 +41,7 @@ DRIVERS = [
     pytest.param("redis", marks=pytest.mark.services),
     pytest.param("amqp", marks=pytest.mark.services),
     pytest.param("amqp-classic", marks=pytest.mark.services),
+    pytest.param("sqs", marks=pytest.mark.services),
 ]
 
 
@@ -57,6 +58,10 @@ class Harness:
     kill_connections: Callable[[], Awaitable[None]] | None = None
     #: stop the broker, then start it again
     restart_broker: Callable[[], Awaitable[None]] | None = None
+    #: queues can be bounded (``max_length``); the bounded cases skip otherwise
+    bounded: bool = True
+    #: the largest message body the broker carries (None: no limit)
+    max_body_bytes: int | None = None
     prefix: str = field(default_factory=lambda: f"wq-contract-{uuid.uuid4().hex[:10]}")
     #: run in the test's loop before each driver starts (a proxy comes up) and after
     #: it stops (the last one takes the proxy down)
@@ -72,6 +77,8 @@ class Harness:
         return f"{self.prefix}-{name}"
 
     def spec(self, name: str, max_length: int | None = None) -> QueueSpec:
+        if max_length is not None and not self.bounded:
+            pytest.skip(f"{self.name} cannot bound a queue (max_length)")
         return QueueSpec(f"t:{name}", self.queue_name(name), self.queue_options(max_length))
 
     @asynccontextmanager
@@ -140,6 +147,8 @@ def make(name: str) -> Harness:
         return _sqlite(name)
     if name in ("amqp", "amqp-classic"):
         return _amqp(name)
+    if name == "sqs":
+        return _sqs(name)
     raise AssertionError(f"no harness for driver {name!r}")  # pragma: no cover
 
 
@@ -243,3 +252,27 @@ def _amqp(name: str) -> Harness:
     )
     harness.cleanup = lambda: remove(f"{tag}-{name}" for name in harness.used)
     return harness
+
+
+def _sqs(name: str) -> Harness:
+    from sqs_support import LEASE_S, driver_fields, shared
+
+    from wippy_queue.drivers.sqs.config import (
+        CAPABILITIES,
+        MAX_MESSAGE_BYTES,
+        SqsDriverConfig,
+        SqsQueueOptions,
+    )
+    from wippy_queue.drivers.sqs.driver import SqsDriver
+
+    config = SqsDriverConfig.model_validate(driver_fields(shared().url))
+    return Harness(
+        name,
+        lambda: SqsDriver("t:sqs", config),
+        lambda max_length: SqsQueueOptions(visibility_timeout=LEASE_S),
+        CAPABILITIES,
+        lease_s=LEASE_S,
+        bounded=False,
+        # a body and its three attributes share SQS's 1 MiB
+        max_body_bytes=MAX_MESSAGE_BYTES - 1024,
+    )  # pragma: no cover

@@ -59,14 +59,32 @@ async def nothing_to_receive(sub: Any) -> bool:
     return False
 
 
-def held(info: QueueInfo) -> tuple[int, int, int, int]:
-    """(message_count, consumer_count, ready + in_flight, delayed)."""
-    return (info.message_count, info.consumer_count, info.ready + info.in_flight, info.delayed)
-
-
 def counts(info: QueueInfo) -> tuple[int, int, int, int, int]:
     """(message_count, consumer_count, ready, in_flight, delayed)."""
     return (info.message_count, info.consumer_count, info.ready, info.in_flight, info.delayed)
+
+
+async def expect_counts(
+    harness: Harness, d: Bound, queue: str, expected: tuple[int, ...], *, at: int = 0
+) -> None:
+    """``counts(info)[at:]`` is ``expected`` as far as the driver can say. Ready and in
+    flight are compared as their sum (a driver may fetch ahead within a subscription's
+    limit: what it took and has not handed out is in flight too). Where ``info`` is
+    approximate (SQS) only message_count and consumer_count are asserted, and they must
+    get there within WAIT_S."""
+    full = counts(await d.info(queue))
+    wanted = {at + i: value for i, value in enumerate(expected)}
+    if harness.capabilities.info == "exact":
+        if 2 in wanted and 3 in wanted:
+            assert full[2] + full[3] == wanted.pop(2) + wanted.pop(3), full
+        assert {i: full[i] for i in wanted} == wanted, full
+        return
+    wanted = {i: value for i, value in wanted.items() if i < 2}
+    deadline = time.monotonic() + WAIT_S
+    while any(full[i] != v for i, v in wanted.items()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        full = counts(await d.info(queue))
+    assert {i: full[i] for i in wanted} == wanted, full
 
 
 async def test_publish_then_consume_in_order_with_id_body_headers(driver: Harness) -> None:
@@ -82,31 +100,28 @@ async def test_publish_then_consume_in_order_with_id_body_headers(driver: Harnes
             assert {k: delivery.message.headers[k] for k in m.headers} == m.headers
             assert delivery.attempt == 1
             await delivery.ack()
-        assert (await d.info("q")).idle
+        await expect_counts(driver, d, "q", (0, 1, 0, 0, 0))
 
 
 async def test_info_counts_are_truthful_at_each_step(driver: Harness) -> None:
     async with driver.running() as d:
-        assert counts(await d.info("q")) == (0, 0, 0, 0, 0)
+        await expect_counts(driver, d, "q", (0, 0, 0, 0, 0))
         for _ in range(3):
             await d.publish("q", msg())
-        assert counts(await d.info("q")) == (3, 0, 3, 0, 0)
+        await expect_counts(driver, d, "q", (3, 0, 3, 0, 0))
         sub = await d.subscribe("q", prefetch=10)
-        # a driver may fetch ahead within the subscription's limit: what it took but
-        # has not handed out yet is in flight too
-        assert held(await d.info("q")) == (3, 1, 3, 0)
+        await expect_counts(driver, d, "q", (3, 1, 3, 0, 0))
         first, second = await receive(sub), await receive(sub)
-        info = await d.info("q")
-        assert held(info) == (3, 1, 3, 0) and info.in_flight >= 2
+        await expect_counts(driver, d, "q", (3, 1, 1, 2, 0))
         await first.ack()
-        assert held(await d.info("q")) == (2, 1, 2, 0)
+        await expect_counts(driver, d, "q", (2, 1, 1, 1, 0))
         await second.nack(delay_s=30)
-        assert held(await d.info("q")) == (2, 1, 1, 1)
+        await expect_counts(driver, d, "q", (2, 1, 1, 0, 1))
         third = await receive(sub)
         await third.nack(requeue=False)  # dropped on purpose
-        assert counts(await d.info("q")) == (1, 1, 0, 0, 1)
+        await expect_counts(driver, d, "q", (1, 1, 0, 0, 1))
         await sub.close()
-        assert counts(await d.info("q")) == (1, 0, 0, 0, 1)
+        await expect_counts(driver, d, "q", (1, 0, 0, 0, 1))
 
 
 async def test_ack_removes_the_message_for_good(driver: Harness) -> None:
@@ -114,7 +129,7 @@ async def test_ack_removes_the_message_for_good(driver: Harness) -> None:
         await d.publish("q", msg())
         sub = await d.subscribe("q", prefetch=1)
         await (await receive(sub)).ack()
-        assert (await d.info("q")).message_count == 0
+        await expect_counts(driver, d, "q", (0,))
         assert await nothing_to_receive(sub)
 
 
@@ -149,13 +164,12 @@ async def test_nack_with_delay_holds_the_message_back(driver: Harness) -> None:
         delay_s = 0.1
         nacked_at = time.monotonic()
         await delivery.nack(delay_s=delay_s)
-        info = await d.info("q")
-        assert (info.delayed, info.ready, info.message_count) == (1, 0, 1)
+        await expect_counts(driver, d, "q", (1, 1, 0, 0, 1))
         again = await receive(sub)
         assert time.monotonic() - nacked_at >= delay_s * 0.9
         assert again.message.id == delivery.message.id
         assert again.attempt == 2
-        assert (await d.info("q")).delayed == 0
+        await expect_counts(driver, d, "q", (1, 1, 0, 1, 0))
 
 
 async def test_release_gives_the_message_back_without_counting_an_attempt(
@@ -167,7 +181,7 @@ async def test_release_gives_the_message_back_without_counting_an_attempt(
         sub = await d.subscribe("q", prefetch=1)
         delivery = await receive(sub)
         await delivery.release()
-        assert counts(await d.info("q"))[2:4] == (1, 0)
+        await expect_counts(driver, d, "q", (1, 0), at=2)
         again = await receive(sub)
         assert again.message.id == m.id
         assert again.attempt == 1
@@ -282,7 +296,9 @@ async def test_stop_then_start_loses_nothing(driver: Harness) -> None:
     held = [await receive(sub) for _ in range(3)]
     await held[0].release()
     await held[1].nack()
-    await held[2].nack(delay_s=3600)  # delayed messages survive a stop too
+    # delayed messages survive a stop too: an embedded driver makes them ready at stop, a
+    # broker keeps holding them back until they are due
+    await held[2].nack(delay_s=1.0 if driver.capabilities.durable else 3600)
     pending = asyncio.create_task(sub.receive())
     await d.stop()
     with pytest.raises(SubscriptionClosed):
@@ -293,8 +309,8 @@ async def test_stop_then_start_loses_nothing(driver: Harness) -> None:
 
     await d.start()
     await d.declare("q")
+    await expect_counts(driver, d, "q", (5,))
     info = await d.info("q")
-    assert info.message_count == 5
     # a broker keeps the delayed message delayed (memory makes it ready at stop)
     assert info.delayed in (0, 1)
     waiting = [m.id for m in sent if not (info.delayed and m.id == held[2].message.id)]
@@ -305,7 +321,7 @@ async def test_stop_then_start_loses_nothing(driver: Harness) -> None:
         seen.append(delivery.message.id)
         await delivery.ack()
     assert sorted(seen) == sorted(waiting)
-    assert counts(await d.info("q"))[2:] == (0, 0, info.delayed)
+    await expect_counts(driver, d, "q", (info.delayed,))
     await d.stop()
 
 
@@ -326,7 +342,7 @@ async def test_settling_twice_is_an_error(driver: Harness) -> None:
             with pytest.raises(DriverError):
                 await delivery.release()
         # the failed second settles changed nothing
-        assert held(await d.info("q")) == (2, 1, 2, 0)
+        await expect_counts(driver, d, "q", (2, 1, 2, 0, 0))
 
 
 async def test_closing_a_subscription_ends_a_pending_receive(driver: Harness) -> None:
@@ -405,6 +421,8 @@ async def test_header_types_survive_publish_requeue_and_release(driver: Harness)
     ids=["non-utf8", "1MB", "empty"],
 )
 async def test_bodies_come_back_byte_for_byte(driver: Harness, body: bytes) -> None:
+    if driver.max_body_bytes is not None and len(body) > driver.max_body_bytes:
+        pytest.skip(f"{driver.name} carries bodies up to {driver.max_body_bytes} bytes")
     async with driver.running() as d:
         sent = msg(body)
         await d.publish("q", sent)

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.usefixtures("backend")  # every test runs on every driv
 JOBS = f"{NAMESPACE}:jobs"
 
 
+@pytest.mark.backends("memory", reason="times back-offs of 20-50ms; SQS delays in whole seconds")
 async def test_deny_nacks_with_growing_backoff_then_dead_letters(tmp_path: Path) -> None:
     state = reset()
     runtime = load(

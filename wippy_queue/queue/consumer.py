@@ -31,6 +31,7 @@ from wippy_queue.queue.driver import (
 )
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.handler import Handler, outcome_of
+from wippy_queue.queue.leases import LeaseKeeper
 from wippy_queue.queue.message import expired
 from wippy_queue.queue.middleware import Job, Middleware, build_chain
 from wippy_queue.queue.outcome import ACK, Outcome, Reason
@@ -38,9 +39,6 @@ from wippy_queue.queue.queue import Queue
 from wippy_queue.queue.settle import RetryPolicy, SettleHook, Settler
 
 log = logging.getLogger(__name__)
-
-#: how often a consumer renews leases when its queue does not say how long they last
-LEASE_LOOK_S = 1.0
 
 
 class _AllOf:
@@ -105,6 +103,7 @@ class Consumer:
         self._gate = gates[0] if len(gates) == 1 else _AllOf(gates) if gates else None
         self._chain = build_chain(self._middlewares, self._invoke)
         self._subscription: Subscription | None = None
+        self._leases: LeaseKeeper | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._fetcher: asyncio.Task[None] | None = None
         self._buffer: asyncio.Queue[Delivery] = asyncio.Queue()
@@ -112,13 +111,8 @@ class Consumer:
         self._active: dict[asyncio.Task[Any], Delivery] = {}
         #: every delivery taken and not yet settled (buffered, running, awaiting a hook)
         self._unsettled: set[Delivery] = set()
-        self._leases: asyncio.Task[None] | None = None
         self._settler = self._new_settler()
         self._stopping = False
-        #: deliveries whose leases the renewer keeps (leasing drivers), and its task
-        self._leased: set[Delivery] = set()
-        self._got_lease = asyncio.Event()
-        self._renewer: asyncio.Task[None] | None = None
         #: resolves with the error if the consumer dies while running (the supervisor restarts it)
         self.failed: asyncio.Future[BaseException] | None = None
 
@@ -158,18 +152,17 @@ class Consumer:
             raise
         self._credits = asyncio.Semaphore(self.prefetch + self.concurrency)
         self._settler = self._new_settler()
+        self._leases = LeaseKeeper(self.entry_id, self._subscription)
         self._buffer = asyncio.Queue()
         self._unsettled = set()
         self._fetcher = asyncio.create_task(self._fetch(), name=f"{self.entry_id}:fetch")
-        if self.queue.driver.capabilities.leases:
-            self._leases = asyncio.create_task(self._keep_leases(), name=f"{self.entry_id}:leases")
         self._tasks = [
             asyncio.create_task(self._work(), name=f"{self.entry_id}:worker-{i}")
             for i in range(self.concurrency)
         ]
 
     async def _fetch(self) -> None:
-        assert self._subscription is not None
+        assert self._subscription is not None and self._leases is not None
         try:
             while True:
                 if self._gate is not None and not self._gate.is_set():
@@ -181,6 +174,7 @@ class Consumer:
                     self._credits.release()
                     raise
                 self._unsettled.add(delivery)
+                self._leases.hold(delivery)  # extended while held (leasing drivers)
                 self._buffer.put_nowait(delivery)
         except SubscriptionClosed:
             if not self._stopping:
@@ -190,25 +184,6 @@ class Consumer:
         except Exception as err:
             log.exception("consumer %s: receiving failed", self.entry_id)
             self._fail(err)
-
-    async def _keep_leases(self) -> None:
-        """Renew the lease of every delivery held (buffered, running, awaiting its
-        audit record) at a third of its length, so none is handed to another process."""
-        assert self._subscription is not None
-        visibility = self.queue.spec.option("visibility_timeout")
-        every_s = float(visibility) / 3 if isinstance(visibility, int | float) else LEASE_LOOK_S
-        while True:
-            leases = [d.lease_s for d in self._unsettled if d.lease_s]
-            await asyncio.sleep(min([every_s, *(lease / 3 for lease in leases)]))
-            held = [d for d in self._unsettled if d.lease_s and not d.settled]
-            if not held:
-                continue
-            try:
-                await self._subscription.extend(held)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # a lease already lost comes back: nothing to undo
-                log.warning("consumer %s: renewing leases failed: %s", self.entry_id, err)
 
     def _fail(self, err: BaseException) -> None:
         if self.failed is not None and not self.failed.done():
@@ -333,12 +308,12 @@ class Consumer:
         unfinished = await self._drain()
         # settles waiting on the audit write: bounded too
         await self._settler.drain(self.stop_timeout_s)
-        for task in [*self._tasks, *([self._leases] if self._leases else [])]:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(
-            *self._tasks, *([self._leases] if self._leases else []), return_exceptions=True
-        )
-        self._tasks, self._leases = [], None
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._leases is not None:
+            await self._leases.stop()
         await self.handler.close()
         if unfinished:
             raise LifecycleError(
