@@ -3,7 +3,9 @@
 A fetch task keeps a local buffer filled with at most the free share of
 ``max_unsettled`` (new entries with ``XREADGROUP``; now and then entries whose
 holder stopped renewing them, with ``XAUTOCLAIM``); ``receive`` hands them out one
-at a time. Settles from every worker go to the server together in one script call.
+at a time. It reads once half the prefetch is free, not after every settle: one
+read then brings many entries, while the consumer still holds the other half.
+Settles from every worker go to the server together in one script call.
 Closing gives back whatever this member holds and has not handed out, including
 entries a read cut off by the close had already taken.
 """
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 #: (kind, entry id, delivery count, delay_ms): see ``scripts.SETTLE``
 Settle = tuple[str, str, int, int]
 EXPIRED = "expired"
+#: a read waits at most this long for half the prefetch to be free (then reads what is)
+REFILL_WAIT_S = 0.02
 
 
 class RedisDelivery(Delivery):
@@ -95,6 +99,10 @@ class RedisSubscription(Subscription):
         self._settles: Batcher[Settle, bool] = Batcher(self._flush_settles)
         self._claim_at = 0.0
         self._claim_from = "0-0"
+        #: read again once this many credits are free: half the prefetch. Until then
+        #: the consumer still holds at least the other half ready for its workers, so
+        #: none waits, and one read brings many entries instead of one per settle
+        self._refill_at = max(1, min(spec.prefetch, spec.max_unsettled) // 2)
 
     async def open(self) -> None:
         await self.driver.call(
@@ -120,12 +128,32 @@ class RedisSubscription(Subscription):
     def _free(self) -> int:
         return self.spec.max_unsettled - len(self._handed) - len(self._buffer)
 
+    async def _room_to_read(self) -> int:
+        """How many entries to read: wait until ``_refill_at`` credits are free, or a
+        few have been free for ``REFILL_WAIT_S`` (settles held up, e.g. by an audit
+        write, must not keep the buffer empty)."""
+        deadline = None
+        while True:
+            free = self._free()
+            if free >= self._refill_at or self._closed:
+                return free
+            self._room.clear()
+            if free <= 0:
+                deadline = None
+                await self._room.wait()
+                continue
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + REFILL_WAIT_S
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._room.wait()
+            except TimeoutError:
+                return self._free()
+
     async def _fetch(self) -> None:
         while not self._closed and self.driver.running:
-            free = self._free()
-            if free <= 0:
-                self._room.clear()
-                await self._room.wait()
+            free = await self._room_to_read()
+            if free <= 0 or self._closed:
                 continue
             try:
                 client = await self.driver.wait_up()
