@@ -167,7 +167,8 @@ async def test_release_gives_the_message_back_without_counting_an_attempt(
         sub = await d.subscribe("q", prefetch=1)
         delivery = await receive(sub)
         await delivery.release()
-        assert counts(await d.info("q"))[2:4] == (1, 0)
+        # back and not delayed: ready, or already fetched again (in flight)
+        assert held(await d.info("q"))[2:] == (1, 0)
         again = await receive(sub)
         assert again.message.id == m.id
         assert again.attempt == 1

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ from wippy_queue.drivers.redis.config import (
 from wippy_queue.drivers.redis.entries import fields_of
 from wippy_queue.drivers.redis.link import CONNECTION_ERRORS, GROUP, Keys
 from wippy_queue.drivers.redis.subscription import RedisSubscription
+from wippy_queue.drivers.redis.wire import Command, Wire
 from wippy_queue.errors import DriverError
 from wippy_queue.lifecycle.backoff import restart_delay
 from wippy_queue.lifecycle.config import RestartPolicy
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: publish waits this long (doubling to the max) while a bounded queue is full
 FULL_WAIT_S, FULL_WAIT_MAX_S = 0.01, 0.2
+#: a reply later than this means the connection is gone (reconnect)
+SOCKET_TIMEOUT_S = 10.0
 #: a group member that has not read for this long is not counted as a consumer (a
 #: live one reads at least every ``read_block``, at most 5 s)
 CONSUMER_LIVE_S = 15.0
@@ -79,6 +83,9 @@ class RedisDriver(Driver):
         self._promoter: asyncio.Task[None] | None = None
         self._wake_promoter = asyncio.Event()
         self._publishes: Batcher[tuple[str, Message], bool] = Batcher(self._flush_publishes)
+        #: the publishes' own connection (``wire.py``), and every wire made
+        self._wire: Wire | None = None
+        self._wires: weakref.WeakSet[Wire] = weakref.WeakSet()
         self.subscriptions: set[RedisSubscription] = set()
         self._scripts: dict[str, Any] = {}
 
@@ -107,7 +114,7 @@ class RedisDriver(Driver):
         client = aioredis.Redis.from_url(
             self.url,
             client_name=self.client_name,
-            socket_timeout=10,
+            socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=5,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
             max_connections=None,
@@ -124,6 +131,7 @@ class RedisDriver(Driver):
             name: client.register_script(getattr(scripts, name))
             for name in ("PUBLISH_BOUNDED", "SETTLE", "EXTEND", "PROMOTE")
         }
+        self._wire = self.new_wire()
         self._running = True
         self._up.set()
         self._promoter = asyncio.create_task(self._promote_loop(), name=f"{self.entry_id}:delayed")
@@ -143,9 +151,11 @@ class RedisDriver(Driver):
         )
         self._promoter = self._reconnecting = None
         await self._publishes.close()
+        for wire in list(self._wires):
+            await wire.close()
         if self.client is not None:
             await self.client.aclose()
-        self.client = None
+        self.client = self._wire = None
 
     # -- the connection -------------------------------------------------------------
 
@@ -269,26 +279,31 @@ class RedisDriver(Driver):
             if not self._running:
                 raise self.not_running_error()
 
-    async def _flush_publishes(self, items: Sequence[tuple[str, Message]]) -> list[bool]:
-        """One pipeline for every publish waiting: True when added, False when full."""
+    async def _flush_publishes(
+        self, items: Sequence[tuple[str, Message]]
+    ) -> list[bool | BaseException]:
+        """One write for every publish waiting: True when added, False when full."""
+        wire = self._wire
+        assert wire is not None
+        commands = [self._publish_command(wire, queue, message) for queue, message in items]
+        replies = await self.call(lambda _: wire.call(commands), "publishing")
+        return [
+            DriverError(f"driver {self.entry_id}: publishing to {queue!r} failed: {reply}")
+            if isinstance(reply, ResponseError)
+            else reply is not None  # a bounded queue's script says None (false) when full
+            for reply, (queue, _) in zip(replies, items, strict=True)
+        ]
 
-        async def send(client: aioredis.Redis) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            for queue, message in items:
-                keys, bound = Keys(queue), self.queues[queue].max_length
-                fields = fields_of(message)
-                if bound:
-                    flat = [v for pair in fields.items() for v in pair]
-                    await self._scripts["PUBLISH_BOUNDED"](
-                        keys=[keys.stream, keys.delayed], args=[GROUP, bound, *flat], client=pipe
-                    )
-                else:
-                    pipe.xadd(keys.stream, fields)  # type: ignore[arg-type]
-            done: list[Any] = await pipe.execute()
-            return done
-
-        results = await self.call(send, "publishing")
-        return [result is not None for result in results]
+    def _publish_command(self, wire: Wire, queue: str, message: Message) -> Command:
+        bound = self.queues[queue].max_length
+        if bound:
+            keys = Keys(queue)
+            return wire.evalsha(
+                self.script("PUBLISH_BOUNDED"),
+                [keys.stream, keys.delayed],
+                [GROUP, bound, *fields_of(message)],
+            )
+        return ("XADD", queue, "*", *fields_of(message))  # the stream is named as the queue
 
     async def subscribe(self, spec: SubscribeSpec) -> Subscription:
         if not self._running:
@@ -301,6 +316,15 @@ class RedisDriver(Driver):
 
     def script(self, name: str) -> Any:
         return self._scripts[name]
+
+    def new_wire(self, *, timeout_s: float = SOCKET_TIMEOUT_S) -> Wire:
+        """A connection of its own for one caller's round trips (closed at the latest
+        when the driver stops)."""
+        if self.client is None:
+            raise self.not_running_error()
+        wire = Wire(self.client, timeout_s=timeout_s)
+        self._wires.add(wire)
+        return wire
 
     def delayed_added(self) -> None:
         """A nack was delayed here: the promoter looks again now."""
