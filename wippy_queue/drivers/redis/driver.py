@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 #: publish waits this long (doubling to the max) while a bounded queue is full
 FULL_WAIT_S, FULL_WAIT_MAX_S = 0.01, 0.2
+#: delayed messages added by other processes are moved within this; at most this many
+#: per queue in one pass
+PROMOTE_EVERY_S, PROMOTE_MOST = 1.0, 500
 #: a reply later than this means the connection is gone (reconnect)
 SOCKET_TIMEOUT_S = 10.0
 #: a group member that has not read for this long is not counted as a consumer (a
@@ -85,6 +88,7 @@ class RedisDriver(Driver):
         self._publishes: Batcher[tuple[str, Message], bool] = Batcher(self._flush_publishes)
         #: the publishes' own connection (``wire.py``), and every wire made
         self._wire: Wire | None = None
+        self._promote_wire: Wire | None = None
         self._wires: weakref.WeakSet[Wire] = weakref.WeakSet()
         self.subscriptions: set[RedisSubscription] = set()
         self._scripts: dict[str, Any] = {}
@@ -131,7 +135,7 @@ class RedisDriver(Driver):
             name: client.register_script(getattr(scripts, name))
             for name in ("PUBLISH_BOUNDED", "SETTLE", "EXTEND", "PROMOTE")
         }
-        self._wire = self.new_wire()
+        self._wire, self._promote_wire = self.new_wire(), self.new_wire()
         self._running = True
         self._up.set()
         self._promoter = asyncio.create_task(self._promote_loop(), name=f"{self.entry_id}:delayed")
@@ -155,7 +159,7 @@ class RedisDriver(Driver):
             await wire.close()
         if self.client is not None:
             await self.client.aclose()
-        self.client = self._wire = None
+        self.client = self._wire = self._promote_wire = None
 
     # -- the connection -------------------------------------------------------------
 
@@ -363,43 +367,45 @@ class RedisDriver(Driver):
 
     # -- delayed messages -----------------------------------------------------------
 
-    async def _promote(self, keys: Keys) -> int:
-        """Move what is due; milliseconds until the next delayed message (-1: none)."""
-        due_in_ms = await self.call(
-            _promote_call(self, keys), f"moving delayed messages of {keys.stream!r}"
-        )
-        return int(due_in_ms)
+    async def _promote_all(self) -> float:
+        """Move what is due on every queue, all in one round trip; seconds until the
+        next delayed message is due (at most PROMOTE_EVERY_S)."""
+        wire, queues = self._promote_wire, list(self.queues)
+        if wire is None or not queues:
+            return PROMOTE_EVERY_S
+        script = self.script("PROMOTE")
+        commands = [
+            wire.evalsha(script, [keys.stream, keys.delayed], [PROMOTE_MOST, keys.delayed_prefix])
+            for keys in map(Keys, queues)
+        ]
+        replies = await self.call(lambda _: wire.call(commands), "moving delayed messages")
+        wait_s = PROMOTE_EVERY_S
+        for queue, reply in zip(queues, replies, strict=True):
+            if isinstance(reply, ResponseError):
+                log.warning(
+                    "driver %s: moving delayed messages of %r failed: %s",
+                    self.entry_id,
+                    queue,
+                    reply,
+                )
+            elif int(reply) >= 0:  # milliseconds until its next one is due (-1: none waits)
+                wait_s = min(wait_s, int(reply) / 1000)
+        return wait_s
 
     async def _promote_loop(self) -> None:
         """Move due delayed messages to their streams (any instance may: it is atomic)."""
         while self._running:
-            wait_s = 1.0  # delays added by other processes are seen within this
-            for queue in list(self.queues):
-                keys = Keys(queue)
-                try:
-                    due_in_ms = await self._promote(keys)
-                except DriverError as err:
-                    log.warning("driver %s: %s", self.entry_id, err)
-                    continue
-                if int(due_in_ms) >= 0:
-                    wait_s = min(wait_s, int(due_in_ms) / 1000)
-            self._wake_promoter.clear()
+            self._wake_promoter.clear()  # before the pass: a delay added meanwhile wakes it
+            try:
+                wait_s = await self._promote_all()
+            except DriverError as err:
+                log.warning("driver %s: %s", self.entry_id, err)
+                wait_s = PROMOTE_EVERY_S
             try:
                 async with asyncio.timeout(wait_s):
                     await self._wake_promoter.wait()
             except TimeoutError:
                 pass
-
-
-def _promote_call(driver: RedisDriver, keys: Keys) -> Callable[[aioredis.Redis], Awaitable[Any]]:
-    def promote(client: aioredis.Redis) -> Awaitable[Any]:
-        args = [500, keys.delayed_prefix]
-        result: Awaitable[Any] = driver.script("PROMOTE")(
-            keys=[keys.stream, keys.delayed], args=args, client=client
-        )
-        return result
-
-    return promote
 
 
 def _text(value: Any) -> str:
