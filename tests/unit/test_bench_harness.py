@@ -104,3 +104,28 @@ def test_audit_bench_prints_its_table_and_writes_the_chart(tmp_path: Path) -> No
     assert header in done.stdout.splitlines()
     labels = {t.text for t in ET.parse(chart).getroot().iter(f"{SVG}text")}
     assert {"unaudited", "audit never", "audit batch", "audit always"} <= labels
+
+
+@pytest.mark.services
+@pytest.mark.timeout(120)
+def test_redis_bench_runs_its_rows_on_the_server() -> None:
+    """bench/redis.py against the test Redis (arq's row needs its own venv: left out)."""
+    import services
+
+    host, port = services.redis_address()
+    services.require("Redis", host, port, module="redis")
+    argv = ["--n", "200", "--repeat", "1", "--warmup", "0", "--url", services.REDIS_URL]
+    argv += ["--only", "wippy-queue", "taskiq-redis", "dramatiq"]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "redis.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(" | ")[0] for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert rows[1:] == [
+        "| wippy-queue, queue.driver.redis",
+        "| taskiq + taskiq-redis RedisStreamBroker",
+        "| Dramatiq RedisBroker + Worker",
+    ]
