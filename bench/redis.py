@@ -285,7 +285,8 @@ def arq_run(ctx: Context, n: int) -> RedisTiming:
         raise SystemExit(f"arq run failed ({done.returncode}):\n{done.stderr}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     check_handled(result["handled"], n, "arq")
-    ctx.versions["arq"] = result["arq"]
+    theirs = result["versions"]
+    ctx.versions["arq"] = f"{theirs['arq']} (redis {theirs['redis']}, hiredis {theirs['hiredis']})"
     # the server's CPU is read around the whole subprocess, its start and stop too:
     # for arq that column is an upper bound
     return RedisTiming(result["wall_s"], result["cpu_s"], server_cpu_s)
@@ -430,7 +431,7 @@ def as_json(args: argparse.Namespace, rows: list[SystemRow], info: dict[str, Any
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     warmup = args.n // 10 if args.warmup is None else args.warmup
-    dists = ("wippy-queue", "redis", "taskiq", "taskiq-redis", "dramatiq")
+    dists = ("wippy-queue", "redis", "hiredis", "taskiq", "taskiq-redis", "dramatiq")
     info = harness.machine(dists)
     server = Server(args.url)
     info["redis_server"] = server.client.info("server")["redis_version"]

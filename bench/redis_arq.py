@@ -80,7 +80,8 @@ async def run(
     await asyncio.gather(running, return_exceptions=True)
     await worker.close()
     await pool.aclose()
-    return {"wall_s": wall_s, "cpu_s": cpu_s, "handled": handled, "arq": metadata.version("arq")}
+    versions = {dist: metadata.version(dist) for dist in ("arq", "redis", "hiredis")}
+    return {"wall_s": wall_s, "cpu_s": cpu_s, "handled": handled, "versions": versions}
 
 
 def main() -> None:
