@@ -33,8 +33,14 @@ Command = tuple[str | bytes | int | float, ...]
 class Wire:
     def __init__(self, client: aioredis.Redis, *, timeout_s: float) -> None:
         pool = client.connection_pool
-        # no per-read timer: one timeout covers the whole round trip
-        self._conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        kwargs = dict(pool.connection_kwargs)
+        # a plain connection, outside the pool: no per-read timer (one timeout covers
+        # the round trip), and not handed to the pool's maintenance-notification handler
+        # (redis-py 8; on a server that sends them, a wire simply reconnects)
+        kwargs["socket_timeout"] = None
+        for pooled in ("maint_notifications_pool_handler", "maint_notifications_config"):
+            kwargs.pop(pooled, None)
+        self._conn = pool.connection_class(**kwargs)
         self.timeout_s = timeout_s
         #: script sources by SHA, to load one the server lacks
         self._sources: dict[str, str] = {}
