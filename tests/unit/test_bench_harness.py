@@ -77,7 +77,7 @@ def test_axis_ticks_cover_the_longest_whisker() -> None:
     assert float(ticks[-1].replace(",", "")) >= 123_456
 
 
-@pytest.mark.parametrize("script", ["throughput", "security", "audit", "lua_handlers"])
+@pytest.mark.parametrize("script", ["throughput", "security", "audit", "lua_handlers", "redis"])
 def test_bench_scripts_start_and_take_svg(script: str) -> None:
     done = subprocess.run(
         [sys.executable, str(BENCH / f"{script}.py"), "--help"],
@@ -104,3 +104,32 @@ def test_audit_bench_prints_its_table_and_writes_the_chart(tmp_path: Path) -> No
     assert header in done.stdout.splitlines()
     labels = {t.text for t in ET.parse(chart).getroot().iter(f"{SVG}text")}
     assert {"unaudited", "audit never", "audit batch", "audit always"} <= labels
+
+
+@pytest.mark.services
+@pytest.mark.timeout(120)
+def test_redis_bench_runs_its_rows_on_the_server() -> None:
+    """bench/redis.py against the test Redis: our row, and the peers installed here (the
+    bench extra; arq's row needs its own venv: left out)."""
+    import services
+
+    host, port = services.redis_address()
+    services.require("Redis", host, port, module="redis")
+    rows = {
+        "wippy-queue": "| wippy-queue, queue.driver.redis",
+        "taskiq-redis": "| taskiq + taskiq-redis RedisStreamBroker",
+        "dramatiq": "| Dramatiq RedisBroker + Worker",
+    }
+    peers = {"taskiq-redis": "taskiq_redis", "dramatiq": "dramatiq"}
+    keys = [k for k in rows if k not in peers or importlib.util.find_spec(peers[k])]
+    argv = ["--n", "200", "--repeat", "1", "--warmup", "0", "--url", services.REDIS_URL]
+    argv += ["--only", *keys]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "redis.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = [line.split(" | ")[0] for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert printed[1:] == [rows[k] for k in keys]

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ from wippy_queue.drivers.redis.config import (
 from wippy_queue.drivers.redis.entries import fields_of
 from wippy_queue.drivers.redis.link import CONNECTION_ERRORS, GROUP, Keys
 from wippy_queue.drivers.redis.subscription import RedisSubscription
+from wippy_queue.drivers.redis.wire import Command, Wire
 from wippy_queue.errors import DriverError
 from wippy_queue.lifecycle.backoff import restart_delay
 from wippy_queue.lifecycle.config import RestartPolicy
@@ -53,6 +55,11 @@ log = logging.getLogger(__name__)
 
 #: publish waits this long (doubling to the max) while a bounded queue is full
 FULL_WAIT_S, FULL_WAIT_MAX_S = 0.01, 0.2
+#: delayed messages added by other processes are moved within this; at most this many
+#: per queue in one pass
+PROMOTE_EVERY_S, PROMOTE_MOST = 1.0, 500
+#: a reply later than this means the connection is gone (reconnect)
+SOCKET_TIMEOUT_S = 10.0
 #: a group member that has not read for this long is not counted as a consumer (a
 #: live one reads at least every ``read_block``, at most 5 s)
 CONSUMER_LIVE_S = 15.0
@@ -79,6 +86,10 @@ class RedisDriver(Driver):
         self._promoter: asyncio.Task[None] | None = None
         self._wake_promoter = asyncio.Event()
         self._publishes: Batcher[tuple[str, Message], bool] = Batcher(self._flush_publishes)
+        #: the publishes' own connection (``wire.py``), and every wire made
+        self._wire: Wire | None = None
+        self._promote_wire: Wire | None = None
+        self._wires: weakref.WeakSet[Wire] = weakref.WeakSet()
         self.subscriptions: set[RedisSubscription] = set()
         self._scripts: dict[str, Any] = {}
 
@@ -107,7 +118,7 @@ class RedisDriver(Driver):
         client = aioredis.Redis.from_url(
             self.url,
             client_name=self.client_name,
-            socket_timeout=10,
+            socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=5,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
             max_connections=None,
@@ -124,6 +135,7 @@ class RedisDriver(Driver):
             name: client.register_script(getattr(scripts, name))
             for name in ("PUBLISH_BOUNDED", "SETTLE", "EXTEND", "PROMOTE")
         }
+        self._wire, self._promote_wire = self.new_wire(), self.new_wire()
         self._running = True
         self._up.set()
         self._promoter = asyncio.create_task(self._promote_loop(), name=f"{self.entry_id}:delayed")
@@ -143,9 +155,11 @@ class RedisDriver(Driver):
         )
         self._promoter = self._reconnecting = None
         await self._publishes.close()
+        for wire in list(self._wires):
+            await wire.close()
         if self.client is not None:
             await self.client.aclose()
-        self.client = None
+        self.client = self._wire = self._promote_wire = None
 
     # -- the connection -------------------------------------------------------------
 
@@ -269,26 +283,31 @@ class RedisDriver(Driver):
             if not self._running:
                 raise self.not_running_error()
 
-    async def _flush_publishes(self, items: Sequence[tuple[str, Message]]) -> list[bool]:
-        """One pipeline for every publish waiting: True when added, False when full."""
+    async def _flush_publishes(
+        self, items: Sequence[tuple[str, Message]]
+    ) -> list[bool | BaseException]:
+        """One write for every publish waiting: True when added, False when full."""
+        wire = self._wire
+        assert wire is not None
+        commands = [self._publish_command(wire, queue, message) for queue, message in items]
+        replies = await self.call(lambda _: wire.call(commands), "publishing")
+        return [
+            DriverError(f"driver {self.entry_id}: publishing to {queue!r} failed: {reply}")
+            if isinstance(reply, ResponseError)
+            else reply is not None  # a bounded queue's script says None (false) when full
+            for reply, (queue, _) in zip(replies, items, strict=True)
+        ]
 
-        async def send(client: aioredis.Redis) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            for queue, message in items:
-                keys, bound = Keys(queue), self.queues[queue].max_length
-                fields = fields_of(message)
-                if bound:
-                    flat = [v for pair in fields.items() for v in pair]
-                    await self._scripts["PUBLISH_BOUNDED"](
-                        keys=[keys.stream, keys.delayed], args=[GROUP, bound, *flat], client=pipe
-                    )
-                else:
-                    pipe.xadd(keys.stream, fields)  # type: ignore[arg-type]
-            done: list[Any] = await pipe.execute()
-            return done
-
-        results = await self.call(send, "publishing")
-        return [result is not None for result in results]
+    def _publish_command(self, wire: Wire, queue: str, message: Message) -> Command:
+        bound = self.queues[queue].max_length
+        if bound:
+            keys = Keys(queue)
+            return wire.evalsha(
+                self.script("PUBLISH_BOUNDED"),
+                [keys.stream, keys.delayed],
+                [GROUP, bound, *fields_of(message)],
+            )
+        return ("XADD", queue, "*", *fields_of(message))  # the stream is named as the queue
 
     async def subscribe(self, spec: SubscribeSpec) -> Subscription:
         if not self._running:
@@ -301,6 +320,15 @@ class RedisDriver(Driver):
 
     def script(self, name: str) -> Any:
         return self._scripts[name]
+
+    def new_wire(self, *, timeout_s: float = SOCKET_TIMEOUT_S) -> Wire:
+        """A connection of its own for one caller's round trips (closed at the latest
+        when the driver stops)."""
+        if self.client is None:
+            raise self.not_running_error()
+        wire = Wire(self.client, timeout_s=timeout_s)
+        self._wires.add(wire)
+        return wire
 
     def delayed_added(self) -> None:
         """A nack was delayed here: the promoter looks again now."""
@@ -339,43 +367,45 @@ class RedisDriver(Driver):
 
     # -- delayed messages -----------------------------------------------------------
 
-    async def _promote(self, keys: Keys) -> int:
-        """Move what is due; milliseconds until the next delayed message (-1: none)."""
-        due_in_ms = await self.call(
-            _promote_call(self, keys), f"moving delayed messages of {keys.stream!r}"
-        )
-        return int(due_in_ms)
+    async def _promote_all(self) -> float:
+        """Move what is due on every queue, all in one round trip; seconds until the
+        next delayed message is due (at most PROMOTE_EVERY_S)."""
+        wire, queues = self._promote_wire, list(self.queues)
+        if wire is None or not queues:
+            return PROMOTE_EVERY_S
+        script = self.script("PROMOTE")
+        commands = [
+            wire.evalsha(script, [keys.stream, keys.delayed], [PROMOTE_MOST, keys.delayed_prefix])
+            for keys in map(Keys, queues)
+        ]
+        replies = await self.call(lambda _: wire.call(commands), "moving delayed messages")
+        wait_s = PROMOTE_EVERY_S
+        for queue, reply in zip(queues, replies, strict=True):
+            if isinstance(reply, ResponseError):
+                log.warning(
+                    "driver %s: moving delayed messages of %r failed: %s",
+                    self.entry_id,
+                    queue,
+                    reply,
+                )
+            elif int(reply) >= 0:  # milliseconds until its next one is due (-1: none waits)
+                wait_s = min(wait_s, int(reply) / 1000)
+        return wait_s
 
     async def _promote_loop(self) -> None:
         """Move due delayed messages to their streams (any instance may: it is atomic)."""
         while self._running:
-            wait_s = 1.0  # delays added by other processes are seen within this
-            for queue in list(self.queues):
-                keys = Keys(queue)
-                try:
-                    due_in_ms = await self._promote(keys)
-                except DriverError as err:
-                    log.warning("driver %s: %s", self.entry_id, err)
-                    continue
-                if int(due_in_ms) >= 0:
-                    wait_s = min(wait_s, int(due_in_ms) / 1000)
-            self._wake_promoter.clear()
+            self._wake_promoter.clear()  # before the pass: a delay added meanwhile wakes it
+            try:
+                wait_s = await self._promote_all()
+            except DriverError as err:
+                log.warning("driver %s: %s", self.entry_id, err)
+                wait_s = PROMOTE_EVERY_S
             try:
                 async with asyncio.timeout(wait_s):
                     await self._wake_promoter.wait()
             except TimeoutError:
                 pass
-
-
-def _promote_call(driver: RedisDriver, keys: Keys) -> Callable[[aioredis.Redis], Awaitable[Any]]:
-    def promote(client: aioredis.Redis) -> Awaitable[Any]:
-        args = [500, keys.delayed_prefix]
-        result: Awaitable[Any] = driver.script("PROMOTE")(
-            keys=[keys.stream, keys.delayed], args=args, client=client
-        )
-        return result
-
-    return promote
 
 
 def _text(value: Any) -> str:

@@ -10,17 +10,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from wippy_queue.queue.codec import DecodeError
 from wippy_queue.queue.envelope import decode_headers, encode_headers
 from wippy_queue.queue.message import Message
 
 
-def fields_of(message: Message) -> dict[bytes, bytes]:
-    fields = {b"id": message.id.encode(), b"body": message.body}
+def fields_of(message: Message) -> list[bytes]:
+    """The entry's fields and values, flat (as ``XADD`` takes them)."""
+    fields = [b"id", message.id.encode(), b"body", message.body]
     if message.headers:
-        fields[b"h"] = encode_headers(message.headers)
+        fields += [b"h", encode_headers(message.headers)]
     return fields
+
+
+def read_reply(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The entries of an ``XREADGROUP`` reply on one stream: RESP3 (a map of streams)
+    or RESP2 (a list of [stream, entries]); None when the read timed out."""
+    if not reply:
+        return []
+    streams = reply.values() if isinstance(reply, dict) else (pair[1] for pair in reply)
+    out = []
+    for entries in streams:
+        for entry_id, flat in entries:
+            pairs = iter(flat or ())
+            out.append((entry_id, dict(zip(pairs, pairs, strict=False))))
+    return out
 
 
 @dataclass(slots=True)

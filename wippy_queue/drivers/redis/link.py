@@ -10,6 +10,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from wippy_queue.drivers.redis.wire import Wire
+
 GROUP = "wippy-queue"
 #: broken connections: these mean "reconnect", anything else from redis is an error
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -56,5 +58,7 @@ class Link(Protocol):
     def connection_lost(self, err: BaseException) -> None: ...
 
     def script(self, name: str) -> Any: ...
+
+    def new_wire(self, *, timeout_s: float = ...) -> Wire: ...
 
     def delayed_added(self) -> None: ...

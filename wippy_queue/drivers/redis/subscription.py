@@ -3,7 +3,9 @@
 A fetch task keeps a local buffer filled with at most the free share of
 ``max_unsettled`` (new entries with ``XREADGROUP``; now and then entries whose
 holder stopped renewing them, with ``XAUTOCLAIM``); ``receive`` hands them out one
-at a time. Settles from every worker go to the server together in one script call.
+at a time. It reads once half the prefetch is free, not after every settle: one
+read then brings many entries, while the consumer still holds the other half.
+Settles from every worker go to the server together in one script call.
 Closing gives back whatever this member holds and has not handed out, including
 entries a read cut off by the close had already taken.
 """
@@ -19,12 +21,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from wippy_queue.drivers.batch import Batcher
 from wippy_queue.drivers.redis.config import RedisConsumerOptions, RedisQueueOptions
-from wippy_queue.drivers.redis.entries import Entry, parse
+from wippy_queue.drivers.redis.entries import Entry, parse, read_reply
 from wippy_queue.drivers.redis.link import CONNECTION_ERRORS, GROUP, Keys, Link
+from wippy_queue.drivers.redis.wire import Wire
 from wippy_queue.errors import DriverError
 from wippy_queue.queue.driver import (
     Delivery,
@@ -39,6 +42,10 @@ log = logging.getLogger(__name__)
 #: (kind, entry id, delivery count, delay_ms): see ``scripts.SETTLE``
 Settle = tuple[str, str, int, int]
 EXPIRED = "expired"
+#: a read waits at most this long for half the prefetch to be free (then reads what is)
+REFILL_WAIT_S = 0.02
+#: a read's reply may come this long after its BLOCK time before the line counts as lost
+READ_MARGIN_S = 10.0
 
 
 class RedisDelivery(Delivery):
@@ -95,12 +102,21 @@ class RedisSubscription(Subscription):
         self._settles: Batcher[Settle, bool] = Batcher(self._flush_settles)
         self._claim_at = 0.0
         self._claim_from = "0-0"
+        self._read_wire: Wire | None = None
+        self._settle_wire: Wire | None = None
+        #: read again once this many credits are free: half the prefetch. Until then
+        #: the consumer still holds at least the other half ready for its workers, so
+        #: none waits, and one read brings many entries instead of one per settle
+        self._refill_at = max(1, min(spec.prefetch, spec.max_unsettled) // 2)
 
     async def open(self) -> None:
         await self.driver.call(
             lambda c: c.xgroup_createconsumer(self.keys.stream, GROUP, self.name),
             f"joining queue {self.spec.queue!r}",
         )
+        # reads block on the server: they and the settles each have a connection
+        self._read_wire = self.driver.new_wire(timeout_s=self._block_ms / 1000 + READ_MARGIN_S)
+        self._settle_wire = self.driver.new_wire()
         self.driver.subscriptions.add(self)
         self._fetcher = asyncio.create_task(self._fetch(), name=f"{self.name}:fetch")
 
@@ -120,18 +136,38 @@ class RedisSubscription(Subscription):
     def _free(self) -> int:
         return self.spec.max_unsettled - len(self._handed) - len(self._buffer)
 
+    async def _room_to_read(self) -> int:
+        """How many entries to read: wait until ``_refill_at`` credits are free, or a
+        few have been free for ``REFILL_WAIT_S`` (settles held up, e.g. by an audit
+        write, must not keep the buffer empty)."""
+        deadline = None
+        while True:
+            free = self._free()
+            if free >= self._refill_at or self._closed:
+                return free
+            self._room.clear()
+            if free <= 0:
+                deadline = None
+                await self._room.wait()
+                continue
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + REFILL_WAIT_S
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._room.wait()
+            except TimeoutError:
+                return self._free()
+
     async def _fetch(self) -> None:
         while not self._closed and self.driver.running:
-            free = self._free()
-            if free <= 0:
-                self._room.clear()
-                await self._room.wait()
+            free = await self._room_to_read()
+            if free <= 0 or self._closed:
                 continue
             try:
                 client = await self.driver.wait_up()
                 entries = await self._claim(client, free)
                 if not entries:
-                    entries = await self._read(client, free)
+                    entries = await self._read(free)
             except CONNECTION_ERRORS as err:
                 self.driver.connection_lost(err)
                 continue
@@ -147,11 +183,13 @@ class RedisSubscription(Subscription):
                 self._arrived.set()
         self._arrived.set()  # receivers see the close
 
-    async def _read(self, client: aioredis.Redis, count: int) -> list[tuple[Entry, int]]:
-        found: Any = await client.xreadgroup(
-            GROUP, self.name, {self.keys.stream: ">"}, count=count, block=self._block_ms
-        )
-        return [(parse(eid, fields), 1) for _, entries in found or () for eid, fields in entries]
+    async def _read(self, count: int) -> list[tuple[Entry, int]]:
+        assert self._read_wire is not None
+        read = ("XREADGROUP", "GROUP", GROUP, self.name, "COUNT", count, "BLOCK", self._block_ms)
+        (reply,) = await self._read_wire.call([(*read, "STREAMS", self.keys.stream, ">")])
+        if isinstance(reply, ResponseError):
+            raise reply
+        return [(parse(eid, fields), 1) for eid, fields in read_reply(reply)]
 
     async def _claim(self, client: aioredis.Redis, count: int) -> list[tuple[Entry, int]]:
         """Entries idle past the visibility timeout (their holder died), now ours."""
@@ -198,13 +236,15 @@ class RedisSubscription(Subscription):
             )
 
     async def _flush_settles(self, ops: Sequence[Settle]) -> list[bool]:
-        flat = [str(v) for op in ops for v in op]
+        wire = self._settle_wire
+        assert wire is not None
         keys = [self.keys.stream, self.keys.delayed, self.keys.expired]
-        args = [GROUP, self.name, self.keys.delayed_prefix, *flat]
-        lost: list[Any] = await self.driver.call(
-            lambda c: self.driver.script("SETTLE")(keys=keys, args=args, client=c),
-            f"settling on {self.spec.queue!r}",
-        )
+        args = [GROUP, self.name, self.keys.delayed_prefix, *(v for op in ops for v in op)]
+        command = wire.evalsha(self.driver.script("SETTLE"), keys, args)
+        what = f"settling on {self.spec.queue!r}"
+        (lost,) = await self.driver.call(lambda _: wire.call([command]), what)
+        if isinstance(lost, ResponseError):
+            raise DriverError(f"subscription {self.name}: {what} failed: {lost}") from lost
         gone = {_text(entry_id) for entry_id in lost}
         return [op[1] in gone for op in ops]
 
@@ -242,6 +282,10 @@ class RedisSubscription(Subscription):
                 await self._give_back_unhanded()
             except DriverError as err:
                 log.warning("subscription %s: giving back on close failed: %s", self.name, err)
+        await self._settles.close()
+        for wire in (self._read_wire, self._settle_wire):
+            if wire is not None:
+                await wire.close()
 
     async def _give_back_unhanded(self) -> None:
         """Release every entry this member holds that no worker has (the buffer, and
