@@ -26,6 +26,7 @@ from casbin.util import has_eval
 from casbin.util.log import DEFAULT_LOGGING
 
 from wippy_queue.errors import Problem, WippyQueueError
+from wippy_queue.security.matching import CASBIN_FUNCTIONS
 from wippy_queue.security.vocabulary import Matcher, effect_problem
 
 _CASBIN_LOGGERS = tuple(DEFAULT_LOGGING["loggers"])
@@ -203,7 +204,8 @@ class Enforcer:
             # pycasbin logs every request at INFO/WARNING; decisions are logged (and
             # audited) by us, so give it a detached logger that drops them.
             self._e.logger = _DROP
-            for name, fn in (functions or {}).items():
+            # pycasbin's regular-expression matchers let '$' skip a trailing newline
+            for name, fn in {**CASBIN_FUNCTIONS, **(functions or {})}.items():
                 self._e.add_function(name, fn)
         except PolicyLoadError:
             raise
