@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import security_support as sec
 
-from wippy_queue import PublishError
+from wippy_queue import PublishError, Runtime
+from wippy_queue.audit import verify_file
 from wippy_queue.identity import Actor, Request
 from wippy_queue.policytools.model import MATCH_FUNCTIONS
 from wippy_queue.queue import api
 from wippy_queue.queue.driver import Delivery
 from wippy_queue.queue.message import PUBLISHER_TENANT, Message, user_headers
+from wippy_queue.queue.outcome import Outcome, Reason
 from wippy_queue.security.models import CasbinPolicyConfig, WippyPolicyConfig
 from wippy_queue.security.scope import Scope
 from wippy_queue.security.units import CasbinUnit, WippyRulesUnit
@@ -216,3 +220,176 @@ def test_what_a_driver_hands_over_is_made_exact_at_the_delivery() -> None:
     assert odd.message.id == "123" and type(odd.message.id) is str
     assert odd.message.headers == {"ok": "yes"}
     assert odd.malformed is not None and "id is a int" in odd.malformed
+
+
+# -- item 9: malformed deliveries are decided first, recorded, backed off, dead-lettered ----
+
+HANDLED: list[Any] = []
+
+
+async def take(data: Any) -> bool:
+    HANDLED.append(data)
+    return True
+
+
+async def refuse(data: Any) -> bool:
+    raise RuntimeError("not this one")
+
+
+def audited_app(
+    tmp_path: Path, *, codec: str = "json", dead_codec: str = "json", dead: bool = True
+) -> Runtime:
+    """app:jobs (``codec``) consumed by app:worker under an allow-all rule, audited;
+    dead-lettering at 3 attempts into app:dead (``dead_codec``) unless not ``dead``."""
+    HANDLED.clear()
+    jobs = sec.queue("jobs", dead="dead" if dead else None, max_attempts=3)
+    return sec.load(
+        tmp_path,
+        [
+            sec.settings(**sec.FAST_BACKOFF),
+            {"name": "audit", "kind": "security.audit", "path": "file://audit.jsonl"},
+            sec.driver(),
+            {**jobs, "codec": codec},
+            {**sec.queue("dead"), "codec": dead_codec},
+            {"name": "take", "kind": "function.python", "source": "test_hardening_attacks:take"},
+            sec.rule("all", "queue.consume", "*"),
+            sec.consumer("worker", "jobs", "take", actor="worker-a", policies=("all",)),
+        ],
+    )
+
+
+def consume_records(folder: Path) -> list[dict[str, Any]]:
+    assert verify_file(folder / "audit.jsonl").ok
+    records = [json.loads(line) for line in (folder / "audit.jsonl").read_text().splitlines()]
+    return [r for r in records if r["event"] == "consume"]
+
+
+def assert_recorded_as_malformed(records: list[dict[str, Any]], message_id: str) -> None:
+    assert [r["outcome"] for r in records] == ["nack", "nack", "dead_letter"]
+    assert [r["attempt"] for r in records] == [1, 2, 3]
+    for record in records:
+        assert (record["decision"], record["reason"]) == ("deny", "malformed")
+        assert record["outcome_reason"] == "decode_error"
+        assert record["message_id"] == message_id
+
+
+@pytest.mark.usefixtures("backend")
+async def test_an_undecodable_body_is_recorded_backed_off_and_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    runtime = audited_app(tmp_path)
+    async with runtime:
+        await runtime.queues["app:jobs"].put(Message("m-bad", b"\xff not json", {}))
+        await runtime.join("app:jobs", timeout=5)
+        dead = await sec.dead_letters(runtime)
+    assert HANDLED == []
+    assert [(m.id, m.body, m.headers["x_dead_letter_reason"]) for m in dead] == [
+        ("m-bad", b"\xff not json", "decode_error")
+    ]
+    assert_recorded_as_malformed(consume_records(tmp_path), "m-bad")
+
+
+@pytest.mark.usefixtures("backend")
+async def test_an_undecodable_body_is_backed_off_not_spun(tmp_path: Path) -> None:
+    runtime = audited_app(tmp_path, dead=False)
+    async with runtime:
+        await runtime.queues["app:jobs"].put(Message("m-bad", b"\xff", {}))
+        async with asyncio.timeout(5):  # held back after each attempt, never retried at once
+            while (await runtime.info("app:jobs")).delayed == 0:
+                await asyncio.sleep(0.001)
+        policy = runtime.consumers["app:worker"].retry
+    decode_error = Outcome.nack(Reason.DECODE_ERROR, "bad")
+    assert 0 < policy.delay_s(1, decode_error) < policy.delay_s(2, decode_error)
+    assert HANDLED == []
+
+
+async def test_a_message_id_that_is_no_string_cannot_crash_settling(tmp_path: Path) -> None:
+    runtime = audited_app(tmp_path)  # the memory driver carries whatever it is given
+    async with runtime:
+        await runtime.queues["app:jobs"].put(Message(123, b'{"n": 1}', {}))  # type: ignore[arg-type]
+        await runtime.join("app:jobs", timeout=5)
+        dead = await sec.dead_letters(runtime)
+        assert runtime.states()["app:worker"].value == "running"
+    assert HANDLED == []  # a message that is not one is never handled
+    assert [(m.id, m.headers["x_dead_letter_reason"]) for m in dead] == [("123", "decode_error")]
+    assert_recorded_as_malformed(consume_records(tmp_path), "123")
+
+
+async def test_a_json_queue_dead_lettering_into_a_msgpack_queue_ends_as_decode_error(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("msgpack")
+    folder = tmp_path
+    HANDLED.clear()
+    runtime = sec.load(
+        folder,
+        [
+            sec.settings(**sec.FAST_BACKOFF),
+            {"name": "audit", "kind": "security.audit", "path": "file://audit.jsonl"},
+            sec.driver(),
+            sec.queue("jobs", dead="dead", max_attempts=1),
+            {**sec.queue("dead", dead="graveyard", max_attempts=3), "codec": "msgpack"},
+            sec.queue("graveyard"),
+            {
+                "name": "refuse",
+                "kind": "function.python",
+                "source": "test_hardening_attacks:refuse",
+            },
+            {"name": "take", "kind": "function.python", "source": "test_hardening_attacks:take"},
+            sec.rule("all", "queue.consume", "*"),
+            sec.consumer("worker", "jobs", "refuse", actor="worker-a", policies=("all",)),
+            sec.consumer("mourner", "dead", "take", actor="worker-a", policies=("all",)),
+        ],
+    )
+    async with runtime:
+        message_id = await runtime.publish("app:jobs", {"n": 1})
+        await runtime.join(timeout=5)
+        buried = await sec.dead_letters(runtime, "graveyard")
+    assert HANDLED == []
+    assert [(m.id, m.headers["x_dead_letter_reason"]) for m in buried] == [
+        (message_id, "decode_error")
+    ]
+    mourned = [r for r in consume_records(folder) if r["consumer"] == "app:mourner"]
+    assert_recorded_as_malformed(mourned, message_id)
+
+
+async def test_a_settle_hook_failing_on_one_message_backs_it_off(tmp_path: Path) -> None:
+    runtime = audited_app(tmp_path, dead=False)
+    recorder = runtime.consumers["app:worker"]._settle_hooks[0]
+    failures: list[int] = []
+
+    def fails_on_it(job: Any, *args: Any) -> None:
+        failures.append(job.attempt)
+        raise TypeError("cannot record this one")
+
+    recorder.before_settle = fails_on_it  # type: ignore[method-assign]
+    async with runtime:
+        await runtime.publish("app:jobs", {"n": 1})
+        async with asyncio.timeout(5):  # held back, an attempt counted: never spun
+            while (await runtime.info("app:jobs")).delayed == 0:
+                await asyncio.sleep(0.001)
+    assert failures[:1] == [1] and len(failures) < 10
+
+
+async def test_a_security_check_that_crashes_is_recorded_as_a_deny_and_backed_off(
+    tmp_path: Path,
+) -> None:
+    runtime = audited_app(tmp_path)
+    guard = runtime.consumers["app:worker"]._middlewares[0]
+
+    def crash(job: Any) -> Any:
+        raise RuntimeError("policy engine broke")
+
+    guard.decide = crash  # type: ignore[attr-defined]
+    async with runtime:
+        await runtime.publish("app:jobs", {"n": 1})
+        await runtime.join("app:jobs", timeout=5)
+    assert HANDLED == []
+    records = consume_records(tmp_path)
+    assert [r["outcome"] for r in records] == ["nack", "nack", "dead_letter"]
+    for record in records:
+        assert (record["decision"], record["reason"]) == ("deny", "error")
+        assert "policy engine broke" in record["decision_error"]
+        assert record["outcome_reason"] == "middleware_error"
+    middleware_error = Outcome.nack(Reason.MIDDLEWARE_ERROR, "x")
+    assert runtime.consumers["app:worker"].retry.delay_s(1, middleware_error) > 0
