@@ -12,10 +12,14 @@ import security_support as sec
 
 from wippy_queue import PublishError, Runtime
 from wippy_queue.audit import verify_file
+from wippy_queue.cli import main
 from wippy_queue.identity import Actor, Request
 from wippy_queue.policytools.model import MATCH_FUNCTIONS
 from wippy_queue.queue import api
+from wippy_queue.queue import codec as codec_module
+from wippy_queue.queue.codec import JSON, DecodeError, get_codec
 from wippy_queue.queue.driver import Delivery
+from wippy_queue.queue.envelope import decode_headers
 from wippy_queue.queue.message import PUBLISHER_TENANT, Message, user_headers
 from wippy_queue.queue.outcome import Outcome, Reason
 from wippy_queue.security.models import CasbinPolicyConfig, WippyPolicyConfig
@@ -23,6 +27,7 @@ from wippy_queue.security.scope import Scope
 from wippy_queue.security.units import CasbinUnit, WippyRulesUnit
 
 WORKER = Actor("worker-a", {"tenant": "tenant-a"})
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed"
 
 # -- item 12: '$' is the end of the value, never "before a trailing newline" ---------------
 
@@ -393,3 +398,72 @@ async def test_a_security_check_that_crashes_is_recorded_as_a_deny_and_backed_of
         assert record["outcome_reason"] == "middleware_error"
     middleware_error = Outcome.nack(Reason.MIDDLEWARE_ERROR, "x")
     assert runtime.consumers["app:worker"].retry.delay_s(1, middleware_error) > 0
+
+
+# -- item 10: depth and size limits at decode and at publish -------------------------------
+
+
+def nested(depth: int) -> Any:
+    data: Any = 1
+    for _ in range(depth):
+        data = [data]
+    return data
+
+
+@pytest.mark.usefixtures("backend")
+async def test_a_body_nested_200k_deep_from_a_broker_is_a_decode_error_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    runtime = audited_app(tmp_path)
+    async with runtime:
+        deep = b"[" * 200_000 + b"]" * 200_000
+        await runtime.queues["app:jobs"].put(Message("m-deep", deep, {}))
+        await runtime.join("app:jobs", timeout=10)
+        dead = await sec.dead_letters(runtime)
+        assert runtime.states()["app:worker"].value == "running"  # never failed
+    assert HANDLED == []
+    assert [(m.id, m.headers["x_dead_letter_reason"]) for m in dead] == [("m-deep", "decode_error")]
+    assert "deeper than 100 levels" in str(dead[0].headers["x_dead_letter_error"])
+    assert_recorded_as_malformed(consume_records(tmp_path), "m-deep")
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+@pytest.mark.parametrize("depth", [101, 5_000, 200_000])
+def test_data_nested_too_deep_is_refused_at_publish_and_at_decode(codec: str, depth: int) -> None:
+    if codec == "msgpack":
+        pytest.importorskip("msgpack")
+    chosen = get_codec(codec)
+    assert chosen.decode(chosen.encode(nested(100))) == nested(100)  # the limit itself is fine
+    with pytest.raises(PublishError, match=r"deeper than 100 levels|recursion limit"):
+        chosen.encode(nested(depth))
+    body = b"[" * depth + b"1" + b"]" * depth if codec == "json" else b"\x91" * depth + b"\x01"
+    with pytest.raises(DecodeError):
+        chosen.decode(body)
+
+
+def test_data_over_the_size_limit_is_refused_at_publish_and_at_decode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(codec_module, "MAX_BODY_BYTES", 1000)
+    assert JSON.encode("x" * 900)
+    with pytest.raises(PublishError, match="over the 1000-byte limit"):
+        JSON.encode("x" * 1000)
+    with pytest.raises(DecodeError, match="over the 1000-byte limit"):
+        JSON.decode(b'"' + b"x" * 1000 + b'"')
+
+
+def test_run_publish_of_data_nested_5000_deep_is_a_usage_error_without_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", str(SEED), "--publish", "tasks", deep])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "deeper than 100 levels" in err
+    assert len(err) < 2000  # the 10,000-character argument is not echoed whole
+
+
+def test_headers_nested_deep_on_the_wire_are_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="nest too deep"):
+        decode_headers(b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}")
