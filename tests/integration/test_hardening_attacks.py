@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 import security_support as sec
 
-from wippy_queue import PublishError, Runtime
+from wippy_queue import ConfigError, PublishError, Runtime
 from wippy_queue.audit import verify_file
 from wippy_queue.cli import main
 from wippy_queue.identity import Actor, Request
+from wippy_queue.policytools.lint import has_errors, lint
 from wippy_queue.policytools.model import MATCH_FUNCTIONS
 from wippy_queue.queue import api
 from wippy_queue.queue import codec as codec_module
@@ -467,3 +468,75 @@ def test_run_publish_of_data_nested_5000_deep_is_a_usage_error_without_traceback
 def test_headers_nested_deep_on_the_wire_are_a_decode_error() -> None:
     with pytest.raises(DecodeError, match="nest too deep"):
         decode_headers(b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}")
+
+
+# -- item 11: an actor whose id is a role's name does not hold that role everywhere ---------
+
+RBAC = Path(__file__).resolve().parents[2] / "wippy_queue" / "policies" / "rbac_with_tenants.conf"
+TENANT_RULES = (
+    "p, worker, tenant-a, app:jobs, queue.consume, allow\n"
+    "p, worker, tenant-b, app:jobs, queue.consume, allow\n"
+    "g, worker-a, worker, tenant-a\n"
+    "g, worker-b, worker, tenant-b\n"
+)
+
+
+def tenants_entry(folder: Path) -> dict[str, Any]:
+    (folder / "tenants.csv").write_text(TENANT_RULES)
+    return {
+        "name": "tenants",
+        "kind": "security.policy.casbin",
+        "model": f"file://{RBAC}",
+        "policy": "file://tenants.csv",
+        "request": ["actor.id", "message.tenant", "resource", "action"],
+    }
+
+
+def role_named_app(folder: Path, actor: str) -> list[dict[str, Any]]:
+    return [
+        sec.driver(),
+        sec.queue("jobs"),
+        sec.func("record_async"),
+        tenants_entry(folder),
+        sec.consumer("worker", "jobs", "record_async", actor=actor, tenant="tenant-c",
+                     policies=("tenants",)),
+    ]  # fmt: skip
+
+
+def test_an_actor_id_that_is_a_role_name_is_refused_at_load_and_by_lint(tmp_path: Path) -> None:
+    sec.write_entries(tmp_path, role_named_app(tmp_path, actor="worker"))
+    with pytest.raises(ConfigError) as refused:
+        Runtime.load(tmp_path)
+    message = str(refused.value)
+    assert "actor id 'worker' is also the name of a role in app:tenants" in message
+    assert "tenants.csv:3" in message and "every domain" in message
+    findings = lint([tmp_path])
+    assert has_errors(findings)
+    assert any("is also the name of a role" in f.message for f in findings)
+
+
+def test_a_role_named_subject_is_denied_when_deciding_in_every_domain(tmp_path: Path) -> None:
+    runtime = sec.load(tmp_path, role_named_app(tmp_path, actor="worker-c"))
+    scope = runtime.security.scopes["app:worker"]
+    for tenant in ("tenant-a", "tenant-b"):
+        asked = Request("queue.consume", "app:jobs", Actor("worker", {}), {}, "svc", tenant)
+        decision = scope.check(asked)
+        assert not decision.allowed and decision.reason == "error"
+        assert "'worker' is also the name of a role" in str(decision.error)
+    # the actors the roles are granted to are unaffected
+    granted = Request("queue.consume", "app:jobs", Actor("worker-a", {}), {}, "svc", "tenant-a")
+    assert scope.check(granted).allowed
+
+
+def test_explain_says_why_a_role_named_actor_is_denied(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sec.write_entries(tmp_path, role_named_app(tmp_path, actor="worker-c"))
+    main(
+        ["policy", "explain", str(tmp_path), "--actor", "worker", "--policy", "app:tenants",
+         "--action", "queue.consume", "--resource", "app:jobs", "--publisher", "svc",
+         "--publisher-tenant", "tenant-b"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "decision: deny (error)" in out and "is also the name of a role" in out, out
+    assert "Traceback" not in capsys.readouterr().err
