@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from wippy_queue.queue.envelope import decode_headers
 from wippy_queue.queue.message import PUBLISHER_TENANT, Message, user_headers
 from wippy_queue.queue.outcome import Outcome, Reason
 from wippy_queue.security.models import CasbinPolicyConfig, WippyPolicyConfig
+from wippy_queue.security.reload import in_thread
 from wippy_queue.security.scope import Scope
 from wippy_queue.security.units import CasbinUnit, WippyRulesUnit
 
@@ -540,3 +543,93 @@ def test_explain_says_why_a_role_named_actor_is_denied(
     out = capsys.readouterr().out
     assert "decision: deny (error)" in out and "is also the name of a role" in out, out
     assert "Traceback" not in capsys.readouterr().err
+
+
+# -- item 15: only regular files are read; the watcher never blocks, nor stops a stop -------
+
+ALLOW_A = "p, worker-a, app:jobs, queue.consume, allow\n"
+DENY_A = "p, worker-a, app:jobs, queue.consume, deny\n"
+ACL_MODEL = """[request_definition]
+r = sub, obj, act
+[policy_definition]
+p = sub, obj, act, eft
+[policy_effect]
+e = some(where (p.eft == allow)) && !some(where (p.eft == deny))
+[matchers]
+m = r.sub == p.sub && keyMatch(r.obj, p.obj) && r.act == p.act
+"""
+
+
+def acl_app(folder: Path, rules: str = ALLOW_A) -> list[dict[str, Any]]:
+    (folder / "m.conf").write_text(ACL_MODEL)
+    if rules:
+        (folder / "p.csv").write_text(rules)
+    cas = {
+        "name": "cas",
+        "kind": "security.policy.casbin",
+        "model": f"file://{folder / 'm.conf'}",
+        "policy": f"file://{folder / 'p.csv'}",
+        "request": ["actor.id", "resource", "action"],
+    }
+    return [
+        sec.driver(),
+        sec.queue("jobs"),
+        sec.func("record_async"),
+        cas,
+        sec.consumer("worker", "jobs", "record_async", actor="worker-a", policies=("cas",)),
+    ]
+
+
+def decide(runtime: Runtime) -> bool:
+    scope = runtime.security.scopes["app:worker"]
+    return scope.check(Request("queue.consume", "app:jobs", Actor("worker-a"))).allowed
+
+
+def fifo_at(path: Path) -> None:
+    """Replace ``path`` by a FIFO (no writer: opening it to read would wait forever)."""
+    os.mkfifo(path.with_suffix(".fifo"))
+    path.with_suffix(".fifo").replace(path)
+
+
+async def test_a_fifo_at_a_policy_path_is_refused_and_later_changes_apply(
+    tmp_path: Path,
+) -> None:
+    runtime = sec.load(tmp_path, acl_app(tmp_path))
+    reloads: asyncio.Queue[tuple[bool, str | None]] = asyncio.Queue()
+    runtime.policy_watcher.listeners.append(
+        lambda policy, file, old, new, applied, error: reloads.put_nowait((applied, error))
+    )
+    runtime.policy_watcher.retry_s = 0.05
+    async with runtime:
+        fifo_at(tmp_path / "p.csv")
+        applied, error = await asyncio.wait_for(reloads.get(), 5)
+        assert not applied and "a FIFO, not a regular file" in str(error)
+        assert decide(runtime)  # the last good rules stay
+
+        (tmp_path / "p.new").write_text(DENY_A)
+        (tmp_path / "p.new").replace(tmp_path / "p.csv")
+        assert await asyncio.wait_for(reloads.get(), 5) == (True, None)
+        assert not decide(runtime)
+        fifo_at(tmp_path / "p.csv")  # and one left there at stop does not hold the stop
+        await asyncio.wait_for(reloads.get(), 5)
+    assert runtime.policy_watcher._task is None
+
+
+def test_a_fifo_named_as_a_policy_or_entry_file_is_a_load_error_not_a_hang(
+    tmp_path: Path,
+) -> None:
+    sec.write_entries(tmp_path, acl_app(tmp_path, rules=""))
+    os.mkfifo(tmp_path / "p.csv")
+    with pytest.raises(ConfigError, match=r"p\.csv is not a regular file"):
+        Runtime.load(tmp_path)
+    os.mkfifo(tmp_path / "more.yaml")
+    with pytest.raises(ConfigError, match="a FIFO, not a regular file"):
+        Runtime.load(tmp_path / "_index.yaml", tmp_path / "more.yaml")
+
+
+async def test_a_read_that_never_answers_is_given_up_and_does_not_hold_the_loop() -> None:
+    never = threading.Event()
+    with pytest.raises(TimeoutError, match=r"no answer within 0\.05s"):
+        await in_thread(never.wait, 0.05)
+    never.set()
+    assert await in_thread(lambda: 7, 1.0) == 7

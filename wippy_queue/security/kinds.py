@@ -7,6 +7,7 @@ from collections.abc import Hashable, Iterator, Mapping
 from pathlib import Path
 
 from wippy_queue.errors import Problem
+from wippy_queue.files import read_regular
 from wippy_queue.queue.config import ConsumerConfig, QueueConfig
 from wippy_queue.registry.registry import Registry
 from wippy_queue.security.enforcer import PolicyLine, PolicyLoadError
@@ -81,7 +82,7 @@ class CasbinLoads:
         """The config and its files' digests: as on disk now, or as ``files`` says a
         unit read them (a file that changes between the two never matches)."""
         if files is None:
-            files = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in _paths(config)}
+            files = {p: hashlib.sha256(read_regular(p)).hexdigest() for p in _paths(config)}
         return (config.model_dump_json(), tuple(files.get(p) for p in _paths(config)))
 
     def check(self, registry: Registry) -> Iterator[Problem]:

@@ -24,10 +24,14 @@ import contextlib
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
+from wippy_queue.files import read_regular
 from wippy_queue.registry.registry import Registry
 from wippy_queue.registry.source import entry_files
 from wippy_queue.security.manager import PolicyPlan, Security
@@ -48,9 +52,50 @@ FRESH_UNITS = "fresh units"
 NOT_RECORDED = "the change could not be recorded (audit trail), so it is not put in force"
 
 
+#: the longest a look at one file, and a load of new rules, may take
+READ_TIMEOUT_S = 5.0
+LOAD_TIMEOUT_S = 60.0
+T = TypeVar("T")
+
+
+async def in_thread(fn: Callable[[], T], timeout_s: float) -> T:
+    """``fn()`` in a daemon thread of its own, awaited for at most ``timeout_s``.
+
+    Never in the loop's default executor: a read that hangs (a stalled network
+    file system) would hold that pool's thread, and a process waits for those at
+    exit, so it could never stop. A thread given up on is left to end by itself.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if not done.done():
+            if error is None:
+                done.set_result(result)
+            else:
+                done.set_exception(error)
+
+    def run() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as err:  # handed to the awaiting task
+            result, error = None, err
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="policy-watcher-io", daemon=True).start()
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await done
+    except TimeoutError:
+        raise TimeoutError(
+            f"no answer within {timeout_s}s (a file that does not answer?)"
+        ) from None
+
+
 def digest(path: Path) -> str:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return hashlib.sha256(read_regular(path)).hexdigest()
     except OSError as err:
         return f"unreadable: {err.strerror}"
 
@@ -135,7 +180,10 @@ class PolicyWatcher:
         for path in files:
             known = poll.get(path) if poll is not None else None
             if known is None:
-                known = await asyncio.to_thread(digest, path)
+                try:
+                    known = await in_thread(partial(digest, path), READ_TIMEOUT_S)
+                except TimeoutError:
+                    known = f"unreadable: no answer within {READ_TIMEOUT_S}s"
                 if poll is not None:
                     poll[path] = known
             found[path] = known
@@ -185,7 +233,7 @@ class PolicyWatcher:
         if not self._ready(unit, now, in_force):
             return False
         try:
-            enforcer = await asyncio.to_thread(unit.load)
+            enforcer = await in_thread(unit.load, LOAD_TIMEOUT_S)
         except Exception as err:  # broken, unreadable, half-read: the last good rules stay
             await self._refuse(unit, unit.entry_id, files, now, in_force, str(err))
             return False
@@ -206,13 +254,13 @@ class PolicyWatcher:
         load = self.load_entries
         if load is None:
             return False
-        listed = await asyncio.to_thread(lambda: [p for p, _ in entry_files(self.sources)])
+        listed = await in_thread(lambda: [p for p, _ in entry_files(self.sources)], READ_TIMEOUT_S)
         now = await self._digests(listed)  # a file gone from the listing is absent
         if not self._ready(ENTRIES, now, self._entries):
             return False
 
         try:
-            written, plan = await asyncio.to_thread(self._plan, load)
+            written, plan = await in_thread(partial(self._plan, load), LOAD_TIMEOUT_S)
         except Exception as err:  # a load problem, or what running consumers cannot take
             await self._refuse(ENTRIES, ENTRIES, listed, now, self._entries, str(err))
             return False

@@ -18,6 +18,7 @@ from typing import Any
 
 from wippy_queue import policies as shipped
 from wippy_queue.errors import Problem, WippyQueueError
+from wippy_queue.files import read_regular
 from wippy_queue.identity import ActorView, MessageView, Request, getter
 from wippy_queue.security.conditions import evaluate
 from wippy_queue.security.enforcer import (
@@ -168,7 +169,7 @@ def _check_index(info: ModelInfo, index: Sequence[int], model_file: str, entry_i
 
 def _read_text(path: Path, digests: dict[Path, str], entry_id: str) -> str:
     """A policy file's text, its digest noted; not UTF-8 is a PolicyLoadError at its line."""
-    data = path.read_bytes()
+    data = read_regular(path)
     digests[path] = hashlib.sha256(data).hexdigest()
     try:
         return data.decode("utf-8")
