@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import threading
@@ -12,13 +13,13 @@ from typing import Any
 import pytest
 import security_support as sec
 
-from wippy_queue import ConfigError, PublishError, Runtime
+from wippy_queue import ConfigError, HandlerError, PermissionDenied, PublishError, Runtime
 from wippy_queue.audit import verify_file
 from wippy_queue.cli import main
 from wippy_queue.identity import Actor, Request
 from wippy_queue.policytools.lint import has_errors, lint
 from wippy_queue.policytools.model import MATCH_FUNCTIONS
-from wippy_queue.queue import api
+from wippy_queue.queue import api, context
 from wippy_queue.queue import codec as codec_module
 from wippy_queue.queue.codec import JSON, DecodeError, get_codec
 from wippy_queue.queue.driver import Delivery
@@ -633,3 +634,70 @@ async def test_a_read_that_never_answers_is_given_up_and_does_not_hold_the_loop(
         await in_thread(never.wait, 0.05)
     never.set()
     assert await in_thread(lambda: 7, 1.0) == 7
+
+
+# -- item 14: a handler that leaves its call context still publishes as its consumer --------
+
+ESCAPED: list[BaseException | str] = []
+
+
+async def escape_in_a_fresh_task(data: Any) -> bool:
+    publisher = context.current().publisher  # type: ignore[union-attr]
+    fresh = asyncio.get_running_loop().create_task(
+        publisher.publish("app:jobs", {"escaped": "task"}), context=contextvars.Context()
+    )
+    try:
+        ESCAPED.append(await fresh)
+    except PermissionDenied as err:
+        ESCAPED.append(err)
+    return True
+
+
+def escape_in_a_thread(data: Any) -> bool:
+    ctx = context.current()
+    assert ctx is not None and ctx.publisher is not None and ctx.loop is not None
+    publisher, loop = ctx.publisher, ctx.loop
+
+    def elsewhere() -> None:  # a plain thread: no call context at all
+        try:
+            coro = publisher.publish("app:jobs", {"escaped": "thread"})
+            ESCAPED.append(asyncio.run_coroutine_threadsafe(coro, loop).result())
+        except PermissionDenied as err:
+            ESCAPED.append(err)
+        try:
+            api.publish("app:jobs", {"escaped": "api"})
+        except HandlerError as err:
+            ESCAPED.append(err)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    return True
+
+
+@pytest.mark.parametrize("handler", ["escape_in_a_fresh_task", "escape_in_a_thread"])
+async def test_a_publish_made_outside_the_call_context_is_checked_as_the_consumer(
+    tmp_path: Path, handler: str
+) -> None:
+    ESCAPED.clear()
+    runtime = sec.load(
+        tmp_path,
+        [
+            {"name": "audit", "kind": "security.audit", "path": "file://audit.jsonl"},
+            sec.driver(),
+            sec.queue("inbox"),
+            sec.queue("jobs"),
+            {"name": "h", "kind": "function.python", "source": f"test_hardening_attacks:{handler}"},
+            sec.rule("take", "queue.consume", "app:inbox"),
+            sec.rule("publish", "queue.publish", ""),  # but no queue.publish.queue on app:jobs
+            sec.consumer("relay", "inbox", "h", actor="svc-b", policies=("take", "publish")),
+        ],
+    )
+    async with runtime:
+        await runtime.publish("app:inbox", {"n": 0})
+        await runtime.join("app:inbox", timeout=5)
+        assert (await runtime.info("app:jobs")).message_count == 0  # nothing got through
+    assert ESCAPED and all(isinstance(e, PermissionDenied | HandlerError) for e in ESCAPED)
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    publishes = [r for r in records if r["event"] == "publish" and r["decision"] == "deny"]
+    assert publishes and {r["actor"] for r in publishes} == {"svc-b"}

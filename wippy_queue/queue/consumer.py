@@ -30,6 +30,7 @@ from wippy_queue.queue.handler import Handler, outcome_of
 from wippy_queue.queue.message import expired
 from wippy_queue.queue.middleware import Job, Middleware, build_chain
 from wippy_queue.queue.outcome import ACK, Outcome, Reason
+from wippy_queue.queue.publisher import BoundPublisher
 from wippy_queue.queue.queue import Queue
 from wippy_queue.queue.settle import RetryPolicy, SettleHook, Settler
 
@@ -141,6 +142,9 @@ class Consumer:
         self._stopping = False
         self.failed = loop.create_future()
         self._base_context = self._base_context.evolve(loop=loop, consumer=self.entry_id)
+        publisher = self._base_context.publisher
+        if isinstance(publisher, BoundPublisher):  # what its handlers publish through
+            publisher.home = self._base_context
         #: what each message's context is copied from: never touched by a handler
         self._clean_context = contextvars.copy_context()
         await self.handler.start(concurrency=self.concurrency)
