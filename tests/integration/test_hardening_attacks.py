@@ -7,6 +7,7 @@ import contextvars
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -701,3 +702,108 @@ async def test_a_publish_made_outside_the_call_context_is_checked_as_the_consume
     records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     publishes = [r for r in records if r["event"] == "publish" and r["decision"] == "deny"]
     assert publishes and {r["actor"] for r in publishes} == {"svc-b"}
+
+
+# -- item 16: rules that grant more are not taken from a file that may still be changing ----
+
+DENY_B = "p, worker-b, app:jobs, queue.consume, deny\n"
+ALLOW_B = "p, worker-b, app:jobs, queue.consume, allow\n"
+
+
+def worker_b_app(folder: Path) -> list[dict[str, Any]]:
+    entries = acl_app(folder, rules=DENY_B)
+    entries[-1] = sec.consumer("worker", "jobs", "record_async", actor="worker-b",
+                               policies=("cas",))  # fmt: skip
+    return [sec.settings(**sec.FAST_BACKOFF), *entries]
+
+
+def b_allowed(runtime: Runtime) -> bool:
+    scope = runtime.security.scopes["app:worker"]
+    return scope.check(Request("queue.consume", "app:jobs", Actor("worker-b"))).allowed
+
+
+async def test_a_half_written_file_that_grants_more_is_not_taken_across_a_pause(
+    tmp_path: Path,
+) -> None:
+    runtime = sec.load(tmp_path, worker_b_app(tmp_path))
+    watcher, unit, rules = (
+        runtime.policy_watcher,
+        runtime.security.casbin_units["app:cas"],
+        tmp_path / "p.csv",
+    )
+    now = [0.0]
+    watcher.clock = lambda: now[0]
+    rules.write_text(ALLOW_B)  # a writer, half-way: the deny it keeps is not written yet
+    for pause_s in (0.0, 0.25, 0.25, 0.25, 0.6):  # the writer pauses well past one look
+        now[0] += pause_s
+        assert not await watcher.check(unit)
+        assert not b_allowed(runtime)
+    rules.write_text(ALLOW_B + DENY_B)  # done
+    assert not await watcher.check(unit)  # changed: seen afresh
+    assert not await watcher.check(unit)  # held still one look: grants more, so it waits
+    now[0] += watcher.settle_s
+    assert await watcher.check(unit)  # held still for the settling: taken
+    assert [r.values[-1] for r in unit.enforcer.rules] == ["allow", "deny"]
+    assert not b_allowed(runtime)
+
+
+async def test_a_file_cut_mid_line_that_grants_more_is_refused_not_taken(tmp_path: Path) -> None:
+    runtime = sec.load(tmp_path, worker_b_app(tmp_path))
+    watcher, unit, rules = (
+        runtime.policy_watcher,
+        runtime.security.casbin_units["app:cas"],
+        tmp_path / "p.csv",
+    )
+    now = [0.0]
+    watcher.clock = lambda: now[0]
+    heard: list[tuple[bool, str | None]] = []
+    watcher.listeners[:] = [
+        lambda policy, file, old, new, applied, error: heard.append((applied, error))
+    ]
+    rules.write_text(ALLOW_B.rstrip("\n"))  # no newline at its end: may still be written
+    for _ in range(3):
+        now[0] += watcher.settle_s
+        assert not await watcher.check(unit)
+    assert not b_allowed(runtime)
+    assert heard and not heard[0][0] and "does not end with a newline" in str(heard[0][1])
+
+
+async def test_a_change_that_only_tightens_applies_at_once(tmp_path: Path) -> None:
+    runtime = sec.load(tmp_path, acl_app(tmp_path))
+    watcher, unit, rules = (
+        runtime.policy_watcher,
+        runtime.security.casbin_units["app:cas"],
+        tmp_path / "p.csv",
+    )
+    watcher.clock = lambda: 0.0  # no time passes
+    rules.write_text(ALLOW_A + DENY_A)  # a deny added: no settling needed
+    assert not await watcher.check(unit)
+    assert await watcher.check(unit)
+    assert not decide(runtime)
+
+
+async def test_a_slow_writer_pausing_mid_file_never_lets_a_foreign_message_run(
+    tmp_path: Path,
+) -> None:
+    state = sec.reset()
+    runtime = sec.load(tmp_path, worker_b_app(tmp_path))
+    reloads: asyncio.Queue[bool] = asyncio.Queue()
+    runtime.policy_watcher.listeners.append(lambda *args: reloads.put_nowait(args[4]))
+    rules = tmp_path / "p.csv"
+    full = ALLOW_B + DENY_B
+
+    def slow_writer() -> None:  # the attack: half the file, a 0.6 s pause, the rest
+        with rules.open("w") as out:
+            out.write(ALLOW_B)
+            out.flush()
+            time.sleep(0.6)
+            out.write(DENY_B)
+
+    async with runtime:
+        for n in range(5):
+            await runtime.publish("app:jobs", {"n": n})  # denied, retried all along
+        await asyncio.to_thread(slow_writer)
+        assert await asyncio.wait_for(reloads.get(), 10)  # the whole file, once settled
+        assert rules.read_text() == full
+        assert not b_allowed(runtime)
+    assert state.seen == []  # not one foreign message ran

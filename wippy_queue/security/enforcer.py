@@ -187,6 +187,11 @@ class Enforcer:
         self.source = source
         #: the files it was built from -> SHA-256 of the bytes read (a watcher compares)
         self.files: Mapping[Path, str] = files or {}
+        #: what it was built from (a reload compares old and new: ``growth.py``)
+        self.model_text = model_text
+        self.rules = tuple(rules)
+        #: where a ``p`` rule holds its effect (None: the model has no ``eft``: allow)
+        self.effect_at: int | None = None
         #: every name a ``g`` rule grants as a role -> the first rule that does
         self.role_names: dict[str, PolicyLine] = {}
         for rule in rules:
@@ -206,6 +211,8 @@ class Enforcer:
                 )
             else:
                 self._e = _quiet_construct(lambda: casbin.Enforcer(model, adapter))
+            tokens = list(model.model["p"]["p"].tokens)
+            self.effect_at = tokens.index("p_eft") if "p_eft" in tokens else None
             # pycasbin logs every request at INFO/WARNING; decisions are logged (and
             # audited) by us, so give it a detached logger that drops them.
             self._e.logger = _DROP

@@ -315,6 +315,11 @@ class CasbinUnit(PolicyUnit):
         self.generation += 1
 
     @property
+    def enforcer(self) -> Enforcer:
+        """The rules in force."""
+        return self._enforcer
+
+    @property
     def role_names(self) -> Mapping[str, PolicyLine]:
         """The names the rules in force grant as roles -> the first rule that does."""
         return self._enforcer.role_names
