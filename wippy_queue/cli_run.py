@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import math
 import signal
@@ -22,6 +21,7 @@ from typing import Any
 from wippy_queue.errors import PublishError, WippyQueueError
 from wippy_queue.lifecycle.service import ServiceState
 from wippy_queue.queue import context
+from wippy_queue.queue.codec import JSON, DecodeError
 from wippy_queue.queue.config import ConsumerConfig
 from wippy_queue.queue.message import user_headers
 from wippy_queue.runtime import Runtime
@@ -62,10 +62,11 @@ class _Publish(argparse.Action):
     ) -> None:
         assert isinstance(values, list)
         queue_id, text = values
-        try:
-            data = json.loads(text)
-        except ValueError as err:
-            parser.error(f"--publish {queue_id}: not valid JSON ({err}): {text!r}")
+        try:  # within the limits a queue decodes with (depth, size)
+            data = JSON.decode(text.encode("utf-8", "surrogateescape"))
+        except DecodeError as err:
+            shown = text if len(text) <= 200 else f"{text[:200]}... ({len(text)} characters)"
+            parser.error(f"--publish {queue_id}: not valid JSON ({err}): {shown!r}")
         getattr(namespace, self.dest).append((queue_id, data))
 
 

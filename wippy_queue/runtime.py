@@ -31,7 +31,7 @@ from wippy_queue.queue.codec import get_codec
 from wippy_queue.queue.config import ConsumerConfig, QueueConfig
 from wippy_queue.queue.consumer import Consumer
 from wippy_queue.queue.driver import Driver, QueueInfo, QueueSpec
-from wippy_queue.queue.publisher import Publisher
+from wippy_queue.queue.publisher import BoundPublisher, Publisher
 from wippy_queue.queue.queue import Queue
 from wippy_queue.queue.settle import RetryPolicy
 from wippy_queue.registry.entry import Entry
@@ -191,7 +191,10 @@ class Runtime:
                 handler,
                 concurrency=config.concurrency,
                 prefetch=config.prefetch,
-                base_context=base.evolve(**security),
+                # bound to this consumer: a handler publishes as it, from anywhere
+                base_context=base.evolve(
+                    publisher=BoundPublisher(self.publisher, entry.id), **security
+                ),
                 retry=self._retry_policy(queue),
                 driver_options=_options(driver.consumer_options, options),
                 # a tenant's consumer reads its tenant's partition only; others read all

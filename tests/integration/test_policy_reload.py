@@ -227,6 +227,13 @@ ALLOW_A = "p, worker-a, app:jobs, queue.consume, allow\n"
 DENY_A = "p, worker-a, app:jobs, queue.consume, deny\n"
 
 
+def clocked(runtime: Runtime) -> list[float]:
+    """Time for the watcher's settling, moved by hand: ``now[0] += ...``."""
+    now = [0.0]
+    runtime.policy_watcher.clock = lambda: now[0]
+    return now
+
+
 def one_casbin(folder: Path, csv: str = "p.csv") -> tuple[Runtime, CasbinUnit]:
     """app:worker under one Casbin entry app:cas whose rules are ``csv`` (made to allow
     worker-a unless it exists already)."""
@@ -257,7 +264,7 @@ async def test_two_entries_sharing_a_policy_file_both_take_its_change(tmp_path: 
 
 async def test_a_file_caught_half_written_is_not_taken(tmp_path: Path) -> None:
     runtime, unit = one_casbin(tmp_path)
-    rules, watcher = tmp_path / "p.csv", runtime.policy_watcher
+    rules, watcher, now = tmp_path / "p.csv", runtime.policy_watcher, clocked(runtime)
     rules.write_text("p, worker-b, app:jobs, queue.consume, allow\n")  # a writer, half-way
     assert not await watcher.check(unit)
     rules.write_text(  # ...and done: the file held still for no look yet
@@ -265,6 +272,8 @@ async def test_a_file_caught_half_written_is_not_taken(tmp_path: Path) -> None:
     )
     assert not await watcher.check(unit)
     assert decide(runtime) == "allow"  # still the old rules, never the half-written ones
+    assert not await watcher.check(unit)  # it allows worker-b: it must settle first
+    now[0] += watcher.settle_s
     assert await watcher.check(unit)
     assert decide(runtime) == "deny"
 
@@ -292,7 +301,7 @@ async def test_a_refused_entry_reload_is_tried_again_when_what_it_waits_on_arriv
     tmp_path: Path,
 ) -> None:
     runtime, _ = one_casbin(tmp_path, "allow.csv")
-    watcher = runtime.policy_watcher
+    watcher, now = runtime.policy_watcher, clocked(runtime)
     watcher.retry_s = 0.0
     (tmp_path / "m.conf").write_text(RBAC_MODEL)
     renamed = casbin("cas", tmp_path, "deny.csv")
@@ -303,6 +312,8 @@ async def test_a_refused_entry_reload_is_tried_again_when_what_it_waits_on_arriv
     assert not await watcher.check_entries()  # deny.csv is not written yet: refused
     (tmp_path / "deny.csv").write_text(DENY_A)
     assert not await watcher.check_entries()  # it now loads; deny.csv must hold still a look
+    assert not await watcher.check_entries()  # a Casbin entry edited: it must settle first
+    now[0] += watcher.settle_s
     assert await watcher.check_entries()  # the entry files did not change, but it now loads
     assert decide(runtime) == "deny"
 
@@ -320,7 +331,7 @@ async def test_an_edit_made_before_the_watcher_starts_is_not_missed(tmp_path: Pa
 async def test_a_file_missing_for_one_look_does_not_drop_its_policies(tmp_path: Path) -> None:
     allow = rule("reader", "queue.consume", "app:jobs", groups=["readers"])
     runtime = sec.load(tmp_path, entries(allow, groups=("readers",), audited=False))
-    watcher = runtime.policy_watcher
+    watcher, now = runtime.policy_watcher, clocked(runtime)
     block = tmp_path / "block.yaml"
     deny = rule("block", "queue.consume", "app:*", "deny", groups=["readers"])
     block.write_text(yaml.safe_dump({"namespace": "app", "entries": [deny]}))
@@ -332,8 +343,10 @@ async def test_a_file_missing_for_one_look_does_not_drop_its_policies(tmp_path: 
     (tmp_path / "block.yaml~").rename(block)  # ...and the new one written
     assert not await watcher.check_entries()
     assert decide(runtime) == "deny"  # never dropped, not even for one look
-    block.unlink()  # gone for good: dropped once it stays gone
+    block.unlink()  # gone for good: dropped once it stays gone (a deny dropped: settled)
     assert not await watcher.check_entries()
+    assert not await watcher.check_entries()
+    now[0] += watcher.settle_s
     assert await watcher.check_entries()
     assert decide(runtime) == "allow"
 
@@ -438,7 +451,7 @@ async def test_a_casbin_file_an_entry_reload_loads_afresh_must_hold_still_too(
     tmp_path: Path,
 ) -> None:
     runtime, _ = one_casbin(tmp_path)
-    watcher = runtime.policy_watcher
+    watcher, now = runtime.policy_watcher, clocked(runtime)
     heard: list[str] = []
     watcher.listeners[:] = [lambda policy, file, *_: heard.append(Path(file).name)]
     new_rules = tmp_path / "new.csv"
@@ -452,6 +465,8 @@ async def test_a_casbin_file_an_entry_reload_loads_afresh_must_hold_still_too(
     new_rules.write_text(new_rules.read_text() + DENY_A)  # the writer finishes
     assert not await watcher.check_entries()  # new.csv changed since: seen again
     assert decide(runtime) == "allow"  # the old rules all along, never the half file
+    assert not await watcher.check_entries()  # a Casbin entry edited: it must settle first
+    now[0] += watcher.settle_s
     assert await watcher.check_entries()
     assert decide(runtime) == "deny"
     assert sorted(heard) == ["_index.yaml", "new.csv", "p.csv"]  # p.csv: no longer read

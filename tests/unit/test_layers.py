@@ -15,7 +15,7 @@ import wippy_queue
 PACKAGE = Path(wippy_queue.__file__).parent
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "identity", "policies"),
+    ("errors", "identity", "policies", "files"),
     ("registry",),
     ("lifecycle",),
     ("queue",),

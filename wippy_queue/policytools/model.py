@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from casbin.util import builtin_operators as ops
 
+from wippy_queue.security import matching
 from wippy_queue.security.enforcer import PolicyLine
 
 _SECTION = re.compile(r"^\[(\w+)\]\s*$")
@@ -28,11 +29,11 @@ _EQ = re.compile(
 MATCH_FUNCTIONS: dict[str, Callable[[str, str], bool]] = {
     "==": lambda value, rule: value == rule,
     "keyMatch": ops.key_match,
-    "keyMatch2": ops.key_match2,
-    "keyMatch3": ops.key_match3,
-    "keyMatch4": ops.key_match4,
-    "keyMatch5": ops.key_match5,
-    "regexMatch": ops.regex_match,
+    "keyMatch2": matching.key_match2,
+    "keyMatch3": matching.key_match3,
+    "keyMatch4": matching.key_match4,
+    "keyMatch5": matching.key_match5,
+    "regexMatch": matching.regex_match,
     "globMatch": ops.glob_match,
 }
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from wippy_queue.files import read_text
 from wippy_queue.identity import Request
 from wippy_queue.policytools.hints import display_path
 from wippy_queue.policytools.model import ModelShape, read_shape
@@ -107,13 +108,13 @@ def condition_text(condition: Condition) -> str:
 
 def _casbin_rules(entry: Entry, config: CasbinPolicyConfig) -> PolicyRules:
     model_path = Path(config.model.removeprefix("file://"))
-    model_text = model_path.read_text(encoding="utf-8")
+    model_text = read_text(model_path)
     info = read_model(model_text, str(model_path))
     shape = read_shape(model_text)
     lines: list[PolicyLine] = []
     if config.policy:
         policy_path = Path(config.policy.removeprefix("file://"))
-        lines += read_policy(policy_path.read_text(encoding="utf-8"), str(policy_path), info)
+        lines += read_policy(read_text(policy_path), str(policy_path), info)
     if config.rules:
         first = entry.location.line_of("rules") + 1
         lines += read_policy("\n".join(config.rules), entry.location.file, info, first)

@@ -22,18 +22,87 @@ class Codec:
     decode: Callable[[bytes], Any]
 
 
+#: the most levels of lists and maps a message's data may nest (as for Lua values)
+MAX_DEPTH = 100
+#: the largest encoded body a queue takes at publish or decodes from a broker
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _DECODER = json.JSONDecoder()
 
 
-def _json_encode(data: Any) -> bytes:
+def _depth_exceeded(data: Any, brackets: int) -> bool:
+    """Whether ``data`` nests deeper than MAX_DEPTH; ``brackets`` bounds its containers
+    (the encoded body's bracket count), so a small message is never walked."""
+    if brackets <= MAX_DEPTH:
+        return False
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        for child in children:
+            if isinstance(child, dict | list | tuple):
+                if depth >= MAX_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _brackets(body: bytes) -> int:
+    """At least as many as the JSON ``body`` has lists and objects."""
+    return body.count(b"[") + body.count(b"{")
+
+
+def _containers(data: Any) -> bool:
+    return isinstance(data, dict | list | tuple)
+
+
+def _checked_encode(data: Any, encode: Callable[[Any], bytes], what: str) -> bytes:
+    """``encode(data)`` within the limits; PublishError naming the limit otherwise."""
     try:
-        return _ENCODER.encode(data).encode()
+        body = encode(data)
+    except RecursionError as err:
+        raise PublishError(
+            f"message data nests deeper than {MAX_DEPTH} levels; flatten it"
+        ) from err
     except (TypeError, ValueError) as err:
-        raise PublishError(f"message data is not JSON-serialisable: {err}") from err
+        raise PublishError(f"message data is not {what}-serialisable: {err}") from err
+    if len(body) > MAX_BODY_BYTES:
+        raise PublishError(
+            f"message data is {len(body)} bytes encoded, over the {MAX_BODY_BYTES}-byte "
+            "limit; send a reference to it instead"
+        )
+    if _containers(data) and _depth_exceeded(
+        data, _brackets(body) if what == "JSON" else len(body)
+    ):
+        raise PublishError(f"message data nests deeper than {MAX_DEPTH} levels; flatten it")
+    return body
 
 
-def _json_decode(body: bytes) -> Any:
+def _checked_decode(body: bytes, decode: Callable[[bytes], Any], what: str) -> Any:
+    """``decode(body)`` within the limits; DecodeError naming the limit otherwise."""
+    if len(body) > MAX_BODY_BYTES:
+        raise DecodeError(f"body is {len(body)} bytes, over the {MAX_BODY_BYTES}-byte limit")
+    try:
+        data = decode(body)
+    except RecursionError as err:
+        raise DecodeError(f"body nests deeper than {MAX_DEPTH} levels") from err
+    except DecodeError:
+        raise
+    except Exception as err:
+        raise DecodeError(f"body is not valid {what}: {err}") from err
+    if _containers(data) and _depth_exceeded(
+        data, _brackets(body) if what == "JSON" else len(body)
+    ):
+        raise DecodeError(f"body nests deeper than {MAX_DEPTH} levels")
+    return data
+
+
+def _json_encode(data: Any) -> bytes:
+    return _checked_encode(data, lambda d: _ENCODER.encode(d).encode(), "JSON")
+
+
+def _json_parse(body: bytes) -> Any:
     try:  # the common case (UTF-8 without BOM) without json.loads' encoding sniffing
         return _DECODER.decode(body.decode())
     except ValueError:
@@ -44,23 +113,24 @@ def _json_decode(body: bytes) -> Any:
         raise DecodeError(f"body is not valid JSON: {err}") from err
 
 
+def _json_decode(body: bytes) -> Any:
+    return _checked_decode(body, _json_parse, "JSON")
+
+
 def _msgpack() -> Codec:
     try:
         import msgpack
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise PublishError("codec 'application/msgpack' needs: pip install msgpack") from err
 
+    def pack(data: Any) -> bytes:
+        return bytes(msgpack.packb(data, use_bin_type=True))
+
     def encode(data: Any) -> bytes:
-        try:
-            return bytes(msgpack.packb(data, use_bin_type=True))
-        except (TypeError, ValueError) as err:
-            raise PublishError(f"message data is not msgpack-serialisable: {err}") from err
+        return _checked_encode(data, pack, "msgpack")
 
     def decode(body: bytes) -> Any:
-        try:
-            return msgpack.unpackb(body, raw=False)
-        except Exception as err:
-            raise DecodeError(f"body is not valid msgpack: {err}") from err
+        return _checked_decode(body, lambda b: msgpack.unpackb(b, raw=False), "msgpack")
 
     return Codec("application/msgpack", "application/msgpack", encode, decode)
 

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from wippy_queue.errors import HandlerError, LifecycleError, WippyQueueError
+from wippy_queue.identity import Decision
 from wippy_queue.queue import context
 from wippy_queue.queue.codec import DecodeError
 from wippy_queue.queue.driver import (
@@ -35,10 +36,14 @@ from wippy_queue.queue.leases import LeaseKeeper
 from wippy_queue.queue.message import expired
 from wippy_queue.queue.middleware import Job, Middleware, build_chain
 from wippy_queue.queue.outcome import ACK, Outcome, Reason
+from wippy_queue.queue.publisher import BoundPublisher
 from wippy_queue.queue.queue import Queue
 from wippy_queue.queue.settle import RetryPolicy, SettleHook, Settler
 
 log = logging.getLogger(__name__)
+
+#: what a delivery that is no well-formed message is recorded as (no check ran)
+MALFORMED = Decision(False, "malformed")
 
 
 class _AllOf:
@@ -142,6 +147,9 @@ class Consumer:
         self._stopping = False
         self.failed = loop.create_future()
         self._base_context = self._base_context.evolve(loop=loop, consumer=self.entry_id)
+        publisher = self._base_context.publisher
+        if isinstance(publisher, BoundPublisher):  # what its handlers publish through
+            publisher.home = self._base_context
         #: what each message's context is copied from: never touched by a handler
         self._clean_context = contextvars.copy_context()
         await self.handler.start(concurrency=self.concurrency)
@@ -218,9 +226,16 @@ class Consumer:
         message = delivery.message
         job = Job(self.entry_id, self.queue.id, None, message, None, delivery.attempt)
         settle = partial(self._settler.settle, job, delivery, started=time.monotonic())
-        if delivery.malformed is not None:  # decided before anything else
-            log.error("consumer %s: message %s: %s", self.entry_id, message.id, delivery.malformed)
-            await settle(Outcome.nack(Reason.DECODE_ERROR, delivery.malformed))
+        problem = delivery.malformed
+        if problem is None:
+            try:
+                job.data = self.queue.codec.decode(message.body)
+            except DecodeError as err:
+                problem = str(err)
+        if problem is not None:  # decided before anything else: recorded as what it is
+            log.error("consumer %s: message %s: %s", self.entry_id, message.id, problem)
+            job.decision = (MALFORMED, None)
+            await settle(Outcome.nack(Reason.DECODE_ERROR, problem))
             return
         if expired(message, time.time()):  # never handed to a handler
             log.warning("consumer %s: message %s expired (ttl)", self.entry_id, message.id)
@@ -228,12 +243,6 @@ class Consumer:
             return
         if self.auto_ack:
             await delivery.ack()
-        try:
-            job.data = self.queue.codec.decode(message.body)
-        except DecodeError as err:
-            log.error("consumer %s: message %s: %s", self.entry_id, message.id, err)
-            await settle(Outcome.nack(Reason.DECODE_ERROR, str(err)))
-            return
         handle = job.handle = MessageHandle(
             message, job.data, self.queue.id, settle, asyncio.get_running_loop(), delivery.attempt
         )
@@ -249,7 +258,10 @@ class Consumer:
             raise
         except Exception as err:  # a middleware failed: fail closed
             log.exception("consumer %s: middleware failed", self.entry_id)
-            outcome = Outcome.nack(Reason.MIDDLEWARE_ERROR, f"{type(err).__name__}: {err}")
+            error = f"{type(err).__name__}: {err}"
+            if job.decision is None:  # it failed deciding: a deny, recorded as an error
+                job.decision = (Decision(False, "error", error=error), None)
+            outcome = Outcome.nack(Reason.MIDDLEWARE_ERROR, error)
         await handle.finish(outcome)
 
     async def _invoke(self, job: Job) -> Outcome:

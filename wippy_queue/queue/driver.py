@@ -31,7 +31,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from wippy_queue.errors import DriverError
-from wippy_queue.queue.message import Message
+from wippy_queue.queue.message import Message, exact_headers, exact_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +126,9 @@ class QueueInfo:
         return self.message_count == 0
 
 
+_EXACT = (str, int, float, bool)
+
+
 class SubscriptionClosed(DriverError):
     """``receive`` on a subscription that was closed or whose driver stopped."""
 
@@ -152,6 +155,7 @@ class Delivery(ABC):
         lease_s: float | None = None,
         malformed: str | None = None,
     ) -> None:
+        #: the message as exact built-in types (``_well_formed``), whatever the driver built
         self.message = message
         #: 1 for the first delivery, 2 for the first redelivery, ... (from the broker)
         self.attempt = attempt
@@ -161,6 +165,29 @@ class Delivery(ABC):
         #: what could be read): the runtime settles it as a ``decode_error``
         self.malformed = malformed
         self.settled = False
+        if not (
+            type(message.id) is str
+            and type(message.body) is bytes
+            and type(message.headers) is dict
+            and message.id
+        ) or not all(type(k) is str and type(v) in _EXACT for k, v in message.headers.items()):
+            self._well_formed()
+
+    def _well_formed(self) -> None:
+        """Make the message exact built-in types: its id a ``str``, its body ``bytes``, its
+        headers plain ``str`` keys and ``str``/``int``/``float``/``bool`` values. What
+        cannot be made so is left out and makes the delivery ``malformed``: nothing a
+        driver hands over can crash settling, its audit record, or lie to a check."""
+        message = self.message
+        message_id, id_problem = exact_id(message.id)
+        headers, header_problem = exact_headers(message.headers)
+        body, body_problem = message.body, None
+        if not isinstance(body, bytes | bytearray | memoryview):
+            body, body_problem = b"", f"its body is a {type(body).__name__}, not bytes"
+        self.message = Message(message_id, bytes(body), headers)
+        problem = id_problem or header_problem or body_problem
+        if problem and self.malformed is None:
+            self.malformed = f"the broker's message is malformed: {problem}"
 
     def _once(self) -> None:
         if self.settled:

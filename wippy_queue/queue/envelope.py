@@ -43,6 +43,8 @@ def decode_headers(raw: bytes | str) -> Headers:
         headers = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as err:
         raise DecodeError(f"message headers are not valid JSON: {err}") from err
+    except RecursionError as err:  # headers are flat: any nesting is wrong, this much fatal
+        raise DecodeError("message headers nest too deep (they are one flat object)") from err
     if not isinstance(headers, dict):
         raise DecodeError(f"message headers must be a JSON object, got {type(headers).__name__}")
     for key, value in headers.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -43,8 +44,37 @@ def new_message_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def exact_value(value: Any) -> HeaderValue | None:
+    """``value`` as an exact built-in ``str``/``int``/``float``/``bool``, or None if it is
+    none of them. A subclass keeps its data but loses its methods, so that no check
+    (``startswith``, ``==``, hashing) can be answered by code the sender wrote."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool:
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, bool):  # pragma: no cover - bool cannot be subclassed
+        return bool(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    return None
+
+
+def exact_key(key: Any) -> str | None:
+    """A header key as an exact ``str`` (None if it is no string)."""
+    if type(key) is str:
+        return key
+    return str.__str__(key) if isinstance(key, str) else None
+
+
 def user_headers(headers: Mapping[Any, Any] | None) -> Headers:
-    """Validate headers given by a publisher; reserved keys and odd values are refused."""
+    """Validate headers given by a publisher; reserved keys and odd values are refused.
+
+    Keys and values are made exact built-in types first: every check below, and every
+    later one (the provenance stamp, policy conditions), sees plain data.
+    """
     if headers is None:
         return {}
     if not isinstance(headers, dict | Mapping):  # dict first: the common, cheap check
@@ -52,21 +82,65 @@ def user_headers(headers: Mapping[Any, Any] | None) -> Headers:
             f"headers must be a mapping of str to str/int/float/bool, got {headers!r}"
         )
     checked: Headers = {}
-    for key, value in headers.items():
-        if not isinstance(key, str) or not key:
-            raise PublishError(f"header keys must be non-empty strings, got {key!r}")
+    for raw_key, raw_value in list(headers.items()):
+        key = exact_key(raw_key)
+        if not key:
+            raise PublishError(f"header keys must be non-empty strings, got {raw_key!r}")
         if key.startswith(RESERVED_PREFIX) or key in (ATTEMPTS, TIMESTAMP):
             raise PublishError(
                 f"header {key!r} is reserved for the runtime (keys starting 'x_', "
                 f"'attempts' and 'timestamp'); use another name"
             )
-        if not isinstance(value, str | int | float | bool):
+        value = exact_value(raw_value)
+        if type(value) is float and not math.isfinite(value):
+            raise PublishError(f"header {key!r} is {value!r}; a float header must be finite")
+        if value is None:
             raise PublishError(
-                f"header {key!r} has a {type(value).__name__} value {value!r}; "
+                f"header {key!r} has a {type(raw_value).__name__} value {raw_value!r}; "
                 "header values must be str, int, float or bool"
             )
+        if key in checked:
+            raise PublishError(f"header {key!r} is given twice")
         checked[key] = value
     return checked
+
+
+def exact_headers(headers: Any) -> tuple[Headers, str | None]:
+    """Headers read from a broker as exact built-in types, and what was wrong with them
+    (None when nothing): a key that is no string or a value of another type is left
+    out and named."""
+    if type(headers) is dict and all(
+        type(k) is str and type(v) in _EXACT for k, v in headers.items()
+    ):
+        return headers, None  # the common case: as decoded from the wire
+    if not isinstance(headers, Mapping):
+        return {}, f"its headers are a {type(headers).__name__}, not a mapping"
+    exact: Headers = {}
+    problem = None
+    for raw_key, raw_value in list(headers.items()):
+        key, value = exact_key(raw_key), exact_value(raw_value)
+        if key is None or value is None:
+            problem = problem or (
+                f"header {raw_key!r} has a {type(raw_key).__name__} key"
+                if key is None
+                else f"header {key!r} has a {type(raw_value).__name__} value"
+            )
+            continue
+        exact[key] = value
+    return exact, problem
+
+
+_EXACT = (str, int, float, bool)
+
+
+def exact_id(message_id: Any) -> tuple[str, str | None]:
+    """A message id as an exact ``str``, and what was wrong with it (None when nothing)."""
+    if type(message_id) is str and message_id:
+        return message_id, None
+    if isinstance(message_id, str) and message_id:
+        return str.__str__(message_id), None
+    shown = repr(message_id)[:100]
+    return shown, f"its id is a {type(message_id).__name__} ({shown}), not a non-empty string"
 
 
 def stamp_new(
@@ -78,7 +152,13 @@ def stamp_new(
     headers[TIMESTAMP] = int(now)
     if ttl_s is not None:
         headers[EXPIRES_AT] = round(now + ttl_s, 3)
-    return Message(id=message_id or new_message_id(), body=body, headers=headers)
+    if message_id is None or (type(message_id) is str and not message_id):
+        message_id = new_message_id()
+    else:
+        message_id, problem = exact_id(message_id)
+        if problem:
+            raise PublishError(f"message_id must be a non-empty string: {problem}")
+    return Message(id=message_id, body=body, headers=headers)
 
 
 def expired(message: Message, now: float) -> bool:

@@ -28,8 +28,12 @@ class Reason(StrEnum):
 #: at once. A stale stamp only gets older; freshness is checked at a first delivery.
 FINAL = frozenset((Reason.EXPIRED, Reason.STALE_PROVENANCE))
 
-#: reasons a consumer's policy decided: retried with the deny back-off
+#: reasons a consumer's policy decided
 DENIALS = frozenset((Reason.PERMISSION_DENIED, Reason.FORGED_PROVENANCE, Reason.STALE_PROVENANCE))
+#: reasons retried with the deny back-off: the next attempt would fail the same way at
+#: once (a denial, a message that cannot be decoded, the security check failing), so
+#: without it a message no consumer can take would spin the CPU
+BACKED_OFF = DENIALS | {Reason.DECODE_ERROR, Reason.MIDDLEWARE_ERROR}
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,3 +61,37 @@ class Publisher:
                 await interceptor.before_publish(ctx, queue, message)
         await queue.put(message)
         return message.id
+
+
+class BoundPublisher:
+    """The publisher a consumer's handlers find in their call context, bound to that
+    consumer: a publish made through it is checked, stamped and recorded under the
+    consumer's actor and policies wherever it is made from — its handler's own call
+    context, or a task or thread the handler started without it (a fresh
+    ``contextvars.Context``, ``threading.Thread``, ``run_in_executor``). Never as
+    nobody: leaving the call context does not leave the consumer's security."""
+
+    def __init__(self, publisher: Publisher, consumer: str) -> None:
+        self._publisher = publisher
+        self.consumer = consumer
+        #: the consumer's own call context (actor, policies), set when it starts
+        self.home: context.CallContext | None = None
+
+    def queue(self, queue_id: str) -> Queue:
+        return self._publisher.queue(queue_id)
+
+    async def publish(
+        self,
+        queue_id: str,
+        data: Any,
+        headers: Mapping[str, Any] | None = None,
+        *,
+        message_id: str | None = None,
+    ) -> str:
+        ctx = context.current()
+        if ctx is not None and ctx.consumer == self.consumer and ctx.publisher is self:
+            return await self._publisher.publish(queue_id, data, headers, message_id=message_id)
+        if self.home is None:
+            raise PublishError(f"consumer {self.consumer} is not running: it cannot publish")
+        with context.bound(self.home):
+            return await self._publisher.publish(queue_id, data, headers, message_id=message_id)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from wippy_queue.queue.driver import Delivery, LostDelivery
 from wippy_queue.queue.message import EXPIRES_AT, Message
 from wippy_queue.queue.middleware import Job
-from wippy_queue.queue.outcome import DENIALS, FINAL, Action, Outcome
+from wippy_queue.queue.outcome import BACKED_OFF, FINAL, Action, Outcome, Reason
 from wippy_queue.queue.queue import Queue
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ class RetryPolicy:
     """A queue's rule for failed attempts.
 
     A denied message backs off (``deny_initial_s`` doubling to ``deny_max_s``), so
-    a message no consumer may take never spins the CPU.
+    a message no consumer may take never spins the CPU; so does one that cannot be
+    decoded, and one whose security check failed (``BACKED_OFF``).
     """
 
     dead_letter: Queue | None = None
@@ -83,9 +84,12 @@ class RetryPolicy:
     def delay_s(self, attempt: int, outcome: Outcome) -> float:
         if outcome.delay_s is not None:
             return outcome.delay_s
-        if outcome.reason in DENIALS:
-            return min(self.deny_initial_s * 2.0 ** max(attempt - 1, 0), self.deny_max_s)
+        if outcome.reason in BACKED_OFF:
+            return self.backoff_s(attempt)
         return 0.0
+
+    def backoff_s(self, attempt: int) -> float:
+        return min(self.deny_initial_s * 2.0 ** max(attempt - 1, 0), self.deny_max_s)
 
 
 def dead_letter_message(
@@ -159,16 +163,13 @@ class Settler:
     async def settle(self, job: Job, delivery: Delivery, outcome: Outcome, started: float) -> None:
         """Settle ``delivery`` with ``outcome``: now, or once the hooks' writes are done."""
         self._taken.add(delivery)
-        if self.auto_ack:  # acked on delivery, before the handler ran
+        if self.auto_ack and delivery.settled:  # acked on delivery, before the handler ran
             self._done(delivery)
             return
         decided = _Decided(job, delivery, outcome, self.policy.action(delivery.attempt, outcome))
         waits = self._ask_hooks(decided, started) if self._hooks else ()
-        if isinstance(waits, Exception):  # refused (the audit trail is down)
-            log.error(
-                "consumer %s: message %s given back: %s", self.consumer_id, job.message.id, waits
-            )
-            await self.give_back(delivery)
+        if isinstance(waits, Exception):
+            await self._refused(decided, waits)
         elif waits:
             self._defer(decided, list(waits))
         elif self.pipelined:  # committed with other workers' settles; the credit waits
@@ -187,6 +188,26 @@ class Settler:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _refused(self, decided: _Decided, err: Exception) -> None:
+        """A hook refused the settle. While one is down (the audit trail cannot be
+        written: its gate is closed) the message goes back untried. Otherwise the hook
+        failed on this message alone: it goes back as a failed attempt, backed off so
+        that it cannot spin, and is never acked or dead-lettered unrecorded."""
+        delivery = decided.delivery
+        log.error(
+            "consumer %s: message %s given back: %s: %s",
+            self.consumer_id,
+            delivery.message.id,
+            type(err).__name__,
+            err,
+        )
+        if any(h.gate is not None and not h.gate.is_set() for h in self._hooks):
+            await self.give_back(delivery)
+            return
+        delay_s = self.policy.backoff_s(delivery.attempt)
+        retry = Outcome.nack(Reason.MIDDLEWARE_ERROR, str(err), delay_s)
+        await self._apply_or_give_back(_Decided(decided.job, delivery, retry, Action.NACK))
 
     async def give_back(self, delivery: Delivery) -> None:
         """Back to the queue untried (prefetched, cut off by a stop, refused): no attempt."""

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from wippy_queue.errors import Problem
+from wippy_queue.files import read_regular
 from wippy_queue.registry.yaml_limits import BoundedLoader, YamlLimitError, check_expansion
 
 ENTRY_SUFFIXES = (".yaml", ".yml")
@@ -151,7 +152,7 @@ def read_yaml(path: Path, problems: list[Problem], digests: dict[str, str] | Non
     """A YAML file with line numbers (``LineDict``); problems go to ``problems``, and
     the SHA-256 of the bytes read to ``digests`` (a watcher compares with those)."""
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
         if digests is not None:
             digests[str(path)] = hashlib.sha256(data).hexdigest()
         text = data.decode("utf-8")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
 from wippy_queue.identity import Request
+from wippy_queue.security.matching import search
 
 OPERATORS = (
     "eq",
@@ -50,7 +50,8 @@ def _contains(left: Any, right: Any) -> bool:
 
 
 def _matches(left: Any, right: Any) -> bool:
-    return isinstance(left, str) and right is not None and re.search(str(right), left) is not None
+    # '$' is the end of the value: '^proj-a$' never matches 'proj-a\n' (security/matching.py)
+    return isinstance(left, str) and right is not None and search(str(right), left)
 
 
 def _eq(left: Any, right: Any) -> bool:

@@ -26,6 +26,7 @@ from casbin.util import has_eval
 from casbin.util.log import DEFAULT_LOGGING
 
 from wippy_queue.errors import Problem, WippyQueueError
+from wippy_queue.security.matching import CASBIN_FUNCTIONS
 from wippy_queue.security.vocabulary import Matcher, effect_problem
 
 _CASBIN_LOGGERS = tuple(DEFAULT_LOGGING["loggers"])
@@ -186,6 +187,16 @@ class Enforcer:
         self.source = source
         #: the files it was built from -> SHA-256 of the bytes read (a watcher compares)
         self.files: Mapping[Path, str] = files or {}
+        #: what it was built from (a reload compares old and new: ``growth.py``)
+        self.model_text = model_text
+        self.rules = tuple(rules)
+        #: where a ``p`` rule holds its effect (None: the model has no ``eft``: allow)
+        self.effect_at: int | None = None
+        #: every name a ``g`` rule grants as a role -> the first rule that does
+        self.role_names: dict[str, PolicyLine] = {}
+        for rule in rules:
+            if rule.ptype.startswith("g") and len(rule.values) >= 2:
+                self.role_names.setdefault(rule.values[1], rule)
         self._index = tuple(index)
         try:
             if index:
@@ -200,10 +211,13 @@ class Enforcer:
                 )
             else:
                 self._e = _quiet_construct(lambda: casbin.Enforcer(model, adapter))
+            tokens = list(model.model["p"]["p"].tokens)
+            self.effect_at = tokens.index("p_eft") if "p_eft" in tokens else None
             # pycasbin logs every request at INFO/WARNING; decisions are logged (and
             # audited) by us, so give it a detached logger that drops them.
             self._e.logger = _DROP
-            for name, fn in (functions or {}).items():
+            # pycasbin's regular-expression matchers let '$' skip a trailing newline
+            for name, fn in {**CASBIN_FUNCTIONS, **(functions or {})}.items():
                 self._e.add_function(name, fn)
         except PolicyLoadError:
             raise
@@ -236,6 +250,31 @@ class Enforcer:
             elif node.id not in tokens:
                 missing.append(node.id.replace("_", ".", 1))  # r_sub is how r.sub reads here
         return list(dict.fromkeys(missing))
+
+    def role_subjects(self) -> frozenset[str]:
+        """The request tokens the matcher asks roles of: ``X`` of each ``g(r.X, ...)``.
+
+        pycasbin holds ``g(name, name, ...)`` true for any name (in every domain), so a
+        request whose ``X`` is a role's name holds that role everywhere.
+        """
+        model = self._e.model.model
+        matcher = model["m"]["m"].value
+        roles = set(model.get("g", {}))
+        if not roles:
+            return frozenset()
+        tree = self._e._get_expression(matcher).ast_parsed_value
+        found = set()
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in roles
+                and node.args
+                and isinstance(node.args[0], ast.Name)
+                and node.args[0].id.startswith("r_")
+            ):
+                found.add(node.args[0].id.removeprefix("r_"))
+        return frozenset(found)
 
     def comparisons(self, token: str) -> list[tuple[Matcher, str]]:
         """How the matcher compares request token ``token`` with a rule field, in terms

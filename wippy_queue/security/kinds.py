@@ -7,9 +7,10 @@ from collections.abc import Hashable, Iterator, Mapping
 from pathlib import Path
 
 from wippy_queue.errors import Problem
+from wippy_queue.files import read_regular
 from wippy_queue.queue.config import ConsumerConfig, QueueConfig
 from wippy_queue.registry.registry import Registry
-from wippy_queue.security.enforcer import PolicyLoadError
+from wippy_queue.security.enforcer import PolicyLine, PolicyLoadError
 from wippy_queue.security.models import (
     CasbinPolicyConfig,
     WippyPolicyConfig,
@@ -43,6 +44,18 @@ def check_groups(registry: Registry) -> Iterator[Problem]:
                 )
 
 
+def _policies_of(registry: Registry, policies: list[str], groups: list[str]) -> list[str]:
+    """The policy ids a security block names, directly or through its groups."""
+    found = list(policies)
+    for entry in registry:
+        config = entry.config
+        if isinstance(config, WippyPolicyConfig | CasbinPolicyConfig) and set(config.groups) & set(
+            groups
+        ):
+            found.append(entry.id)
+    return list(dict.fromkeys(found))
+
+
 def _paths(config: CasbinPolicyConfig) -> list[Path]:
     model = Path(config.model.removeprefix("file://"))
     return [model] if not config.policy else [model, Path(config.policy.removeprefix("file://"))]
@@ -61,13 +74,15 @@ class CasbinLoads:
     def __init__(self) -> None:
         self._loaded: dict[str, tuple[Hashable, CasbinUnit]] = {}
         self._passed: dict[str, Hashable] = {}
+        #: entry id -> the role names of its rules, and the request paths asked roles of
+        self._roles: dict[str, tuple[dict[str, PolicyLine], tuple[str, ...]]] = {}
 
     @staticmethod
     def _key(config: CasbinPolicyConfig, files: Mapping[Path, str] | None = None) -> Hashable:
         """The config and its files' digests: as on disk now, or as ``files`` says a
         unit read them (a file that changes between the two never matches)."""
         if files is None:
-            files = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in _paths(config)}
+            files = {p: hashlib.sha256(read_regular(p)).hexdigest() for p in _paths(config)}
         return (config.model_dump_json(), tuple(files.get(p) for p in _paths(config)))
 
     def check(self, registry: Registry) -> Iterator[Problem]:
@@ -80,6 +95,7 @@ class CasbinLoads:
                     key = self._key(entry.config, unit.files)  # what it really read
                     self._loaded[entry.id] = (key, unit)
                     self._passed[entry.id] = key
+                    self._roles[entry.id] = (dict(unit.role_names), unit.role_subject_paths())
             except PolicyLoadError as err:
                 for problem in err.problems:
                     yield Problem(
@@ -89,6 +105,32 @@ class CasbinLoads:
                 yield Problem(
                     f"cannot read: {err}", entry.location.file, entry.location.line, entry.id
                 )
+        yield from self._role_actors(registry)
+
+    def _role_actors(self, registry: Registry) -> Iterator[Problem]:
+        """Consumers whose actor id is the name of a role in a Casbin entry they decide
+        with: pycasbin holds ``g(x, x, dom)`` true, so the actor would hold that role in
+        every domain (every tenant). Refused at load, as at decision time."""
+        for entry in registry.of_kind("queue.consumer"):
+            assert isinstance(entry.config, ConsumerConfig)
+            block = entry.config.lifecycle.security
+            if block is None or block.actor is None:
+                continue
+            for policy_id in _policies_of(registry, block.policies, block.groups):
+                roles, subjects = self._roles.get(policy_id, ({}, ()))
+                rule = roles.get(block.actor.id) if "actor.id" in subjects else None
+                if rule is not None:
+                    yield Problem(
+                        f"actor id {block.actor.id!r} is also the name of a role in "
+                        f"{policy_id} ({rule.file}:{rule.line}: {rule.ptype}, "
+                        f"{', '.join(rule.values)}); Casbin holds g(x, x, domain) for any "
+                        "name, so this actor would hold that role in every domain (tenant): "
+                        "rename the actor or the role",
+                        entry.location.file,
+                        entry.location.line_of("lifecycle"),
+                        entry.id,
+                        "lifecycle.security.actor.id",
+                    )
 
     def take(self, entry_id: str, config: CasbinPolicyConfig) -> CasbinUnit:
         """The unit the check loaded for this config and these files, else a new load."""

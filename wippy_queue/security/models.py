@@ -94,7 +94,8 @@ def _existing_file(value: str, what: str, other: str = "") -> str:
         raise ValueError(f"{what} must be a file:// path{other}, got {value!r}")
     path = Path(value.removeprefix("file://"))
     if not path.is_file():
-        raise ValueError(f"{what} file {path} does not exist")
+        missing = "is not a regular file" if path.exists() else "does not exist"
+        raise ValueError(f"{what} file {path} {missing}")
     return value
 
 

@@ -7,9 +7,12 @@ files added to or removed from a loaded folder. Each file's digest is compared
 with the digest of the bytes the rules in force were read from, so no edit is
 missed, whenever it lands.
 
-A change is loaded once it has held still for one look (a file being written, or
-saved by renaming, is not taken half-way); the rules in force change only when the
-new ones load with no error and their change has been recorded. A refusal keeps the
+A change is loaded once it has held still for one look (a file saved by renaming
+is not taken while missing); the rules in force change only when the new ones load
+with no error and their change has been recorded. New rules that grant no more than
+those in force take effect then; rules that may grant more (``growth.py``) only once
+their files have held still for ``settle_s`` and each ends with a newline, so that a
+file still being written (a writer pausing mid-file) never grants anything. A refusal keeps the
 last good rules, is logged and audited once, and the same content is tried again
 after a back-off (2 s, doubling to a minute: an entry file may name a policy file
 that is not saved yet, and a read can fail for a passing reason). Entry files are
@@ -24,12 +27,18 @@ import contextlib
 import hashlib
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
+from wippy_queue.files import read_regular
 from wippy_queue.registry.registry import Registry
 from wippy_queue.registry.source import entry_files
+from wippy_queue.security.growth import policies_grant_no_more, rules_grant_no_more
 from wippy_queue.security.manager import PolicyPlan, Security
 from wippy_queue.security.units import CasbinUnit
 
@@ -41,6 +50,8 @@ ReloadListener = Callable[[str, str, str, str, bool, str | None], None]
 RegistryLoader = Callable[[], Registry]
 Digests = dict[Path, str]
 RETRY_S = 2.0
+#: how long rules that may grant more must have held still (8 looks)
+SETTLE_S = 2.0
 MAX_RETRY_S = 60.0
 ENTRIES = "entry files"
 #: the files that Casbin units loaded afresh by an entry reload read
@@ -48,11 +59,59 @@ FRESH_UNITS = "fresh units"
 NOT_RECORDED = "the change could not be recorded (audit trail), so it is not put in force"
 
 
-def digest(path: Path) -> str:
+#: the longest a look at one file, and a load of new rules, may take
+READ_TIMEOUT_S = 5.0
+LOAD_TIMEOUT_S = 60.0
+T = TypeVar("T")
+
+
+async def in_thread(fn: Callable[[], T], timeout_s: float) -> T:
+    """``fn()`` in a daemon thread of its own, awaited for at most ``timeout_s``.
+
+    Never in the loop's default executor: a read that hangs (a stalled network
+    file system) would hold that pool's thread, and a process waits for those at
+    exit, so it could never stop. A thread given up on is left to end by itself.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if not done.done():
+            if error is None:
+                done.set_result(result)
+            else:
+                done.set_exception(error)
+
+    def run() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as err:  # handed to the awaiting task
+            result, error = None, err
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="policy-watcher-io", daemon=True).start()
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        async with asyncio.timeout(timeout_s):
+            return await done
+    except TimeoutError:
+        raise TimeoutError(
+            f"no answer within {timeout_s}s (a file that does not answer?)"
+        ) from None
+
+
+def digest(path: Path) -> str:
+    return look(path)[0]
+
+
+def look(path: Path) -> tuple[str, bool]:
+    """The file's digest, and whether it is finished: empty, absent, or ending with a
+    newline (a file cut off mid-line is still being written, or was torn)."""
+    try:
+        data = read_regular(path)
     except OSError as err:
-        return f"unreadable: {err.strerror}"
+        return f"unreadable: {err.strerror}", True
+    return hashlib.sha256(data).hexdigest(), not data or data.endswith(b"\n")
 
 
 def _casbin_files(unit: CasbinUnit) -> list[Path]:
@@ -63,6 +122,20 @@ def _changes(before: Mapping[Path, str], now: Mapping[Path, str]) -> list[tuple[
     """(file, old digest, new digest) for each file that differs; '' is absent."""
     paths = sorted({*before, *now})
     return [(p, before.get(p, ""), now.get(p, "")) for p in paths if before.get(p) != now.get(p)]
+
+
+@dataclass
+class _Seen:
+    """Content a look saw, since when it has held still, and (once loaded) whether its
+    rules may grant more than those in force."""
+
+    digests: Digests
+    since: float
+    grows: bool | None = None
+
+
+#: the verdicts of ``_settled``
+WAIT, TAKE = "wait", "take"
 
 
 @dataclass(frozen=True)
@@ -88,6 +161,7 @@ class PolicyWatcher:
         entry_digests: Mapping[str, str] | None = None,
         interval_s: float = 0.25,
         retry_s: float = RETRY_S,
+        settle_s: float = SETTLE_S,
     ) -> None:
         """``sources``: the entry files and folders, loaded again by ``load_entries``;
         ``entry_digests``: the files read for the registry in force (``Registry.files``)."""
@@ -97,10 +171,16 @@ class PolicyWatcher:
         self.load_entries = load_entries
         self.interval_s = interval_s
         self.retry_s = retry_s
+        #: how long rules that may grant more must have held still before they count
+        self.settle_s = settle_s
+        #: what the settling is timed with (a test drives it by hand)
+        self.clock: Callable[[], float] = time.monotonic
+        #: files whose last look found them cut off mid-line
+        self._unfinished: set[Path] = set()
         #: the entry files as read for the policies in force
         self._entries: Digests = {Path(p): d for p, d in (entry_digests or {}).items()}
         #: per source (ENTRIES or a CasbinUnit): a change seen at the last look
-        self._seen: dict[Hashable, Digests] = {}
+        self._seen: dict[Hashable, _Seen] = {}
         self._refused: dict[Hashable, _Refusal] = {}
         #: digests taken during one poll (a file shared by several entries is read once)
         self._poll: Digests | None = None
@@ -133,12 +213,24 @@ class PolicyWatcher:
         poll = None if fresh else self._poll
         found: Digests = {}
         for path in files:
-            known = poll.get(path) if poll is not None else None
-            if known is None:
-                known = await asyncio.to_thread(digest, path)
+            polled = poll.get(path) if poll is not None else None
+            if polled is None:
+                polled = await self._look(path)
                 if poll is not None:
-                    poll[path] = known
-            found[path] = known
+                    poll[path] = polled
+            found[path] = polled
+        return found
+
+    async def _look(self, path: Path) -> str:
+        """The file's digest; whether it ends mid-line is noted in ``_unfinished``."""
+        try:
+            found, finished = await in_thread(partial(look, path), READ_TIMEOUT_S)
+        except TimeoutError:
+            found, finished = f"unreadable: no answer within {READ_TIMEOUT_S}s", True
+        if finished:
+            self._unfinished.discard(path)
+        else:
+            self._unfinished.add(path)
         return found
 
     def _ready(self, source: Hashable, now: Digests, in_force: Mapping[Path, str]) -> bool:
@@ -147,12 +239,38 @@ class PolicyWatcher:
         if now == in_force:
             self._seen.pop(source, None)
             return False
-        if self._seen.get(source) != now:
-            self._seen[source] = now  # held still for one look before it counts
+        seen = self._seen.get(source)
+        if seen is None or seen.digests != now:
+            self._seen[source] = _Seen(now, self.clock())  # held still for one look first
             return False
+        if seen.grows and self.clock() - seen.since < self.settle_s:
+            return False  # loaded already: it grants more, and has not held still enough
         refusal = self._refused.get(source)
         loop = asyncio.get_running_loop()
         return refusal is None or refusal.digests != now or loop.time() >= refusal.retry_at
+
+    def _settled(self, source: Hashable, grows: bool, changed: list[Path]) -> str:
+        """Whether rules just loaded may take effect now (TAKE), must wait (WAIT), or are
+        refused (the error). Rules that grant no more take effect at once. Rules that
+        may grant more count only from files that have held still for ``settle_s`` and
+        whose every changed file ends with a newline: a file caught mid-write (a writer
+        pausing for less than ``settle_s``) is never taken."""
+        seen = self._seen[source]
+        seen.grows = grows
+        if not grows:
+            return TAKE
+        since = seen.since
+        if source is ENTRIES and FRESH_UNITS in self._seen:  # and the files they load
+            since = max(since, self._seen[FRESH_UNITS].since)
+        if self.clock() - since < self.settle_s:
+            return WAIT
+        cut = [str(p) for p in changed if p in self._unfinished]
+        if cut:
+            return (
+                f"{', '.join(cut)} does not end with a newline: it may still be being "
+                "written, so rules that grant more are not taken from it; end its last line"
+            )
+        return TAKE
 
     async def _refuse(
         self,
@@ -185,13 +303,21 @@ class PolicyWatcher:
         if not self._ready(unit, now, in_force):
             return False
         try:
-            enforcer = await asyncio.to_thread(unit.load)
+            enforcer = await in_thread(unit.load, LOAD_TIMEOUT_S)
         except Exception as err:  # broken, unreadable, half-read: the last good rules stay
             await self._refuse(unit, unit.entry_id, files, now, in_force, str(err))
             return False
         if dict(enforcer.files) != now:
             return False  # read while being written: it must hold still for a look first
-        if not self._report(unit.entry_id, _changes(in_force, now), True, None):
+        changes = _changes(in_force, now)
+        grows = not rules_grant_no_more(unit.enforcer, enforcer)
+        verdict = self._settled(unit, grows, [p for p, _, new in changes if new])
+        if verdict is WAIT:
+            return False
+        if verdict is not TAKE:
+            await self._refuse(unit, unit.entry_id, files, now, in_force, verdict)
+            return False
+        if not self._report(unit.entry_id, changes, True, None):
             await self._refuse(unit, unit.entry_id, files, now, in_force, NOT_RECORDED)
             return False
         self._refused.pop(unit, None)
@@ -206,13 +332,13 @@ class PolicyWatcher:
         load = self.load_entries
         if load is None:
             return False
-        listed = await asyncio.to_thread(lambda: [p for p, _ in entry_files(self.sources)])
+        listed = await in_thread(lambda: [p for p, _ in entry_files(self.sources)], READ_TIMEOUT_S)
         now = await self._digests(listed)  # a file gone from the listing is absent
         if not self._ready(ENTRIES, now, self._entries):
             return False
 
         try:
-            written, plan = await asyncio.to_thread(self._plan, load)
+            written, plan = await in_thread(partial(self._plan, load), LOAD_TIMEOUT_S)
         except Exception as err:  # a load problem, or what running consumers cannot take
             await self._refuse(ENTRIES, ENTRIES, listed, now, self._entries, str(err))
             return False
@@ -222,6 +348,13 @@ class PolicyWatcher:
         if unit_changes is None:
             return False
         changes = _changes(self._entries, now) + unit_changes
+        grows = not policies_grant_no_more(self.security.policy_configs, plan.configs, plan.changed)
+        verdict = self._settled(ENTRIES, grows, [p for p, _, new in changes if new])
+        if verdict is WAIT:
+            return False
+        if verdict is not TAKE:
+            await self._refuse(ENTRIES, ENTRIES, listed, now, self._entries, verdict)
+            return False
         if plan.changed and not self._report(", ".join(plan.changed), changes, True, None):
             await self._refuse(ENTRIES, ENTRIES, listed, now, self._entries, NOT_RECORDED)
             return False
@@ -259,11 +392,13 @@ class PolicyWatcher:
         running = self.security.casbin_units
         fresh = {pid: u for pid, u in plan.casbin_units.items() if running.get(pid) is not u}
         read = {p: d for u in fresh.values() for p, d in u.files.items()}
+        seen = self._seen.get(FRESH_UNITS)
         if read and (
-            self._seen.get(FRESH_UNITS) != read
+            seen is None
+            or seen.digests != read
             or await self._digests(list(read), fresh=True) != read
         ):
-            self._seen[FRESH_UNITS] = read
+            self._seen[FRESH_UNITS] = _Seen(read, self.clock())
             return None
         changes = []
         for pid, unit in fresh.items():

@@ -11,6 +11,7 @@ import itertools
 import logging
 from collections.abc import Hashable, Sequence
 
+from wippy_queue.errors import WippyQueueError
 from wippy_queue.identity import NO_ALLOW, Decision, Request
 from wippy_queue.security.units import PolicyUnit, Verdict
 
@@ -50,6 +51,9 @@ class Scope:
                 return cached
         try:
             decision = self._decide(request)
+        except WippyQueueError as err:  # ours says what is wrong: no traceback
+            log.error("scope %s: deciding %s failed: %s", self.name, request.action, err)
+            return Decision(False, "error", error=f"{type(err).__name__}: {err}")
         except Exception as err:  # fail closed, never cached
             log.exception("scope %s: deciding %s failed", self.name, request.action)
             return Decision(False, "error", error=f"{type(err).__name__}: {err}")

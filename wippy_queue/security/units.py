@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from wippy_queue import policies as shipped
-from wippy_queue.errors import Problem
+from wippy_queue.errors import Problem, WippyQueueError
+from wippy_queue.files import read_regular
 from wippy_queue.identity import ActorView, MessageView, Request, getter
 from wippy_queue.security.conditions import evaluate
 from wippy_queue.security.enforcer import (
@@ -32,6 +33,10 @@ from wippy_queue.security.models import CasbinPolicyConfig, Condition, WippyPoli
 from wippy_queue.security.vocabulary import action_problem
 
 _PLAIN = (str, int, float, bool, type(None))
+
+
+class RoleNameSubject(WippyQueueError):
+    """A request's role subject is a role's name: deciding it would grant that role."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +169,7 @@ def _check_index(info: ModelInfo, index: Sequence[int], model_file: str, entry_i
 
 def _read_text(path: Path, digests: dict[Path, str], entry_id: str) -> str:
     """A policy file's text, its digest noted; not UTF-8 is a PolicyLoadError at its line."""
-    data = path.read_bytes()
+    data = read_regular(path)
     digests[path] = hashlib.sha256(data).hexdigest()
     try:
         return data.decode("utf-8")
@@ -217,6 +222,7 @@ class CasbinUnit(PolicyUnit):
         self.generation = 0
         self._enforcer = self.load()
         self._object_reads = self._reads_of(self._enforcer)
+        self._subjects = self._subjects_of(self._enforcer)
 
     @property
     def files(self) -> Mapping[Path, str]:
@@ -304,8 +310,41 @@ class CasbinUnit(PolicyUnit):
     def install(self, enforcer: Enforcer) -> None:
         """Put rules made by ``load`` in force (on the event loop, between decisions)."""
         self._object_reads = self._reads_of(enforcer)
+        self._subjects = self._subjects_of(enforcer)
         self._enforcer = enforcer
         self.generation += 1
+
+    @property
+    def enforcer(self) -> Enforcer:
+        """The rules in force."""
+        return self._enforcer
+
+    @property
+    def role_names(self) -> Mapping[str, PolicyLine]:
+        """The names the rules in force grant as roles -> the first rule that does."""
+        return self._enforcer.role_names
+
+    def role_subject_paths(self) -> tuple[str, ...]:
+        """The request paths (``actor.id``) the matcher asks roles of (``g(r.sub, ...)``)."""
+        return tuple(self._tokens[i] for i in self._subjects_of(self._enforcer))
+
+    def _subjects_of(self, enforcer: Enforcer) -> tuple[int, ...]:
+        asked = enforcer.role_subjects()
+        return tuple(i for i, t in enumerate(enforcer.request_tokens()) if t in asked)
+
+    def _refuse_role_subject(self, values: tuple[Any, ...]) -> None:
+        """A request whose role subject (the actor's id, a header) is a role's name would
+        hold that role in every domain (pycasbin's ``g(x, x, dom)`` is true): refused."""
+        roles = self._enforcer.role_names
+        for i in self._subjects:
+            rule = roles.get(values[i]) if type(values[i]) is str else None
+            if rule is not None:
+                raise RoleNameSubject(
+                    f"{self._tokens[i]} {values[i]!r} is also the name of a role "
+                    f"({rule.file}:{rule.line}: {rule.ptype}, {', '.join(rule.values)}); "
+                    "Casbin would give it that role in every domain, so it is refused: "
+                    "rename the actor or the role"
+                )
 
     def _reads_of(self, enforcer: Enforcer) -> tuple[ObjectRead, ...] | None:
         """What the cache key needs of whole-object tokens: the attributes the matcher
@@ -329,7 +368,10 @@ class CasbinUnit(PolicyUnit):
         return tuple(values)
 
     def decide(self, request: Request) -> Verdict:
-        effect, rule = self._enforcer.decide(*self._values(request))
+        values = self._values(request)
+        if self._subjects:
+            self._refuse_role_subject(values)
+        effect, rule = self._enforcer.decide(*values)
         return Verdict(effect, self.entry_id, tuple(rule))
 
     def cache_key(self, request: Request) -> Hashable | None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wippy_queue.errors import HandlerError
+from wippy_queue.files import read_text
 from wippy_queue.functions.lua.config import LuaFunctionConfig, LuaLimits
 from wippy_queue.registry.entry import Entry
 
@@ -59,7 +60,7 @@ def read_unit(entry: Entry) -> Unit:
     if config.source.startswith("file://"):
         path = Path(config.source.removeprefix("file://"))
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text(path)
         except (OSError, UnicodeDecodeError) as err:
             raise HandlerError(f"cannot read Lua source {path}: {err}") from err
         chunkname = "@" + path.name
