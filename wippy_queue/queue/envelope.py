@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from typing import Any
 
 from wippy_queue.queue.codec import DecodeError
@@ -22,13 +21,25 @@ MAGIC = b"WQ1\n"
 _ENCODER = json.JSONEncoder(
     separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
 )
+#: the same encoding, made once: ``JSONEncoder.encode`` builds its C encoder per call,
+#: and headers are encoded for every signed publish and verified delivery
+_C_ENCODE = getattr(json.encoder, "c_make_encoder", None)
+_FAST = (
+    _C_ENCODE(
+        None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", True, False, False
+    )
+    if _C_ENCODE is not None
+    else None
+)
 
 
 def encode_headers(headers: Headers) -> bytes:
     """Canonical JSON: sorted keys, no spaces, UTF-8; the same bytes for the same headers."""
     if not headers:
         return b"{}"
-    return _ENCODER.encode(headers).encode()
+    if _FAST is None:
+        return _ENCODER.encode(headers).encode()
+    return "".join(_FAST(headers, 0)).encode()
 
 
 def _valid_value(value: Any) -> bool:
@@ -86,9 +97,27 @@ def unpack(data: bytes) -> Message:
     return Message(message_id, bytes(view[at:]), decode_headers(parts[1]))
 
 
-def signed_bytes(message: Message, queue_id: str, skip: Callable[[str], bool]) -> bytes:
+def signed_bytes(
+    message: Message, queue_id: str, skip: frozenset[str], skip_prefix: str, skip_marker: str
+) -> bytes:
     """What a provenance signature covers: the length-prefixed id, queue, body and the
-    canonical headers except those ``skip`` names (the signature itself, bookkeeping)."""
-    headers = {k: v for k, v in message.headers.items() if not skip(k)}
-    parts = (message.id.encode(), queue_id.encode(), message.body, encode_headers(headers))
-    return b"".join(len(part).to_bytes(8, "big") + part for part in parts)
+    canonical headers except those in ``skip`` and, when ``skip_marker`` is present,
+    those starting ``skip_prefix`` (the signature itself, the dead-letter bookkeeping).
+    Once per signed publish and per verified delivery: kept to a few C calls."""
+    headers = message.headers
+    if skip_marker in headers:  # only then can headers with the prefix be ours
+        headers = {k: v for k, v in headers.items() if not k.startswith(skip_prefix)}
+    if not skip.isdisjoint(headers):
+        headers = {k: v for k, v in headers.items() if k not in skip}
+    encoded = encode_headers(headers)
+    ident, queue, body = message.id.encode(), queue_id.encode(), message.body
+    return b"%d:%b%d:%b%d:%b%d:%b" % (
+        len(ident),
+        ident,
+        len(queue),
+        queue,
+        len(body),
+        body,
+        len(encoded),
+        encoded,
+    )

@@ -3,8 +3,8 @@
 Keys have ids: ``x_signature`` is ``<key id>:<hex HMAC-SHA256>``, made with the key
 that signs and checked with whichever listed key it names, so keys rotate (add the
 new key everywhere, switch the signing id, later drop the old one). A signed stamp
-carries its time (``x_signed_at``): with a ``max_message_age`` a first delivery of
-an older one is stale. A stamp that no key can verify is believed only where the
+carries its time (the ``timestamp`` header it covers): with a ``max_message_age``
+a first delivery of an older one is stale. A stamp that no key can verify is believed only where the
 message cannot have come from outside this process (the memory driver); from a
 broker it is dropped, and the message is anonymous.
 
@@ -25,15 +25,13 @@ from dataclasses import dataclass
 
 from wippy_queue.identity import Actor
 from wippy_queue.queue.envelope import signed_bytes
-from wippy_queue.queue.message import EXPIRES_AT, PUBLISHER, PUBLISHER_TENANT, Message
+from wippy_queue.queue.message import EXPIRES_AT, PUBLISHER, PUBLISHER_TENANT, TIMESTAMP, Message
 from wippy_queue.queue.settle import DL_QUEUE
 
 SIGNATURE = "x_signature"
-#: when the stamp was signed (unix seconds): a signed stamp's age
-SIGNED_AT = "x_signed_at"
 _UNSIGNED_PREFIX = "x_dead_letter_"
 #: the stamp's headers: dropped from a broker's message that no key can verify
-STAMP = (PUBLISHER, PUBLISHER_TENANT, SIGNATURE, SIGNED_AT)
+STAMP = frozenset((PUBLISHER, PUBLISHER_TENANT, SIGNATURE))
 
 
 class ForgedProvenance(Exception):
@@ -53,16 +51,15 @@ class Provenance:
 ANONYMOUS = Provenance(None, None)
 
 
-def _unsigned(key: str) -> bool:
-    """Headers a signature does not cover: itself, the dead-letter bookkeeping and the
-    ttl expiry (which a dead-letter queue sets afresh)."""
-    return key in (SIGNATURE, EXPIRES_AT) or key.startswith(_UNSIGNED_PREFIX)
+#: headers a signature does not cover: itself, the dead-letter bookkeeping (prefixed)
+#: and the ttl expiry (which a dead-letter queue sets afresh)
+_UNSIGNED = frozenset((SIGNATURE, EXPIRES_AT))
 
 
 def _digest(mac: hmac.HMAC, message: Message, queue_id: str) -> str:
     """HMAC-SHA256 over the message's canonical envelope bytes (``queue/envelope.py``)."""
     mac = mac.copy()  # the keyed state is computed once per key
-    mac.update(signed_bytes(message, queue_id, _unsigned))
+    mac.update(signed_bytes(message, queue_id, _UNSIGNED, _UNSIGNED_PREFIX, DL_QUEUE))
     return mac.hexdigest()
 
 
@@ -103,10 +100,9 @@ class Stamper:
         headers[PUBLISHER] = actor.id
         if actor.tenant is not None:
             headers[PUBLISHER_TENANT] = actor.tenant
-        if self._signing_id is not None:
-            headers[SIGNED_AT] = round(time.time(), 3)
+        if self._signing_id is not None:  # the message's timestamp is the stamp's time
             digest = _digest(self._macs[self._signing_id], message, queue_id)
-            headers[SIGNATURE] = f"{self._signing_id}:{digest}"
+            headers[SIGNATURE] = self._signing_id + ":" + digest
 
     def verify(
         self, message: Message, queue_id: str, *, attempt: int = 1, trusted: bool = True
@@ -117,7 +113,7 @@ class Stamper:
         needed to believe it). Untrusted and unverifiable, the stamp is dropped.
         """
         headers = message.headers
-        if not any(key in headers for key in STAMP):
+        if STAMP.isdisjoint(headers):
             return ANONYMOUS
         if not self._macs:
             if not trusted:
@@ -126,8 +122,8 @@ class Stamper:
                 return ANONYMOUS
         else:
             self._check_signature(message, queue_id)
-            if attempt == 1:
-                self._check_age(headers.get(SIGNED_AT))
+            if attempt == 1 and self._max_age_s is not None:
+                self._check_age(headers.get(TIMESTAMP), self._max_age_s)
         publisher = headers.get(PUBLISHER)
         if not isinstance(publisher, str):
             raise ForgedProvenance("a publisher tenant without a publisher")
@@ -155,14 +151,13 @@ class Stamper:
         if not hmac.compare_digest(given, _digest(mac, message, signed_for)):
             raise ForgedProvenance("the publisher stamp's signature does not match")
 
-    def _check_age(self, signed_at: object) -> None:
-        if self._max_age_s is None:
-            return
+    @staticmethod
+    def _check_age(signed_at: object, max_age_s: float) -> None:
         if isinstance(signed_at, bool) or not isinstance(signed_at, int | float):
-            raise ForgedProvenance("the signed stamp carries no signing time")
+            raise ForgedProvenance("the signed message carries no timestamp")
         age_s = time.time() - signed_at
-        if age_s > self._max_age_s:
+        if age_s > max_age_s:
             raise StaleProvenance(
                 f"the publisher stamp was signed {age_s:.0f}s ago; max_message_age is "
-                f"{self._max_age_s:g}s"
+                f"{max_age_s:g}s"
             )
