@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -60,8 +61,8 @@ FULL_WAIT_S, FULL_WAIT_MAX_S = 0.01, 0.2
 PROMOTE_EVERY_S, PROMOTE_MOST = 1.0, 500
 #: a reply later than this means the connection is gone (reconnect)
 SOCKET_TIMEOUT_S = 10.0
-#: a group member that has not read for this long is not counted as a consumer (a
-#: live one reads at least every ``read_block``, at most 5 s)
+#: a subscription that has not said it is alive for this long is not counted as a
+#: consumer (a live one says so every ``HEARTBEAT_S``; one whose process died stops)
 CONSUMER_LIVE_S = 15.0
 
 T = TypeVar("T")
@@ -133,7 +134,7 @@ class RedisDriver(Driver):
         self.client = client
         self._scripts = {
             name: client.register_script(getattr(scripts, name))
-            for name in ("PUBLISH_BOUNDED", "SETTLE", "EXTEND", "PROMOTE")
+            for name in ("PUBLISH_BOUNDED", "SETTLE", "EXTEND", "PROMOTE", "LEAVE")
         }
         self._wire, self._promote_wire = self.new_wire(), self.new_wire()
         self._running = True
@@ -321,12 +322,13 @@ class RedisDriver(Driver):
     def script(self, name: str) -> Any:
         return self._scripts[name]
 
-    def new_wire(self, *, timeout_s: float = SOCKET_TIMEOUT_S) -> Wire:
+    def new_wire(self, *, timeout_s: float = SOCKET_TIMEOUT_S, name: str = "") -> Wire:
         """A connection of its own for one caller's round trips (closed at the latest
-        when the driver stops)."""
+        when the driver stops); ``name`` makes its client name its own."""
         if self.client is None:
             raise self.not_running_error()
-        wire = Wire(self.client, timeout_s=timeout_s)
+        full = f"{self.client_name}:{name}" if name else ""
+        wire = Wire(self.client, timeout_s=timeout_s, name=full)
         self._wires.add(wire)
         return wire
 
@@ -346,19 +348,18 @@ class RedisDriver(Driver):
             pipe.xinfo_groups(keys.stream)
             pipe.zcard(keys.delayed)
             pipe.get(keys.expired)
-            pipe.xinfo_consumers(keys.stream, GROUP)
+            pipe.zcount(keys.members, int((time.time() - CONSUMER_LIVE_S) * 1000), "+inf")
             done: list[Any] = await pipe.execute()
             return done
 
-        length, groups, delayed, expired, consumers = await self.call(read, f"reading {queue!r}")
+        length, groups, delayed, expired, live = await self.call(read, f"reading {queue!r}")
         group: dict[str, Any] = next((g for g in groups if _text(g.get("name")) == GROUP), {})
         pending = int(group.get("pending", 0))
-        live = sum(1 for c in consumers if int(c.get("idle", 0)) / 1000 < CONSUMER_LIVE_S)
         ready = max(length - pending, 0)
         return QueueInfo(
             queue=queue,
             message_count=ready + pending + delayed,
-            consumer_count=live,
+            consumer_count=int(live),
             ready=ready,
             in_flight=pending,
             delayed=delayed,

@@ -41,6 +41,11 @@ class Keys:
     def meta(self) -> str:
         return f"{self.stream}:wq:meta"
 
+    @property
+    def members(self) -> str:
+        """Live subscriptions: member name -> when it last said so (ms)."""
+        return f"{self.stream}:wq:members"
+
 
 class Link(Protocol):
     """The driver as its subscriptions use it."""
@@ -59,6 +64,6 @@ class Link(Protocol):
 
     def script(self, name: str) -> Any: ...
 
-    def new_wire(self, *, timeout_s: float = ...) -> Wire: ...
+    def new_wire(self, *, timeout_s: float = ..., name: str = ...) -> Wire: ...
 
     def delayed_added(self) -> None: ...

@@ -124,3 +124,16 @@ if #next == 0 then return -1 end
 return math.max(0, tonumber(next[2]) - now)
 """
 )
+
+#: KEYS: stream, members zset. ARGV: group, consumer. The consumer leaves the group only
+#: when it holds nothing (a consumer's pending entries would go with it, never to be
+#: delivered again); it always leaves the members (it no longer counts as one).
+LEAVE = """
+redis.call('ZREM', KEYS[2], ARGV[2])
+local held = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #held == 0 then
+  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"""

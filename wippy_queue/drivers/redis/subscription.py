@@ -13,6 +13,7 @@ entries a read cut off by the close had already taken.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -46,6 +47,10 @@ EXPIRED = "expired"
 REFILL_WAIT_S = 0.02
 #: a read's reply may come this long after its BLOCK time before the line counts as lost
 READ_MARGIN_S = 10.0
+#: a subscription says it is alive this often (``info`` counts the live ones)
+HEARTBEAT_S = 5.0
+#: how long a close waits for an unblocked read to come back
+UNBLOCK_WAIT_S = 2.0
 
 
 class RedisDelivery(Delivery):
@@ -101,6 +106,9 @@ class RedisSubscription(Subscription):
         self._fetcher: asyncio.Task[None] | None = None
         self._settles: Batcher[Settle, bool] = Batcher(self._flush_settles)
         self._claim_at = 0.0
+        self._beat_at = 0.0
+        #: a read is on the wire (a close unblocks it rather than cutting it off)
+        self._reading = False
         self._claim_from = "0-0"
         self._read_wire: Wire | None = None
         self._settle_wire: Wire | None = None
@@ -114,8 +122,11 @@ class RedisSubscription(Subscription):
             lambda c: c.xgroup_createconsumer(self.keys.stream, GROUP, self.name),
             f"joining queue {self.spec.queue!r}",
         )
+        await self._beat()
         # reads block on the server: they and the settles each have a connection
-        self._read_wire = self.driver.new_wire(timeout_s=self._block_ms / 1000 + READ_MARGIN_S)
+        self._read_wire = self.driver.new_wire(
+            timeout_s=self._block_ms / 1000 + READ_MARGIN_S, name=f"read:{uuid.uuid4().hex[:8]}"
+        )
         self._settle_wire = self.driver.new_wire()
         self.driver.subscriptions.add(self)
         self._fetcher = asyncio.create_task(self._fetch(), name=f"{self.name}:fetch")
@@ -158,35 +169,55 @@ class RedisSubscription(Subscription):
             except TimeoutError:
                 return self._free()
 
+    async def _beat(self) -> None:
+        """Say this subscription is alive (``info`` counts the live ones)."""
+        now_ms = int(time.time() * 1000)
+        self._beat_at = time.monotonic() + HEARTBEAT_S
+        await self.driver.call(
+            lambda c: c.zadd(self.keys.members, {self.name: now_ms}),
+            f"joining queue {self.spec.queue!r}",
+        )
+
     async def _fetch(self) -> None:
         while not self._closed and self.driver.running:
             free = await self._room_to_read()
             if free <= 0 or self._closed:
                 continue
-            try:
-                client = await self.driver.wait_up()
-                entries = await self._claim(client, free)
-                if not entries:
-                    entries = await self._read(free)
-            except CONNECTION_ERRORS as err:
-                self.driver.connection_lost(err)
-                continue
-            except DriverError:
+            entries = await self._take(free)
+            if entries is None:
                 break  # the driver stopped
-            except RedisError as err:
-                log.error("subscription %s: reading failed: %s; retrying", self.name, err)
-                await asyncio.sleep(1.0)
-                continue
             for entry, count in entries:
                 self._buffer.append(RedisDelivery(self, entry, count))
             if entries:
                 self._arrived.set()
         self._arrived.set()  # receivers see the close
 
+    async def _take(self, free: int) -> list[tuple[Entry, int]] | None:
+        """Up to ``free`` entries: claimed from a dead member first, else new ones;
+        none after a passing error, None once the driver has stopped."""
+        try:
+            if time.monotonic() >= self._beat_at:
+                await self._beat()
+            client = await self.driver.wait_up()
+            return await self._claim(client, free) or await self._read(free)
+        except CONNECTION_ERRORS as err:
+            self.driver.connection_lost(err)
+            return []
+        except DriverError:
+            return None
+        except RedisError as err:
+            log.error("subscription %s: reading failed: %s; retrying", self.name, err)
+            await asyncio.sleep(1.0)
+            return []
+
     async def _read(self, count: int) -> list[tuple[Entry, int]]:
         assert self._read_wire is not None
         read = ("XREADGROUP", "GROUP", GROUP, self.name, "COUNT", count, "BLOCK", self._block_ms)
-        (reply,) = await self._read_wire.call([(*read, "STREAMS", self.keys.stream, ">")])
+        self._reading = True
+        try:
+            (reply,) = await self._read_wire.call([(*read, "STREAMS", self.keys.stream, ">")])
+        finally:
+            self._reading = False
         if isinstance(reply, ResponseError):
             raise reply
         return [(parse(eid, fields), 1) for eid, fields in read_reply(reply)]
@@ -275,8 +306,7 @@ class RedisSubscription(Subscription):
         self._arrived.set()
         self._room.set()
         if self._fetcher is not None:
-            self._fetcher.cancel()
-            await asyncio.gather(self._fetcher, return_exceptions=True)
+            await self._stop_reading(self._fetcher)
         if self.driver.running:
             try:
                 await self._give_back_unhanded()
@@ -286,6 +316,26 @@ class RedisSubscription(Subscription):
         for wire in (self._read_wire, self._settle_wire):
             if wire is not None:
                 await wire.close()
+
+    async def _stop_reading(self, fetcher: asyncio.Task[None]) -> None:
+        """End the fetch loop without cutting a read off mid-way: the server may have
+        handed a blocked read entries the moment the connection is cut, and they
+        would sit with this member. A blocked read is unblocked (it returns at once,
+        with what it has, which is given back below); only then is the loop ended."""
+        if self._reading and self.driver.running and self._read_wire is not None:
+            with contextlib.suppress(DriverError, RedisError, *CONNECTION_ERRORS):
+                await self.driver.call(self._unblock, "unblocking a read")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(UNBLOCK_WAIT_S):
+                    await asyncio.shield(fetcher)
+        fetcher.cancel()
+        await asyncio.gather(fetcher, return_exceptions=True)
+
+    async def _unblock(self, client: aioredis.Redis) -> None:
+        assert self._read_wire is not None
+        for row in await client.client_list(_type="normal"):
+            if row.get("name") == self._read_wire.name:
+                await client.client_unblock(int(row["id"]))
 
     async def _give_back_unhanded(self) -> None:
         """Release every entry this member holds that no worker has (the buffer, and
@@ -309,10 +359,11 @@ class RedisSubscription(Subscription):
             await self._leave()
 
     async def _leave(self) -> None:
-        """Leave the group (only when this member holds nothing: a member's pending
-        entries would go with it)."""
+        """Leave the members, and the group when this member holds nothing (atomic:
+        a member's pending entries would go with it, never to be delivered again)."""
+        keys, args = [self.keys.stream, self.keys.members], [GROUP, self.name]
         await self.driver.call(
-            lambda c: c.xgroup_delconsumer(self.keys.stream, GROUP, self.name),
+            lambda c: self.driver.script("LEAVE")(keys=keys, args=args, client=c),
             f"leaving queue {self.spec.queue!r}",
         )
 

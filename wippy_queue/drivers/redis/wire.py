@@ -31,9 +31,13 @@ Command = tuple[str | bytes | int | float, ...]
 
 
 class Wire:
-    def __init__(self, client: aioredis.Redis, *, timeout_s: float) -> None:
+    def __init__(self, client: aioredis.Redis, *, timeout_s: float, name: str = "") -> None:
         pool = client.connection_pool
         kwargs = dict(pool.connection_kwargs)
+        if name:  # the server knows the connection by it (to unblock its blocked read)
+            kwargs["client_name"] = name
+        #: this connection's client name on the server
+        self.name: str = kwargs.get("client_name") or ""
         # a plain connection, outside the pool: no per-read timer (one timeout covers
         # the round trip), and not handed to the pool's maintenance-notification handler
         # (redis-py 8; on a server that sends them, a wire simply reconnects)
