@@ -107,7 +107,8 @@ class _MemoryQueue:
         else:
             waiting.append(held)
         self.ready_count += 1
-        self.wake_getter(held.partition)
+        if self.getters:
+            self.wake_getter(held.partition)
 
     def wake_getter(self, partition: str) -> None:
         """Wake the first waiting receiver that reads ``partition``."""
@@ -126,10 +127,13 @@ class _MemoryQueue:
 
     def take(self, partition: str | None) -> _Held | None:
         """The next ready message of ``partition`` (None: of any, in turn), in flight."""
+        ready = self.ready
         if partition is not None:
-            waiting = self.ready.get(partition)
+            waiting = ready.get(partition)
+        elif len(ready) == 1:  # one partition (every unpartitioned queue): no search
+            waiting = next(iter(ready.values()))
         else:
-            waiting = next((q for q in self.ready.values() if q), None)
+            waiting = next((q for q in ready.values() if q), None)
         if not waiting:
             return None
         held = waiting.popleft()

@@ -1,11 +1,23 @@
-"""Codecs turn a publisher's data into message bytes and back (``codec`` on a queue)."""
+"""Codecs turn a publisher's data into message bytes and back (``codec`` on a queue).
+
+JSON goes through orjson (encode about 25x, decode about 6x faster than the standard
+library on a small message) and falls back to the standard library wherever the two
+would differ, so that the data a handler gets is what it was before: orjson refuses
+(integers past 64 bits, non-string keys, surrogates, NaN text, a BOM, UTF-16) or
+would change it (it writes NaN and infinities as ``null``; it reads an integer of 20
+digits or more as a float). orjson also writes a UUID or an ``Enum`` as its value,
+where the standard library refused them.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from wippy_queue.errors import PublishError
 
@@ -29,6 +41,21 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _DECODER = json.JSONDecoder()
+#: types orjson would write its own way (dataclasses, dates, subclasses of str, int,
+#: dict, list) go to the standard library instead, which takes or refuses them as before
+_ORJSON_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+#: an integer orjson may read as a float (past 64 bits); a float or string of as many
+#: digits takes the standard library's path too, which reads it the same (a body
+#: shorter than the pattern cannot hold one)
+_LONG_NUMBER = re.compile(rb"\d{20}")
+
+
+#: (a tuple, not ``dict | list | tuple``: a union is built anew at every call, 1 µs)
+_CONTAINERS = (dict, list, tuple)
 
 
 def _depth_exceeded(data: Any, brackets: int) -> bool:
@@ -41,7 +68,7 @@ def _depth_exceeded(data: Any, brackets: int) -> bool:
         value, depth = stack.pop()
         children = value.values() if isinstance(value, dict) else value
         for child in children:
-            if isinstance(child, dict | list | tuple):
+            if isinstance(child, _CONTAINERS):
                 if depth >= MAX_DEPTH:
                     return True
                 stack.append((child, depth + 1))
@@ -54,7 +81,7 @@ def _brackets(body: bytes) -> int:
 
 
 def _containers(data: Any) -> bool:
-    return isinstance(data, dict | list | tuple)
+    return isinstance(data, _CONTAINERS)
 
 
 def _checked_encode(data: Any, encode: Callable[[Any], bytes], what: str) -> bytes:
@@ -72,8 +99,10 @@ def _checked_encode(data: Any, encode: Callable[[Any], bytes], what: str) -> byt
             f"message data is {len(body)} bytes encoded, over the {MAX_BODY_BYTES}-byte "
             "limit; send a reference to it instead"
         )
-    if _containers(data) and _depth_exceeded(
-        data, _brackets(body) if what == "JSON" else len(body)
+    if (
+        len(body) > MAX_DEPTH
+        and _containers(data)
+        and _depth_exceeded(data, _brackets(body) if what == "JSON" else len(body))
     ):
         raise PublishError(f"message data nests deeper than {MAX_DEPTH} levels; flatten it")
     return body
@@ -91,19 +120,39 @@ def _checked_decode(body: bytes, decode: Callable[[bytes], Any], what: str) -> A
         raise
     except Exception as err:
         raise DecodeError(f"body is not valid {what}: {err}") from err
-    if _containers(data) and _depth_exceeded(
-        data, _brackets(body) if what == "JSON" else len(body)
+    if (
+        len(body) > MAX_DEPTH
+        and _containers(data)
+        and _depth_exceeded(data, _brackets(body) if what == "JSON" else len(body))
     ):
         raise DecodeError(f"body nests deeper than {MAX_DEPTH} levels")
     return data
 
 
+def _json_dump(data: Any) -> bytes:
+    try:
+        # copied to size: orjson writes into a 1 KiB block and shrinks it in place, so a
+        # body kept in a queue pins fresh heap; measured: 4 µs a publish, 0.3 copied
+        body = memoryview(orjson.dumps(data, None, _ORJSON_OPTIONS)).tobytes()
+    except TypeError:  # orjson.JSONEncodeError: the standard library takes it or says why
+        return _ENCODER.encode(data).encode()
+    # maybe a NaN or an infinity orjson wrote as null ("n" first: ``in`` costs more)
+    if 110 in body and body.find(b"null") != -1:
+        return _ENCODER.encode(data).encode()
+    return body
+
+
 def _json_encode(data: Any) -> bytes:
-    return _checked_encode(data, lambda d: _ENCODER.encode(d).encode(), "JSON")
+    return _checked_encode(data, _json_dump, "JSON")
 
 
 def _json_parse(body: bytes) -> Any:
-    try:  # the common case (UTF-8 without BOM) without json.loads' encoding sniffing
+    if len(body) < 20 or _LONG_NUMBER.search(body) is None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    try:  # UTF-8 without BOM, without json.loads' encoding sniffing
         return _DECODER.decode(body.decode())
     except ValueError:
         pass

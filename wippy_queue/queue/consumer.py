@@ -60,6 +60,33 @@ class _AllOf:
             await gate.wait()
 
 
+class _Credits:
+    """How many more deliveries the consumer may take (prefetch + concurrency, less
+    those unsettled). One taker, the fetch loop, checks ``free`` and waits only when
+    there is none: cheaper per message than an ``asyncio.Semaphore``."""
+
+    __slots__ = ("_waiter", "free")
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def wait(self) -> None:
+        """Until one is free (the caller then takes it: ``free -= 1``)."""
+        while self.free <= 0:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def give(self) -> None:
+        self.free += 1
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 class Consumer:
     """Reads as fetch -> run -> settle: ``_fetch`` fills the buffer within the credits,
     each worker runs one delivery through the middleware chain and the handler, and
@@ -112,7 +139,7 @@ class Consumer:
         self._tasks: list[asyncio.Task[None]] = []
         self._fetcher: asyncio.Task[None] | None = None
         self._buffer: asyncio.Queue[Delivery] = asyncio.Queue()
-        self._credits = asyncio.Semaphore(prefetch + concurrency)
+        self._credits = _Credits(prefetch + concurrency)
         self._active: dict[asyncio.Task[Any], Delivery] = {}
         #: every delivery taken and not yet settled (buffered, running, awaiting a hook)
         self._unsettled: set[Delivery] = set()
@@ -135,7 +162,7 @@ class Consumer:
 
     def _settled(self, delivery: Delivery) -> None:
         self._unsettled.discard(delivery)
-        self._credits.release()
+        self._credits.give()
 
     @property
     def held(self) -> int:
@@ -158,7 +185,7 @@ class Consumer:
         except BaseException:
             await self.handler.close()
             raise
-        self._credits = asyncio.Semaphore(self.prefetch + self.concurrency)
+        self._credits = _Credits(self.prefetch + self.concurrency)
         self._settler = self._new_settler()
         self._leases = LeaseKeeper(self.entry_id, self._subscription)
         self._buffer = asyncio.Queue()
@@ -171,18 +198,21 @@ class Consumer:
 
     async def _fetch(self) -> None:
         assert self._subscription is not None and self._leases is not None
+        receive, credits, hold = self._subscription.receive, self._credits, self._leases.hold
         try:
             while True:
                 if self._gate is not None and not self._gate.is_set():
                     await self._gate.wait()
-                await self._credits.acquire()
+                if credits.free <= 0:
+                    await credits.wait()
+                credits.free -= 1
                 try:
-                    delivery = await self._subscription.receive()
+                    delivery = await receive()
                 except BaseException:
-                    self._credits.release()
+                    credits.give()
                     raise
                 self._unsettled.add(delivery)
-                self._leases.hold(delivery)  # extended while held (leasing drivers)
+                hold(delivery)  # extended while held (leasing drivers)
                 self._buffer.put_nowait(delivery)
         except SubscriptionClosed:
             if not self._stopping:
@@ -198,14 +228,14 @@ class Consumer:
             self.failed.set_result(err)
 
     async def _work(self) -> None:
-        settler = self._settler
+        settler, buffer = self._settler, self._buffer
+        task = asyncio.current_task()
+        assert task is not None
         while True:
-            delivery = await self._buffer.get()
+            delivery = await buffer.get()
             if self._stopping or (self._gate is not None and not self._gate.is_set()):
                 await settler.give_back(delivery)
                 continue
-            task = asyncio.current_task()
-            assert task is not None
             self._active[task] = delivery
             try:
                 await self._process(delivery)

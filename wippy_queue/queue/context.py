@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Coroutine, Generator
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
 from contextvars_extras import ContextVarsRegistry
 
@@ -46,9 +45,13 @@ class Publishes(Protocol):
     ) -> str: ...
 
 
-@dataclass(frozen=True, slots=True)
-class CallContext:
-    """Immutable; derive a changed copy with ``evolve``."""
+class CallContext(NamedTuple):
+    """Immutable; derive a changed copy with ``evolve``.
+
+    A named tuple rather than a frozen dataclass: one is made per message, and a
+    frozen dataclass's ``__init__`` costs 2 µs (``object.__setattr__`` per field)
+    where a tuple costs 0.4.
+    """
 
     publisher: Publishes | None = None
     loop: asyncio.AbstractEventLoop | None = None
@@ -60,20 +63,17 @@ class CallContext:
     trace_id: str | None = None
 
     def evolve(self, **changes: Any) -> CallContext:
-        return replace(self, **changes)
+        return self._replace(**changes)
 
     def for_message(self, message: MessageHandle, trace_id: str) -> CallContext:
-        """``evolve(message=..., trace_id=...)`` without ``replace``'s cost (per message)."""
-        return CallContext(
-            publisher=self.publisher,
-            loop=self.loop,
-            actor=self.actor,
-            scope=self.scope,
-            checked=self.checked,
-            message=message,
-            consumer=self.consumer,
-            trace_id=trace_id,
+        """``evolve(message=..., trace_id=...)`` at a tuple's cost (per message)."""
+        return _new_tuple(
+            CallContext,
+            (self[0], self[1], self[2], self[3], self[4], message, self[6], trace_id),
         )
+
+
+_new_tuple = tuple.__new__
 
 
 class _Vars(ContextVarsRegistry):  # type: ignore[misc]
@@ -81,11 +81,13 @@ class _Vars(ContextVarsRegistry):  # type: ignore[misc]
 
 
 _CALL: Any = _Vars.call  # the ContextVarDescriptor (set/get/reset)
+#: its ContextVar, read directly where it is read per message (a third of the cost)
+_CALL_GET = _CALL.context_var.get
 
 
 def current() -> CallContext | None:
     """The call context of the running handler, or None outside any."""
-    return _CALL.get()  # type: ignore[no-any-return]
+    return _CALL_GET(None)  # type: ignore[no-any-return]
 
 
 class bound:

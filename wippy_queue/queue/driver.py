@@ -26,7 +26,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -126,7 +126,16 @@ class QueueInfo:
         return self.message_count == 0
 
 
-_EXACT = (str, int, float, bool)
+_EXACT = frozenset((str, int, float, bool))
+
+
+def _exact_items(headers: dict[Any, Any]) -> bool:
+    """Every key an exact ``str`` and every value an exact header type (a loop: a
+    third cheaper than ``all`` over a generator, and it runs per delivery)."""
+    for key, value in headers.items():
+        if type(key) is not str or type(value) not in _EXACT:
+            return False
+    return True
 
 
 class SubscriptionClosed(DriverError):
@@ -170,7 +179,8 @@ class Delivery(ABC):
             and type(message.body) is bytes
             and type(message.headers) is dict
             and message.id
-        ) or not all(type(k) is str and type(v) in _EXACT for k, v in message.headers.items()):
+            and _exact_items(message.headers)
+        ):
             self._well_formed()
 
     def _well_formed(self) -> None:

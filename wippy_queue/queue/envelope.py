@@ -42,10 +42,14 @@ def encode_headers(headers: Headers) -> bytes:
     return "".join(_FAST(headers, 0)).encode()
 
 
+#: (a tuple: a ``str | int`` union would be built anew for every header read)
+_STR_INT = (str, int)
+
+
 def _valid_value(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
-    return isinstance(value, str | int)  # bool is an int
+    return isinstance(value, _STR_INT)  # bool is an int
 
 
 def decode_headers(raw: bytes | str) -> Headers:

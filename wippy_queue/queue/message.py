@@ -35,13 +35,50 @@ class Message:
     headers: Headers = field(default_factory=dict)
 
 
+class _IdPool:
+    """Random hex for message ids, drawn from ``os.urandom`` 1,024 ids at a time: one
+    system call per 1,024 ids instead of one per id (the ids stay unpredictable). A
+    forked child drops what it inherited, so two processes never share ids."""
+
+    __slots__ = ("hex", "next", "watching_forks")
+
+    #: hex characters drawn per refill (32 per id)
+    SIZE = 32 * 1024
+
+    def __init__(self) -> None:
+        self.hex = ""
+        self.next = 0
+        self.watching_forks = False
+
+    def refill(self) -> str:
+        if not self.watching_forks:  # on first use, never at import
+            self.watching_forks = True
+            os.register_at_fork(after_in_child=self.drop)
+        self.hex = os.urandom(self.SIZE // 2).hex()
+        self.next = 0
+        return self.hex
+
+    def drop(self) -> None:
+        self.hex = ""
+        self.next = 0
+
+
+_IDS = _IdPool()
+#: a hex digit's two low bits under the RFC 4122 variant bits (``10xx``)
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
 def new_message_id() -> str:
-    """A random UUID4 string, formatted directly (``str(uuid.uuid4())`` costs 3x more)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A random UUID4 string, formatted directly (``str(uuid.uuid4())`` costs 5x more)."""
+    i, h = _IDS.next, _IDS.hex
+    if i + 32 > len(h):
+        i, h = 0, _IDS.refill()
+    _IDS.next = i + 32
+    # version 4 in the 13th digit, the variant's bits in the 17th
+    return (
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+        f"{_VARIANT[h[i + 16]]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+    )
 
 
 def exact_value(value: Any) -> HeaderValue | None:
@@ -77,7 +114,7 @@ def user_headers(headers: Mapping[Any, Any] | None) -> Headers:
     """
     if headers is None:
         return {}
-    if not isinstance(headers, dict | Mapping):  # dict first: the common, cheap check
+    if type(headers) is not dict and not isinstance(headers, Mapping):
         raise PublishError(
             f"headers must be a mapping of str to str/int/float/bool, got {headers!r}"
         )
@@ -163,8 +200,9 @@ def stamp_new(
 
 def expired(message: Message, now: float) -> bool:
     expires_at = message.headers.get(EXPIRES_AT)
-    return (
-        isinstance(expires_at, int | float)
-        and not isinstance(expires_at, bool)
-        and expires_at < now
-    )
+    if expires_at is None:  # the common case, decided first
+        return False
+    return isinstance(expires_at, _NUMBER) and type(expires_at) is not bool and expires_at < now
+
+
+_NUMBER = (int, float)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from wippy_queue.queue.codec import Codec
 from wippy_queue.queue.driver import Driver, QueueInfo, QueueSpec
@@ -29,7 +30,7 @@ class Queue:
         """The queue's name on its driver."""
         return self.spec.name
 
-    @property
+    @cached_property  # read at every publish; the spec is frozen
     def ttl_s(self) -> float | None:
         ttl = self.spec.option("ttl")
         return float(ttl) if isinstance(ttl, int | float) else None

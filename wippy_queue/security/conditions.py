@@ -39,14 +39,19 @@ def _cmp(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
     return compare
 
 
+#: (tuples: a ``list | tuple | set`` union would be built anew at every check)
+_LISTS = (list, tuple, set)
+_COLLECTIONS = (list, tuple, set, dict)
+
+
 def _in(left: Any, right: Any) -> bool:
-    return isinstance(right, list | tuple | set) and left in right
+    return isinstance(right, _LISTS) and left in right
 
 
 def _contains(left: Any, right: Any) -> bool:
     if isinstance(left, str):
         return isinstance(right, str) and right in left
-    return isinstance(left, list | tuple | set | dict) and right in left
+    return isinstance(left, _COLLECTIONS) and right in left
 
 
 def _matches(left: Any, right: Any) -> bool:

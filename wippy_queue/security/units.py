@@ -33,6 +33,7 @@ from wippy_queue.security.models import CasbinPolicyConfig, Condition, WippyPoli
 from wippy_queue.security.vocabulary import action_problem
 
 _PLAIN = (str, int, float, bool, type(None))
+_SEQUENCES = (list, tuple)
 
 
 class RoleNameSubject(WippyQueueError):
@@ -79,7 +80,7 @@ def _hashable(value: Any) -> Any:
     but not to every condition); ``_UNHASHABLE`` when it cannot be part of a key."""
     if isinstance(value, _PLAIN):
         return (type(value).__name__, value)
-    if isinstance(value, list | tuple):
+    if isinstance(value, _SEQUENCES):
         items = tuple(_hashable(v) for v in value)
         return _UNHASHABLE if any(i is _UNHASHABLE for i in items) else ("list", items)
     return _UNHASHABLE
