@@ -86,6 +86,7 @@ def test_a_body_written_by_another_publisher_reads_as_the_standard_library_reads
     ("body", "expected"),
     [
         (b"123456789012345678901234567890", 123456789012345678901234567890),  # not a float
+        (b"-9223372036854775809", -9223372036854775809),  # 19 digits, below int64
         (b'{"n":-99999999999999999999}', {"n": -99999999999999999999}),
         (b'{"n":NaN}', {"n": math.nan}),
         (b"[Infinity,-Infinity]", [math.inf, -math.inf]),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Final
 
 from pydantic import Field
 
@@ -27,7 +28,7 @@ from wippy_queue.queue.driver import (
     Subscription,
     SubscriptionClosed,
 )
-from wippy_queue.queue.message import Message
+from wippy_queue.queue.message import HeaderValue, Message
 from wippy_queue.registry.entry import Entry
 
 EXPIRED = "expired"
@@ -61,15 +62,22 @@ def _wake_all(waiters: deque[asyncio.Future[None]]) -> None:
             waiter.set_result(None)
 
 
-class _Held:
-    """A message in a queue, its partition and the deliveries it has had."""
+#: A message in a queue: (id, body, header items, partition, deliveries it has had).
+#: Tuples of plain values only (no dict, no object): the garbage collector stops
+#: tracking them once it has seen them, so messages waiting in a queue add nothing
+#: to each full collection. Objects did: at 50,000 waiting, 15-30 ms more per full
+#: collection, for 0.3 µs a message to take the headers apart and back.
+_Held = tuple[str, bytes, tuple[tuple[str, HeaderValue], ...], str, int]
+_PARTITION: Final = 3
+_ATTEMPTS: Final = 4
 
-    __slots__ = ("attempts", "message", "partition")
 
-    def __init__(self, message: Message, partition: str = "", attempts: int = 0) -> None:
-        self.message = message
-        self.partition = partition
-        self.attempts = attempts
+def _held(message: Message, partition: str, attempts: int) -> _Held:
+    return (message.id, message.body, tuple(message.headers.items()), partition, attempts)
+
+
+def _message(held: _Held) -> Message:
+    return Message(held[0], held[1], dict(held[2]))
 
 
 class _MemoryQueue:
@@ -99,16 +107,17 @@ class _MemoryQueue:
         return bound is not None and self.ready_count + len(self.delayed) >= bound
 
     def push(self, held: _Held, *, front: bool = False) -> None:
-        waiting = self.ready.get(held.partition)
+        partition = held[_PARTITION]
+        waiting = self.ready.get(partition)
         if waiting is None:
-            waiting = self.ready[held.partition] = deque()
+            waiting = self.ready[partition] = deque()
         if front:
             waiting.appendleft(held)
         else:
             waiting.append(held)
         self.ready_count += 1
         if self.getters:
-            self.wake_getter(held.partition)
+            self.wake_getter(partition)
 
     def wake_getter(self, partition: str) -> None:
         """Wake the first waiting receiver that reads ``partition``."""
@@ -136,14 +145,14 @@ class _MemoryQueue:
             waiting = next((q for q in ready.values() if q), None)
         if not waiting:
             return None
-        held = waiting.popleft()
-        if partition is None and len(self.ready) > 1:  # the next turn is another's
-            self.ready[held.partition] = self.ready.pop(held.partition)
+        message_id, body, headers, of, attempts = waiting.popleft()
+        if partition is None and len(ready) > 1:  # the next turn is another's
+            ready[of] = ready.pop(of)
         self.ready_count -= 1
         self.in_flight += 1
-        held.attempts += 1
-        _wake_one(self.putters)
-        return held
+        if self.putters:
+            _wake_one(self.putters)
+        return (message_id, body, headers, of, attempts + 1)
 
     def settled(self) -> None:
         self.in_flight -= 1
@@ -177,7 +186,7 @@ class MemoryDelivery(Delivery):
     __slots__ = ("_handle", "_held", "_queue", "_subscription")
 
     def __init__(self, queue: _MemoryQueue, held: _Held, subscription: MemorySubscription) -> None:
-        super().__init__(held.message, held.attempts)
+        super().__init__(_message(held), held[_ATTEMPTS])
         self._held = held
         self._queue = queue
         self._subscription = subscription
@@ -205,8 +214,8 @@ class MemoryDelivery(Delivery):
             self._queue.push(held)
 
     async def _release(self) -> None:
-        self._held.attempts -= 1
-        self._queue.push(self._held, front=True)
+        message_id, body, headers, partition, attempts = self._held
+        self._queue.push((message_id, body, headers, partition, attempts - 1), front=True)
         self._done()
 
     def _done(self) -> None:
@@ -325,7 +334,7 @@ class MemoryDriver(Driver):
             if not self._running:
                 raise self.not_running_error()
             if not state.full():
-                state.push(_Held(message, partition))
+                state.push(_held(message, partition, 0))
                 return
             waiter = asyncio.get_running_loop().create_future()
             state.putters.append(waiter)
@@ -355,4 +364,4 @@ class MemoryDriver(Driver):
 
     def dead_letters(self, queue: str) -> list[Message]:
         """The messages waiting in ``queue`` (inspect a dead-letter queue in tests)."""
-        return [held.message for waiting in self._queue(queue).ready.values() for held in waiting]
+        return [_message(held) for waiting in self._queue(queue).ready.values() for held in waiting]

@@ -4,8 +4,8 @@ JSON goes through orjson (encode about 25x, decode about 6x faster than the stan
 library on a small message) and falls back to the standard library wherever the two
 would differ, so that the data a handler gets is what it was before: orjson refuses
 (integers past 64 bits, non-string keys, surrogates, NaN text, a BOM, UTF-16) or
-would change it (it writes NaN and infinities as ``null``; it reads an integer of 20
-digits or more as a float). orjson also writes a UUID or an ``Enum`` as its value,
+would change it (it writes NaN and infinities as ``null``; it reads an integer
+outside 64 bits as a float). orjson also writes a UUID or an ``Enum`` as its value,
 where the standard library refused them.
 """
 
@@ -48,10 +48,10 @@ _ORJSON_OPTIONS = (
     | orjson.OPT_PASSTHROUGH_DATETIME
     | orjson.OPT_PASSTHROUGH_SUBCLASS
 )
-#: an integer orjson may read as a float (past 64 bits); a float or string of as many
-#: digits takes the standard library's path too, which reads it the same (a body
-#: shorter than the pattern cannot hold one)
-_LONG_NUMBER = re.compile(rb"\d{20}")
+#: an integer orjson may read as a float (outside 64 bits: 19 digits may be, below
+#: -2**63); a float or string of as many digits takes the standard library's path
+#: too, which reads it the same (a body shorter than the pattern cannot hold one)
+_LONG_NUMBER = re.compile(rb"\d{19}")
 
 
 #: (a tuple, not ``dict | list | tuple``: a union is built anew at every call, 1 µs)
@@ -147,7 +147,7 @@ def _json_encode(data: Any) -> bytes:
 
 
 def _json_parse(body: bytes) -> Any:
-    if len(body) < 20 or _LONG_NUMBER.search(body) is None:
+    if len(body) < 19 or _LONG_NUMBER.search(body) is None:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
