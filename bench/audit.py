@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from harness import CONCURRENCY, PREFETCH, Timing, check_handled, clock, since
+from harness import CONCURRENCY, PREFETCH, Timing, check_audited, check_handled, clock, since
 
 from wippy_queue import Runtime
-from wippy_queue.audit import verify_file
 
 HANDLERS_MODULE = "wippy_bench_audit_handlers"
 HANDLERS = "import itertools\ndone = itertools.count()\n\nasync def noop(data):\n    next(done)\n"
@@ -65,9 +64,7 @@ async def run_once(row: AuditRow, n: int) -> Timing:
         elapsed = since(started)
     check_handled(next(handlers.done), n, row.key)
     if row.fsync is not None:
-        result = verify_file(audit)
-        if not result.ok or result.records != n + 2:  # + the header and the close
-            raise SystemExit(f"{row.key}: audit file has {result.records} records for {n}")
+        check_audited(audit, n, row.key)
     return elapsed
 
 

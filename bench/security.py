@@ -20,6 +20,12 @@ consumer's actor may consume its own tenant's messages):
 - ``rbac-R-partitioned``: signed, on a queue partitioned by ``message.tenant`` (the
   consumer reads its tenant's partition).
 
+- ``rbac-10000-audited``: ``rbac-10000`` with the audit trail on (``fsync: batch``):
+  every decision written and hash-chained before its message is acked.
+- ``dramatiq``: the fastest unchecked peer of ``throughput.py`` (Dramatiq's
+  StubBroker and Worker, 4 threads, prefetch 20), run in the same rounds: the target
+  compares ``rbac-10000-audited`` with it (issue 17: at least 2x).
+
 - ``abac``: the shipped ``builtin://abac_tenant`` ("the actor's tenant must
   equal the message's tenant") over the whole ``actor`` and ``message`` objects,
   published under a publisher actor (unsigned), so every message is checked three
@@ -54,8 +60,9 @@ from pathlib import Path
 from typing import Any
 
 import harness
+import throughput
 import yaml
-from harness import CONCURRENCY, PREFETCH, Timing, check_handled, clock, since
+from harness import CONCURRENCY, PREFETCH, Timing, check_audited, check_handled, clock, since
 
 from wippy_queue import Runtime
 from wippy_queue.identity import Actor, Request
@@ -67,6 +74,8 @@ from wippy_queue.security.units import CasbinUnit
 RULE_COUNTS = (10, 1_000, 10_000)
 TARGET = 0.80  # checked throughput at 10,000 rules / unchecked
 SIGNED_TARGET = 0.80  # signed and verified / the same unsigned (issue 14)
+PEER_TARGET = 2.0  # checked and audited / the fastest unchecked peer (issue 17)
+PEER = "dramatiq"
 HANDLERS_MODULE = "wippy_bench_security_handlers"
 HANDLERS_SOURCE = '''\
 """No-op handler for bench/security.py; the counter checks that nothing was lost."""
@@ -113,9 +122,10 @@ def entries(
     signed: bool = False,
     partitioned: bool = False,
     abac: bool = False,
+    audit: Path | None = None,
 ) -> dict[str, Any]:
     """The row's entry file: the core bench's consumer, plus policies when ``rules``
-    (or the shipped ABAC policy when ``abac``)."""
+    (or the shipped ABAC policy when ``abac``), and an audit trail at ``audit``."""
     noop = {"name": "noop", "kind": "function.python", "source": f"{HANDLERS_MODULE}:noop"}
     document = harness.bench_entries(noop, max_length=n)
     listed: list[dict[str, Any]] = document["entries"]
@@ -148,6 +158,10 @@ def entries(
     listed.append(policy)
     if signed:
         listed.append({"name": "settings", "kind": "security.settings", "signing_key": SIGNING_KEY})
+    if audit is not None:
+        listed.append(
+            {"name": "audit", "kind": "security.audit", "path": str(audit), "fsync": "batch"}
+        )
     if publisher or abac:
         listed += [
             {"name": "outbox", "kind": "queue.queue", "driver": "bench:memory"},
@@ -172,6 +186,7 @@ class CheckRow(harness.Row):
     folder: Path
     publisher: bool = False
     abac: bool = False
+    audit: Path | None = None
 
     @property
     def as_publisher(self) -> bool:
@@ -179,7 +194,15 @@ class CheckRow(harness.Row):
         return self.publisher or self.abac
 
 
+def run_row(row: CheckRow, n: int) -> Timing:
+    if row.key == PEER:
+        return throughput.dramatiq_run(n)
+    return asyncio.run(run_once(row, n))
+
+
 async def run_once(row: CheckRow, n: int) -> Timing:
+    if row.audit is not None:
+        row.audit.unlink(missing_ok=True)
     handlers: Any = importlib.import_module(HANDLERS_MODULE)
     handlers.done = itertools.count()
     runtime = Runtime.load(row.folder)
@@ -211,6 +234,8 @@ async def run_once(row: CheckRow, n: int) -> Timing:
         expected = {"bench:worker": n} | ({"bench:publisher": 2 * n} if row.as_publisher else {})
         if made != expected:
             raise SystemExit(f"{row.key}: decisions made {made}, expected {expected}")
+    if row.audit is not None:
+        check_audited(row.audit, n, row.key)
     return elapsed
 
 
@@ -291,7 +316,7 @@ def table(rows: list[CheckRow], costs: dict[int, dict[str, float]]) -> str:
 def write_rows(root: Path, n: int) -> list[CheckRow]:
     """One entry folder (and rules file) per row, under ``root``."""
     rows = []
-    plain = {"publisher": False, "signed": False, "partitioned": False}
+    plain: dict[str, Any] = {"publisher": False, "signed": False, "partitioned": False}
     kinds = [
         ("unchecked", None, plain),
         *((f"rbac-{r}", r, plain) for r in RULE_COUNTS),
@@ -302,6 +327,7 @@ def write_rows(root: Path, n: int) -> list[CheckRow]:
             10_000,
             {"publisher": True, "signed": True, "partitioned": True},
         ),
+        ("rbac-10000-audited", 10_000, plain | {"audit": root / "audited.jsonl"}),
     ]
     for key, rules, how in kinds:
         folder = root / key
@@ -312,11 +338,12 @@ def write_rows(root: Path, n: int) -> list[CheckRow]:
             if not csv.exists():
                 csv.write_text(tenant_rules(rules))
         (folder / "_index.yaml").write_text(yaml.safe_dump(entries(n, csv, **how)))
-        rows.append(CheckRow(key, rules, folder, how["publisher"]))
+        rows.append(CheckRow(key, rules, folder, how["publisher"], audit=how.get("audit")))
     folder = root / "abac"
     folder.mkdir()
     (folder / "_index.yaml").write_text(yaml.safe_dump(entries(n, None, abac=True)))
     rows.append(CheckRow("abac", None, folder, abac=True))
+    rows.append(CheckRow(PEER, None, root))
     return rows
 
 
@@ -329,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = write_rows(root, args.n)
         harness.measure(
             rows,
-            lambda row, n: asyncio.run(run_once(row, n)),
+            run_row,
             n=args.n,
             repeat=args.repeat,
             warmup=max(args.n // 10, 100),
@@ -342,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "meets" if ratio >= TARGET else "MISSES"
     print(
         f"\nchecked at 10,000 rules: {ratio:.0%} of unchecked ({verdict} the {TARGET:.0%} target)"
+    )
+    audited = by_key["rbac-10000-audited"].median / by_key[PEER].median
+    verdict = "meets" if audited >= PEER_TARGET else "MISSES"
+    print(
+        f"checked at 10,000 rules and audited (fsync batch): {audited:.2f}x {PEER} "
+        f"({verdict} the {PEER_TARGET:.0f}x target)"
     )
     signing = by_key["rbac-10000-signed"].median / by_key["rbac-10000-unsigned"].median
     verdict = "meets" if signing >= SIGNED_TARGET else "MISSES"
@@ -357,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 "scope_check": costs,
                 "ratio_10000": ratio,
                 "ratio_signed": signing,
+                "ratio_audited_to_peer": audited,
             },
         )
     if args.svg:

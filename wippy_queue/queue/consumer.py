@@ -145,6 +145,8 @@ class Consumer:
         self._unsettled: set[Delivery] = set()
         self._settler = self._new_settler()
         self._stopping = False
+        #: the loop it runs on, kept: looking it up costs a system call (getpid)
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: resolves with the error if the consumer dies while running (the supervisor restarts it)
         self.failed: asyncio.Future[BaseException] | None = None
 
@@ -170,7 +172,7 @@ class Consumer:
         return len(self._unsettled)
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._stopping = False
         self.failed = loop.create_future()
         self._base_context = self._base_context.evolve(loop=loop, consumer=self.entry_id)
@@ -273,8 +275,10 @@ class Consumer:
             return
         if self.auto_ack:
             await delivery.ack()
+        loop = self._loop
+        assert loop is not None, "start() the consumer first"
         handle = job.handle = MessageHandle(
-            message, job.data, self.queue.id, settle, asyncio.get_running_loop(), delivery.attempt
+            message, job.data, self.queue.id, settle, loop, delivery.attempt
         )
         call = self._base_context.for_message(handle, message.id)
         # In a fresh context: nothing a handler sets (our call context or any context
