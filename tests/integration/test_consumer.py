@@ -4,6 +4,7 @@ dead letters, timeouts, backpressure, concurrency, graceful stop, publish checks
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -531,6 +532,34 @@ async def test_hung_handler_times_out_as_a_nack(tmp_path: Path) -> None:
     assert dead.id == message_id
     assert dead.headers["x_dead_letter_reason"] == "timeout"
     assert dead.headers["x_dead_letter_attempts"] == 2
+
+
+@pytest.mark.backends("memory", reason="the time limit is the consumer's: the driver plays no part")
+async def test_each_concurrent_call_gets_its_own_time_limit(tmp_path: Path) -> None:
+    """One timer serves every worker: a call that began after a hung one is not cut
+    short when the hung one's time runs out, and a hung call is cut at its own."""
+    hung_started, never = asyncio.Event(), asyncio.Event()
+    outcomes: dict[str, str] = {}
+
+    async def handler(data: Any) -> Any:
+        if data["name"] == "hung":
+            hung_started.set()
+            await never.wait()
+        started = time.monotonic()
+        await asyncio.sleep(data["sleep"])
+        outcomes[data["name"]] = f"finished after {time.monotonic() - started:.2f}s"
+
+    async with app(tmp_path, handler, concurrency=3, timeout=1.0, max_attempts=1) as runtime:
+        await runtime.publish(JOBS, {"name": "hung"})
+        async with asyncio.timeout(WAIT_S):
+            await hung_started.wait()
+        await asyncio.sleep(0.5)  # the next call begins with 0.5 s left to the hung one
+        await runtime.publish(JOBS, {"name": "late", "sleep": 0.7})
+        await runtime.join(JOBS, timeout=WAIT_S)
+        dead = await waiting(runtime, "dead")
+    assert [m.headers["x_dead_letter_reason"] for m in dead] == ["timeout"]
+    assert json.loads(dead[0].body) == {"name": "hung"}
+    assert set(outcomes) == {"late"}  # outlived the hung call's deadline, within its own
 
 
 async def test_hung_sync_handler_times_out_as_a_nack(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from wippy_queue.errors import HandlerError, LifecycleError, WippyQueueError
 from wippy_queue.identity import Decision
 from wippy_queue.queue import context
 from wippy_queue.queue.codec import DecodeError
+from wippy_queue.queue.deadlines import Deadlines
 from wippy_queue.queue.driver import (
     Delivery,
     SubscribeSpec,
@@ -147,6 +148,8 @@ class Consumer:
         self._stopping = False
         #: the loop it runs on, kept: looking it up costs a system call (getpid)
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: the handlers' time limit while running (``timeout``)
+        self._deadlines: Deadlines | None = None
         #: resolves with the error if the consumer dies while running (the supervisor restarts it)
         self.failed: asyncio.Future[BaseException] | None = None
 
@@ -173,6 +176,8 @@ class Consumer:
 
     async def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
+        if self.timeout_s is not None:
+            self._deadlines = Deadlines(self.timeout_s, loop)
         self._stopping = False
         self.failed = loop.create_future()
         self._base_context = self._base_context.evolve(loop=loop, consumer=self.entry_id)
@@ -300,11 +305,10 @@ class Consumer:
 
     async def _invoke(self, job: Job) -> Outcome:
         try:
-            if self.timeout_s is None:
+            if self._deadlines is None:
                 result = await self.handler.call(job.data)
             else:
-                async with asyncio.timeout(self.timeout_s):
-                    result = await self.handler.call(job.data)
+                result = await self._call_within(self._deadlines, job.data)
         except TimeoutError:
             log.error(
                 "consumer %s: handler timed out after %.3gs on message %s",
@@ -336,6 +340,22 @@ class Consumer:
             )
         return outcome
 
+    async def _call_within(self, deadlines: Deadlines, data: Any) -> Any:
+        """The handler call under the consumer's ``timeout``: TimeoutError when it runs
+        out (unless the task was cancelled by a stop too: that cancellation goes on)."""
+        task = asyncio.current_task(self._loop)
+        assert task is not None
+        deadlines.begin(task)
+        try:
+            result = await self.handler.call(data)
+        except asyncio.CancelledError:
+            if deadlines.end(task) and task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        if deadlines.end(task):  # it swallowed the cancellation: its result stands
+            task.uncancel()
+        return result
+
     async def stop(self) -> None:
         """Stop taking deliveries, drain in-flight work, give back everything unfinished.
 
@@ -360,6 +380,9 @@ class Consumer:
         self._tasks = []
         if self._leases is not None:
             await self._leases.stop()
+        if self._deadlines is not None:
+            self._deadlines.close()
+            self._deadlines = None
         await self.handler.close()
         if unfinished:
             raise LifecycleError(
