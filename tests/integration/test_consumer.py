@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 import uuid
@@ -988,6 +989,41 @@ async def test_info_reports_counts_by_queue_id(tmp_path: Path) -> None:
         await runtime.stop(WORKER)
         info = await runtime.info(JOBS)
         assert (info.message_count, info.consumer_count) == (0, 0)
+
+
+@pytest.mark.backends("memory", reason="logging: the driver plays no part")
+async def test_a_repeated_handler_error_logs_its_traceback_once_from_the_handlers_frame(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15: a handler failing on every attempt printed a full traceback each time,
+    four frames of the runtime's own first."""
+
+    def handler(data: Any) -> bool:
+        if data["n"] == 2:
+            raise KeyError("another error")  # raised elsewhere: its own traceback
+        raise RuntimeError(f"downstream down for {data['n']}")  # same error, other text
+
+    with caplog.at_level(logging.ERROR, logger="wippy_queue.queue.consumer"):
+        async with app(tmp_path, handler, max_attempts=3) as runtime:
+            for n in range(3):
+                await runtime.publish(JOBS, {"n": n})
+            await runtime.join(JOBS, timeout=WAIT_S)
+    failed = [r for r in caplog.records if "handler failed" in r.getMessage()]
+    assert len(failed) == 9  # every attempt is logged, in one line after the first
+    traced = {
+        r.getMessage().split(": ")[-2]: r.fields["traceback"]  # type: ignore[attr-defined]
+        for r in failed
+        if "traceback" in getattr(r, "fields", {})
+    }
+    assert sorted(traced) == ["KeyError", "RuntimeError"]
+    for trace in traced.values():
+        lines = trace.splitlines()
+        assert lines[0] == "Traceback (most recent call last):"
+        assert lines[1].startswith(f'  File "{__file__}"')  # the handler's frame first
+        assert f"{os.sep}wippy_queue{os.sep}" not in trace  # none of the runtime's
+    repeats = [r.getMessage() for r in failed if "RuntimeError" in r.getMessage()][1:]
+    assert [m.split("seen ")[1].split(" ")[0] for m in repeats] == ["2", "3", "4", "5", "6"]
+    assert all("same error as before" in m for m in repeats)
 
 
 async def test_a_handler_failing_on_our_own_error_is_logged_without_a_traceback(
