@@ -4,50 +4,25 @@ Exit codes: 0 success; 1 the entry files (or what a command checks) have problem
 each listed as FILE:LINE; 2 a usage error, or input that is not what the command
 takes; 130 interrupted while loading. ``run``, ``policy`` and ``audit`` document
 their own (see their modules and the README).
+
+The arguments are parsed by ``cli_args``, which imports nothing heavy: ``--help`` and
+a usage error are answered before the runtime (pydantic, Casbin, the broker clients)
+is imported. Each command imports what it needs when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 
-from wippy_queue import cli_audit, cli_policy, cli_run, logs
+from wippy_queue import cli_args
 from wippy_queue.errors import ConfigError, WippyQueueError
-from wippy_queue.loading import load
-from wippy_queue.runtime import Runtime
-
-DESCRIPTION = (
-    "A security-aware runtime for Wippy-style message queues: validate entry files, "
-    "run them, write and check policies, verify audit trails."
-)
-
-
-def _version() -> str:
-    try:
-        return metadata.version("wippy-queue")
-    except metadata.PackageNotFoundError:  # run from a source tree that was not installed
-        return "unknown (not installed)"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wippy-queue", description=DESCRIPTION)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    validate = sub.add_parser("validate", help="check entry files; list every problem")
-    validate.add_argument("paths", nargs="+", metavar="PATH", help="entry files or folders")
-
-    cli_run.add_parser(sub)
-    cli_audit.add_parser(sub)
-    cli_policy.add_parser(sub)
-
-    info = sub.add_parser("info", help="list the entries, services and queues of entry files")
-    info.add_argument("paths", nargs="+", metavar="PATH", help="entry files or folders")
-    return parser
+    return cli_args.parser()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,19 +44,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command, importing its module (and the runtime) only now."""
     if args.command == "validate":
         return _validate(args.paths)
     if args.command == "info":
         return _info(args.paths)
     if args.command == "audit":
+        from wippy_queue import cli_audit
+
         return cli_audit.run(args)
     if args.command == "policy":
+        from wippy_queue import cli_policy
+
         return cli_policy.run(args)
+    import asyncio
+
+    from wippy_queue import cli_run, logs
+
     logs.setup(args.log_format, args.log_level)
     return asyncio.run(cli_run.run(args))
 
 
 def _validate(paths: list[str]) -> int:
+    from wippy_queue.runtime import Runtime
+
     runtime = Runtime.load(*paths)
     registry = runtime.registry
     for warning in registry.warnings:
@@ -95,6 +81,8 @@ def _validate(paths: list[str]) -> int:
 
 
 def _info(paths: list[str]) -> int:
+    from wippy_queue.loading import load
+
     registry = load(paths).registry
     for entry_id in registry.start_order():
         entry = registry.get(entry_id)

@@ -2,6 +2,8 @@
 
 Exit codes: 0 intact; 1 tampered (``verify``; ``show`` prints the records anyway); 2 no
 such file, or a file that is no audit trail at all (no line of it is an audit record).
+
+Its arguments are parsed by ``cli_args``; this module is imported when the command runs.
 """
 
 from __future__ import annotations
@@ -9,29 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-from typing import Any
 
 from wippy_queue.audit.chain import verify_file
 from wippy_queue.audit.show import Filter, parse_since, records, table
-
-
-def add_parser(sub: Any) -> None:
-    audit = sub.add_parser("audit", help="verify or show an audit trail file")
-    commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
-    verify = commands.add_parser("verify", help="check the hash chain; exit 1 if tampered")
-    verify.add_argument("file", type=Path, help="an audit trail (JSON lines)")
-    show = commands.add_parser("show", help="print records as a table")
-    show.add_argument("file", type=Path, help="an audit trail (JSON lines)")
-    show.add_argument("--denied", action="store_true", help="only denied decisions")
-    show.add_argument("--actor", metavar="ID", help="only records of this actor")
-    show.add_argument("--queue", metavar="ID", help="only records of this queue")
-    show.add_argument(
-        "--since",
-        metavar="TIME",
-        help="an ISO time (2026-11-27T18:00:00Z) or a duration ago (90s, 15m, 2h, 7d)",
-    )
-    show.add_argument("--json", action="store_true", help="JSON lines instead of a table")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,13 +4,14 @@ Exit codes: ``test`` 0 when every case passes, 1 when one fails; ``lint`` 0 with
 errors (warnings are printed), 1 with any; ``explain`` and ``models`` 0. Input that cannot be
 used (entry files, case files, a request the runtime never asks) exits 2 with
 every problem listed.
+
+Its arguments are parsed by ``cli_args``; this module is imported when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -19,85 +20,12 @@ from wippy_queue.errors import ConfigError, Problem
 from wippy_queue.policytools.cases import Case, CaseFileError, QuerySpec, read_cases
 from wippy_queue.policytools.explain import explain
 from wippy_queue.policytools.lint import has_errors, lint
-from wippy_queue.policytools.query import ASKED, QueryError, load_security
+from wippy_queue.policytools.query import QueryError, load_security
 from wippy_queue.policytools.runner import run_cases, summary
 from wippy_queue.security.manager import Security
 
 BAD_INPUT = 2
 _FLAGS = {"policies": "policy", "groups": "group", "headers": "header"}
-
-
-def _pair(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``policy`` and its sub-commands on the CLI's sub-parsers."""
-    policy = subparsers.add_parser("policy", help="test, explain and lint security policies")
-    sub = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
-
-    test = sub.add_parser("test", help="run policy test cases; exit 1 if any fails")
-    test.add_argument("paths", nargs="+", metavar="PATH", help="entry files or folders")
-    test.add_argument(
-        "--cases",
-        action="append",
-        required=True,
-        metavar="CASES.yaml",
-        help="a policy test case file (repeatable)",
-    )
-    test.add_argument("--strict", action="store_true", help="decide as 'run --strict' would")
-
-    why = sub.add_parser("explain", help="show the decision, the matching rules and the decider")
-    why.add_argument("paths", nargs="+", metavar="PATH", help="entry files or folders")
-    who = why.add_argument_group("who asks: a consumer, or an actor with policies/groups")
-    who.add_argument("--consumer", metavar="ID", help="its lifecycle.security applies")
-    who.add_argument("--actor", metavar="ID", help="an actor id (with --policy/--group)")
-    who.add_argument(
-        "--meta",
-        type=_pair,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="the actor's meta (repeatable), e.g. tenant=tenant-a",
-    )
-    who.add_argument(
-        "--policy", action="append", default=[], metavar="ID", help="a policy entry (repeatable)"
-    )
-    who.add_argument(
-        "--group", action="append", default=[], metavar="NAME", help="a policy group (repeatable)"
-    )
-    what = why.add_argument_group("what is asked")
-    what.add_argument("--action", required=True, choices=list(ASKED), help="the action asked")
-    what.add_argument(
-        "--resource",
-        metavar="ID",
-        help="a queue ID (default: the consumer's queue; '' for queue.publish)",
-    )
-    what.add_argument(
-        "--header",
-        type=_pair,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a message header (repeatable)",
-    )
-    what.add_argument("--publisher", metavar="ACTOR_ID", help="the verified publisher (consume)")
-    what.add_argument(
-        "--publisher-tenant",
-        metavar="TENANT",
-        help="the verified publisher's tenant (default: that of its actor)",
-    )
-    why.add_argument("--strict", action="store_true", help="decide as 'run --strict' would")
-
-    check = sub.add_parser("lint", help="find broken, dead, shadowed and duplicate rules")
-    check.add_argument("paths", nargs="+", metavar="PATH", help="entry files or folders")
-
-    sub.add_parser(
-        "models", help="list the shipped Casbin models: write 'model: builtin://NAME' to use one"
-    )
 
 
 def run(args: argparse.Namespace) -> int:

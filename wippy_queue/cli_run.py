@@ -4,6 +4,8 @@ Exit codes: 0 a clean stop (a signal, ``--until-idle``, ``--timeout``); 1 bad
 configuration, a failed start, or a ``--publish`` refused; 2 a usage error; 3
 ``--until-idle`` timed out; 130 (SIGINT) or 143 (SIGTERM) a second signal stopped it
 at once, without waiting for running handlers.
+
+Its arguments are parsed by ``cli_args``; this module is imported when the command runs.
 """
 
 from __future__ import annotations
@@ -11,109 +13,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 import signal
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from wippy_queue.errors import PublishError, WippyQueueError
 from wippy_queue.lifecycle.service import ServiceState
 from wippy_queue.queue import context
-from wippy_queue.queue.codec import JSON, DecodeError
 from wippy_queue.queue.config import ConsumerConfig
 from wippy_queue.queue.message import user_headers
 from wippy_queue.runtime import Runtime
 from wippy_queue.security.manager import actor_of, policies_of
 
 log = logging.getLogger("wippy_queue.cli")
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
-    return value
-
-
-def _header(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
-
-
-class _Publish(argparse.Action):
-    """``--publish QUEUE_ID JSON``: the JSON is parsed at once, so bad JSON is a usage
-    error of ``run`` found before anything loads or starts."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        assert isinstance(values, list)
-        queue_id, text = values
-        try:  # within the limits a queue decodes with (depth, size)
-            data = JSON.decode(text.encode("utf-8", "surrogateescape"))
-        except DecodeError as err:
-            shown = text if len(text) <= 200 else f"{text[:200]}... ({len(text)} characters)"
-            parser.error(f"--publish {queue_id}: not valid JSON ({err}): {shown!r}")
-        getattr(namespace, self.dest).append((queue_id, data))
-
-
-def add_parser(sub: Any) -> None:
-    run = sub.add_parser("run", help="start the runtime on entry files")
-    run.add_argument("paths", nargs="+", metavar="PATH", help="entry files or folders")
-    run.add_argument(
-        "--publish",
-        nargs=2,
-        action=_Publish,
-        default=[],
-        metavar=("QUEUE_ID", "JSON"),
-        help="publish a message once started (repeatable); QUEUE_ID may leave out the "
-        "namespace when one loaded queue has that name",
-    )
-    run.add_argument(
-        "--header",
-        type=_header,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a header of every --publish message (repeatable)",
-    )
-    run.add_argument(
-        "--as",
-        dest="as_actor",
-        metavar="ACTOR_ID",
-        help="publish as this actor (the consumers' lifecycle.security that names it), "
-        "checked by its policies like any publish",
-    )
-    run.add_argument("--until-idle", action="store_true", help="stop once every queue is idle")
-    run.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="stop after this long")
-    run.add_argument(
-        "--log-format", choices=["text", "json"], default="text", help="log lines (default text)"
-    )
-    run.add_argument(
-        "--log-level",
-        type=str.lower,
-        choices=LOG_LEVELS,
-        default="info",
-        help="least severe level logged (default info)",
-    )
-    run.add_argument(
-        "--strict", action="store_true", help="deny consumers and publishers without security"
-    )
-    run.add_argument("--audit", metavar="PATH", help="write the audit trail to PATH")
-
 
 # -- what --publish sends ------------------------------------------------------------------
 

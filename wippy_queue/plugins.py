@@ -183,15 +183,16 @@ class Plugins:
                     entry.id,
                     "partition_by",
                 )
-            for what, seconds in delays:
+            own = ("retry_delay.max", entry.config.retry_delay.max, "retry_delay")
+            for what, seconds, field in [*delays, own]:
                 if seconds > capabilities.max_delay_s:
                     yield Problem(
                         f"{what} is {seconds:g}s but {plugin.kind} holds a nacked message back "
                         f"at most {capabilities.max_delay_s:g}s; lower it",
                         entry.location.file,
-                        entry.location.line_of("driver"),
+                        entry.location.line_of(field),
                         entry.id,
-                        "driver",
+                        field,
                     )
 
     def check_unverifiable_provenance(self, registry: Registry) -> Iterator[Problem]:
@@ -248,14 +249,17 @@ class Plugins:
                 )
 
 
-def _delays(registry: Registry) -> list[tuple[str, float]]:
-    """The longest nack delays the runtime may ask of a driver, and where they are set."""
+def _delays(registry: Registry) -> list[tuple[str, float, str]]:
+    """The longest runtime-wide nack delays the runtime may ask of a driver, where they
+    are set, and the queue field a problem points at (a queue's own ``retry_delay`` is
+    checked with the queue)."""
     from wippy_queue.security.models import SecuritySettingsConfig
 
     found = []
     for entry in registry.of_kind("security.settings"):
         assert isinstance(entry.config, SecuritySettingsConfig)
-        found.append(("security.settings deny_backoff.max", entry.config.deny_backoff.max))
+        max_s = entry.config.deny_backoff.max
+        found.append(("security.settings deny_backoff.max", max_s, "driver"))
     return found
 
 
@@ -317,6 +321,7 @@ BUILTIN = (
         "queue.consumer",
         "wippy_queue.queue.config:ConsumerConfig",
         checks=(
+            "wippy_queue.queue.checks:warn_no_dead_letter",
             "wippy_queue.security.kinds:check_groups",
             "wippy_queue.security.kinds:warn_unchecked",
             "wippy_queue.security.kinds:warn_shared_tenants",

@@ -214,11 +214,16 @@ class Runtime:
 
     def _retry_policy(self, queue: Queue) -> RetryPolicy:
         backoff = self.security.backoff
+        delay = _config(self.registry.get(queue.id), QueueConfig).retry_delay
         return RetryPolicy(
             dead_letter=queue.dead_letter,
             max_attempts=queue.spec.max_attempts,
             deny_initial_s=backoff.initial,
             deny_max_s=backoff.max,
+            retry_initial_s=delay.initial,
+            retry_max_s=delay.max,
+            retry_factor=delay.factor,
+            retry_jitter=delay.jitter,
         )
 
     def _build_supervisor(self) -> Supervisor:

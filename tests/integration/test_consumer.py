@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +50,23 @@ def app(
     timeout: float | None = None,
     stop_timeout: float = 5.0,
     max_attempts: int | None = None,
+    retry_delay: Any = 0,
     auto_ack: bool = False,
     auto_start: bool = True,
 ) -> Runtime:
     """A runtime with queue ``t:jobs`` consumed by ``t:worker`` calling ``handler``.
 
     ``t:dead`` is the dead-letter queue when ``max_attempts`` is given; ``t:results``
-    is a queue with no consumer for handlers to publish to.
+    is a queue with no consumer for handlers to publish to. A failed attempt is
+    retried at once (``retry_delay: 0``) unless ``retry_delay`` says otherwise (None:
+    the queue's default).
     """
     backend = backends.current()
     jobs: dict[str, Any] = backend.queue_entry("jobs")
     if max_attempts is not None:
         jobs["dead_letter"] = {"queue": "dead", "max_attempts": max_attempts}
+    if retry_delay is not None:
+        jobs["retry_delay"] = retry_delay
     consumer: dict[str, Any] = {
         "name": "worker",
         "kind": "queue.consumer",
@@ -519,6 +526,42 @@ async def test_dead_letter_at_max_attempts_with_reason_headers(tmp_path: Path) -
     assert before <= float(headers["x_dead_letter_time"]) <= time.time()
 
 
+async def attempt_times(tmp_path: Path, retry_delay: Any, attempts: int) -> list[float]:
+    """When each attempt of a message its handler always fails on began (monotonic)."""
+    stamps: list[float] = []
+
+    def always_fails(data: Any) -> Any:
+        stamps.append(time.monotonic())
+        raise RuntimeError("downstream down")
+
+    handler_app = app(tmp_path, always_fails, max_attempts=attempts, retry_delay=retry_delay)
+    async with handler_app as runtime:
+        message_id = await runtime.publish(JOBS, {"n": 1})
+        await runtime.join(JOBS, timeout=WAIT_S)
+        (dead,) = await waiting(runtime, "dead")
+    assert (dead.id, dead.headers["x_dead_letter_attempts"]) == (message_id, attempts)
+    return stamps
+
+
+#: how much earlier than its delay a retry may be seen (the clocks' granularity)
+CLOCK_S = 0.005
+
+
+async def test_a_failed_attempt_waits_its_queues_growing_retry_delay(tmp_path: Path) -> None:
+    """Issue 15: a handler raising on every message was retried in a tight loop (all 5
+    attempts within 8 ms); each failed attempt now waits the queue's retry_delay."""
+    delay = {"initial": "50ms", "factor": 2, "max": "1s", "jitter": 0}
+    stamps = await attempt_times(tmp_path, delay, attempts=3)
+    gaps = [later - earlier for earlier, later in pairwise(stamps)]
+    assert len(gaps) == 2
+    assert gaps[0] >= 0.05 - CLOCK_S and gaps[1] >= 0.1 - CLOCK_S, gaps
+
+
+async def test_by_default_a_failed_attempt_waits_about_100ms(tmp_path: Path) -> None:
+    first, second = await attempt_times(tmp_path, None, attempts=2)
+    assert second - first >= 0.1 * (1 - 0.1) - CLOCK_S  # 100 ms less at most 10% jitter
+
+
 async def test_hung_handler_times_out_as_a_nack(tmp_path: Path) -> None:
     never = asyncio.Event()
 
@@ -976,6 +1019,41 @@ async def test_info_reports_counts_by_queue_id(tmp_path: Path) -> None:
         await runtime.stop(WORKER)
         info = await runtime.info(JOBS)
         assert (info.message_count, info.consumer_count) == (0, 0)
+
+
+@pytest.mark.backends("memory", reason="logging: the driver plays no part")
+async def test_a_repeated_handler_error_logs_its_traceback_once_from_the_handlers_frame(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15: a handler failing on every attempt printed a full traceback each time,
+    four frames of the runtime's own first."""
+
+    def handler(data: Any) -> bool:
+        if data["n"] == 2:
+            raise KeyError("another error")  # raised elsewhere: its own traceback
+        raise RuntimeError(f"downstream down for {data['n']}")  # same error, other text
+
+    with caplog.at_level(logging.ERROR, logger="wippy_queue.queue.consumer"):
+        async with app(tmp_path, handler, max_attempts=3) as runtime:
+            for n in range(3):
+                await runtime.publish(JOBS, {"n": n})
+            await runtime.join(JOBS, timeout=WAIT_S)
+    failed = [r for r in caplog.records if "handler failed" in r.getMessage()]
+    assert len(failed) == 9  # every attempt is logged, in one line after the first
+    traced = {
+        r.getMessage().split(": ")[-2]: r.fields["traceback"]  # type: ignore[attr-defined]
+        for r in failed
+        if "traceback" in getattr(r, "fields", {})
+    }
+    assert sorted(traced) == ["KeyError", "RuntimeError"]
+    for trace in traced.values():
+        lines = trace.splitlines()
+        assert lines[0] == "Traceback (most recent call last):"
+        assert lines[1].startswith(f'  File "{__file__}"')  # the handler's frame first
+        assert f"{os.sep}wippy_queue{os.sep}" not in trace  # none of the runtime's
+    repeats = [r.getMessage() for r in failed if "RuntimeError" in r.getMessage()][1:]
+    assert [m.split("seen ")[1].split(" ")[0] for m in repeats] == ["2", "3", "4", "5", "6"]
+    assert all("same error as before" in m for m in repeats)
 
 
 async def test_a_handler_failing_on_our_own_error_is_logged_without_a_traceback(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import logging
 import os
 import threading
 import time
@@ -383,7 +384,7 @@ async def test_a_settle_hook_failing_on_one_message_backs_it_off(tmp_path: Path)
 
 
 async def test_a_security_check_that_crashes_is_recorded_as_a_deny_and_backed_off(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     runtime = audited_app(tmp_path)
     guard = runtime.consumers["app:worker"]._middlewares[0]
@@ -392,10 +393,17 @@ async def test_a_security_check_that_crashes_is_recorded_as_a_deny_and_backed_of
         raise RuntimeError("policy engine broke")
 
     guard.decide = crash  # type: ignore[attr-defined]
-    async with runtime:
-        await runtime.publish("app:jobs", {"n": 1})
-        await runtime.join("app:jobs", timeout=5)
+    with caplog.at_level(logging.ERROR, logger="wippy_queue.queue.consumer"):
+        async with runtime:
+            await runtime.publish("app:jobs", {"n": 1})
+            await runtime.join("app:jobs", timeout=5)
     assert HANDLED == []
+    # its whole traceback once (a bug of ours or of a policy), then one line an attempt
+    logged = [r for r in caplog.records if "middleware failed" in r.getMessage()]
+    assert len(logged) == 3
+    first = logged[0].fields["traceback"]  # type: ignore[attr-defined]
+    assert first.startswith("Traceback") and "in crash" in first
+    assert all("same error as before" in r.getMessage() for r in logged[1:])
     records = consume_records(tmp_path)
     assert [r["outcome"] for r in records] == ["nack", "nack", "dead_letter"]
     for record in records:

@@ -67,6 +67,8 @@ def test_raised_error_nacks_with_lua_text_and_traceback_in_the_log(
     assert "LuaHandlerError: handler.lua:2: task has no id" in trace
     assert "Lua stack traceback:" in trace
     assert "handler.lua:2: in function 'check'" in trace and "handler.lua:5" in trace
+    # the runtime's Python frames that ran the Lua handler say nothing about it
+    assert "Traceback (most recent call last)" not in trace and "File " not in trace
 
 
 def test_error_with_a_table_value_is_reported_as_json() -> None:

@@ -454,7 +454,7 @@ def test_lint_warnings_alone_exit_0_and_inline_rules_have_lines(
         namespace: app
         entries:
           - {name: memory, kind: queue.driver.memory}
-          - {name: jobs, kind: queue.queue, driver: memory}
+          - {name: jobs, kind: queue.queue, driver: memory, dead_letter: {queue: dead}}
           - {name: handle, kind: function.python, source: "json:loads"}
           - name: roles
             kind: security.policy.casbin
@@ -472,6 +472,7 @@ def test_lint_warnings_alone_exit_0_and_inline_rules_have_lines(
               security:
                 actor: {id: w1, meta: {tenant: t1}}
                 policies: [roles]
+          - {name: dead, kind: queue.queue, driver: memory}
         """,
     )
     code, out, _ = run_cli(capsys, "policy", "lint", app)

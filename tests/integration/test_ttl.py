@@ -21,7 +21,8 @@ WAIT_S = 5.0
 def app(tmp_path: Path, handler: Any, *, dead_letter: bool, auto_start: bool = False) -> Runtime:
     backend = backends.current()
     key = backend.kind.removeprefix("queue.driver.")
-    jobs = backend.queue_entry("jobs", driver_options={key: {"ttl": "200ms"}})
+    # a failed attempt comes back at once: its expiry, not a retry delay, decides
+    jobs = backend.queue_entry("jobs", driver_options={key: {"ttl": "200ms"}}, retry_delay=0)
     if dead_letter:
         jobs["dead_letter"] = {"queue": "dead", "max_attempts": 3}
     entries = [

@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("plugins", "loading", "runtime"),
     (
         "cli",
+        "cli_args",
         "cli_audit",
         "cli_policy",
         "cli_run",

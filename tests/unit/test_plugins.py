@@ -118,3 +118,22 @@ def test_asking_a_driver_for_a_longer_delay_than_it_holds_is_a_load_error(
     (problem,) = caught.value.problems
     assert (problem.entry_id, problem.field, problem.line) == ("app:jobs", "driver", 8)
     assert "deny_backoff.max is 120s" in problem.message and "at most 60s" in problem.message
+
+
+def test_a_retry_delay_longer_than_the_driver_holds_is_a_load_error(tmp_path: Path) -> None:
+    from wippy_queue.queue.driver import Capabilities
+
+    short = Plugin(**{**_fields(FAKE), "capabilities": Capabilities(max_delay_s=60)})
+    write(
+        tmp_path / "app.yaml",
+        APP
+        + "    retry_delay: {initial: 1s, max: 2m}\n"
+        + "  - {name: fixed, kind: queue.queue, driver: bus, retry_delay: 90s}\n"
+        + "  - {name: ok, kind: queue.queue, driver: bus, retry_delay: 1m}\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        Runtime.load(tmp_path, plugins=Plugins([*default_plugins(), short]))
+    found = [(p.entry_id, p.field, p.line) for p in caught.value.problems]
+    assert found == [("app:jobs", "retry_delay", 9), ("app:fixed", "retry_delay", 10)]
+    assert "retry_delay.max is 120s" in caught.value.problems[0].message
+    assert "at most 60s" in caught.value.problems[0].message

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from wippy_queue.lifecycle.config import ServiceModel
 from wippy_queue.queue.codec import CODEC_NAMES
 from wippy_queue.registry.entry import EntryModel, Reference, StrictModel
-from wippy_queue.registry.types import Duration, Ref
+from wippy_queue.registry.types import Duration, Ref, parse_duration
 
 MAX_CONCURRENCY = 1000
 MAX_PREFETCH = 10_000
@@ -38,6 +38,35 @@ class DeadLetter(StrictModel):
     max_attempts: int = Field(default=5, ge=1, le=1_000_000, strict=True)
 
 
+class RetryDelay(StrictModel):
+    """``retry_delay``: how long a failed attempt's message waits before it is offered again.
+
+    ``initial``, growing by ``factor`` each attempt to at most ``max`` (a ceiling,
+    jitter included), each delay moved at random by up to ``jitter`` of itself so
+    that messages that failed together do not come back together. A single duration
+    is a fixed delay: ``retry_delay: 0`` is Wippy's immediate requeue.
+    """
+
+    initial: Duration = 0.1
+    max: Duration = 30.0
+    factor: float = Field(default=2.0, ge=1.0, le=100.0, strict=True)
+    jitter: float = Field(default=0.1, ge=0.0, le=1.0, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed(cls, value: Any) -> Any:
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
+            seconds = parse_duration(value)  # one problem for one wrong value, not two
+            return {"initial": seconds, "max": seconds, "jitter": 0.0}
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetryDelay:
+        if self.max < self.initial:
+            raise ValueError(f"max ({self.max:g}s) is below initial ({self.initial:g}s); raise max")
+        return self
+
+
 class QueueConfig(EntryModel):
     """``queue.queue``."""
 
@@ -47,6 +76,8 @@ class QueueConfig(EntryModel):
     driver_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
     dead_letter: DeadLetter | None = None
+    #: how long a failed attempt waits (a denial waits security.settings deny_backoff)
+    retry_delay: RetryDelay = Field(default_factory=RetryDelay)
     #: ``message.tenant`` (the verified publisher's tenant) or ``message.headers.NAME``
     partition_by: str | None = Field(default=None, pattern=PARTITION_PATTERN)
 

@@ -13,7 +13,6 @@ import asyncio
 import contextvars
 import logging
 import time
-import traceback
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -31,6 +30,7 @@ from wippy_queue.queue.driver import (
     Subscription,
     SubscriptionClosed,
 )
+from wippy_queue.queue.failures import FailureLog
 from wippy_queue.queue.handle import MessageHandle
 from wippy_queue.queue.handler import Handler, outcome_of
 from wippy_queue.queue.leases import LeaseKeeper
@@ -145,6 +145,7 @@ class Consumer:
         #: every delivery taken and not yet settled (buffered, running, awaiting a hook)
         self._unsettled: set[Delivery] = set()
         self._settler = self._new_settler()
+        self._failures = FailureLog(entry_id, log)
         self._stopping = False
         #: the loop it runs on, kept: looking it up costs a system call (getpid)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -296,7 +297,7 @@ class Consumer:
             handle.release()
             raise
         except Exception as err:  # a middleware failed: fail closed
-            log.exception("consumer %s: middleware failed", self.entry_id)
+            self._failures.middleware_failed(message.id, err)
             error = f"{type(err).__name__}: {err}"
             if job.decision is None:  # it failed deciding: a deny, recorded as an error
                 job.decision = (Decision(False, "error", error=error), None)
@@ -319,16 +320,9 @@ class Consumer:
             return Outcome.nack(Reason.TIMEOUT, f"handler did not finish within {self.timeout_s}s")
         except Exception as err:
             # our own errors (a publish refused, the audit trail down) say what happened;
-            # a traceback is for the handler's own bugs (Lua errors included)
+            # a traceback is for the handler's own bugs (Lua errors included), once each
             own = isinstance(err, WippyQueueError) and not isinstance(err, HandlerError)
-            log.error(
-                "consumer %s: handler failed on message %s: %s: %s",
-                self.entry_id,
-                job.message.id,
-                type(err).__name__,
-                err,
-                extra={} if own else {"fields": {"traceback": traceback.format_exc()}},
-            )
+            self._failures.handler_failed(job.message.id, err, traceback_=not own)
             return Outcome.nack(Reason.HANDLER_ERROR, f"{type(err).__name__}: {err}")
         outcome = outcome_of(result)
         if outcome is ACK:

@@ -3,7 +3,8 @@
 - ``Outcome`` (``queue/outcome.py``): ack, or a nack with its ``Reason``; settling
   it is an ``Action``: ack, nack (retry) or dead-letter.
 - ``RetryPolicy``: what a nack becomes (a retry after a delay, or a dead letter at
-  ``max_attempts``) and how long a retried message waits.
+  ``max_attempts``) and how long a retried message waits (a growing retry delay, or
+  the deny back-off).
 - ``Settler``: the one path every delivery of a consumer is settled through: now,
   or once the settle hooks (the audit record) are written; a refused or failed
   settle gives the message back untried. It holds the consumer's credit for each
@@ -14,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from wippy_queue.queue.driver import Delivery, LostDelivery
@@ -62,15 +64,26 @@ class SettleHook(Protocol):
 class RetryPolicy:
     """A queue's rule for failed attempts.
 
-    A denied message backs off (``deny_initial_s`` doubling to ``deny_max_s``), so
-    a message no consumer may take never spins the CPU; so does one that cannot be
-    decoded, and one whose security check failed (``BACKED_OFF``).
+    A failed attempt (the handler raised, returned false, timed out or nacked without
+    a delay) waits its queue's ``retry_delay``: ``retry_initial_s`` growing by
+    ``retry_factor`` per attempt to at most ``retry_max_s`` (jitter included), each
+    delay moved at random by up to ``retry_jitter`` of itself; all zero is Wippy's
+    immediate requeue. A handler's own ``nack(delay_s=...)`` wins. A denied message
+    backs off instead (``deny_initial_s`` doubling to ``deny_max_s``), so a message no
+    consumer may take never spins the CPU; so does one that cannot be decoded, and one
+    whose security check failed (``BACKED_OFF``).
     """
 
     dead_letter: Queue | None = None
     max_attempts: int = 0
     deny_initial_s: float = 0.1
     deny_max_s: float = 5.0
+    retry_initial_s: float = 0.1
+    retry_max_s: float = 30.0
+    retry_factor: float = 2.0
+    retry_jitter: float = 0.1
+    #: where the jitter comes from (a seeded one in tests); None: the ``random`` module
+    rng: random.Random | None = field(default=None, compare=False, repr=False)
 
     def action(self, attempt: int, outcome: Outcome) -> Action:
         if outcome.ack:
@@ -86,10 +99,24 @@ class RetryPolicy:
             return outcome.delay_s
         if outcome.reason in BACKED_OFF:
             return self.backoff_s(attempt)
-        return 0.0
+        return self.retry_delay_s(attempt)
 
     def backoff_s(self, attempt: int) -> float:
         return min(self.deny_initial_s * 2.0 ** max(attempt - 1, 0), self.deny_max_s)
+
+    def retry_delay_s(self, attempt: int) -> float:
+        """Seconds a message waits after its failed attempt number ``attempt`` (1-based)."""
+        if self.retry_max_s <= 0:
+            return 0.0
+        try:
+            base = self.retry_initial_s * self.retry_factor ** max(attempt - 1, 0)
+        except OverflowError:  # a message retried forever reaches huge attempt numbers
+            base = self.retry_max_s
+        base = min(base, self.retry_max_s)
+        if self.retry_jitter:
+            spread = base * self.retry_jitter
+            base += (self.rng or random).uniform(-spread, spread)
+        return min(max(base, 0.0), self.retry_max_s)
 
 
 def dead_letter_message(

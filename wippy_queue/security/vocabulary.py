@@ -2,15 +2,14 @@
 
 A rule naming an action the runtime never asks (``queue.consme``) or an effect
 Casbin does not know (``alow``) never takes effect, silently: such a rule is
-refused when the entries load, where ``validate`` and ``run`` say so.
+refused when the entries load, where ``validate`` and ``run`` say so. The names
+import nothing heavy (the CLI's parser lists ``ACTIONS``).
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable, Sequence
-
-from casbin.util.builtin_operators import key_match
 
 CONSUME = "queue.consume"
 #: the checks of one publish, in order: (action, fixed resource or None for the queue ID)
@@ -30,12 +29,16 @@ def did_you_mean(value: str, candidates: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def action_problem(value: str, matches: Matcher = key_match) -> str | None:
+def action_problem(value: str, matches: Matcher | None = None) -> str | None:
     """Why a rule's action ``value`` never matches an action the runtime asks, or None.
 
     ``matches`` is how the rule is compared (keyMatch for ``security.policy``); one that
     cannot be evaluated on ``value`` (a broken regex) is left to decide at run time.
     """
+    if matches is None:  # Casbin is imported where a rule is checked, not with the names
+        from casbin.util.builtin_operators import key_match
+
+        matches = key_match
     try:
         if any(matches(action, value) for action in ACTIONS):
             return None
