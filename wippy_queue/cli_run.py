@@ -177,6 +177,8 @@ class Stopper:
 
 async def run(args: argparse.Namespace) -> int:
     runtime = Runtime.load(*args.paths, strict=args.strict or None, audit_path=args.audit)
+    for warning in runtime.registry.warnings:  # what validate says, said at start too
+        log.warning("%s", warning)
     publishes, ctx = prepare(runtime, args)
     stopper = Stopper(runtime)
     stopper.install()

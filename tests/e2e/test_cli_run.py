@@ -59,6 +59,13 @@ def test_run_seed_until_idle_processes_the_message() -> None:
     assert "stopped" in result.stderr  # a graceful stop, not a kill
 
 
+def test_run_says_the_load_warnings_validate_gives() -> None:
+    result = run_seed("text")
+    warnings = [line for line in result.stderr.splitlines() if "has no dead_letter" in line]
+    assert len(warnings) == 1, result.stderr
+    assert "app.queue:tasks" in warnings[0] and "WARNING" in warnings[0].upper()
+
+
 def test_run_log_format_json_gives_json_records() -> None:
     result = run_seed("json")
     assert result.returncode == 0, result.stderr
