@@ -177,9 +177,9 @@ class Stopper:
 
 async def run(args: argparse.Namespace) -> int:
     runtime = Runtime.load(*args.paths, strict=args.strict or None, audit_path=args.audit)
+    publishes, ctx = prepare(runtime, args)  # a refused command says only why
     for warning in runtime.registry.warnings:  # what validate says, said at start too
         log.warning("%s", warning)
-    publishes, ctx = prepare(runtime, args)
     stopper = Stopper(runtime)
     stopper.install()
     try:
