@@ -1,4 +1,5 @@
-"""The canonical header encoding: the same bytes as the standard library's, always.
+"""The canonical header encoding (the same bytes as the standard library's, always) and
+the HMAC over them.
 
 A provenance signature covers these bytes, so a publisher and a consumer (maybe of
 another version) must agree on them exactly; the fast path must never differ.
@@ -6,6 +7,8 @@ another version) must agree on them exactly; the fast path must never differ.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 from typing import Any
@@ -15,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wippy_queue.queue.envelope import decode_headers, encode_headers
+from wippy_queue.security.provenance import HmacSha256
 
 REFERENCE = json.JSONEncoder(
     separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
@@ -58,3 +62,10 @@ def test_non_finite_floats_are_refused_as_before(value: float) -> None:
 def test_a_lone_surrogate_is_refused_as_before() -> None:
     with pytest.raises(UnicodeEncodeError):
         encode_headers({"v": "\ud800"})
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=200), st.binary(max_size=300))
+def test_the_provenance_hmac_is_hmac_sha256(key: bytes, data: bytes) -> None:
+    expected = hmac.new(key, data, hashlib.sha256).hexdigest()
+    assert HmacSha256(key).hexdigest(data) == expected
