@@ -9,9 +9,12 @@ poll short after a grace second). A buffered message whose lease ran out before
 anyone took it is dropped here (SQS shows it again).
 
 A reader of every partition of a partitioned queue polls each partition's SQS queue
-(one poller each, sharing the one limit: each asks for at most its share of
-``max_unsettled``, so one busy partition cannot take every credit while another
-waits) and looks for new partitions' queues every ``DISCOVER_S``.
+(one poller each, each asking for at most its share of ``max_unsettled``, so one
+busy partition cannot take every credit while another waits) and looks for new
+partitions' queues every ``DISCOVER_S``. A long poll of a quiet partition must not
+keep the credits it asked for from the others, so the pollers do not reserve them:
+a reader of N partitions may hold up to N - 1 messages past its limit (buffered
+here, never handed out past it).
 """
 
 from __future__ import annotations
@@ -163,8 +166,6 @@ class SqsSubscription(Subscription):
         self._max = max(spec.max_unsettled, 1)
         self._buffer: collections.deque[SqsDelivery] = collections.deque()
         self._unsettled = 0
-        #: credits the pollers' receives out now asked for
-        self._reserved = 0
         self._closed = False
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
@@ -259,7 +260,7 @@ class SqsSubscription(Subscription):
     async def _poll(self, queue: SqsQueue) -> None:
         failures = 0
         while not self._closed and self.driver.running:
-            room = self._max - self._unsettled - len(self._buffer) - self._reserved
+            room = self._max - self._unsettled - len(self._buffer)
             if len(self.queues) > 1:  # its share, so every partition's poller gets some
                 room = min(room, max(1, -(-self._max // len(self.queues))))
             if room <= 0:
@@ -268,7 +269,6 @@ class SqsSubscription(Subscription):
                 continue
             if not await self.driver.link.ready():
                 return
-            self._reserved += room
             try:
                 got = await self.driver.receive(queue, room)
             except Unavailable as err:
@@ -279,9 +279,6 @@ class SqsSubscription(Subscription):
                 log.error("receiving from SQS queue %r failed: %s", queue.name, err)
                 await asyncio.sleep(restart_delay(self.driver.config.lifecycle.restart, failures))
                 continue
-            finally:
-                self._reserved -= room
-                self._room.set()  # credits it did not use are free for the others
             failures = 0
             self._take(queue, got, time.monotonic())
 
