@@ -167,3 +167,24 @@ async def test_a_busy_partition_does_not_starve_another(driver: Harness) -> None
         assert last_quiet < 20, f"the quiet partition waited behind {last_quiet} messages"
         assert sorted(order) == sorted(m.id for m in busy + quiet)
         await reader.close()
+
+
+async def test_a_driver_started_again_still_finds_new_partitions(driver: Harness) -> None:
+    needs(driver, "partitions", "the queue is partitioned")
+    async with driver.running(partitioned=True) as d, contextlib.AsyncExitStack() as stack:
+        await d.publish("q", before := msg(), "acme")
+        await d.stop()
+        await d.start()
+        await d.declare("q", partitioned=True)
+        other = d
+        if driver.capabilities.shared:
+            other = await stack.enter_async_context(driver.running(partitioned=True))
+        reader = await d.subscribe("q", consumer="t:all")
+        got = await receive(reader)
+        assert got.message.id == before.id
+        await got.ack()
+        await other.publish("q", later := msg(), "globex")
+        got = await receive(reader)
+        assert got.message.id == later.id
+        await got.ack()
+        await reader.close()

@@ -124,6 +124,8 @@ class AmqpDriver(Driver):
         self._admin.reset()
         self._held.clear()
         self._running = True
+        for partitions in self._partitions.values():  # a start after a stop
+            await partitions.follow()
 
     async def stop(self) -> None:
         self._running = False
@@ -189,7 +191,13 @@ class AmqpDriver(Driver):
     def _partition_heard(self, queue: str, name: str) -> None:
         """Another process made a partition queue: consume it where every partition is read."""
         if name not in self._queues and self._running:
-            self.keep(asyncio.get_running_loop().create_task(self._partition_named(queue, name)))
+            self.keep(asyncio.get_running_loop().create_task(self._partition_found(queue, name)))
+
+    async def _partition_found(self, queue: str, name: str) -> None:
+        try:
+            await self._partition_named(queue, name)
+        except DriverError as err:  # a reconnect or the next reader's look finds it again
+            log.warning("driver %s: partition queue %r: %s", self.entry_id, name, err)
 
     async def partition(self, queue: str, partition: str) -> QueueState:
         """The queue of ``partition`` of the partitioned ``queue`` (made if new)."""

@@ -55,7 +55,8 @@ class Partitions:
         self._channel: Any = None
 
     async def follow(self) -> None:
-        """Declare the stream and read it from its start (again after a reconnect)."""
+        """Declare the stream and read it from its start (again after a reconnect or a
+        stop: a name seen before is not news)."""
         await self.stop()
         channel, raw, _generation = await self._link.channel()
         try:

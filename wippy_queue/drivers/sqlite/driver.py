@@ -246,6 +246,7 @@ class SqliteSubscription(Subscription):
         runs; resolves with the time the next message falls due."""
         queue, lease_s, owner = self.queue, self._queue.lease_s, self.driver.owner
         consumer, subscription, partition = self.consumer, self.id, self.partition
+        partitioned = self._queue.partitioned
         keep_alive = time.monotonic() - self._alive_at > CONSUMER_TTL_S / 3
         if keep_alive:
             self._alive_at = time.monotonic()
@@ -256,7 +257,7 @@ class SqliteSubscription(Subscription):
             limit = self._room_now()
             if not limit:
                 return [], None
-            return store.claim(queue, limit, lease_s, owner, consumer, partition)
+            return store.claim(queue, limit, lease_s, owner, consumer, partition, partitioned)
 
         request = self.driver.submit(claim, f"claim from {queue!r}")
         done: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()

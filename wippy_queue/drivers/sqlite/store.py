@@ -342,6 +342,7 @@ class Store:
         owner: int,
         consumer: str,
         partition: str | None = None,
+        partitioned: bool = False,
     ) -> tuple[list[Claimed], float | None]:
         """Lease up to ``limit`` ready messages (expired leases included) of ``partition``
         (None: of every partition, in turn), in queue order, skipping those ``consumer``
@@ -349,8 +350,10 @@ class Store:
         one falls due (None: nothing to wait for)."""
         if partition is not None:
             seqs = self._claimable(queue, limit, consumer, partition)
-        else:
+        elif partitioned:
             seqs = self._claimable_in_turn(queue, limit, consumer)
+        else:
+            seqs = self._claimable(queue, limit, consumer, None)
         if not seqs:
             if partition is None:
                 row = self.conn.execute(
