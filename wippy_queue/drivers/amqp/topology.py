@@ -53,6 +53,13 @@ class QueueState:
     #: message id -> until when it is counted as ready: a ``basic.nack`` requeue has
     #: no reply, and the queue shows the message again only once it has applied it
     returning: dict[str, float] = field(default_factory=dict)
+    #: a partition's queue: the partitioned queue it belongs to ("" for a queue itself)
+    base: str = ""
+
+    @property
+    def queue(self) -> str:
+        """The declared queue it is (or is a partition of)."""
+        return self.base or self.name
 
     def returned(self) -> int:
         """Messages nacked back that the broker may not show as ready yet."""
