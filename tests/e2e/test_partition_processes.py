@@ -24,6 +24,9 @@ pytestmark = pytest.mark.services
 
 TENANTS = ("acme", "globex")
 COUNT = 40
+CONCURRENCY, PREFETCH = 2, 4
+#: the most a consumer holds unsettled (what a kill can leave handled but unacked)
+HELD = CONCURRENCY + PREFETCH
 
 
 @pytest.fixture(params=["redis", "sqlite"])
@@ -70,8 +73,8 @@ def write_apps(tmp_path: Path, driver: dict[str, Any]) -> tuple[dict[str, Path],
             "kind": "queue.consumer",
             "queue": "jobs",
             "func": "handle",
-            "concurrency": 2,
-            "prefetch": 4,
+            "concurrency": CONCURRENCY,
+            "prefetch": PREFETCH,
             "lifecycle": {"auto_start": True, "security": security},
         }
         apps[tenant] = _write(
@@ -115,7 +118,9 @@ async def test_a_killed_tenant_process_s_messages_wait_for_its_restart(
             await until(lambda: globex <= {n for _, n in handled(out)}, "globex's all handled")
             left = COUNT - len({n for _, n in handled(out)})
             assert left > 0
-            assert (await runtime.info("e2e:jobs")).message_count == left  # acme's, waiting
+            # acme's wait; at least once: one it handled just before the kill may be unacked
+            waiting = (await runtime.info("e2e:jobs")).message_count
+            assert left <= waiting <= left + HELD, (left, waiting)
             survivor = start(apps["acme"], out, 0.0)
             await until(lambda: {n for _, n in handled(out)} == set(range(COUNT)), "all handled")
     finally:
