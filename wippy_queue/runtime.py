@@ -27,6 +27,7 @@ from wippy_queue.lifecycle.supervisor import Supervised, Supervisor
 from wippy_queue.loading import Loaded, load
 from wippy_queue.plugins import Plugin, Plugins, resolve
 from wippy_queue.queue import context
+from wippy_queue.queue.checks import refuse_auto_ack_audited
 from wippy_queue.queue.codec import get_codec
 from wippy_queue.queue.config import ConsumerConfig, QueueConfig
 from wippy_queue.queue.consumer import Consumer
@@ -82,6 +83,10 @@ class Runtime:
         their ``security.policy`` entries are reloaded when the files change."""
         registry = self.registry = loaded.registry
         self.plugins = loaded.plugins
+        if audit_path is not None and not registry.of_kind("security.audit"):
+            refused = list(refuse_auto_ack_audited(registry, audit_given="--audit"))
+            if refused:
+                raise ConfigError(refused)
         self.audit = _audit_trail(registry, audit_path)
         self._recorder = AuditRecorder(self.audit) if self.audit else None
         recorders = [self._recorder] if self._recorder else []

@@ -32,3 +32,35 @@ def warn_no_dead_letter(registry: Registry) -> Iterator[Problem]:
             "dead_letter",
             severity="warning",
         )
+
+
+def refuse_auto_ack_audited(
+    registry: Registry, *, audit_given: str | None = None
+) -> Iterator[Problem]:
+    """``auto_ack`` acks a message on delivery, before any check: under a ``security``
+    block a denied message would be acked (gone) and, with an audit trail, acked
+    before its record is written. Refused at load. ``audit_given`` names where an
+    audit file was given outside the entries (``--audit``)."""
+    audits = registry.of_kind("security.audit")
+    audit = audit_given or (audits[0].id if audits else None)
+    for entry in registry.of_kind("queue.consumer"):
+        assert isinstance(entry.config, ConsumerConfig)
+        if not entry.config.auto_ack:
+            continue
+        secured = entry.config.lifecycle.security is not None
+        if not secured and audit is None:
+            continue
+        why = (
+            "under a security block a denied message would be acked on delivery and lost"
+            if secured
+            else f"with the audit trail on ({audit}) a message would be acked before its "
+            "record is written"
+        )
+        yield Problem(
+            f"auto_ack: true is refused: {why}; remove auto_ack (the default acks once the "
+            "handler returns, after the check and the audit record)",
+            entry.location.file,
+            entry.location.line_of("auto_ack"),
+            entry.id,
+            "auto_ack",
+        )
