@@ -1,7 +1,9 @@
 """``wippy-queue audit verify|show``: check and read audit trail files.
 
 Exit codes: 0 intact; 1 tampered (``verify``; ``show`` prints the records anyway); 2 no
-such file, or a file that is no audit trail at all (no line of it is an audit record).
+such file, or a file that is no audit trail at all (no line of it is an audit record);
+3 a keyed chain and no audit key to check it with (``--audit-key``,
+``WIPPY_QUEUE_AUDIT_KEY``).
 
 Its arguments are parsed by ``cli_args``; this module is imported when the command runs.
 """
@@ -13,6 +15,7 @@ import json
 import sys
 
 from wippy_queue.audit.chain import verify_file
+from wippy_queue.audit.config import given_key
 from wippy_queue.audit.show import Filter, parse_since, records, table
 
 
@@ -21,13 +24,13 @@ def run(args: argparse.Namespace) -> int:
         what = "a directory, not an audit file" if args.file.is_dir() else "no such file"
         print(f"wippy-queue audit: {args.file}: {what}", file=sys.stderr)
         return 2
-    result = verify_file(args.file)
+    result = verify_file(args.file, given_key(args.audit_key))
     if result.not_audit:  # another file given by mistake: bad input, not tampering
         print(f"wippy-queue audit: {args.file}: {result.summary()}", file=sys.stderr)
         return 2
     if args.audit_command == "verify":
         print(f"{args.file}: {result.summary()}")
-        return 0 if result.ok else 1
+        return 0 if result.ok else 3 if result.unverifiable else 1
     try:
         since = parse_since(args.since) if args.since else None
     except ValueError:
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             "records from that line on cannot be trusted",
             file=sys.stderr,
         )
-        return 1
+        return 3 if result.unverifiable else 1
     if result.torn_lines:
         lines = ", ".join(map(str, result.torn_lines))
         print(

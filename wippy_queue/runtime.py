@@ -77,6 +77,7 @@ class Runtime:
         strict: bool | None = None,
         signing_key: str | None = None,
         audit_path: str | os.PathLike[str] | None = None,
+        audit_key: str | None = None,
         sources: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         """``sources``: the entry files or folders ``loaded`` was read from; given,
@@ -87,7 +88,7 @@ class Runtime:
             refused = list(refuse_auto_ack_audited(registry, audit_given="--audit"))
             if refused:
                 raise ConfigError(refused)
-        self.audit = _audit_trail(registry, audit_path)
+        self.audit = _audit_trail(registry, audit_path, audit_key)
         self._recorder = AuditRecorder(self.audit) if self.audit else None
         recorders = [self._recorder] if self._recorder else []
         self.security = Security(
@@ -120,18 +121,21 @@ class Runtime:
         strict: bool | None = None,
         signing_key: str | None = None,
         audit_path: str | os.PathLike[str] | None = None,
+        audit_key: str | None = None,
     ) -> Runtime:
         """Load entry files (or folders of them); raise ConfigError listing every problem.
 
         ``strict`` (default: the ``security.settings`` entry, else off) denies consumers
         and publishers that have no security block; ``signing_key`` signs provenance;
-        ``audit_path`` writes the audit trail there (over a ``security.audit`` entry).
+        ``audit_path`` writes the audit trail there (over a ``security.audit`` entry);
+        ``audit_key`` keys its chain (over the entry's ``key``).
         """
         return cls(
             load(paths, plugins),
             strict=strict,
             signing_key=signing_key,
             audit_path=audit_path,
+            audit_key=audit_key,
             sources=paths,
         )
 
@@ -338,16 +342,24 @@ def _config(entry: Entry, model: type[Any]) -> Any:
     return entry.config
 
 
-def _audit_trail(registry: Registry, path: str | os.PathLike[str] | None) -> AuditTrail | None:
-    """The trail of the ``security.audit`` entry, or at ``path`` (``--audit``) if given."""
+def _audit_trail(
+    registry: Registry, path: str | os.PathLike[str] | None, key: str | None
+) -> AuditTrail | None:
+    """The trail of the ``security.audit`` entry, or at ``path`` (``--audit``) if given;
+    keyed by ``key`` (``--audit-key``), else by the entry's ``key``."""
     entries = registry.of_kind("security.audit")
     config = entries[0].config if entries else None
     assert config is None or isinstance(config, AuditConfig)
     if path is None and config is None:
         return None
+    options: dict[str, Any] = {
+        "fsync": config.fsync if config else "batch",
+        "key": key if key is not None else (config.key if config else None),
+        "key_id": config.key_id if config else "default",
+    }
     if path is not None:
-        return AuditTrail(path, fsync=config.fsync if config else "batch", origin="--audit")
+        return AuditTrail(path, origin="--audit", **options)
     assert config is not None
     entry = entries[0]
     origin = f"{entry.location.file}:{entry.location.line_of('path')}: {entry.id}: path"
-    return AuditTrail(config.file(), fsync=config.fsync, origin=origin)
+    return AuditTrail(config.file(), origin=origin, **options)

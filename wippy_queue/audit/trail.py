@@ -32,8 +32,10 @@ from wippy_queue.audit.chain import (
     CLOSED,
     GENESIS,
     HEADER,
+    KEYED,
     RESUMED,
     fragment,
+    mac,
     seal_fragment,
     verify_file,
 )
@@ -93,8 +95,14 @@ class AuditTrail:
         fsync: FsyncMode = "batch",
         retry_s: float = 1.0,
         origin: str | None = None,
+        key: str | None = None,
+        key_id: str = "default",
     ) -> None:
+        """``key``: the audit key; given, every hash is an HMAC-SHA256 under it."""
         self.path = Path(path)
+        self._key = key
+        self.key_id = key_id
+        self._mac = mac(key) if key is not None else None
         #: where the path was given (an entry's field, ``--audit``), for error messages
         self.origin = origin
         self.fsync: FsyncMode = fsync
@@ -143,7 +151,12 @@ class AuditTrail:
         first: dict[str, Any] | None = None
         prefix = b""
         if self.path.exists() and self.path.stat().st_size > 0:
-            state = verify_file(self.path)
+            state = verify_file(self.path, self._key)
+            if state.unverifiable:
+                raise AuditUnavailable(
+                    f"audit file {self.path} is keyed (key id {state.key_id}) and no audit "
+                    "key is set: set the key it was written with, or move the file aside"
+                )
             if not state.ok:
                 raise AuditUnavailable(
                     f"audit file {self.path} fails verification ({state.summary()}); "
@@ -155,13 +168,17 @@ class AuditTrail:
                 prefix = b"\n"
         else:
             first = {"event": HEADER, "version": 1, "file_id": str(uuid.uuid4())}
+            if self._mac is not None:
+                first |= {"mac": KEYED, "key_id": self.key_id}
         # unbuffered: every write goes straight to the OS (nothing waits in our memory)
         self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - the trail's lifetime
         self._fd = self._file.fileno()
         self._size = self.path.stat().st_size
         if first is not None:
             seq = self._seq + 1
-            line, value = seal_fragment(seq, self._clock.now(), fragment(first), self._prev)
+            line, value = seal_fragment(
+                seq, self._clock.now(), fragment(first), self._prev, self._mac
+            )
             self._append(prefix + line)
             if self.fsync != "never":
                 self._fsync()
@@ -218,7 +235,7 @@ class AuditTrail:
         if self.error is not None:
             raise AuditUnavailable(f"audit trail {self.path} is not writable: {self.error}")
         seq = self._seq + 1
-        line, digest = seal_fragment(seq, self._clock.now(), members, self._prev)
+        line, digest = seal_fragment(seq, self._clock.now(), members, self._prev, self._mac)
         self._seq, self._prev = seq, digest
         if self.fsync != "always":
             try:
@@ -307,7 +324,9 @@ class AuditTrail:
         while True:
             await asyncio.sleep(self.retry_s)
             members = fragment({"event": "audit_recovered", "error": reason})
-            line, value = seal_fragment(self._seq + 1, self._clock.now(), members, self._prev)
+            line, value = seal_fragment(
+                self._seq + 1, self._clock.now(), members, self._prev, self._mac
+            )
             try:
                 await asyncio.to_thread(self._rewrite_tail, line)
             except OSError:
