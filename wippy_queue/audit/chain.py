@@ -31,6 +31,10 @@ RESUMED = "audit_resumed"
 #: written, or its writer crashed, or records were cut from its end (a chain alone
 #: cannot tell these apart: compare the last seq and hash with a copy kept elsewhere)
 CLOSED = "audit_closed"
+#: a runtime instance took up an existing file (its id, host and pid)
+OPENED = "audit_opened"
+#: the records that frame a chain (who wrote it, when it started and stopped)
+FRAMING = (HEADER, RESUMED, OPENED, CLOSED)
 
 
 #: the header's ``mac`` of a keyed chain

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 
+from wippy_queue.audit.trail import PLACEHOLDERS
 from wippy_queue.errors import ConfigError, Problem
 from wippy_queue.files import key_value
 from wippy_queue.registry.entry import EntryModel
@@ -16,14 +18,25 @@ from wippy_queue.registry.entry import EntryModel
 class AuditConfig(EntryModel):
     """``security.audit``: where the hash-chained audit trail goes, and how durably.
 
-    ``key`` (``${env:...}`` or ``file://``) keys the chain: each hash is an
-    HMAC-SHA256 under it, and ``key_id`` names it in the file's header.
+    ``path`` may hold ``{instance}``, ``{host}`` and ``{pid}``: one file per runtime
+    instance (``audit-{instance}.jsonl``). ``key`` (``${env:...}`` or ``file://``)
+    keys the chain: each hash is an HMAC-SHA256 under it, and ``key_id`` names it in
+    the file's header.
     """
 
     path: str = Field(min_length=1)
     fsync: Literal["always", "batch", "never"] = "batch"
     key: str | None = None
     key_id: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    @field_validator("path")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        unknown = [m for m in re.findall(r"\{([^{}]*)\}", value) if m not in PLACEHOLDERS]
+        if unknown:
+            known = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}} in the path; known: {known}")
+        return value
 
     @field_validator("key")
     @classmethod

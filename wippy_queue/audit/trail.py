@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import io
+import json
 import logging
 import os
+import re
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,6 +37,7 @@ from wippy_queue.audit.chain import (
     GENESIS,
     HEADER,
     KEYED,
+    OPENED,
     RESUMED,
     fragment,
     mac,
@@ -51,6 +56,35 @@ _sync_data = getattr(os, "fdatasync", os.fsync)
 
 class AuditUnavailable(WippyQueueError):
     """The audit file cannot be written; nothing may proceed unaudited."""
+
+
+#: what an audit path may hold, filled per runtime instance: ``audit-{instance}.jsonl``
+PLACEHOLDERS = ("instance", "host", "pid")
+_PLACEHOLDER = re.compile(r"\{(instance|host|pid)\}")
+
+
+def new_instance() -> str:
+    """A runtime instance's id: random, fixed for the life of one start."""
+    return uuid.uuid4().hex[:16]
+
+
+def expand(path: str, instance: str) -> str:
+    """``path`` with ``{instance}``, ``{host}`` and ``{pid}`` filled in."""
+    values = {"instance": instance, "host": socket.gethostname(), "pid": str(os.getpid())}
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], path)
+
+
+def _holder(path: Path) -> str:
+    """Who the file's last start record says writes it (instance, host, pid)."""
+    found = "an unknown process"
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        for raw in f:
+            if b'"pid":' not in raw:
+                continue
+            with contextlib.suppress(ValueError, AttributeError):
+                r = json.loads(raw)
+                found = f"instance {r['instance']} on host {r['host']}, pid {r['pid']}"
+    return found
 
 
 class _Clock:
@@ -98,8 +132,12 @@ class AuditTrail:
         key: str | None = None,
         key_id: str = "default",
     ) -> None:
-        """``key``: the audit key; given, every hash is an HMAC-SHA256 under it."""
-        self.path = Path(path)
+        """``key``: the audit key; given, every hash is an HMAC-SHA256 under it.
+        ``path`` may hold ``{instance}``, ``{host}``, ``{pid}`` (one file per instance)."""
+        #: this runtime instance, named by every record it writes
+        self.instance = new_instance()
+        self.path = Path(expand(os.fspath(path), self.instance))
+        self._tag = f'"instance":"{self.instance}"'
         self._key = key
         self.key_id = key_id
         self._mac = mac(key) if key is not None else None
@@ -143,14 +181,38 @@ class AuditTrail:
         self.gate.set()
 
     def _open_file(self) -> None:
-        """Continue a verified chain, or start one; the first record (a header, or the
-        mark of a torn last line) goes to disk with the newline that ends the torn
-        line, in one write, so that no crash can leave a complete line that is no
-        record."""
+        """Open the file for this process alone (a lock), then continue its chain."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        first: dict[str, Any] | None = None
+        # unbuffered: every write goes straight to the OS (nothing waits in our memory)
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - the trail's lifetime
+        self._fd = self._file.fileno()
+        try:
+            self._lock()
+            self._start()
+        except BaseException:
+            self._file.close()
+            self._file, self._fd = None, -1
+            raise
+
+    def _lock(self) -> None:
+        """One writer per file: a second process (or trail) is refused while it lives."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AuditUnavailable(
+                f"audit file {self.path} is being written by another live process "
+                f"({_holder(self.path)}); processes never share an audit file: give each "
+                "its own, e.g. path: file://audit-{instance}.jsonl"
+            ) from None
+
+    def _start(self) -> None:
+        """Continue a verified chain, or start one; the first record (a header, the
+        mark of a torn last line, or ``audit_opened``) names this instance, host and
+        pid, and goes to disk with the newline that ends a torn line, in one write,
+        so that no crash can leave a complete line that is no record."""
+        start = {"host": socket.gethostname(), "pid": os.getpid()}
         prefix = b""
-        if self.path.exists() and self.path.stat().st_size > 0:
+        if os.fstat(self._fd).st_size > 0:
             state = verify_file(self.path, self._key)
             if state.unverifiable:
                 raise AuditUnavailable(
@@ -163,28 +225,28 @@ class AuditTrail:
                     "refusing to extend it (tampered, or not an audit file): move it aside"
                 )
             self._seq, self._prev = state.last_seq, state.last_hash
+            first: dict[str, Any] = {"event": OPENED, **start}
             if state.trailing_torn is not None:
-                first = {"event": RESUMED, "torn_line": state.trailing_torn}
+                first = {"event": RESUMED, "torn_line": state.trailing_torn, **start}
                 prefix = b"\n"
         else:
-            first = {"event": HEADER, "version": 1, "file_id": str(uuid.uuid4())}
+            first = {"event": HEADER, "version": 1, "file_id": str(uuid.uuid4()), **start}
             if self._mac is not None:
                 first |= {"mac": KEYED, "key_id": self.key_id}
-        # unbuffered: every write goes straight to the OS (nothing waits in our memory)
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - the trail's lifetime
-        self._fd = self._file.fileno()
-        self._size = self.path.stat().st_size
-        if first is not None:
-            seq = self._seq + 1
-            line, value = seal_fragment(
-                seq, self._clock.now(), fragment(first), self._prev, self._mac
-            )
-            self._append(prefix + line)
-            if self.fsync != "never":
-                self._fsync()
-            self._seq, self._prev = seq, value
-            self._size += len(prefix) + len(line)
+        self._size = os.fstat(self._fd).st_size
+        seq = self._seq + 1
+        members = self._members(fragment(first))
+        line, value = seal_fragment(seq, self._clock.now(), members, self._prev, self._mac)
+        self._append(prefix + line)
+        if self.fsync != "never":
+            self._fsync()
+        self._seq, self._prev = seq, value
+        self._size += len(prefix) + len(line)
         self._written = (self._seq, self._prev)
+
+    def _members(self, members: str) -> str:
+        """A record's members, led by this instance's id."""
+        return f"{self._tag},{members}" if members else self._tag
 
     async def close(self) -> None:
         """Write everything pending and the ``audit_closed`` mark, fsync (unless
@@ -235,6 +297,7 @@ class AuditTrail:
         if self.error is not None:
             raise AuditUnavailable(f"audit trail {self.path} is not writable: {self.error}")
         seq = self._seq + 1
+        members = self._members(members)
         line, digest = seal_fragment(seq, self._clock.now(), members, self._prev, self._mac)
         self._seq, self._prev = seq, digest
         if self.fsync != "always":
@@ -323,7 +386,7 @@ class AuditTrail:
         """Retry until a record gets through (``audit_recovered``), then reopen the gate."""
         while True:
             await asyncio.sleep(self.retry_s)
-            members = fragment({"event": "audit_recovered", "error": reason})
+            members = self._members(fragment({"event": "audit_recovered", "error": reason}))
             line, value = seal_fragment(
                 self._seq + 1, self._clock.now(), members, self._prev, self._mac
             )
