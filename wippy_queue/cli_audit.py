@@ -17,27 +17,25 @@ import json
 import sys
 from pathlib import Path
 
-from wippy_queue.audit.chain import VerifyResult, verify_file
+from wippy_queue.audit.chain import VerifyResult, verify_files
 from wippy_queue.audit.config import given_key
 from wippy_queue.audit.show import Filter, merged, parse_since, table
 
 
 def _verify(files: list[Path], key: str | None) -> tuple[dict[Path, VerifyResult], int]:
     """Each readable audit file's result, and the exit code of what could not be read."""
-    results: dict[Path, VerifyResult] = {}
     code = 0
     for file in files:
         if not file.is_file():
             what = "a directory, not an audit file" if file.is_dir() else "no such file"
             print(f"wippy-queue audit: {file}: {what}", file=sys.stderr)
             code = 2
-            continue
-        result = verify_file(file, key)
+    results = verify_files([f for f in files if f.is_file()], key)
+    for file, result in list(results.items()):
         if result.not_audit:  # another file given by mistake: bad input, not tampering
             print(f"wippy-queue audit: {file}: {result.summary()}", file=sys.stderr)
             code = 2
-            continue
-        results[file] = result
+            del results[file]
     return results, code
 
 

@@ -130,6 +130,11 @@ class VerifyResult:
     key_id: str | None = None
     #: not ok because the chain is keyed and no key was given: nothing was checked
     unverifiable: bool = False
+    #: the header's ``file_id``
+    file_id: str | None = None
+    #: the file this one continues (its ``file_id``, last ``seq`` and ``hash``): the
+    #: runtime found it gone at a restart; ``verify_files`` checks it was given too
+    predecessor: dict[str, Any] | None = None
 
     def summary(self) -> str:
         if self.not_audit:
@@ -148,7 +153,14 @@ class VerifyResult:
             "not closed: still being written, or its writer crashed, or records were cut "
             "from its end"
         )  # fmt: skip
-        return f"{text}; {state}; last seq {self.last_seq} hash {self.last_hash}"
+        text = f"{text}; {state}; last seq {self.last_seq} hash {self.last_hash}"
+        if self.predecessor is not None:
+            p = self.predecessor
+            text += (
+                f"; continues file {p.get('file_id')} (its last seq {p.get('seq')}, hash "
+                f"{p.get('hash')}), found gone at a restart"
+            )
+        return text
 
 
 def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
@@ -182,7 +194,11 @@ def verify_file(path: str | Path, key: str | bytes | None = None) -> VerifyResul
     no_header = _no_header(data)
     if no_header:
         return _not_audit(result, data, no_header)
-    keyed = _keyed(data, key, result)
+    header = _parse(next(_lines(data))[1]) or {}
+    result.file_id = str(header.get("file_id"))
+    predecessor = header.get("predecessor")
+    result.predecessor = predecessor if isinstance(predecessor, dict) else None
+    keyed = _keyed(header, key, result)
     if keyed is False:
         return result
     for number, raw in _lines(data):
@@ -211,6 +227,33 @@ def verify_file(path: str | Path, key: str | bytes | None = None) -> VerifyResul
     return result
 
 
+def verify_files(paths: list[Path], key: str | bytes | None = None) -> dict[Path, VerifyResult]:
+    """``verify_file`` each, then link them: a file that names a predecessor (one found
+    gone at a restart) fails unless that file is among ``paths`` and ends where it says."""
+    results = {path: verify_file(path, key) for path in paths}
+    ends = {r.file_id: r for r in results.values() if r.ok and r.file_id is not None}
+    for result in results.values():
+        p = result.predecessor
+        if p is None or not result.ok:
+            continue
+        before = ends.get(str(p.get("file_id")))
+        if before is None:
+            _bad(result, 1, (
+                f"its predecessor, file {p.get('file_id')} (last seq {p.get('seq')}, hash "
+                f"{p.get('hash')}), was gone when this file was started and is not given: "
+                "its records are missing (give it too to check the link)"
+            ))  # fmt: skip
+        elif before.last_seq < int(p.get("seq", -1)) or (
+            before.last_seq == p.get("seq") and before.last_hash != p.get("hash")
+        ):
+            _bad(result, 1, (
+                f"its predecessor, file {p.get('file_id')}, ends at seq {before.last_seq} "
+                f"hash {before.last_hash}, not at seq {p.get('seq')} hash {p.get('hash')} as "
+                "recorded: records were cut from it or it was replaced"
+            ))  # fmt: skip
+    return results
+
+
 def _no_header(data: bytes) -> str | None:
     """Why the file does not start with an audit header, or None."""
     first = next(_lines(data), None)
@@ -222,10 +265,11 @@ def _no_header(data: bytes) -> str | None:
     return None
 
 
-def _keyed(data: bytes, key: str | bytes | None, result: VerifyResult) -> hmac.HMAC | bool:
+def _keyed(
+    header: dict[str, Any], key: str | bytes | None, result: VerifyResult
+) -> hmac.HMAC | bool:
     """The MAC to check a keyed chain with, True for a plain one, False (``result`` says
     why) when it cannot be checked as asked."""
-    header = _parse(next(_lines(data))[1]) or {}
     if header.get("mac") is None:
         if key is None:
             return True

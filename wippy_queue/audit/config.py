@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from wippy_queue.audit.trail import PLACEHOLDERS
+from wippy_queue.audit.instance import PLACEHOLDERS
 from wippy_queue.errors import ConfigError, Problem
 from wippy_queue.files import key_value
 from wippy_queue.registry.entry import EntryModel

@@ -13,6 +13,12 @@ When a write fails the trail turns unhealthy: it says why, closes its ``gate``
 back to the queue unacked), truncates any partial write and rolls the chain back
 to the last record on disk. It retries every second; the first record that gets
 through (``audit_recovered``) reopens the gate.
+
+When the path no longer names the open file (deleted, moved, its folder replaced:
+``st_dev``/``st_ino`` of the path and of the open file differ), checked before every
+record and batch, the trail is lost for good: the gate stays closed until a restart,
+and the chain's head is saved beside the path (``head.py``) so that the restart's new
+file names the lost one as its predecessor instead of passing for a fresh start.
 """
 
 from __future__ import annotations
@@ -21,10 +27,8 @@ import asyncio
 import contextlib
 import fcntl
 import io
-import json
 import logging
 import os
-import re
 import socket
 import time
 import uuid
@@ -44,6 +48,8 @@ from wippy_queue.audit.chain import (
     seal_fragment,
     verify_file,
 )
+from wippy_queue.audit.head import Head, continues, read_head, save_head
+from wippy_queue.audit.instance import expand, holder, new_instance
 from wippy_queue.errors import WippyQueueError
 
 log = logging.getLogger(__name__)
@@ -56,35 +62,6 @@ _sync_data = getattr(os, "fdatasync", os.fsync)
 
 class AuditUnavailable(WippyQueueError):
     """The audit file cannot be written; nothing may proceed unaudited."""
-
-
-#: what an audit path may hold, filled per runtime instance: ``audit-{instance}.jsonl``
-PLACEHOLDERS = ("instance", "host", "pid")
-_PLACEHOLDER = re.compile(r"\{(instance|host|pid)\}")
-
-
-def new_instance() -> str:
-    """A runtime instance's id: random, fixed for the life of one start."""
-    return uuid.uuid4().hex[:16]
-
-
-def expand(path: str, instance: str) -> str:
-    """``path`` with ``{instance}``, ``{host}`` and ``{pid}`` filled in."""
-    values = {"instance": instance, "host": socket.gethostname(), "pid": str(os.getpid())}
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], path)
-
-
-def _holder(path: Path) -> str:
-    """Who the file's last start record says writes it (instance, host, pid)."""
-    found = "an unknown process"
-    with contextlib.suppress(OSError), open(path, "rb") as f:
-        for raw in f:
-            if b'"pid":' not in raw:
-                continue
-            with contextlib.suppress(ValueError, AttributeError):
-                r = json.loads(raw)
-                found = f"instance {r['instance']} on host {r['host']}, pid {r['pid']}"
-    return found
 
 
 class _Clock:
@@ -160,6 +137,14 @@ class AuditTrail:
         self._file: io.FileIO | None = None
         self._last_fsync = 0.0
         self._dirty = False
+        self._file_id = ""
+        #: (st_dev, st_ino) of the open file: the path must still name it
+        self._identity = (0, 0)
+        #: the path no longer names the open file: nothing more is written until a restart
+        self.lost = False
+        self._head_saved: tuple[int, str] = (-1, GENESIS)
+        self._synced = (-1, GENESIS)  # the last record fsynced
+        self._head_at = 0.0
 
     @property
     def healthy(self) -> bool:
@@ -201,7 +186,7 @@ class AuditTrail:
         except BlockingIOError:
             raise AuditUnavailable(
                 f"audit file {self.path} is being written by another live process "
-                f"({_holder(self.path)}); processes never share an audit file: give each "
+                f"({holder(self.path)}); processes never share an audit file: give each "
                 "its own, e.g. path: file://audit-{instance}.jsonl"
             ) from None
 
@@ -212,7 +197,10 @@ class AuditTrail:
         so that no crash can leave a complete line that is no record."""
         start = {"host": socket.gethostname(), "pid": os.getpid()}
         prefix = b""
-        if os.fstat(self._fd).st_size > 0:
+        opened = os.fstat(self._fd)
+        self._identity = (opened.st_dev, opened.st_ino)
+        head = read_head(self.path)
+        if opened.st_size > 0:
             state = verify_file(self.path, self._key)
             if state.unverifiable:
                 raise AuditUnavailable(
@@ -224,15 +212,31 @@ class AuditTrail:
                     f"audit file {self.path} fails verification ({state.summary()}); "
                     "refusing to extend it (tampered, or not an audit file): move it aside"
                 )
+            problem = continues(self.path, state, head)
+            if problem:
+                raise AuditUnavailable(
+                    f"audit file {self.path}: {problem}; refusing to extend it: find out what "
+                    "happened, then move it (and its .head file) aside"
+                )
+            self._file_id = str(state.file_id)
             self._seq, self._prev = state.last_seq, state.last_hash
             first: dict[str, Any] = {"event": OPENED, **start}
             if state.trailing_torn is not None:
                 first = {"event": RESUMED, "torn_line": state.trailing_torn, **start}
                 prefix = b"\n"
         else:
-            first = {"event": HEADER, "version": 1, "file_id": str(uuid.uuid4()), **start}
+            self._file_id = str(uuid.uuid4())
+            first = {"event": HEADER, "version": 1, "file_id": self._file_id, **start}
             if self._mac is not None:
                 first |= {"mac": KEYED, "key_id": self.key_id}
+            if head is not None:  # a chain was written here, and its file is gone
+                first["predecessor"] = head.as_record()
+                log.warning(
+                    "audit file %s was gone at start, yet its chain had reached seq %d (hash "
+                    "%s, file %s): the new file names it as its predecessor; `audit verify` "
+                    "flags it until the old file is given too",
+                    self.path, head.seq, head.hash, head.file_id,
+                )  # fmt: skip
         self._size = os.fstat(self._fd).st_size
         seq = self._seq + 1
         members = self._members(fragment(first))
@@ -242,7 +246,45 @@ class AuditTrail:
             self._fsync()
         self._seq, self._prev = seq, value
         self._size += len(prefix) + len(line)
-        self._written = (self._seq, self._prev)
+        self._written = self._synced = (self._seq, self._prev)
+        self._save_head()
+
+    def _save_head(self, *, written: bool = False) -> None:
+        """Save the chain's head beside the path: the last record fsynced (so that a
+        power loss never leaves a head ahead of the file), or under ``never`` or when
+        ``written``, the last handed to the OS."""
+        written_ = self._written if written else self._head_value()
+        try:
+            save_head(self.path, Head(self._file_id, *written_))
+        except OSError as err:
+            log.warning("cannot save the audit chain's head beside %s: %s", self.path, err)
+        self._head_saved, self._head_at = written_, time.monotonic()
+
+    def _head_value(self) -> tuple[int, str]:
+        return self._written if self.fsync == "never" else self._synced
+
+    def _same_file(self) -> bool:
+        """Whether the path still names the open file."""
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return False
+        return (now.st_dev, now.st_ino) == self._identity
+
+    def _lose(self, batch: _Batch | None = None) -> AuditUnavailable:
+        """The path no longer names the open file: refuse every record, close the gate
+        for good (a restart continues), give back what waits, save the head."""
+        reason = (
+            "the audit path no longer names the file being written (deleted, moved, or its "
+            "folder replaced)"
+        )
+        self._fail(reason, batch, recover=False)
+        self.lost = True
+        self._save_head(written=True)
+        return AuditUnavailable(
+            f"audit trail {self.path} is lost: {reason}; nothing runs unaudited: restart to "
+            "continue in a new file that names the lost one's last record"
+        )
 
     def _members(self, members: str) -> str:
         """A record's members, led by this instance's id."""
@@ -276,6 +318,9 @@ class AuditTrail:
             self._file.flush()
             if self.fsync != "never":
                 _sync_data(self._file.fileno())
+                self._synced = self._written
+        if not self.lost:
+            self._save_head()
         self._file.close()
         self._file = None
 
@@ -296,6 +341,8 @@ class AuditTrail:
         """
         if self.error is not None:
             raise AuditUnavailable(f"audit trail {self.path} is not writable: {self.error}")
+        if not self._same_file():
+            raise self._lose()
         seq = self._seq + 1
         members = self._members(members)
         line, digest = seal_fragment(seq, self._clock.now(), members, self._prev, self._mac)
@@ -336,13 +383,16 @@ class AuditTrail:
                     await self._wake.wait()
             self._wake.clear()
             batch, self._pending = self._pending, None
+            if (batch is not None or self._dirty) and not self._same_file():
+                self._lose(batch)
+                continue
             try:
                 if batch is not None:
                     data = b"".join(batch.lines)
                     self._append(data)
                     await asyncio.to_thread(self._fsync)
                     self._size += len(data)
-                    self._written = batch.last
+                    self._written = self._synced = batch.last
                 elif self._dirty and self.fsync == "batch":
                     await asyncio.to_thread(self._fsync)
             except OSError as err:
@@ -350,6 +400,9 @@ class AuditTrail:
                 continue
             if batch is not None and not batch.done.done():
                 batch.done.set_result(None)
+            due = time.monotonic() - self._head_at >= FSYNC_EVERY_S
+            if self._head_value() != self._head_saved and due:
+                await asyncio.to_thread(self._save_head)
 
     def _append(self, data: bytes) -> None:
         """Hand ``data`` to the OS (a page-cache copy: no disk I/O on the loop)."""
@@ -359,19 +412,23 @@ class AuditTrail:
         self._dirty = self._dirty or bool(data)
 
     def _fsync(self) -> None:
+        covered = self._written
         _sync_data(self._fd)
+        self._synced = covered
         self._last_fsync = time.monotonic()
         self._dirty = False
 
-    def _fail(self, reason: str, batch: _Batch | None = None) -> None:
-        """Refuse records, close the gate, give back what waits, retry in the background."""
+    def _fail(self, reason: str, batch: _Batch | None = None, *, recover: bool = True) -> None:
+        """Refuse records, close the gate, give back what waits, retry in the background
+        (unless not ``recover``: then only a restart reopens it)."""
         self.error = reason
         self.gate.clear()
         log.error(
-            "audit trail %s cannot be written (%s): consumers stop taking messages until it "
-            "can; nothing is acked unaudited",
+            "audit trail %s cannot be written (%s): consumers stop taking messages %s; "
+            "nothing is acked unaudited",
             self.path,
             reason,
+            "until it can" if recover else "until a restart",
         )
         err = AuditUnavailable(f"audit trail {self.path} is not writable: {reason}")
         for failed in (batch, self._pending):
@@ -379,7 +436,7 @@ class AuditTrail:
                 failed.done.set_exception(err)
         self._pending = None
         self._seq, self._prev = self._written
-        if self._recovery is None or self._recovery.done():
+        if recover and (self._recovery is None or self._recovery.done()):
             self._recovery = asyncio.get_running_loop().create_task(self._recover(reason))
 
     async def _recover(self, reason: str) -> None:
@@ -390,12 +447,15 @@ class AuditTrail:
             line, value = seal_fragment(
                 self._seq + 1, self._clock.now(), members, self._prev, self._mac
             )
+            if not self._same_file():
+                self._lose()
+                return
             try:
                 await asyncio.to_thread(self._rewrite_tail, line)
             except OSError:
                 continue
             self._seq, self._prev = self._seq + 1, value
-            self._written = (self._seq, self._prev)
+            self._written = self._synced = (self._seq, self._prev)
             self._size += len(line)
             self.error = None
             self.gate.set()
