@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from wippy_queue.audit.config import AuditConfig
-from wippy_queue.audit.recorder import AuditRecorder
+from wippy_queue.audit.recorder import AuditRecorder, RecordAttempt
 from wippy_queue.audit.trail import AuditTrail
 from wippy_queue.errors import ConfigError, HandlerError, Problem
 from wippy_queue.lifecycle.config import ServiceModel
@@ -90,6 +90,8 @@ class Runtime:
                 raise ConfigError(refused)
         self.audit = _audit_trail(registry, audit_path, audit_key)
         self._recorder = AuditRecorder(self.audit) if self.audit else None
+        #: a handler never runs before its attempt is recorded
+        self._attempts = RecordAttempt(self.audit) if self.audit else None
         recorders = [self._recorder] if self._recorder else []
         self.security = Security(
             registry,
@@ -208,7 +210,7 @@ class Runtime:
                 driver_options=_options(driver.consumer_options, options),
                 # a tenant's consumer reads its tenant's partition only; others read all
                 partition=actor.tenant if queue.partition_by and actor else None,
-                middlewares=[guard] if guard else [],
+                middlewares=[m for m in (guard, self._attempts) if m is not None],
                 settle_hooks=[self._recorder] if self._recorder else [],
                 timeout_s=config.timeout,
                 stop_timeout_s=config.lifecycle.stop_timeout,

@@ -6,13 +6,17 @@ instead of passing a fresh chain."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import handler_plugins, write
 
+from wippy_queue import Runtime
 from wippy_queue.audit import AuditTrail, AuditUnavailable, verify_file
 from wippy_queue.audit.chain import verify_files
 from wippy_queue.cli import main
@@ -33,7 +37,9 @@ async def _run(path: Path, n: int = 2) -> AuditTrail:
 async def _loses(trail: AuditTrail, caplog: pytest.LogCaptureFixture) -> None:
     """Every record is refused from now on, and no retry reopens the gate."""
     with caplog.at_level(logging.ERROR), pytest.raises(AuditUnavailable, match="is lost"):
-        trail.append({"event": "consume", "message_id": "after"})
+        # an attempt record (before a handler runs) checks the path every time; others
+        # at most once a millisecond
+        trail.append_members('"event":"attempt","message_id":"after"', check_path=True)
     assert trail.lost and not trail.gate.is_set()
     assert "no longer names the file being written" in caplog.text
     assert "until a restart" in caplog.text
@@ -115,3 +121,44 @@ async def test_a_file_replaced_or_cut_short_while_stopped_is_never_extended(
     os.replace(other, path)
     with pytest.raises(AuditUnavailable, match="it was replaced"):
         await AuditTrail(path).open()
+
+
+APP = """
+namespace: k
+entries:
+  - {name: audit, kind: security.audit, path: "file://audit.jsonl"}
+  - {name: mem, kind: queue.driver.memory, lifecycle: {auto_start: true}}
+  - {name: jobs, kind: queue.queue, driver: mem}
+  - {name: fn, kind: function.python, source: "builtins:print"}
+  - {name: worker, kind: queue.consumer, queue: jobs, func: fn, lifecycle: {auto_start: true}}
+"""
+
+
+async def test_after_the_file_is_deleted_no_handler_runs_and_nothing_is_acked(
+    tmp_path: Path,
+) -> None:
+    ran: list[int] = []
+
+    async def handler(data: dict[str, int]) -> bool:
+        ran.append(data["n"])
+        return True
+
+    app = write(tmp_path / "app.yaml", APP)
+    async with Runtime.load(app, plugins=handler_plugins(handler)) as runtime:
+        assert runtime.audit is not None
+        await runtime.publish("k:jobs", {"n": 0})
+        await runtime.join("k:jobs", timeout=5)
+        (tmp_path / "audit.jsonl").unlink()
+        await runtime.publish("k:jobs", {"n": 1})
+        async with asyncio.timeout(5):
+            await _until(lambda: runtime.audit is not None and runtime.audit.lost)
+        async with asyncio.timeout(5):  # given back, unacked: it waits for a restart
+            while (await runtime.info("k:jobs")).message_count != 1:
+                await asyncio.sleep(0.005)
+        assert ran == [0]  # its attempt could not be recorded: the handler never ran
+        assert not runtime.audit.gate.is_set()
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    while not check():
+        await asyncio.sleep(0.005)

@@ -15,10 +15,13 @@ to the last record on disk. It retries every second; the first record that gets
 through (``audit_recovered``) reopens the gate.
 
 When the path no longer names the open file (deleted, moved, its folder replaced:
-``st_dev``/``st_ino`` of the path and of the open file differ), checked before every
-record and batch, the trail is lost for good: the gate stays closed until a restart,
-and the chain's head is saved beside the path (``head.py``) so that the restart's new
-file names the lost one as its predecessor instead of passing for a fresh start.
+``st_dev``/``st_ino`` of the path and of the open file differ), checked before a
+record is written (every ``attempt`` record, before its handler runs; others at most
+once a millisecond: a ``stat()`` costs as much as the write) and before every batch
+and fsync, the trail is lost for good: the gate stays
+closed until a restart, and the chain's head is saved beside the path (``head.py``)
+so that the restart's new file names the lost one as its predecessor instead of
+passing for a fresh start.
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ class _Batch:
     lines: list[bytes]
     done: asyncio.Future[None]
     last: tuple[int, str] = (-1, GENESIS)
+    #: how many of ``lines`` are already handed to the OS (``append_members(flush=True)``)
+    flushed: int = 0
 
 
 def _new_batch() -> _Batch:
@@ -145,6 +150,7 @@ class AuditTrail:
         self._head_saved: tuple[int, str] = (-1, GENESIS)
         self._synced = (-1, GENESIS)  # the last record fsynced
         self._head_at = 0.0
+        self._checked_ms = -1  # the millisecond the path was last found to name the file
 
     @property
     def healthy(self) -> bool:
@@ -330,19 +336,29 @@ class AuditTrail:
         """Chain a record and write it; see ``append_members``."""
         return self.append_members(fragment(fields))
 
-    def append_members(self, members: str) -> asyncio.Future[None] | None:
+    def append_members(
+        self, members: str, *, flush: bool = False, check_path: bool = False
+    ) -> asyncio.Future[None] | None:
         """Chain a record given as JSON object members (the hot path) and write it.
 
         Under ``never`` and ``batch`` the line goes to the OS at once (a page-cache
         copy; fsync runs in a thread every 100 ms) and None is returned: the record
         is written. Under ``always`` records are group-committed with an fsync in a
         worker thread; the returned future resolves once the batch is on disk.
+        ``flush``: under ``always``, hand it (and the records waiting before it) to the
+        OS now and return None; the writer fsyncs it with its batch (an ``attempt``
+        record: a full disk must show before the handler runs, its fsync can wait).
+        ``check_path``: make sure the path still names the open file first (otherwise
+        checked at most once a millisecond: a ``stat()`` costs as much as the write).
         AuditUnavailable means the record could not be written.
         """
         if self.error is not None:
             raise AuditUnavailable(f"audit trail {self.path} is not writable: {self.error}")
-        if not self._same_file():
-            raise self._lose()
+        now_ms = time.monotonic_ns() // 1_000_000
+        if check_path or now_ms != self._checked_ms:  # else one stat() a millisecond
+            if not self._same_file():
+                raise self._lose()
+            self._checked_ms = now_ms
         seq = self._seq + 1
         members = self._members(members)
         line, digest = seal_fragment(seq, self._clock.now(), members, self._prev, self._mac)
@@ -365,7 +381,22 @@ class AuditTrail:
             self._wake.set()
         batch.lines.append(line)
         batch.last = (seq, digest)
+        if flush:  # in the OS now (a full disk shows here); fsynced with the batch
+            self._flush(batch)
+            return None
         return batch.done
+
+    def _flush(self, batch: _Batch) -> None:
+        """Hand the waiting batch's lines to the OS now; the writer fsyncs them later."""
+        data = b"".join(batch.lines[batch.flushed :])
+        try:
+            self._append(data)
+        except OSError as err:
+            self._fail(f"{type(err).__name__}: {err}", batch)
+            raise AuditUnavailable(f"audit trail {self.path} is not writable: {err}") from err
+        batch.flushed = len(batch.lines)
+        self._size += len(data)
+        self._written = batch.last
 
     async def record(self, fields: dict[str, Any]) -> None:
         """Append and wait until written; raise AuditUnavailable when it cannot be."""
@@ -388,11 +419,12 @@ class AuditTrail:
                 continue
             try:
                 if batch is not None:
-                    data = b"".join(batch.lines)
-                    self._append(data)
-                    await asyncio.to_thread(self._fsync)
+                    data = b"".join(batch.lines[batch.flushed :])
+                    self._append(data)  # in the OS now, as under never and batch
                     self._size += len(data)
-                    self._written = self._synced = batch.last
+                    self._written = batch.last
+                    await asyncio.to_thread(self._fsync)
+                    self._synced = batch.last
                 elif self._dirty and self.fsync == "batch":
                     await asyncio.to_thread(self._fsync)
             except OSError as err:
