@@ -162,3 +162,22 @@ async def test_after_the_file_is_deleted_no_handler_runs_and_nothing_is_acked(
 async def _until(check: Callable[[], bool]) -> None:
     while not check():
         await asyncio.sleep(0.005)
+
+
+async def test_the_writer_finds_the_loss_on_its_own_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no record to write, the writer's own look (every 100 ms while records wait
+    for their fsync) finds the file gone, closes the gate, and stops looking."""
+    path = tmp_path / "audit.jsonl"
+    trail = await _run(path)  # batch: the records wait for their fsync
+    trail.append({"event": "consume", "message_id": "unsynced"})
+    path.unlink()
+    with caplog.at_level(logging.ERROR):
+        async with asyncio.timeout(5):
+            await _until(lambda: trail.lost)
+        assert trail._task is not None
+        async with asyncio.timeout(5):
+            await trail._task  # the writer is done with the lost file
+    assert caplog.text.count("no longer names the file being written") == 1
+    await trail.close()

@@ -284,6 +284,8 @@ class AuditTrail:
             "the audit path no longer names the file being written (deleted, moved, or its "
             "folder replaced)"
         )
+        if self.lost:  # found already (by the writer or a record)
+            return AuditUnavailable(f"audit trail {self.path} is lost: {self.error}")
         self._fail(reason, batch, recover=False)
         self.lost = True
         self._save_head(written=True)
@@ -416,7 +418,7 @@ class AuditTrail:
             batch, self._pending = self._pending, None
             if (batch is not None or self._dirty) and not self._same_file():
                 self._lose(batch)
-                continue
+                return  # nothing more is written to this file
             try:
                 if batch is not None:
                     data = b"".join(batch.lines[batch.flushed :])
@@ -479,6 +481,8 @@ class AuditTrail:
             line, value = seal_fragment(
                 self._seq + 1, self._clock.now(), members, self._prev, self._mac
             )
+            if self.lost:
+                return
             if not self._same_file():
                 self._lose()
                 return
