@@ -84,8 +84,10 @@ class Runtime:
         their ``security.policy`` entries are reloaded when the files change."""
         registry = self.registry = loaded.registry
         self.plugins = loaded.plugins
-        if audit_path is not None and not registry.of_kind("security.audit"):
-            refused = list(refuse_auto_ack_audited(registry, audit_given="--audit"))
+        if strict or (audit_path is not None and not registry.of_kind("security.audit")):
+            # what the entries alone did not say (checked at load): --strict, --audit
+            given = "--audit" if audit_path is not None else None
+            refused = list(refuse_auto_ack_audited(registry, audit_given=given, strict=strict))
             if refused:
                 raise ConfigError(refused)
         self.audit = _audit_trail(registry, audit_path, audit_key)

@@ -123,3 +123,21 @@ def test_auto_ack_while_auditing_is_refused_from_the_entry_and_from_the_flag(
     assert [(p.entry_id, p.field) for p in caught.value.problems] == [("t:plain", "auto_ack")]
     assert "audit trail on (t:audit)" in str(caught.value)
     assert not (tmp_path / "audit.jsonl").exists()
+
+
+def test_auto_ack_in_strict_mode_is_refused_from_the_settings_and_from_the_flag(
+    tmp_path: Path,
+) -> None:
+    """Strict mode denies a consumer without a security block every message: auto_ack
+    would ack each one on delivery, and it would be lost."""
+    plain = AUTO_ACK.split("  - name: guarded")[0]
+    plain += "  - {name: plain, kind: queue.consumer, queue: q, func: f, auto_ack: true}\n"
+    path = write(tmp_path / "app.yaml", plain)
+    with pytest.raises(ConfigError) as caught:
+        Runtime.load(path, strict=True)
+    (problem,) = caught.value.problems
+    assert (problem.entry_id, problem.field) == ("t:plain", "auto_ack")
+    assert "strict mode denies a consumer without a security block" in str(problem)
+    write(tmp_path / "app.yaml", plain + "  - {name: s, kind: security.settings, strict: true}\n")
+    with pytest.raises(ConfigError, match="t:plain: auto_ack: auto_ack: true is refused: strict"):
+        Runtime.load(path)
