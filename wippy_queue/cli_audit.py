@@ -2,10 +2,10 @@
 
 Both take several files (one per runtime instance); ``show`` merges their records by
 time. Exit codes: 0 intact; 1 a file tampered (``show`` prints the records anyway);
-2 no such file, or a file that is no audit trail at all (no line of it is an audit
-record); 3 a keyed chain and no audit key to check it with (``--audit-key``,
-``WIPPY_QUEUE_AUDIT_KEY``). With several files the worst of them decides, in that
-order: 1, 2, 3.
+2 no such file, a file that is no audit trail at all (no line of it is an audit
+record), or an audit key that cannot be read; 3 a keyed chain and no audit key to
+check it with (``--audit-key``, ``WIPPY_QUEUE_AUDIT_KEY``). With several files the
+worst of them decides, in that order: 1, 2, 3.
 
 Its arguments are parsed by ``cli_args``; this module is imported when the command runs.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 from wippy_queue.audit.chain import VerifyResult, verify_files
 from wippy_queue.audit.config import given_key
 from wippy_queue.audit.show import Filter, merged, parse_since, table
+from wippy_queue.errors import ConfigError
 
 
 def _verify(files: list[Path], key: str | None) -> tuple[dict[Path, VerifyResult], int]:
@@ -48,7 +49,12 @@ def _worst(results: dict[Path, VerifyResult], code: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    results, code = _verify(args.file, given_key(args.audit_key))
+    try:
+        key = given_key(args.audit_key)
+    except ConfigError as err:  # bad input, not a tampered file
+        print(f"wippy-queue audit: {err.problems[0]}", file=sys.stderr)
+        return 2
+    results, code = _verify(args.file, key)
     if args.audit_command == "verify":
         for file, result in results.items():
             print(f"{file}: {result.summary()}")

@@ -148,3 +148,26 @@ def test_the_key_comes_from_the_entry_via_env_or_file_or_from_the_flag(
     monkeypatch.setenv("APP_AUDIT_KEY", "short")
     with pytest.raises(ConfigError, match="key: a key needs at least 16 characters"):
         Runtime.load(path)
+
+
+def test_run_takes_the_key_from_the_flag_as_env_or_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = write(
+        tmp_path / "app.yaml", "namespace: t\nentries:\n  - {name: d, kind: queue.driver.memory}\n"
+    )
+    audit = tmp_path / "run.jsonl"
+    monkeypatch.setenv("RUN_AUDIT_KEY", KEY)
+    run = ["run", str(app), "--audit", str(audit), "--until-idle", "--timeout", "10"]
+    assert main([*run, "--audit-key", "${env:RUN_AUDIT_KEY}"]) == 0
+    assert verify_file(audit, KEY).ok and verify_file(audit, KEY).key_id == "default"
+    monkeypatch.setenv("WIPPY_QUEUE_AUDIT_KEY", KEY)  # no flag: the environment's key
+    assert main(run) == 0
+    assert main(["audit", "verify", str(audit)]) == 0
+    assert "keyed: HMAC-SHA256" in capsys.readouterr().out
+    assert main([*run, "--audit-key", "${env:NOT_SET_ANYWHERE}"]) == 1  # a config problem
+    assert "--audit-key: the environment variable NOT_SET_ANYWHERE is not set" in (
+        capsys.readouterr().err
+    )
+    assert main(["audit", "verify", str(audit), "--audit-key", "short"]) == 2  # bad input
+    assert "a key needs at least 16 characters" in capsys.readouterr().err
