@@ -63,12 +63,13 @@ def bench_entries(handler: dict[str, Any], *, max_length: int) -> dict[str, Any]
 
 
 def check_audited(path: Path, n: int, key: str) -> None:
-    """Reject a run whose audit file does not verify or lacks one record per message
-    (+ the trail's opening header and closing record)."""
+    """Reject a run whose audit file does not verify or lacks two records per message
+    (its attempt, before the handler, and its consume record; + the trail's opening
+    header and closing record)."""
     from wippy_queue.audit import verify_file
 
     result = verify_file(path)
-    if not result.ok or result.records != n + 2:
+    if not result.ok or result.records != 2 * n + 2:
         raise SystemExit(f"{key}: audit file has {result.records} records for {n}")
 
 

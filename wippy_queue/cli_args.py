@@ -146,6 +146,13 @@ def _run(sub: Any) -> None:
         "--strict", action="store_true", help="deny consumers and publishers without security"
     )
     run.add_argument("--audit", metavar="PATH", help="write the audit trail to PATH")
+    run.add_argument("--audit-key", metavar="KEY", help=KEY_HELP)
+
+
+KEY_HELP = (
+    "the audit key that keys the chain (HMAC-SHA256): a value, '${env:NAME}' or "
+    "file://PATH (default: $WIPPY_QUEUE_AUDIT_KEY)"
+)
 
 
 def _audit(sub: Any) -> None:
@@ -153,9 +160,13 @@ def _audit(sub: Any) -> None:
     audit = sub.add_parser("audit", help="verify or show an audit trail file")
     commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     verify = commands.add_parser("verify", help="check the hash chain; exit 1 if tampered")
-    verify.add_argument("file", type=Path, help="an audit trail (JSON lines)")
+    verify.add_argument("file", type=Path, nargs="+", help="audit trails (JSON lines)")
+    verify.add_argument("--audit-key", metavar="KEY", help=KEY_HELP)
     show = commands.add_parser("show", help="print records as a table")
-    show.add_argument("file", type=Path, help="an audit trail (JSON lines)")
+    show.add_argument(
+        "file", type=Path, nargs="+", help="audit trails (JSON lines), merged by time"
+    )
+    show.add_argument("--audit-key", metavar="KEY", help=KEY_HELP)
     show.add_argument("--denied", action="store_true", help="only denied decisions")
     show.add_argument("--actor", metavar="ID", help="only records of this actor")
     show.add_argument("--queue", metavar="ID", help="only records of this queue")

@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from wippy_queue.audit.config import given_key
 from wippy_queue.errors import PublishError, WippyQueueError
 from wippy_queue.lifecycle.service import ServiceState
 from wippy_queue.queue import context
@@ -176,7 +177,12 @@ class Stopper:
 
 
 async def run(args: argparse.Namespace) -> int:
-    runtime = Runtime.load(*args.paths, strict=args.strict or None, audit_path=args.audit)
+    runtime = Runtime.load(
+        *args.paths,
+        strict=args.strict or None,
+        audit_path=args.audit,
+        audit_key=given_key(args.audit_key),
+    )
     publishes, ctx = prepare(runtime, args)  # a refused command says only why
     for warning in runtime.registry.warnings:  # what validate says, said at start too
         log.warning("%s", warning)

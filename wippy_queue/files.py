@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -53,3 +54,31 @@ def read_regular(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTE
 def read_text(path: Path) -> str:
     """``read_regular`` decoded as UTF-8 (UnicodeDecodeError if it is not)."""
     return read_regular(path).decode("utf-8")
+
+
+#: the least length of a key (signing, audit): a short one is guessed
+MIN_KEY_CHARS = 16
+_ENV_ONLY = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def key_value(value: str, where: str) -> str:
+    """A key as given, read from ``file://path`` (one line, stripped), or from
+    ``${env:NAME}`` (entry files substitute that when loaded; a command line option
+    does not); ValueError saying what is wrong and where."""
+    env = _ENV_ONLY.fullmatch(value)
+    if env is not None:
+        if env.group(1) not in os.environ:
+            raise ValueError(f"{where}: the environment variable {env.group(1)} is not set")
+        value = os.environ[env.group(1)]
+    if value.startswith("file://"):
+        path = Path(value.removeprefix("file://"))
+        try:
+            value = read_text(path).strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"{where}: cannot read the key file {path}: {err}") from None
+    if len(value) < MIN_KEY_CHARS:
+        raise ValueError(
+            f"{where}: a key needs at least {MIN_KEY_CHARS} characters "
+            f"(got {len(value)}); use a long random value, e.g. from ${{env:...}}"
+        )
+    return value

@@ -322,6 +322,7 @@ BUILTIN = (
         "wippy_queue.queue.config:ConsumerConfig",
         checks=(
             "wippy_queue.queue.checks:warn_no_dead_letter",
+            "wippy_queue.queue.checks:refuse_auto_ack_audited",
             "wippy_queue.security.kinds:check_groups",
             "wippy_queue.security.kinds:warn_unchecked",
             "wippy_queue.security.kinds:warn_shared_tenants",

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from wippy_queue.audit.config import AuditConfig
-from wippy_queue.audit.recorder import AuditRecorder
+from wippy_queue.audit.recorder import AuditRecorder, RecordAttempt
 from wippy_queue.audit.trail import AuditTrail
 from wippy_queue.errors import ConfigError, HandlerError, Problem
 from wippy_queue.lifecycle.config import ServiceModel
@@ -27,6 +27,7 @@ from wippy_queue.lifecycle.supervisor import Supervised, Supervisor
 from wippy_queue.loading import Loaded, load
 from wippy_queue.plugins import Plugin, Plugins, resolve
 from wippy_queue.queue import context
+from wippy_queue.queue.checks import refuse_auto_ack_audited
 from wippy_queue.queue.codec import get_codec
 from wippy_queue.queue.config import ConsumerConfig, QueueConfig
 from wippy_queue.queue.consumer import Consumer
@@ -76,14 +77,23 @@ class Runtime:
         strict: bool | None = None,
         signing_key: str | None = None,
         audit_path: str | os.PathLike[str] | None = None,
+        audit_key: str | None = None,
         sources: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         """``sources``: the entry files or folders ``loaded`` was read from; given,
         their ``security.policy`` entries are reloaded when the files change."""
         registry = self.registry = loaded.registry
         self.plugins = loaded.plugins
-        self.audit = _audit_trail(registry, audit_path)
+        if strict or (audit_path is not None and not registry.of_kind("security.audit")):
+            # what the entries alone did not say (checked at load): --strict, --audit
+            given = "--audit" if audit_path is not None else None
+            refused = list(refuse_auto_ack_audited(registry, audit_given=given, strict=strict))
+            if refused:
+                raise ConfigError(refused)
+        self.audit = _audit_trail(registry, audit_path, audit_key)
         self._recorder = AuditRecorder(self.audit) if self.audit else None
+        #: a handler never runs before its attempt is recorded
+        self._attempts = RecordAttempt(self.audit) if self.audit else None
         recorders = [self._recorder] if self._recorder else []
         self.security = Security(
             registry,
@@ -115,18 +125,21 @@ class Runtime:
         strict: bool | None = None,
         signing_key: str | None = None,
         audit_path: str | os.PathLike[str] | None = None,
+        audit_key: str | None = None,
     ) -> Runtime:
         """Load entry files (or folders of them); raise ConfigError listing every problem.
 
         ``strict`` (default: the ``security.settings`` entry, else off) denies consumers
         and publishers that have no security block; ``signing_key`` signs provenance;
-        ``audit_path`` writes the audit trail there (over a ``security.audit`` entry).
+        ``audit_path`` writes the audit trail there (over a ``security.audit`` entry);
+        ``audit_key`` keys its chain (over the entry's ``key``).
         """
         return cls(
             load(paths, plugins),
             strict=strict,
             signing_key=signing_key,
             audit_path=audit_path,
+            audit_key=audit_key,
             sources=paths,
         )
 
@@ -199,7 +212,7 @@ class Runtime:
                 driver_options=_options(driver.consumer_options, options),
                 # a tenant's consumer reads its tenant's partition only; others read all
                 partition=actor.tenant if queue.partition_by and actor else None,
-                middlewares=[guard] if guard else [],
+                middlewares=[m for m in (guard, self._attempts) if m is not None],
                 settle_hooks=[self._recorder] if self._recorder else [],
                 timeout_s=config.timeout,
                 stop_timeout_s=config.lifecycle.stop_timeout,
@@ -333,16 +346,24 @@ def _config(entry: Entry, model: type[Any]) -> Any:
     return entry.config
 
 
-def _audit_trail(registry: Registry, path: str | os.PathLike[str] | None) -> AuditTrail | None:
-    """The trail of the ``security.audit`` entry, or at ``path`` (``--audit``) if given."""
+def _audit_trail(
+    registry: Registry, path: str | os.PathLike[str] | None, key: str | None
+) -> AuditTrail | None:
+    """The trail of the ``security.audit`` entry, or at ``path`` (``--audit``) if given;
+    keyed by ``key`` (``--audit-key``), else by the entry's ``key``."""
     entries = registry.of_kind("security.audit")
     config = entries[0].config if entries else None
     assert config is None or isinstance(config, AuditConfig)
     if path is None and config is None:
         return None
+    options: dict[str, Any] = {
+        "fsync": config.fsync if config else "batch",
+        "key": key if key is not None else (config.key if config else None),
+        "key_id": config.key_id if config else "default",
+    }
     if path is not None:
-        return AuditTrail(path, fsync=config.fsync if config else "batch", origin="--audit")
+        return AuditTrail(path, origin="--audit", **options)
     assert config is not None
     entry = entries[0]
     origin = f"{entry.location.file}:{entry.location.line_of('path')}: {entry.id}: path"
-    return AuditTrail(config.file(), fsync=config.fsync, origin=origin)
+    return AuditTrail(config.file(), origin=origin, **options)

@@ -316,6 +316,8 @@ def test_rehashed_edit_is_still_caught(trail_file: Path) -> None:
 async def test_torn_last_line_is_reported_and_the_chain_continues(trail_file: Path) -> None:
     data = trail_file.read_bytes()
     trail_file.write_bytes(data[:-30])  # a crash in the middle of the last record
+    # ... before the chain's head was saved (it is saved once a record is written)
+    trail_file.with_name("t.jsonl.head").unlink()
     torn = verify_file(trail_file)
     assert torn.ok and torn.torn_lines == [8] and "torn" in torn.summary()
 
@@ -420,27 +422,32 @@ async def test_a_process_killed_mid_message_leaves_a_chain_the_next_run_continue
         await process.wait()
     assert main(["audit", "verify", str(audit)]) == 0
     out = capsys.readouterr().out
-    assert "ok: 2 records" in out and "not closed" in out  # the header and n=0's record
+    # the header, n=0's attempt and record, n=1's attempt (recorded before its handler ran)
+    assert "ok: 4 records" in out and "not closed" in out
 
     with open(audit, "ab") as f:  # as if the kill had landed mid-write
-        f.write(b'{"seq":2,"time":"2026-')
+        f.write(b'{"seq":4,"time":"2026-')
     env["HANG"] = "0"
     await asyncio.to_thread(
         subprocess.run, [*command, "--until-idle", "--timeout", "10"], env=env, check=True,
         capture_output=True,
     )  # fmt: skip
     assert main(["audit", "verify", str(audit)]) == 0
-    assert "torn line(s) after a crash: 3" in capsys.readouterr().out
-    records = [json.loads(line) for i, line in enumerate(audit.read_text().splitlines()) if i != 2]
+    assert "torn line(s) after a crash: 5" in capsys.readouterr().out
+    records = [json.loads(line) for i, line in enumerate(audit.read_text().splitlines()) if i != 4]
     assert [r["event"] for r in records] == [
         "audit_header",
+        "attempt",
         "consume",
+        "attempt",  # n=1, killed in its handler: recorded as attempted, never as done
         RESUMED,
+        "attempt",
         "consume",
+        "attempt",
         "consume",
         CLOSED,
     ]
-    assert [r["seq"] for r in records] == [0, 1, 2, 3, 4, 5]
+    assert [r["seq"] for r in records] == list(range(10))
 
 
 # -- fail closed -------------------------------------------------------------------
@@ -467,7 +474,7 @@ async def test_unwritable_audit_stops_consumers_and_acks_nothing_unaudited(
         real, runtime.audit._fd = runtime.audit._fd, full  # the disk fills up
         await runtime.publish("t:jobs", {"n": 1})
         async with asyncio.timeout(WAIT_S):
-            while runtime.audit.healthy:
+            while runtime.audit.healthy:  # the attempt record fails before the handler
                 await asyncio.sleep(0.001)
         async with asyncio.timeout(WAIT_S):  # a broker takes a round trip to give it back
             while (await runtime.info("t:jobs")).message_count != 1:
@@ -476,7 +483,9 @@ async def test_unwritable_audit_stops_consumers_and_acks_nothing_unaudited(
         runtime.audit._fd = real  # room again
         await runtime.join("t:jobs", timeout=WAIT_S)
     os.close(full)
-    assert handled[0] == 0 and handled.count(1) == 2  # redone after the audit came back
+    # n=1's attempt could not be recorded, so its handler never ran while the disk was
+    # full (issue 16 item 7: it used to run unrecorded); it ran once the audit came back
+    assert handled == [0, 1]
     records = lines(tmp_path / "audit.jsonl")
     assert [r["outcome"] for r in records if r["event"] == "consume"] == ["ack", "ack"]
     assert any(r["event"] == "audit_recovered" for r in records)

@@ -1,7 +1,9 @@
 """Turns decisions and outcomes into audit records.
 
-One record per consume (the decision AND what happened to the message), written
-before the message is settled; one per publish decision; one per policy reload.
+One ``attempt`` record before a handler runs (``RecordAttempt``: a handler never runs
+unrecorded, even when the disk fills up), one record per consume (the decision AND
+what happened to the message), written before the message is settled; one per
+publish decision; one per policy reload.
 Fields without a value (no actor, no error, ...) are left out of the record.
 """
 
@@ -13,10 +15,10 @@ from collections.abc import Awaitable, Hashable
 from typing import Any
 
 from wippy_queue.audit.chain import encode, fragment
-from wippy_queue.audit.trail import AuditTrail
+from wippy_queue.audit.trail import AuditTrail, AuditUnavailable
 from wippy_queue.identity import Decision, Request
-from wippy_queue.queue.middleware import Job
-from wippy_queue.queue.outcome import Action, Outcome
+from wippy_queue.queue.middleware import CallNext, Job, Middleware
+from wippy_queue.queue.outcome import Action, Outcome, Reason
 
 UNCHECKED = Decision(True, "unchecked")
 _UNCHECKED = (UNCHECKED, None)
@@ -146,3 +148,32 @@ class AuditRecorder:
         if error:
             record["error"] = error
         self.trail.append(record)
+
+
+class RecordAttempt(Middleware):
+    """The innermost step before the handler: an ``attempt`` record is handed to the OS
+    (under ``fsync: always`` too; it is fsynced with the consume record that follows)
+    before the handler runs. If it cannot be (disk full,
+    file too large, the file lost), the handler does not run: the message is nacked,
+    its settle is refused by the same trail, and it goes back to its queue untried."""
+
+    def __init__(self, trail: AuditTrail) -> None:
+        self.trail = trail
+        #: the encoded start of a consumer's attempt records (its consumer and queue)
+        self._heads: dict[tuple[str, str], str] = {}
+
+    async def __call__(self, job: Job, call_next: CallNext) -> Outcome:
+        key = (job.consumer_id, job.queue_id)
+        head = self._heads.get(key)
+        if head is None:
+            head = self._heads[key] = fragment(
+                {"event": "attempt", "consumer": job.consumer_id, "queue": job.queue_id}
+            )
+        message_id = job.message.id
+        quoted = f'"{message_id}"' if _PLAIN_ID(message_id) else encode(message_id)
+        members = f'{head},"message_id":{quoted},"attempt":{job.attempt}'
+        try:
+            self.trail.append_members(members, flush=True, check_path=True)
+        except AuditUnavailable as err:
+            return Outcome.nack(Reason.MIDDLEWARE_ERROR, f"not run: {err}")
+        return await call_next(job)

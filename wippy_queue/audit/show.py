@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from wippy_queue.audit.chain import CLOSED, HEADER, RESUMED
+from wippy_queue.audit.chain import FRAMING
 from wippy_queue.registry.types import parse_duration
 
 COLUMNS = (
@@ -35,7 +35,7 @@ class Filter:
     since: datetime | None = None
 
     def keep(self, record: dict[str, Any]) -> bool:
-        if record.get("event") in (HEADER, RESUMED, CLOSED):
+        if record.get("event") in FRAMING:
             return False
         if self.denied and record.get("decision") != "deny":
             return False
@@ -84,20 +84,31 @@ def records(path: Path) -> Iterator[dict[str, Any]]:
                 yield record
 
 
+def merged(paths: list[Path]) -> list[dict[str, Any]]:
+    """The records of several files (one per runtime instance) in time order; records
+    of one millisecond keep their file's order."""
+    rows = [(str(r.get("time", "")), i, n, r) for i, p in enumerate(paths) for n, r in
+            enumerate(records(p))]  # fmt: skip
+    rows.sort(key=lambda row: row[:3])
+    return [row[3] for row in rows]
+
+
 def _cell(record: dict[str, Any], column: str) -> str:
     value = record.get(column)
     if column == "time" and isinstance(value, str):
         return value[:23].replace("T", " ")
-    if column == "message_id" and isinstance(value, str):
+    if column in ("message_id", "instance") and isinstance(value, str):
         return value[:8]
     if column == "outcome" and record.get("event") == "policy_reload":
         return f"{record.get('result')} {record.get('policy')}"
     return "-" if value is None else str(value)
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    cells = [[_cell(r, c) for c in COLUMNS] for r in rows]
-    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(COLUMNS)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(COLUMNS, widths, strict=True))]
+def table(rows: list[dict[str, Any]], *, instances: bool = False) -> str:
+    """``rows`` as a table; ``instances`` adds which runtime instance wrote each."""
+    columns = (*COLUMNS[:2], "instance", *COLUMNS[2:]) if instances else COLUMNS
+    cells = [[_cell(r, c) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(line.rstrip() for line in lines)

@@ -13,15 +13,26 @@ When a write fails the trail turns unhealthy: it says why, closes its ``gate``
 back to the queue unacked), truncates any partial write and rolls the chain back
 to the last record on disk. It retries every second; the first record that gets
 through (``audit_recovered``) reopens the gate.
+
+When the path no longer names the open file (deleted, moved, its folder replaced:
+``st_dev``/``st_ino`` of the path and of the open file differ), checked before a
+record is written (every ``attempt`` record, before its handler runs; others at most
+once a millisecond: a ``stat()`` costs as much as the write) and before every batch
+and fsync, the trail is lost for good: the gate stays
+closed until a restart, and the chain's head is saved beside the path (``head.py``)
+so that the restart's new file names the lost one as its predecessor instead of
+passing for a fresh start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import io
 import logging
 import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,11 +43,16 @@ from wippy_queue.audit.chain import (
     CLOSED,
     GENESIS,
     HEADER,
+    KEYED,
+    OPENED,
     RESUMED,
     fragment,
+    mac,
     seal_fragment,
     verify_file,
 )
+from wippy_queue.audit.head import Head, continues, read_head, save_head
+from wippy_queue.audit.instance import expand, holder, new_instance
 from wippy_queue.errors import WippyQueueError
 
 log = logging.getLogger(__name__)
@@ -76,6 +92,8 @@ class _Batch:
     lines: list[bytes]
     done: asyncio.Future[None]
     last: tuple[int, str] = (-1, GENESIS)
+    #: how many of ``lines`` are already handed to the OS (``append_members(flush=True)``)
+    flushed: int = 0
 
 
 def _new_batch() -> _Batch:
@@ -93,8 +111,18 @@ class AuditTrail:
         fsync: FsyncMode = "batch",
         retry_s: float = 1.0,
         origin: str | None = None,
+        key: str | None = None,
+        key_id: str = "default",
     ) -> None:
-        self.path = Path(path)
+        """``key``: the audit key; given, every hash is an HMAC-SHA256 under it.
+        ``path`` may hold ``{instance}``, ``{host}``, ``{pid}`` (one file per instance)."""
+        #: this runtime instance, named by every record it writes
+        self.instance = new_instance()
+        self.path = Path(expand(os.fspath(path), self.instance))
+        self._tag = f'"instance":"{self.instance}"'
+        self._key = key
+        self.key_id = key_id
+        self._mac = mac(key) if key is not None else None
         #: where the path was given (an entry's field, ``--audit``), for error messages
         self.origin = origin
         self.fsync: FsyncMode = fsync
@@ -114,6 +142,15 @@ class AuditTrail:
         self._file: io.FileIO | None = None
         self._last_fsync = 0.0
         self._dirty = False
+        self._file_id = ""
+        #: (st_dev, st_ino) of the open file: the path must still name it
+        self._identity = (0, 0)
+        #: the path no longer names the open file: nothing more is written until a restart
+        self.lost = False
+        self._head_saved: tuple[int, str] = (-1, GENESIS)
+        self._synced = (-1, GENESIS)  # the last record fsynced
+        self._head_at = 0.0
+        self._checked_ms = -1  # the millisecond the path was last found to name the file
 
     @property
     def healthy(self) -> bool:
@@ -135,39 +172,131 @@ class AuditTrail:
         self.gate.set()
 
     def _open_file(self) -> None:
-        """Continue a verified chain, or start one; the first record (a header, or the
-        mark of a torn last line) goes to disk with the newline that ends the torn
-        line, in one write, so that no crash can leave a complete line that is no
-        record."""
+        """Open the file for this process alone (a lock), then continue its chain."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        first: dict[str, Any] | None = None
+        # unbuffered: every write goes straight to the OS (nothing waits in our memory)
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - the trail's lifetime
+        self._fd = self._file.fileno()
+        try:
+            self._lock()
+            self._start()
+        except BaseException:
+            self._file.close()
+            self._file, self._fd = None, -1
+            raise
+
+    def _lock(self) -> None:
+        """One writer per file: a second process (or trail) is refused while it lives."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AuditUnavailable(
+                f"audit file {self.path} is being written by another live process "
+                f"({holder(self.path)}); processes never share an audit file: give each "
+                "its own, e.g. path: file://audit-{instance}.jsonl"
+            ) from None
+
+    def _start(self) -> None:
+        """Continue a verified chain, or start one; the first record (a header, the
+        mark of a torn last line, or ``audit_opened``) names this instance, host and
+        pid, and goes to disk with the newline that ends a torn line, in one write,
+        so that no crash can leave a complete line that is no record."""
+        start = {"host": socket.gethostname(), "pid": os.getpid()}
         prefix = b""
-        if self.path.exists() and self.path.stat().st_size > 0:
-            state = verify_file(self.path)
+        opened = os.fstat(self._fd)
+        self._identity = (opened.st_dev, opened.st_ino)
+        head = read_head(self.path)
+        if opened.st_size > 0:
+            state = verify_file(self.path, self._key)
+            if state.unverifiable:
+                raise AuditUnavailable(
+                    f"audit file {self.path} is keyed (key id {state.key_id}) and no audit "
+                    "key is set: set the key it was written with, or move the file aside"
+                )
             if not state.ok:
                 raise AuditUnavailable(
                     f"audit file {self.path} fails verification ({state.summary()}); "
                     "refusing to extend it (tampered, or not an audit file): move it aside"
                 )
+            problem = continues(self.path, state, head)
+            if problem:
+                raise AuditUnavailable(
+                    f"audit file {self.path}: {problem}; refusing to extend it: find out what "
+                    "happened, then move it (and its .head file) aside"
+                )
+            self._file_id = str(state.file_id)
             self._seq, self._prev = state.last_seq, state.last_hash
+            first: dict[str, Any] = {"event": OPENED, **start}
             if state.trailing_torn is not None:
-                first = {"event": RESUMED, "torn_line": state.trailing_torn}
+                first = {"event": RESUMED, "torn_line": state.trailing_torn, **start}
                 prefix = b"\n"
         else:
-            first = {"event": HEADER, "version": 1, "file_id": str(uuid.uuid4())}
-        # unbuffered: every write goes straight to the OS (nothing waits in our memory)
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - the trail's lifetime
-        self._fd = self._file.fileno()
-        self._size = self.path.stat().st_size
-        if first is not None:
-            seq = self._seq + 1
-            line, value = seal_fragment(seq, self._clock.now(), fragment(first), self._prev)
-            self._append(prefix + line)
-            if self.fsync != "never":
-                self._fsync()
-            self._seq, self._prev = seq, value
-            self._size += len(prefix) + len(line)
-        self._written = (self._seq, self._prev)
+            self._file_id = str(uuid.uuid4())
+            first = {"event": HEADER, "version": 1, "file_id": self._file_id, **start}
+            if self._mac is not None:
+                first |= {"mac": KEYED, "key_id": self.key_id}
+            if head is not None:  # a chain was written here, and its file is gone
+                first["predecessor"] = head.as_record()
+                log.warning(
+                    "audit file %s was gone at start, yet its chain had reached seq %d (hash "
+                    "%s, file %s): the new file names it as its predecessor; `audit verify` "
+                    "flags it until the old file is given too",
+                    self.path, head.seq, head.hash, head.file_id,
+                )  # fmt: skip
+        self._size = os.fstat(self._fd).st_size
+        seq = self._seq + 1
+        members = self._members(fragment(first))
+        line, value = seal_fragment(seq, self._clock.now(), members, self._prev, self._mac)
+        self._append(prefix + line)
+        if self.fsync != "never":
+            self._fsync()
+        self._seq, self._prev = seq, value
+        self._size += len(prefix) + len(line)
+        self._written = self._synced = (self._seq, self._prev)
+        self._save_head()
+
+    def _save_head(self, *, written: bool = False) -> None:
+        """Save the chain's head beside the path: the last record fsynced (so that a
+        power loss never leaves a head ahead of the file), or under ``never`` or when
+        ``written``, the last handed to the OS."""
+        written_ = self._written if written else self._head_value()
+        try:
+            save_head(self.path, Head(self._file_id, *written_))
+        except OSError as err:
+            log.warning("cannot save the audit chain's head beside %s: %s", self.path, err)
+        self._head_saved, self._head_at = written_, time.monotonic()
+
+    def _head_value(self) -> tuple[int, str]:
+        return self._written if self.fsync == "never" else self._synced
+
+    def _same_file(self) -> bool:
+        """Whether the path still names the open file."""
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return False
+        return (now.st_dev, now.st_ino) == self._identity
+
+    def _lose(self, batch: _Batch | None = None) -> AuditUnavailable:
+        """The path no longer names the open file: refuse every record, close the gate
+        for good (a restart continues), give back what waits, save the head."""
+        reason = (
+            "the audit path no longer names the file being written (deleted, moved, or its "
+            "folder replaced)"
+        )
+        if self.lost:  # found already (by the writer or a record)
+            return AuditUnavailable(f"audit trail {self.path} is lost: {self.error}")
+        self._fail(reason, batch, recover=False)
+        self.lost = True
+        self._save_head(written=True)
+        return AuditUnavailable(
+            f"audit trail {self.path} is lost: {reason}; nothing runs unaudited: restart to "
+            "continue in a new file that names the lost one's last record"
+        )
+
+    def _members(self, members: str) -> str:
+        """A record's members, led by this instance's id."""
+        return f"{self._tag},{members}" if members else self._tag
 
     async def close(self) -> None:
         """Write everything pending and the ``audit_closed`` mark, fsync (unless
@@ -197,6 +326,9 @@ class AuditTrail:
             self._file.flush()
             if self.fsync != "never":
                 _sync_data(self._file.fileno())
+                self._synced = self._written
+        if not self.lost:
+            self._save_head()
         self._file.close()
         self._file = None
 
@@ -206,19 +338,32 @@ class AuditTrail:
         """Chain a record and write it; see ``append_members``."""
         return self.append_members(fragment(fields))
 
-    def append_members(self, members: str) -> asyncio.Future[None] | None:
+    def append_members(
+        self, members: str, *, flush: bool = False, check_path: bool = False
+    ) -> asyncio.Future[None] | None:
         """Chain a record given as JSON object members (the hot path) and write it.
 
         Under ``never`` and ``batch`` the line goes to the OS at once (a page-cache
         copy; fsync runs in a thread every 100 ms) and None is returned: the record
         is written. Under ``always`` records are group-committed with an fsync in a
         worker thread; the returned future resolves once the batch is on disk.
+        ``flush``: under ``always``, hand it (and the records waiting before it) to the
+        OS now and return None; the writer fsyncs it with its batch (an ``attempt``
+        record: a full disk must show before the handler runs, its fsync can wait).
+        ``check_path``: make sure the path still names the open file first (otherwise
+        checked at most once a millisecond: a ``stat()`` costs as much as the write).
         AuditUnavailable means the record could not be written.
         """
         if self.error is not None:
             raise AuditUnavailable(f"audit trail {self.path} is not writable: {self.error}")
+        now_ms = time.monotonic_ns() // 1_000_000
+        if check_path or now_ms != self._checked_ms:  # else one stat() a millisecond
+            if not self._same_file():
+                raise self._lose()
+            self._checked_ms = now_ms
         seq = self._seq + 1
-        line, digest = seal_fragment(seq, self._clock.now(), members, self._prev)
+        members = self._members(members)
+        line, digest = seal_fragment(seq, self._clock.now(), members, self._prev, self._mac)
         self._seq, self._prev = seq, digest
         if self.fsync != "always":
             try:
@@ -238,7 +383,22 @@ class AuditTrail:
             self._wake.set()
         batch.lines.append(line)
         batch.last = (seq, digest)
+        if flush:  # in the OS now (a full disk shows here); fsynced with the batch
+            self._flush(batch)
+            return None
         return batch.done
+
+    def _flush(self, batch: _Batch) -> None:
+        """Hand the waiting batch's lines to the OS now; the writer fsyncs them later."""
+        data = b"".join(batch.lines[batch.flushed :])
+        try:
+            self._append(data)
+        except OSError as err:
+            self._fail(f"{type(err).__name__}: {err}", batch)
+            raise AuditUnavailable(f"audit trail {self.path} is not writable: {err}") from err
+        batch.flushed = len(batch.lines)
+        self._size += len(data)
+        self._written = batch.last
 
     async def record(self, fields: dict[str, Any]) -> None:
         """Append and wait until written; raise AuditUnavailable when it cannot be."""
@@ -256,13 +416,17 @@ class AuditTrail:
                     await self._wake.wait()
             self._wake.clear()
             batch, self._pending = self._pending, None
+            if (batch is not None or self._dirty) and not self._same_file():
+                self._lose(batch)
+                return  # nothing more is written to this file
             try:
                 if batch is not None:
-                    data = b"".join(batch.lines)
-                    self._append(data)
-                    await asyncio.to_thread(self._fsync)
+                    data = b"".join(batch.lines[batch.flushed :])
+                    self._append(data)  # in the OS now, as under never and batch
                     self._size += len(data)
                     self._written = batch.last
+                    await asyncio.to_thread(self._fsync)
+                    self._synced = batch.last
                 elif self._dirty and self.fsync == "batch":
                     await asyncio.to_thread(self._fsync)
             except OSError as err:
@@ -270,6 +434,9 @@ class AuditTrail:
                 continue
             if batch is not None and not batch.done.done():
                 batch.done.set_result(None)
+            due = time.monotonic() - self._head_at >= FSYNC_EVERY_S
+            if self._head_value() != self._head_saved and due:
+                await asyncio.to_thread(self._save_head)
 
     def _append(self, data: bytes) -> None:
         """Hand ``data`` to the OS (a page-cache copy: no disk I/O on the loop)."""
@@ -279,19 +446,23 @@ class AuditTrail:
         self._dirty = self._dirty or bool(data)
 
     def _fsync(self) -> None:
+        covered = self._written
         _sync_data(self._fd)
+        self._synced = covered
         self._last_fsync = time.monotonic()
         self._dirty = False
 
-    def _fail(self, reason: str, batch: _Batch | None = None) -> None:
-        """Refuse records, close the gate, give back what waits, retry in the background."""
+    def _fail(self, reason: str, batch: _Batch | None = None, *, recover: bool = True) -> None:
+        """Refuse records, close the gate, give back what waits, retry in the background
+        (unless not ``recover``: then only a restart reopens it)."""
         self.error = reason
         self.gate.clear()
         log.error(
-            "audit trail %s cannot be written (%s): consumers stop taking messages until it "
-            "can; nothing is acked unaudited",
+            "audit trail %s cannot be written (%s): consumers stop taking messages %s; "
+            "nothing is acked unaudited",
             self.path,
             reason,
+            "until it can" if recover else "until a restart",
         )
         err = AuditUnavailable(f"audit trail {self.path} is not writable: {reason}")
         for failed in (batch, self._pending):
@@ -299,21 +470,28 @@ class AuditTrail:
                 failed.done.set_exception(err)
         self._pending = None
         self._seq, self._prev = self._written
-        if self._recovery is None or self._recovery.done():
+        if recover and (self._recovery is None or self._recovery.done()):
             self._recovery = asyncio.get_running_loop().create_task(self._recover(reason))
 
     async def _recover(self, reason: str) -> None:
         """Retry until a record gets through (``audit_recovered``), then reopen the gate."""
         while True:
             await asyncio.sleep(self.retry_s)
-            members = fragment({"event": "audit_recovered", "error": reason})
-            line, value = seal_fragment(self._seq + 1, self._clock.now(), members, self._prev)
+            members = self._members(fragment({"event": "audit_recovered", "error": reason}))
+            line, value = seal_fragment(
+                self._seq + 1, self._clock.now(), members, self._prev, self._mac
+            )
+            if self.lost:
+                return
+            if not self._same_file():
+                self._lose()
+                return
             try:
                 await asyncio.to_thread(self._rewrite_tail, line)
             except OSError:
                 continue
             self._seq, self._prev = self._seq + 1, value
-            self._written = (self._seq, self._prev)
+            self._written = self._synced = (self._seq, self._prev)
             self._size += len(line)
             self.error = None
             self.gate.set()

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from wippy_queue import policies as shipped
+from wippy_queue.files import key_value
 from wippy_queue.identity import FIELD_PATHS, known_path
 from wippy_queue.registry.entry import EntryModel, StrictModel
 from wippy_queue.registry.types import Duration
@@ -150,23 +151,6 @@ class DenyBackoff(StrictModel):
 #: the id ``signing_key`` (the one-key form) signs under
 DEFAULT_KEY_ID = "default"
 _KEY_ID = r"^[A-Za-z0-9_.-]{1,64}$"
-MIN_KEY_CHARS = 16
-
-
-def _key_value(value: str, where: str) -> str:
-    """A signing key as given, or read from ``file://path`` (one line, no newline)."""
-    if value.startswith("file://"):
-        path = Path(value.removeprefix("file://"))
-        try:
-            value = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"{where}: cannot read the key file {path}: {err}") from None
-    if len(value) < MIN_KEY_CHARS:
-        raise ValueError(
-            f"{where}: a signing key needs at least {MIN_KEY_CHARS} characters "
-            f"(got {len(value)}); use a long random value, e.g. from ${{env:...}}"
-        )
-    return value
 
 
 class SecuritySettingsConfig(EntryModel):
@@ -188,7 +172,7 @@ class SecuritySettingsConfig(EntryModel):
     @field_validator("signing_key")
     @classmethod
     def _one_key(cls, value: str | None) -> str | None:
-        return None if value is None else _key_value(value, "signing_key")
+        return None if value is None else key_value(value, "signing_key")
 
     @field_validator("signing_keys")
     @classmethod
@@ -196,7 +180,7 @@ class SecuritySettingsConfig(EntryModel):
         for kid in keys:
             if not re.match(_KEY_ID, kid):
                 raise ValueError(f"key id {kid!r}: use letters, digits, '_', '.', '-'")
-        return {kid: _key_value(value, f"signing_keys.{kid}") for kid, value in keys.items()}
+        return {kid: key_value(value, f"signing_keys.{kid}") for kid, value in keys.items()}
 
     @model_validator(mode="after")
     def _signer(self) -> SecuritySettingsConfig:
