@@ -53,7 +53,7 @@ async def run_once(row: AuditRow, n: int) -> Timing:
     handlers: Any = sys.modules[HANDLERS_MODULE]
     handlers.done = itertools.count()
     audit = row.folder / "audit.jsonl"
-    audit.unlink(missing_ok=True)
+    harness.fresh_audit(audit)
     runtime = Runtime.load(row.folder / "entries.yaml")
     async with runtime:
         gc.collect()

@@ -62,6 +62,15 @@ def bench_entries(handler: dict[str, Any], *, max_length: int) -> dict[str, Any]
     }
 
 
+def fresh_audit(path: Path) -> None:
+    """Remove a previous run's audit file and its chain head, so that the next run starts
+    a new chain (a file gone while its head stays is a lost file, named as predecessor)."""
+    from wippy_queue.audit.head import head_path
+
+    path.unlink(missing_ok=True)
+    head_path(path).unlink(missing_ok=True)
+
+
 def check_audited(path: Path, n: int, key: str) -> None:
     """Reject a run whose audit file does not verify or lacks two records per message
     (its attempt, before the handler, and its consume record; + the trail's opening

@@ -202,7 +202,7 @@ def run_row(row: CheckRow, n: int) -> Timing:
 
 async def run_once(row: CheckRow, n: int) -> Timing:
     if row.audit is not None:
-        row.audit.unlink(missing_ok=True)
+        harness.fresh_audit(row.audit)
     handlers: Any = importlib.import_module(HANDLERS_MODULE)
     handlers.done = itertools.count()
     runtime = Runtime.load(row.folder)

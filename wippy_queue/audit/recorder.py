@@ -173,7 +173,7 @@ class RecordAttempt(Middleware):
         quoted = f'"{message_id}"' if _PLAIN_ID(message_id) else encode(message_id)
         members = f'{head},"message_id":{quoted},"attempt":{job.attempt}'
         try:
-            self.trail.append_members(members, flush=True, check_path=True)
+            self.trail.append_members(members, flush=True)
         except AuditUnavailable as err:
             return Outcome.nack(Reason.MIDDLEWARE_ERROR, f"not run: {err}")
         return await call_next(job)

@@ -338,9 +338,7 @@ class AuditTrail:
         """Chain a record and write it; see ``append_members``."""
         return self.append_members(fragment(fields))
 
-    def append_members(
-        self, members: str, *, flush: bool = False, check_path: bool = False
-    ) -> asyncio.Future[None] | None:
+    def append_members(self, members: str, *, flush: bool = False) -> asyncio.Future[None] | None:
         """Chain a record given as JSON object members (the hot path) and write it.
 
         Under ``never`` and ``batch`` the line goes to the OS at once (a page-cache
@@ -350,14 +348,14 @@ class AuditTrail:
         ``flush``: under ``always``, hand it (and the records waiting before it) to the
         OS now and return None; the writer fsyncs it with its batch (an ``attempt``
         record: a full disk must show before the handler runs, its fsync can wait).
-        ``check_path``: make sure the path still names the open file first (otherwise
-        checked at most once a millisecond: a ``stat()`` costs as much as the write).
+        The path is checked to still name the open file when the last look is a
+        millisecond old or more (a ``stat()`` costs as much as the write).
         AuditUnavailable means the record could not be written.
         """
         if self.error is not None:
             raise AuditUnavailable(f"audit trail {self.path} is not writable: {self.error}")
         now_ms = time.monotonic_ns() // 1_000_000
-        if check_path or now_ms != self._checked_ms:  # else one stat() a millisecond
+        if now_ms != self._checked_ms:  # one stat() a millisecond at most
             if not self._same_file():
                 raise self._lose()
             self._checked_ms = now_ms
