@@ -338,7 +338,7 @@ def mode_table(rows: list[ModeRow], pause_ns: int) -> str:
     header = ["mode", "CPU µs/msg", "latency p50 µs", "p99 µs", "max µs"]
     header += ["loop lag p99 ms", "lag max ms", f"pauses ≥ {pause_ns / 1e6:g} ms"]
     header += ["gen0 n / max ms", "gen1 n / max ms", "gen2 n / max ms", "gen2 walked"]
-    header += ["fsync max ms"]
+    header += ["fsyncs n / max ms"]
     body = []
     for row in rows:
         gens = [
@@ -358,7 +358,7 @@ def mode_table(rows: list[ModeRow], pause_ns: int) -> str:
                 f"{row.med(lambda t: len(_pauses(t, pause_ns))):,.0f}",
                 *gens,
                 f"{row.worst(_gen2_walked):,.0f}",
-                f"{row.worst(_fsync_max):.1f}",
+                f"{row.med(lambda t: len(t.probe.fsyncs)):,.0f} / {row.worst(_fsync_max):.2f}",
             ]
         )
     return harness.markdown_table(header, body)
@@ -444,6 +444,20 @@ def main(argv: list[str] | None = None) -> None:
     print(worst_table(rows, args.worst))
     if args.json:
         harness.write_json(args.json, as_json(rows, pause_ns, info))
+    if args.svg:
+        bars = [
+            harness.Bar(r.mode, r.med(_lag_max), min(map(_lag_max, r.runs())), r.worst(_lag_max))
+            for r in rows
+        ]
+        notes = [
+            f"backlog {args.backlog:,}, then N = {args.n:,} at {args.rate:,.0f} msg/s, audit on; "
+            f"{args.repeat} runs per mode",
+            "bar: median of the runs' worst loop lag; whisker: min-max",
+        ]
+        title = "bench/pauses.py: the worst event-loop pause per gc mode"
+        args.svg.write_text(
+            harness.bar_chart_svg(title, notes, bars, "milliseconds"), encoding="utf-8"
+        )
 
 
 if __name__ == "__main__":
