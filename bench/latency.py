@@ -24,13 +24,15 @@ if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.a
 
 import argparse
 import asyncio
+import gc
 import importlib
 import json
 import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,8 @@ class Context:
     url: str
     producers: int
     max_length: int
+    #: freeze the start-up heap once the runtime has started, as ``wippy-queue run`` does
+    freeze: bool = True
 
 
 def write_folder(ctx: Context, driver: str) -> tuple[Path, str]:
@@ -162,6 +166,19 @@ def paced(rate: float) -> Callable[[Publish, int, int, list[int]], Awaitable[Non
     return run
 
 
+@contextmanager
+def startup_frozen(freeze: bool) -> Iterator[None]:
+    """``wippy-queue run``'s gc.freeze() after start, undone after the run."""
+    from wippy_queue.cli_run import freeze_startup_heap
+
+    if freeze:
+        freeze_startup_heap()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 # -- one run --------------------------------------------------------------------------
 
 
@@ -191,10 +208,11 @@ async def wippy_run(
             async def publish(data: dict[str, int]) -> Any:
                 return await runtime.publish("bench:jobs", data)
 
-            started = clock()
-            await publishing(publish, n, ctx.producers, late_ns)
-            await runtime.join("bench:jobs")
-            elapsed = since(started)
+            with startup_frozen(ctx.freeze):
+                started = clock()
+                await publishing(publish, n, ctx.producers, late_ns)
+                await runtime.join("bench:jobs")
+                elapsed = since(started)
     finally:
         if driver == "redis":
             delete_redis_keys(ctx.url, name)
@@ -308,6 +326,7 @@ def as_json(args: argparse.Namespace, rows: list[LatencyRow], info: dict[str, An
         "n": args.n,
         "repeat": args.repeat,
         "producers": args.producers,
+        "startup_heap_frozen": args.freeze,
         "machine": info,
         "load_average_1min_after": os.getloadavg()[0],
         "rows": [
@@ -339,6 +358,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--producers", type=int, default=4, help="concurrent publishing tasks (default 4)"
     )
     parser.add_argument(
+        "--no-freeze",
+        dest="freeze",
+        action="store_false",
+        help="leave the start-up heap to the collector (run freezes it: see bench/README.md)",
+    )
+    parser.add_argument(
         "--warmup", type=int, default=None, help="messages in one unmeasured run (default n/10)"
     )
     return harness.parse(parser, argv)
@@ -349,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     warmup = args.n // 10 if args.warmup is None else args.warmup
     info = harness.machine(("wippy-queue", "redis"))
     with tempfile.TemporaryDirectory(prefix="wippy-latency-") as tmp:
-        ctx = Context(Path(tmp), args.url, args.producers, max_length=args.n * MAX_RUN_FACTOR)
+        ctx = Context(Path(tmp), args.url, args.producers, args.n * MAX_RUN_FACTOR, args.freeze)
         (ctx.tmp / f"{HANDLERS_MODULE}.py").write_text(HANDLERS_SOURCE)
         sys.path.insert(0, tmp)
         maxima = [LatencyRow(f"{d} max", d, "max", 0.0) for d in args.drivers]
@@ -368,7 +393,8 @@ def main(argv: list[str] | None = None) -> None:
         f"\nN = {args.n:,} messages per paced run ({args.n * MAX_RUN_FACTOR:,} unpaced), "
         f"{args.repeat} runs per row (medians; max: the "
         f"worst of all runs); {args.producers} publishing tasks; concurrency {CONCURRENCY}, "
-        f"prefetch {PREFETCH}; Python {info['python']}, {info['cpus']} CPUs, load average "
+        f"prefetch {PREFETCH}; start-up heap {'frozen' if args.freeze else 'not frozen'}; "
+        f"Python {info['python']}, {info['cpus']} CPUs, load average "
         f"{info['load_average_1min']:.2f} before / {os.getloadavg()[0]:.2f} after; "
         f"wippy_queue {info['wippy_queue_tree']}\n"
     )
