@@ -89,6 +89,15 @@ class Event:
     start_ns: int
     duration_ns: int
     what: str
+    #: CPU time the thread spent meanwhile (-1: not measured); far below the duration,
+    #: the OS ran something else (the machine's other load) for the rest
+    cpu_ns: int = -1
+
+    @property
+    def ran(self) -> str:
+        if self.cpu_ns < 0:
+            return ""
+        return f", ran {min(1.0, self.cpu_ns / max(1, self.duration_ns)):.0%}"
 
     @property
     def end_ns(self) -> int:
@@ -118,18 +127,21 @@ class Probe:
     lags: list[Lag] = field(default_factory=list)
     _gc_start: int = 0
     _walked: int = 0
+    _gc_cpu: int = 0
 
     def on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             if info["generation"] == 2:  # how many objects it walks (counted off the clock)
                 self._walked = sum(len(gc.get_objects(g)) for g in range(3))
             self._gc_start = time.perf_counter_ns()
+            self._gc_cpu = time.thread_time_ns()
             return
         now = time.perf_counter_ns()
+        cpu = time.thread_time_ns() - self._gc_cpu
         what = f"gen{info['generation']} collected {info['collected']}"
         if info["generation"] == 2:
             what += f" of {self._walked:,} objects"
-        self.gcs.append(Event("gc", self._gc_start, now - self._gc_start, what))
+        self.gcs.append(Event("gc", self._gc_start, now - self._gc_start, what, cpu))
 
     async def sample(self) -> None:
         """Sleep 1 ms over and over; record how late each wake-up was."""
@@ -150,11 +162,12 @@ class Probe:
         slow_ns, slow = self.slow_ns, self.slow
 
         def timed_run(handle: asyncio.Handle) -> None:
-            start = time.perf_counter_ns()
+            start, cpu = time.perf_counter_ns(), time.thread_time_ns()
             handle_run(handle)
             took = time.perf_counter_ns() - start
             if took >= slow_ns:
-                slow.append(Event("callback", start, took, describe(handle)))
+                cpu = time.thread_time_ns() - cpu
+                slow.append(Event("callback", start, took, describe(handle), cpu))
 
         def timed_sync(fd: int) -> None:
             start = time.perf_counter_ns()
@@ -195,10 +208,10 @@ def cause(lag: Lag, probe: Probe) -> str:
     found = [(overlap(lag, e), e) for e in [*probe.gcs, *probe.slow] if overlap(lag, e) > 0]
     found.sort(key=lambda pair: -pair[0])
     gc_ns = sum(ns for ns, e in found if e.kind == "gc")
-    parts = [f"{e.what} {ns / 1e6:.1f} ms" for ns, e in found if e.kind == "gc"][:3]
+    parts = [f"{e.what} {ns / 1e6:.1f} ms{e.ran}" for ns, e in found if e.kind == "gc"][:3]
     # a collection runs inside some callback: name the callback when it is not all gc
     parts += [
-        f"{e.what} {ns / 1e6:.1f} ms"
+        f"{e.what} {ns / 1e6:.1f} ms{e.ran}"
         for ns, e in found
         if e.kind == "callback" and ns > gc_ns * 1.2 and "sample" not in e.what
     ][:2]
