@@ -393,6 +393,28 @@ def worst_table(rows: list[ModeRow], count: int) -> str:
     return harness.markdown_table(["mode", "run", "phase", "pause ms", "cause"], body, left=3)
 
 
+def slow_table(rows: list[ModeRow]) -> str:
+    """Every loop callback that ran ``--slow-ms`` or more, grouped by what it was."""
+    groups: dict[tuple[str, str], list[Event]] = {}
+    for row in rows:
+        for t in row.runs():
+            for e in t.probe.slow:
+                what = e.what.split(": ", 1)[-1]  # the coroutine, without the task's name
+                groups.setdefault((row.mode, what), []).append(e)
+    body = [
+        [
+            mode,
+            what,
+            f"{len(events):,}",
+            f"{max(e.duration_ns for e in events) / 1e6:.1f}",
+            f"{sum(e.cpu_ns for e in events) / max(1, sum(e.duration_ns for e in events)):.0%}",
+        ]
+        for (mode, what), events in sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    ]
+    header = ["mode", "callback", "count", "max ms", "ran"]
+    return harness.markdown_table(header, body, left=2)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = harness.parser(__doc__)
     parser.set_defaults(repeat=3)
@@ -455,6 +477,8 @@ def main(argv: list[str] | None = None) -> None:
     print(mode_table(rows, pause_ns))
     print(f"\nThe {args.worst} worst pauses (loop lag), with what overlapped them:\n")
     print(worst_table(rows, args.worst))
+    print(f"\nLoop callbacks of {args.slow_ms:g} ms or more (ran: the thread's CPU share):\n")
+    print(slow_table(rows))
     if args.json:
         harness.write_json(args.json, as_json(rows, pause_ns, info))
     if args.svg:
