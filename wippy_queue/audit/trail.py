@@ -225,6 +225,8 @@ class AuditTrail:
                 written = os.write(self._fd, line)
                 if written != len(line):  # a write may take only part
                     self._append(line[written:])
+                if not self._dirty and self.fsync == "batch":
+                    self._wake.set()  # the writer's 100 ms fsync clock starts now
                 self._dirty = True
             except OSError as err:
                 self._fail(f"{type(err).__name__}: {err}")
@@ -251,9 +253,12 @@ class AuditTrail:
     async def _writer(self) -> None:
         """``always``: write and fsync each batch; ``batch``: fsync every 100 ms."""
         while True:
-            with contextlib.suppress(TimeoutError):
+            due = False  # woken by the clock: a batch-mode fsync is due
+            try:
                 async with asyncio.timeout(FSYNC_EVERY_S if self._dirty else None):
                     await self._wake.wait()
+            except TimeoutError:
+                due = True
             self._wake.clear()
             batch, self._pending = self._pending, None
             try:
@@ -263,8 +268,11 @@ class AuditTrail:
                     await asyncio.to_thread(self._fsync)
                     self._size += len(data)
                     self._written = batch.last
-                elif self._dirty and self.fsync == "batch":
-                    await asyncio.to_thread(self._fsync)
+                elif due and self._dirty and self.fsync == "batch":
+                    # clean from here: a record written while the fsync runs dirties
+                    # the file again (and is synced at the next turn), never lost
+                    self._dirty = False
+                    await asyncio.to_thread(self._sync)
             except OSError as err:
                 self._fail(f"{type(err).__name__}: {err}", batch)
                 continue
@@ -279,9 +287,12 @@ class AuditTrail:
         self._dirty = self._dirty or bool(data)
 
     def _fsync(self) -> None:
+        self._sync()
+        self._dirty = False
+
+    def _sync(self) -> None:
         _sync_data(self._fd)
         self._last_fsync = time.monotonic()
-        self._dirty = False
 
     def _fail(self, reason: str, batch: _Batch | None = None) -> None:
         """Refuse records, close the gate, give back what waits, retry in the background."""
