@@ -325,6 +325,11 @@ def _gc_max(t: PauseTiming, gen: int) -> float:
     return max((e.duration_ns for e in t.probe.gcs if e.what.startswith(f"gen{gen}")), default=0)
 
 
+def _gc_cpu_max(t: PauseTiming, gen: int) -> float:
+    """The most CPU time one collection took (what a busy machine does not inflate)."""
+    return max((e.cpu_ns for e in t.probe.gcs if e.what.startswith(f"gen{gen}")), default=0)
+
+
 def _gc_count(t: PauseTiming, gen: int) -> int:
     return sum(1 for e in t.probe.gcs if e.what.startswith(f"gen{gen}"))
 
@@ -350,13 +355,14 @@ def _fsync_max(t: PauseTiming) -> float:
 def mode_table(rows: list[ModeRow], pause_ns: int) -> str:
     header = ["mode", "CPU µs/msg", "latency p50 µs", "p99 µs", "max µs"]
     header += ["loop lag p99 ms", "lag max ms", f"pauses ≥ {pause_ns / 1e6:g} ms"]
-    header += ["gen0 n / max ms", "gen1 n / max ms", "gen2 n / max ms", "gen2 walked"]
+    header += [f"gen{g} n / max ms (CPU ms)" for g in range(3)] + ["gen2 walked"]
     header += ["fsyncs n / max ms"]
     body = []
     for row in rows:
         gens = [
             f"{row.med(lambda t, g=g: _gc_count(t, g)):,.0f} / "  # type: ignore[misc]
-            f"{row.worst(lambda t, g=g: _gc_max(t, g)) / 1e6:.1f}"  # type: ignore[misc]
+            f"{row.worst(lambda t, g=g: _gc_max(t, g)) / 1e6:.1f} "  # type: ignore[misc]
+            f"({row.worst(lambda t, g=g: _gc_cpu_max(t, g)) / 1e6:.1f})"  # type: ignore[misc]
             for g in range(3)
         ]
         body.append(
