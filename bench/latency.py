@@ -184,10 +184,22 @@ def startup_frozen(freeze: bool) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class LatencyTiming(Timing):
-    """A run's wall and CPU seconds, its latencies and its publishers' lateness (ns)."""
+    """A run's wall and CPU seconds, its latencies and its publishers' lateness (ns),
+    and how long the loop's thread was ready to run but waited for a CPU (-1: unknown)."""
 
     latencies_ns: list[int] = field(default_factory=list)
     late_ns: list[int] = field(default_factory=list)
+    cpu_wait_ns: int = -1
+
+
+def run_queue_wait_ns() -> int:
+    """How long this thread has waited, runnable, for a CPU (Linux schedstat; -1 if
+    unknown): the share of a run spent so is the machine's other load, not ours."""
+    try:
+        with open("/proc/thread-self/schedstat") as stat:
+            return int(stat.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 async def wippy_run(
@@ -209,15 +221,16 @@ async def wippy_run(
                 return await runtime.publish("bench:jobs", data)
 
             with startup_frozen(ctx.freeze):
-                started = clock()
+                started, waited = clock(), run_queue_wait_ns()
                 await publishing(publish, n, ctx.producers, late_ns)
                 await runtime.join("bench:jobs")
                 elapsed = since(started)
+                waited = run_queue_wait_ns() - waited if waited >= 0 else -1
     finally:
         if driver == "redis":
             delete_redis_keys(ctx.url, name)
     check_handled(len(latencies), n, f"{driver} run")
-    return LatencyTiming(elapsed.wall_s, elapsed.cpu_s, latencies, late_ns)
+    return LatencyTiming(elapsed.wall_s, elapsed.cpu_s, latencies, late_ns, waited)
 
 
 # -- rows -----------------------------------------------------------------------------
@@ -260,6 +273,12 @@ class LatencyRow(harness.Row):
         return max(max(_timing(t).latencies_ns) for t in self.timings) / 1000
 
     @property
+    def cpu_wait(self) -> str:
+        """The median share of a run the loop's thread waited for a CPU."""
+        shares = [_timing(t).cpu_wait_ns / 1e9 / t.wall_s for t in self.timings]
+        return f"{statistics.median(shares):.0%}" if min(shares) >= 0 else "n/a"
+
+    @property
     def late_p99_us(self) -> float:
         """How late the publishers were on their schedule (p99, median over runs)."""
         runs = [percentile(_timing(t).late_ns, 0.99) for t in self.timings if _timing(t).late_ns]
@@ -300,7 +319,7 @@ def _verdict(row: LatencyRow) -> str:
 
 
 def table(rows: list[LatencyRow]) -> str:
-    header = ["driver", "load", "target msg/s", "achieved msg/s", "CPU µs/msg"]
+    header = ["driver", "load", "target msg/s", "achieved msg/s", "CPU µs/msg", "CPU wait"]
     header += ["p50 µs", "p99 µs", "p99 range µs", "max µs", "late p99 µs", "p99 target"]
     body = [
         [
@@ -309,6 +328,7 @@ def table(rows: list[LatencyRow]) -> str:
             f"{row.target_msg_s:,.0f}" if row.target_msg_s else "unpaced",
             f"{row.median:,.0f}",
             f"{row.cpu_us:,.1f}",
+            row.cpu_wait,
             f"{row.p50_us:,.0f}",
             f"{row.p99_us:,.0f}",
             row.p99_range,
@@ -341,6 +361,7 @@ def as_json(args: argparse.Namespace, rows: list[LatencyRow], info: dict[str, An
                 "p99_us": r._runs(0.99),
                 "max_us": r.max_us,
                 "late_p99_us": r.late_p99_us,
+                "cpu_wait": r.cpu_wait,
             }
             for r in rows
         ],
