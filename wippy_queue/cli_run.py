@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -200,6 +201,7 @@ async def _run_until_stopped(
     runtime: Runtime, stopper: Stopper, publishes: list[Publish], ctx: Any, args: Any
 ) -> int:
     await runtime.start_all()
+    freeze_startup_heap()
     try:
         _warn_if_nothing_starts(runtime)
         await publish_all(runtime, publishes, dict(args.header), ctx)
@@ -213,6 +215,24 @@ async def _run_until_stopped(
                 raise
             code = 128 + stopper.hurried.value
     return code
+
+
+def freeze_startup_heap() -> None:
+    """Move every object alive once the services have started into the collector's
+    permanent generation (``gc.freeze``), after collecting what is already garbage.
+
+    Why: a full (generation 2) collection walks every tracked object, and most of
+    them are the start-up heap (modules, pydantic models, Casbin, the registry: some
+    40,000 objects) that lives as long as the process. Each full collection stopped
+    the event loop for 12-22 ms under a 50,000-message backlog (bench/pauses.py);
+    frozen, they are no longer walked and it takes about 3 ms. Frozen objects are still
+    freed by reference counting; only a cycle among start-up objects that later becomes
+    garbage (a policy replaced by a reload, a connection replaced by a reconnect) is
+    kept, once. Here and not in ``Runtime``: the process is ours only in ``run``; a
+    program that embeds a Runtime decides about its own collector.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _warn_if_nothing_starts(runtime: Runtime) -> None:

@@ -152,6 +152,63 @@ def test_run_until_idle_that_times_out_is_non_zero(tmp_path: Path) -> None:
     assert "not idle after 0.5s" in result.stderr
 
 
+def test_run_freezes_the_startup_heap_and_still_collects_later_cycles(tmp_path: Path) -> None:
+    """``run`` moves what start-up made into the collector's permanent generation (so
+    a full collection does not walk it: bench/pauses.py); what handlers make later is
+    collected as before."""
+    write(
+        tmp_path / "probe.py",
+        """
+        import gc
+        import json
+        import weakref
+
+
+        class Node:
+            pass
+
+
+        def handle(data):
+            cycle = Node()
+            cycle.me = cycle  # garbage only the cyclic collector can free
+            freed = []
+            weakref.finalize(cycle, freed.append, True)
+            del cycle
+            gc.collect()
+            tracked = {id(o) for o in gc.get_objects()}  # the permanent generation is not listed
+            report = {
+                "frozen": gc.get_freeze_count(),
+                "handler_frozen": id(handle) not in tracked,
+                "cycle_freed": freed == [True],
+            }
+            with open(data["out"], "w") as out:
+                json.dump(report, out)
+        """,
+    )
+    write(
+        tmp_path / "app.yaml",
+        """
+        namespace: app
+        entries:
+          - {name: mem, kind: queue.driver.memory, lifecycle: {auto_start: true}}
+          - {name: jobs, kind: queue.queue, driver: mem}
+          - {name: probe, kind: function.python, source: "file://probe.py", method: handle}
+          - {name: worker, kind: queue.consumer, queue: jobs, func: probe,
+             lifecycle: {auto_start: true}}
+        """,
+    )
+    out = tmp_path / "report.json"
+    data = json.dumps({"out": str(out)})
+    result = wippy_queue(
+        "run", str(tmp_path), "--publish", "app:jobs", data, "--until-idle", "--timeout", "10"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["frozen"] > 1000, report  # the start-up heap, frozen
+    assert report["handler_frozen"], report  # loaded at start: frozen
+    assert report["cycle_freed"], report  # made later: collected as before
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_signal_during_run_stops_gracefully(sig: signal.Signals) -> None:
     process = await asyncio.create_subprocess_exec(

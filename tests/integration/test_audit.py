@@ -235,22 +235,27 @@ async def test_records_reach_the_disk_as_the_fsync_mode_says(
     trail = AuditTrail(path, fsync=fsync)  # type: ignore[arg-type]
     await trail.open()
     syncs.clear()
-    await trail.record({"event": "consume", "message_id": "m0"})
-    size = path.stat().st_size
-    if fsync == "always":
-        assert syncs == [size]  # acked only once on disk
-    elif fsync == "batch":
-        async with asyncio.timeout(2.0):  # on disk within ~100 ms
-            while not (syncs and syncs[-1] >= size):
-                synced.clear()
-                await synced.wait()
-    await trail.record({"event": "consume", "message_id": "m1"})
+    # m1 comes once the file is clean again (m0 synced): its record must start the
+    # writer's clock anew, not wait for the stop
+    for message_id in ("m0", "m1"):
+        syncs.clear()
+        await trail.record({"event": "consume", "message_id": message_id})
+        size = path.stat().st_size
+        if fsync == "always":
+            assert syncs == [size]  # acked only once on disk
+        elif fsync == "batch":
+            async with asyncio.timeout(2.0):  # on disk within ~100 ms
+                while not (syncs and syncs[-1] >= size):
+                    synced.clear()
+                    await synced.wait()
+            assert len(syncs) == 1  # one fsync per 100 ms, not one per record
+    await trail.record({"event": "consume", "message_id": "m2"})
     await trail.close()
     if fsync == "never":
         assert syncs == []  # left to the OS
     else:
         assert syncs[-1] == path.stat().st_size  # and everything at stop
-    assert verify_file(path).records == 4  # header, m0, m1 and the close
+    assert verify_file(path).records == 5  # header, m0, m1, m2 and the close
 
 
 # -- tamper evidence ---------------------------------------------------------------

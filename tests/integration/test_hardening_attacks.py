@@ -28,8 +28,8 @@ from wippy_queue.queue.driver import Delivery
 from wippy_queue.queue.envelope import decode_headers
 from wippy_queue.queue.message import PUBLISHER_TENANT, Message, user_headers
 from wippy_queue.queue.outcome import Outcome, Reason
+from wippy_queue.security.iothread import IoThread
 from wippy_queue.security.models import CasbinPolicyConfig, WippyPolicyConfig
-from wippy_queue.security.reload import in_thread
 from wippy_queue.security.scope import Scope
 from wippy_queue.security.units import CasbinUnit, WippyRulesUnit
 
@@ -638,11 +638,27 @@ def test_a_fifo_named_as_a_policy_or_entry_file_is_a_load_error_not_a_hang(
 
 
 async def test_a_read_that_never_answers_is_given_up_and_does_not_hold_the_loop() -> None:
+    io = IoThread("test-io")
     never = threading.Event()
     with pytest.raises(TimeoutError, match=r"no answer within 0\.05s"):
-        await in_thread(never.wait, 0.05)
+        await io.run(never.wait, 0.05)
+    assert await io.run(lambda: 7, 1.0) == 7  # on a fresh thread: the stuck one is given up
     never.set()
-    assert await in_thread(lambda: 7, 1.0) == 7
+    io.close()
+
+
+async def test_the_watcher_thread_is_started_once_and_reused() -> None:
+    """Thread.start() blocks the loop until the new thread runs (ms on a busy machine):
+    the watcher's looks must not start one each."""
+    io = IoThread("test-io")
+    before = threading.active_count()
+    idents = {await io.run(threading.get_ident, 1.0) for _ in range(5)}
+    assert len(idents) == 1 and threading.get_ident() not in idents
+    assert threading.active_count() == before + 1
+    with pytest.raises(ZeroDivisionError):  # an error is the awaiting task's
+        await io.run(lambda: 1 / 0, 1.0)
+    assert await io.run(threading.get_ident, 1.0) in idents  # and the thread lives on
+    io.close()
 
 
 # -- item 14: a handler that leaves its call context still publishes as its consumer --------

@@ -77,7 +77,9 @@ def test_axis_ticks_cover_the_longest_whisker() -> None:
     assert float(ticks[-1].replace(",", "")) >= 123_456
 
 
-@pytest.mark.parametrize("script", ["throughput", "security", "audit", "lua_handlers", "redis"])
+@pytest.mark.parametrize(
+    "script", ["throughput", "security", "audit", "lua_handlers", "redis", "latency", "pauses"]
+)
 def test_bench_scripts_start_and_take_svg(script: str) -> None:
     done = subprocess.run(
         [sys.executable, str(BENCH / f"{script}.py"), "--help"],
@@ -87,6 +89,22 @@ def test_bench_scripts_start_and_take_svg(script: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "--svg PATH" in done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_pause_finder_prints_its_tables_and_writes_the_chart(tmp_path: Path) -> None:
+    chart = tmp_path / "pauses.svg"
+    argv = ["--n", "200", "--backlog", "500", "--repeat", "1", "--warmup", "0"]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "pauses.py"), *argv, "--svg", str(chart)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| mode | CPU µs/msg |" in done.stdout
+    assert "worst pauses" in done.stdout
+    ET.fromstring(chart.read_text())
 
 
 @pytest.mark.timeout(60)

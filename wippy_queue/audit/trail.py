@@ -294,6 +294,12 @@ class AuditTrail:
             "continue in a new file that names the lost one's last record"
         )
 
+    def _refusal(self) -> AuditUnavailable:
+        """Why a record is refused once the trail has failed."""
+        if self.lost:
+            return self._lose()  # found already: says so, changes nothing
+        return AuditUnavailable(f"audit trail {self.path} is not writable: {self.error}")
+
     def _members(self, members: str) -> str:
         """A record's members, led by this instance's id."""
         return f"{self._tag},{members}" if members else self._tag
@@ -353,7 +359,7 @@ class AuditTrail:
         AuditUnavailable means the record could not be written.
         """
         if self.error is not None:
-            raise AuditUnavailable(f"audit trail {self.path} is not writable: {self.error}")
+            raise self._refusal()
         now_ms = time.monotonic_ns() // 1_000_000
         if now_ms != self._checked_ms:  # one stat() a millisecond at most
             if not self._same_file():
@@ -368,6 +374,8 @@ class AuditTrail:
                 written = os.write(self._fd, line)
                 if written != len(line):  # a write may take only part
                     self._append(line[written:])
+                if not self._dirty and self.fsync == "batch":
+                    self._wake.set()  # the writer's 100 ms fsync clock starts now
                 self._dirty = True
             except OSError as err:
                 self._fail(f"{type(err).__name__}: {err}")
@@ -409,9 +417,12 @@ class AuditTrail:
     async def _writer(self) -> None:
         """``always``: write and fsync each batch; ``batch``: fsync every 100 ms."""
         while True:
-            with contextlib.suppress(TimeoutError):
+            due = False  # woken by the clock: a batch-mode fsync is due
+            try:
                 async with asyncio.timeout(FSYNC_EVERY_S if self._dirty else None):
                     await self._wake.wait()
+            except TimeoutError:
+                due = True
             self._wake.clear()
             batch, self._pending = self._pending, None
             if (batch is not None or self._dirty) and not self._same_file():
@@ -425,15 +436,18 @@ class AuditTrail:
                     self._written = batch.last
                     await asyncio.to_thread(self._fsync)
                     self._synced = batch.last
-                elif self._dirty and self.fsync == "batch":
-                    await asyncio.to_thread(self._fsync)
+                elif due and self._dirty and self.fsync == "batch":
+                    # clean from here: a record written while the fsync runs dirties
+                    # the file again (and is synced at the next turn), never lost
+                    self._dirty = False
+                    await asyncio.to_thread(self._sync)
             except OSError as err:
                 self._fail(f"{type(err).__name__}: {err}", batch)
                 continue
             if batch is not None and not batch.done.done():
                 batch.done.set_result(None)
-            due = time.monotonic() - self._head_at >= FSYNC_EVERY_S
-            if self._head_value() != self._head_saved and due:
+            head_due = time.monotonic() - self._head_at >= FSYNC_EVERY_S
+            if self._head_value() != self._head_saved and head_due:
                 await asyncio.to_thread(self._save_head)
 
     def _append(self, data: bytes) -> None:
@@ -444,11 +458,14 @@ class AuditTrail:
         self._dirty = self._dirty or bool(data)
 
     def _fsync(self) -> None:
-        covered = self._written
+        self._sync()
+        self._dirty = False
+
+    def _sync(self) -> None:
+        covered = self._written  # what was handed to the OS before this fsync
         _sync_data(self._fd)
         self._synced = covered
         self._last_fsync = time.monotonic()
-        self._dirty = False
 
     def _fail(self, reason: str, batch: _Batch | None = None, *, recover: bool = True) -> None:
         """Refuse records, close the gate, give back what waits, retry in the background

@@ -27,18 +27,17 @@ import contextlib
 import hashlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
 
 from wippy_queue.files import read_regular
 from wippy_queue.registry.registry import Registry
 from wippy_queue.registry.source import entry_files
 from wippy_queue.security.growth import policies_grant_no_more, rules_grant_no_more
+from wippy_queue.security.iothread import IoThread
 from wippy_queue.security.manager import PolicyPlan, Security
 from wippy_queue.security.units import CasbinUnit
 
@@ -62,42 +61,6 @@ NOT_RECORDED = "the change could not be recorded (audit trail), so it is not put
 #: the longest a look at one file, and a load of new rules, may take
 READ_TIMEOUT_S = 5.0
 LOAD_TIMEOUT_S = 60.0
-T = TypeVar("T")
-
-
-async def in_thread(fn: Callable[[], T], timeout_s: float) -> T:
-    """``fn()`` in a daemon thread of its own, awaited for at most ``timeout_s``.
-
-    Never in the loop's default executor: a read that hangs (a stalled network
-    file system) would hold that pool's thread, and a process waits for those at
-    exit, so it could never stop. A thread given up on is left to end by itself.
-    """
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if not done.done():
-            if error is None:
-                done.set_result(result)
-            else:
-                done.set_exception(error)
-
-    def run() -> None:
-        try:
-            result, error = fn(), None
-        except BaseException as err:  # handed to the awaiting task
-            result, error = None, err
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=run, name="policy-watcher-io", daemon=True).start()
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await done
-    except TimeoutError:
-        raise TimeoutError(
-            f"no answer within {timeout_s}s (a file that does not answer?)"
-        ) from None
 
 
 def digest(path: Path) -> str:
@@ -185,6 +148,8 @@ class PolicyWatcher:
         #: digests taken during one poll (a file shared by several entries is read once)
         self._poll: Digests | None = None
         self._task: asyncio.Task[None] | None = None
+        #: the looks and loads run here, one thread reused (not one started per look)
+        self._io = IoThread("policy-watcher-io")
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="policy-watcher")
@@ -195,6 +160,7 @@ class PolicyWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._io.close()
 
     async def _run(self) -> None:
         while True:
@@ -224,7 +190,7 @@ class PolicyWatcher:
     async def _look(self, path: Path) -> str:
         """The file's digest; whether it ends mid-line is noted in ``_unfinished``."""
         try:
-            found, finished = await in_thread(partial(look, path), READ_TIMEOUT_S)
+            found, finished = await self._io.run(partial(look, path), READ_TIMEOUT_S)
         except TimeoutError:
             found, finished = f"unreadable: no answer within {READ_TIMEOUT_S}s", True
         if finished:
@@ -303,7 +269,7 @@ class PolicyWatcher:
         if not self._ready(unit, now, in_force):
             return False
         try:
-            enforcer = await in_thread(unit.load, LOAD_TIMEOUT_S)
+            enforcer = await self._io.run(unit.load, LOAD_TIMEOUT_S)
         except Exception as err:  # broken, unreadable, half-read: the last good rules stay
             await self._refuse(unit, unit.entry_id, files, now, in_force, str(err))
             return False
@@ -332,13 +298,15 @@ class PolicyWatcher:
         load = self.load_entries
         if load is None:
             return False
-        listed = await in_thread(lambda: [p for p, _ in entry_files(self.sources)], READ_TIMEOUT_S)
+        listed = await self._io.run(
+            lambda: [p for p, _ in entry_files(self.sources)], READ_TIMEOUT_S
+        )
         now = await self._digests(listed)  # a file gone from the listing is absent
         if not self._ready(ENTRIES, now, self._entries):
             return False
 
         try:
-            written, plan = await in_thread(partial(self._plan, load), LOAD_TIMEOUT_S)
+            written, plan = await self._io.run(partial(self._plan, load), LOAD_TIMEOUT_S)
         except Exception as err:  # a load problem, or what running consumers cannot take
             await self._refuse(ENTRIES, ENTRIES, listed, now, self._entries, str(err))
             return False
