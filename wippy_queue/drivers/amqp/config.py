@@ -70,6 +70,7 @@ CAPABILITIES = Capabilities(
     durable=True,
     shared=True,
     leases=False,
+    group_commit=True,  # acks go out in batches: a worker takes its next message meanwhile
 )
 
 #: what a ``type: classic`` queue gives
@@ -81,4 +82,5 @@ CLASSIC_CAPABILITIES = Capabilities(
     durable=True,
     shared=True,
     leases=False,
+    group_commit=True,  # acks go out in batches: a worker takes its next message meanwhile
 )

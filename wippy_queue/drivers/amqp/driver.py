@@ -18,6 +18,7 @@ import aiormq
 from pamqp.commands import Basic
 
 from wippy_queue.drivers.amqp import topology, wire
+from wippy_queue.drivers.amqp.batching import Batcher
 from wippy_queue.drivers.amqp.config import CAPABILITIES, AmqpDriverConfig, AmqpQueueOptions
 from wippy_queue.drivers.amqp.link import CLIENT_ERRORS, RECONNECT_ERRORS, Link, translate
 from wippy_queue.drivers.amqp.subscription import AmqpSubscription
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 FULL_RETRY_S = (0.005, 0.25)
 #: how often wait_idle asks the broker
 IDLE_POLL_S = 0.02
+#: the longest ``info`` waits for settles' copies being published to be confirmed
+MOVES_WAIT_S = 1.0
 
 
 class _Channel:
@@ -86,6 +89,7 @@ class AmqpDriver(Driver):
         self._queues: dict[str, QueueState] = {}
         self._subscriptions: set[AmqpSubscription] = set()
         self._publisher = _Channel(self.link, confirms=True)
+        self._batch: Batcher | None = None
         self._admin = _Channel(self.link, confirms=False)
         self._tasks: set[asyncio.Task[Any]] = set()
         #: holding queue -> when this driver last declared it (monotonic seconds)
@@ -214,15 +218,14 @@ class AmqpDriver(Driver):
             if bounded is not None:
                 await self._wait_for_room(routing_key, bounded)
             try:
-                raw = await self._publisher.get()
-                confirm = await raw.basic_publish(
-                    body, routing_key=routing_key, properties=properties, mandatory=True
-                )
+                confirm = await (await self._batcher()).publish(routing_key, body, properties)
             except aiormq.exceptions.PublishError as err:
                 raise DriverError(
                     f"queue {routing_key!r} does not exist on the broker (the message was "
                     "returned); declare it first"
                 ) from err
+            except aiormq.exceptions.DeliveryError:
+                confirm = None  # basic.nack
             except RECONNECT_ERRORS as err:
                 if not self._running:
                     raise self.not_running_error() from err
@@ -236,6 +239,13 @@ class AmqpDriver(Driver):
             self._room[routing_key] = 0
             await asyncio.sleep(pause_s)  # full: reject-publish
             pause_s = min(pause_s * 2, FULL_RETRY_S[1])
+
+    async def _batcher(self) -> Batcher:
+        raw = await self._publisher.get()
+        batcher = self._batch
+        if batcher is None or batcher.raw is not raw:
+            batcher = self._batch = Batcher(raw)
+        return batcher
 
     async def _wait_for_room(self, queue: str, max_length: int) -> None:
         """Wait while ``queue`` holds ``max_length`` ready messages; the broker's
@@ -315,6 +325,7 @@ class AmqpDriver(Driver):
     async def info(self, queue: str) -> QueueInfo:
         state = self._state(queue)
         await self.link.wait_up(lambda: self._running)
+        await state.moves_done(MOVES_WAIT_S)
         ready, consumers = await self._counts(queue)
         delayed = await self._delayed(state)
         buffered = handed = open_ = closing = 0

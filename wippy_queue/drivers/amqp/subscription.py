@@ -144,11 +144,17 @@ class AmqpDelivery(Delivery):
         driver = self._subscription.driver
         state = self._subscription.state
         properties = wire.recarried(self._properties, carried)
-        if delay_s > 0:
-            await driver.hold(state, delay_s, self.message.body, properties)
-        else:
-            await driver.publish_raw(state.name, self.message.body, properties)
-        self._uncount()  # the copy is on the broker: count that one, not this
+        moved = asyncio.get_running_loop().create_future()
+        state.moving.add(moved)
+        try:
+            if delay_s > 0:
+                await driver.hold(state, delay_s, self.message.body, properties)
+            else:
+                await driver.publish_raw(state.name, self.message.body, properties)
+            self._uncount()  # the copy is on the broker: count that one, not this
+        finally:
+            state.moving.discard(moved)
+            moved.set_result(None)
         await self._live("ack after republishing").ack(self._tag)
 
     def _uncount(self) -> None:
@@ -186,7 +192,7 @@ class AmqpSubscription(Subscription):
         """Consume on a new channel (at subscribe, and again after a reconnect)."""
         self._drop_channel()
         channel, raw, generation = await self.driver.link.channel()
-        holder = ConsumerChannel(channel, raw, generation)
+        holder = ConsumerChannel(channel, raw, generation, batch=self.spec.max_unsettled // 2)
         channel.close_callbacks.add(lambda _sender, _exc: self._channel_closed(holder))
         arguments = {}
         priority = self.spec.options and getattr(self.spec.options, "priority", None)
@@ -305,8 +311,14 @@ class AmqpSubscription(Subscription):
                     await asyncio.sleep(0.002)
 
     def _close_channel_later(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._close_channel())
+        task = asyncio.get_running_loop().create_task(self._close_channel_if_done())
         self.driver.keep(task)
+
+    async def _close_channel_if_done(self) -> None:
+        # a delivery that arrived after the last settle is being given back on this
+        # channel: its own settle closes it (closing now would lose its ack)
+        if self.handed == 0:
+            await self._close_channel()
 
     async def _close_channel(self) -> None:
         channel, self._channel = self._channel, None

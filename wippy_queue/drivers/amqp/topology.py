@@ -15,6 +15,7 @@ a queue has few holding queues; each removes itself (``x-expires``) once unused.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -53,6 +54,15 @@ class QueueState:
     #: message id -> until when it is counted as ready: a ``basic.nack`` requeue has
     #: no reply, and the queue shows the message again only once it has applied it
     returning: dict[str, float] = field(default_factory=dict)
+
+    #: copies being published by a settle (the original still counted in flight)
+    moving: set[asyncio.Future[None]] = field(default_factory=set)
+
+    async def moves_done(self, timeout_s: float) -> None:
+        """Wait (bounded) for the copies being published now: until one is confirmed,
+        the broker may count it while its original is still counted in flight."""
+        if self.moving:
+            await asyncio.wait(set(self.moving), timeout=timeout_s)
 
     def returned(self) -> int:
         """Messages nacked back that the broker may not show as ready yet."""
