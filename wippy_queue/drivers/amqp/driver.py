@@ -19,6 +19,7 @@ from pamqp.commands import Basic
 
 from wippy_queue.drivers.amqp import topology, wire
 from wippy_queue.drivers.amqp.batching import Batcher
+from wippy_queue.drivers.amqp.census import Census, Held
 from wippy_queue.drivers.amqp.config import CAPABILITIES, AmqpDriverConfig, AmqpQueueOptions
 from wippy_queue.drivers.amqp.link import CLIENT_ERRORS, RECONNECT_ERRORS, Link, translate
 from wippy_queue.drivers.amqp.subscription import AmqpSubscription
@@ -90,6 +91,7 @@ class AmqpDriver(Driver):
         self._subscriptions: set[AmqpSubscription] = set()
         self._publisher = _Channel(self.link, confirms=True)
         self._batch: Batcher | None = None
+        self._census = Census(self.link, self._holding)
         self._admin = _Channel(self.link, confirms=False)
         self._tasks: set[asyncio.Task[Any]] = set()
         #: holding queue -> when this driver last declared it (monotonic seconds)
@@ -119,6 +121,7 @@ class AmqpDriver(Driver):
         self._publisher.reset()
         self._admin.reset()
         self._held.clear()
+        await self._census.open()
         self._running = True
 
     async def stop(self) -> None:
@@ -146,6 +149,7 @@ class AmqpDriver(Driver):
         self._publisher.reset()
         self._admin.reset()
         self._held.clear()
+        await self._census.open()
         for state in list(self._queues.values()):
             await self._declare_on_broker(state.spec, state.options)
         for subscription in list(self._subscriptions):
@@ -326,18 +330,16 @@ class AmqpDriver(Driver):
         state = self._state(queue)
         await self.link.wait_up(lambda: self._running)
         await state.moves_done(MOVES_WAIT_S)
-        ready, consumers = await self._counts(queue)
+        ready, consumers = await self._counts(queue)  # before the census: see census.py
+        mine = self._holding(queue)
+        theirs = await self._census.count(queue, consumers - mine.consumers)
         delayed = await self._delayed(state)
-        buffered = handed = open_ = closing = 0
-        for subscription in self._subscriptions:
-            if subscription.state is state:
-                buffered += subscription.buffered
-                handed += subscription.handed
-                closing += subscription.closed
-                open_ += not subscription.closed
+        closing = sum(s.closed for s in self._subscriptions if s.state is state)
         # ours being closed may still be listed by the broker (see subscription.close)
-        consumers = max(consumers - closing, open_)
-        ready += buffered + state.returned()
+        consumers = max(consumers - closing, mine.consumers - closing)
+        held = mine + theirs
+        ready += held.buffered + held.returning
+        handed = held.handed
         return QueueInfo(
             queue=queue,
             message_count=ready + handed + delayed,
@@ -347,6 +349,19 @@ class AmqpDriver(Driver):
             delayed=delayed,
             expired=state.expired,
         )
+
+    def _holding(self, queue: str) -> Held:
+        """What this driver's subscriptions to ``queue`` hold (for info and the census)."""
+        state = self._queues.get(queue)
+        if state is None:
+            return Held()
+        consumers = buffered = handed = 0
+        for subscription in self._subscriptions:
+            if subscription.state is state:
+                consumers += 1
+                buffered += subscription.buffered
+                handed += subscription.handed
+        return Held(consumers, buffered, handed, state.returned())
 
     async def wait_idle(self, queue: str, *, timeout_s: float | None = None) -> None:
         """Poll ``info`` until idle; a reconnect in between is waited out."""
