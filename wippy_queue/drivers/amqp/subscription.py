@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from pamqp.commands import Basic
 
 from wippy_queue.drivers.amqp import wire
+from wippy_queue.drivers.amqp.deliver import deliver_directly
 from wippy_queue.drivers.amqp.link import Link
 from wippy_queue.drivers.amqp.settle import ConsumerChannel
 from wippy_queue.drivers.amqp.topology import REPUBLISH_AT, RETURN_GRACE_S, QueueState
@@ -200,6 +201,7 @@ class AmqpSubscription(Subscription):
             arguments["x-priority"] = priority
         await raw.basic_qos(prefetch_count=self.spec.max_unsettled)
         self._channel = holder
+        deliver_directly(raw, self.tag, lambda delivered: self._arrived(holder, delivered))
         await raw.basic_consume(
             self.state.name,
             lambda delivered: self._arrived(holder, delivered),
