@@ -44,8 +44,13 @@ def _shortstr(value: str) -> bytes:
     return bytes((len(raw),)) + raw
 
 
+def _present(value: Any) -> bool:
+    """Whether pamqp would write a property (it leaves out None and '')."""
+    return value is not None and value != ""
+
+
 def _set_properties(properties: Basic.Properties) -> set[str]:
-    return {name for name in _PROPERTY_NAMES if getattr(properties, name) is not None}
+    return {name for name in _PROPERTY_NAMES if _present(getattr(properties, name))}
 
 
 def header_frame(channel: int, size: int, properties: Basic.Properties) -> bytes:
@@ -53,18 +58,20 @@ def header_frame(channel: int, size: int, properties: Basic.Properties) -> bytes
     if not _set_properties(properties) <= _FAST:
         return bytes(frame.marshal(ContentHeader(0, size, properties), channel))
     flags, parts = 0, []
-    if properties.content_type is not None:
+    content_type, headers = properties.content_type, properties.headers
+    mode, message_id = properties.delivery_mode, properties.message_id
+    if content_type:
         flags |= _CONTENT_TYPE
-        parts.append(_shortstr(properties.content_type))
-    if properties.headers is not None:
+        parts.append(_shortstr(content_type))
+    if headers is not None:
         flags |= _HEADERS
-        parts.append(encode.field_table(properties.headers))
-    if properties.delivery_mode is not None:
+        parts.append(encode.field_table(headers))
+    if mode is not None:
         flags |= _DELIVERY_MODE
-        parts.append(bytes((properties.delivery_mode,)))
-    if properties.message_id is not None:
+        parts.append(bytes((mode,)))
+    if message_id:
         flags |= _MESSAGE_ID
-        parts.append(_shortstr(properties.message_id))
+        parts.append(_shortstr(message_id))
     payload = _HEADER_START.pack(60, 0, size, flags) + b"".join(parts)
     return _frame(_HEADER, channel, payload)
 
