@@ -185,6 +185,43 @@ def test_info_and_until_idle_count_what_another_process_holds(tmp_path: Path) ->
         amqp_support.delete_queues([queue])
 
 
+NACK_LATER = """
+import wippy_queue
+
+
+def handle(data):
+    wippy_queue.current_message().nack("later", delay_s=3600)
+"""
+
+
+async def _delayed_by_another_runtime(entry: Path) -> QueueInfo:
+    consumer, observer = Runtime.load(entry), Runtime.load(entry)
+    async with consumer:
+        await observer.start("app:rabbit")
+        try:
+            await consumer.publish("app:jobs", {"n": 1})
+            async with asyncio.timeout(WAIT_S):
+                while (info := await observer.info("app:jobs")).delayed == 0:
+                    await asyncio.sleep(0.02)
+            return info
+        finally:
+            await observer.stop("app:rabbit")
+
+
+def test_info_counts_the_holding_queues_of_another_runtime(tmp_path: Path) -> None:
+    """A runtime that never delayed a nack learns the holding queues from the census."""
+    queue = f"wq-e2e-{uuid.uuid4().hex[:10]}"
+    entry = entries(tmp_path, queue, "app")
+    (tmp_path / "handler_mod.py").write_text(NACK_LATER)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        info = asyncio.run(_delayed_by_another_runtime(entry))
+        assert (info.delayed, info.message_count, info.idle) == (1, 1, False)
+    finally:
+        sys.path.remove(str(tmp_path))
+        amqp_support.delete_queues([queue, f"{queue}.wq-delay-3600000ms"])
+
+
 async def _consume_through_reconnects(entry: Path, record: Path, tag: str, n: int) -> None:
     os.environ["WQ_RECORD"], os.environ["WQ_HANDLE_S"] = str(record), "0.01"
     sys.path.insert(0, str(entry.parent))

@@ -8,7 +8,8 @@ processes publishes a question there, and each driver with subscriptions on that
 queue answers with what it holds: its subscriptions (the broker counts them among
 the consumers), deliveries prefetched and not yet handed out (ready, as far as the
 asker is concerned), handed out and not settled (in flight), and nacked back but
-maybe not yet ready on the broker. The asker waits for answers covering every
+maybe not yet ready on the broker; and the holding queues of its delayed nacks,
+which the asker then counts too. The asker waits for answers covering every
 consumer the broker listed, at most ``ANSWER_WAIT_S``; a consumer that never
 answers (another AMQP client, a wippy-queue without the census) counts as holding
 nothing.
@@ -31,6 +32,7 @@ import orjson
 from pamqp.commands import Basic
 
 from wippy_queue.drivers.amqp.link import CLIENT_ERRORS, Link
+from wippy_queue.drivers.amqp.topology import holding_name
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ class Held:
     buffered: int = 0
     handed: int = 0
     returning: int = 0
+    #: the holding queues (delayed nacks) known: (name, delay in ms)
+    holding: tuple[tuple[str, int], ...] = ()
 
     def __add__(self, other: Held) -> Held:
         return Held(
@@ -54,13 +58,15 @@ class Held:
             self.buffered + other.buffered,
             self.handed + other.handed,
             self.returning + other.returning,
+            self.holding + other.holding,
         )
 
 
 class _Poll:
     """One question's answers as they come in."""
 
-    def __init__(self, wanted: int) -> None:
+    def __init__(self, queue: str, wanted: int) -> None:
+        self.queue = queue
         self.wanted = wanted
         self.total = Held()
         self.enough = asyncio.Event()
@@ -107,7 +113,7 @@ class Census:
         if others <= 0 or not self.ready:
             return Held()
         ask = f"{next(self._ids)}"
-        poll = self._polls[ask] = _Poll(others)
+        poll = self._polls[ask] = _Poll(queue, others)
         body = orjson.dumps({"ask": ask, "queue": queue})
         try:
             await self._raw.basic_publish(
@@ -141,7 +147,7 @@ class Census:
         if "answer" in data:
             poll = self._polls.get(str(data["answer"]))
             if poll is not None:
-                poll.add(_held_of(data))
+                poll.add(_held_of(data, poll.queue))
             return
         reply_to = delivered.header.properties.reply_to
         queue = data.get("queue")
@@ -155,9 +161,17 @@ class Census:
             await self._raw.basic_publish(orjson.dumps(answer), routing_key=reply_to)
 
 
-def _held_of(data: dict[str, Any]) -> Held:
-    values = []
-    for name in ("consumers", "buffered", "handed", "returning"):
-        value = data.get(name)
-        values.append(value if isinstance(value, int) and value >= 0 else 0)
-    return Held(*values)
+def _held_of(data: dict[str, Any], queue: str) -> Held:
+    """An answer's counts; of its holding queues only those of ``queue``."""
+    counts = {}
+    for field in ("consumers", "buffered", "handed", "returning"):
+        value = data.get(field)
+        counts[field] = value if isinstance(value, int) and value >= 0 else 0
+    holding = []
+    listed = data.get("holding")
+    for item in listed if isinstance(listed, list) else ():
+        if isinstance(item, list) and len(item) == 2:
+            name, ms = item
+            if isinstance(ms, int) and isinstance(name, str) and name == holding_name(queue, ms):
+                holding.append((name, ms))
+    return Held(**counts, holding=tuple(holding))

@@ -333,6 +333,8 @@ class AmqpDriver(Driver):
         ready, consumers = await self._counts(queue)  # before the census: see census.py
         mine = self._holding(queue)
         theirs = await self._census.count(queue, consumers - mine.consumers)
+        for name, ms in theirs.holding:
+            state.holding.setdefault(name, ms)
         delayed = await self._delayed(state)
         closing = sum(s.closed for s in self._subscriptions if s.state is state)
         # ours being closed may still be listed by the broker (see subscription.close)
@@ -361,7 +363,7 @@ class AmqpDriver(Driver):
                 consumers += 1
                 buffered += subscription.buffered
                 handed += subscription.handed
-        return Held(consumers, buffered, handed, state.returned())
+        return Held(consumers, buffered, handed, state.returned(), tuple(state.holding.items()))
 
     async def wait_idle(self, queue: str, *, timeout_s: float | None = None) -> None:
         """Poll ``info`` until idle; a reconnect in between is waited out."""
