@@ -113,10 +113,20 @@ class AmqpDelivery(Delivery):
         return channel
 
     async def _ack(self) -> None:
-        await _shielded(self._settled(self._acked()))
+        # asked for at once (a cancellation cannot stop it half-way), so no task is
+        # needed to shield it: counted in flight until the ack is sent or lost
+        try:
+            sent = self._live("ack").ack(self._tag)
+        except BaseException:
+            self._uncount()
+            raise
+        sent.add_done_callback(self._ack_done)
+        await asyncio.shield(sent)
 
-    async def _acked(self) -> None:
-        await self._live("ack").ack(self._tag)
+    def _ack_done(self, sent: asyncio.Future[None]) -> None:
+        self._uncount()
+        if not sent.cancelled():
+            sent.exception()  # retrieved here too: its awaiter may have been cancelled
 
     async def _nack(self, *, requeue: bool, delay_s: float, reason: str) -> None:
         await _shielded(self._settled(self._nacked(requeue, delay_s, reason)))
