@@ -77,7 +77,9 @@ def test_axis_ticks_cover_the_longest_whisker() -> None:
     assert float(ticks[-1].replace(",", "")) >= 123_456
 
 
-@pytest.mark.parametrize("script", ["throughput", "security", "audit", "lua_handlers", "redis"])
+@pytest.mark.parametrize(
+    "script", ["throughput", "security", "audit", "lua_handlers", "redis", "amqp"]
+)
 def test_bench_scripts_start_and_take_svg(script: str) -> None:
     done = subprocess.run(
         [sys.executable, str(BENCH / f"{script}.py"), "--help"],
