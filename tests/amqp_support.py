@@ -51,10 +51,13 @@ async def restart_broker() -> None:
 
 
 def delete_queues(names: Iterable[str]) -> None:
-    """Delete queues this test created (and their holding queues, by their prefix)."""
+    """Delete queues this test created, and those named after them (their holding
+    queues, a partitioned queue's partitions and its stream of their names)."""
     names = [n for n in names if re.fullmatch(r"wq-[\w.-]+", n)]
     if not names:
         return
+    listed = _rabbitmqctl("list_queues", "--no-table-headers", "name").split()
+    names += [q for q in listed if q not in names and q.startswith(tuple(f"{n}." for n in names))]
 
     async def run() -> None:
         import aio_pika

@@ -76,18 +76,23 @@ class Harness:
         self.used.add(name)
         return f"{self.prefix}-{name}"
 
-    def spec(self, name: str, max_length: int | None = None) -> QueueSpec:
+    def spec(
+        self, name: str, max_length: int | None = None, *, partitioned: bool = False
+    ) -> QueueSpec:
         if max_length is not None and not self.bounded:
             pytest.skip(f"{self.name} cannot bound a queue (max_length)")
-        return QueueSpec(f"t:{name}", self.queue_name(name), self.queue_options(max_length))
+        options = self.queue_options(max_length)
+        return QueueSpec(f"t:{name}", self.queue_name(name), options, partitioned=partitioned)
 
     @asynccontextmanager
-    async def running(self, *queues: str, max_length: int | None = None) -> AsyncIterator[Bound]:
+    async def running(
+        self, *queues: str, max_length: int | None = None, partitioned: bool = False
+    ) -> AsyncIterator[Bound]:
         bound = Bound(self, self.new_driver())
         await bound.start()
         try:
             for queue in queues or ("q",):
-                await bound.declare(queue, max_length)
+                await bound.declare(queue, max_length, partitioned=partitioned)
             yield bound
         finally:
             await bound.stop()
@@ -112,16 +117,26 @@ class Bound:
         if self.harness.teardown is not None:
             await self.harness.teardown()
 
-    async def declare(self, queue: str, max_length: int | None = None) -> None:
-        await self.driver.declare(self.harness.spec(queue, max_length))
+    async def declare(
+        self, queue: str, max_length: int | None = None, *, partitioned: bool = False
+    ) -> None:
+        await self.driver.declare(self.harness.spec(queue, max_length, partitioned=partitioned))
 
-    async def publish(self, queue: str, message: Message) -> None:
-        await self.driver.publish(self.harness.queue_name(queue), message)
+    async def publish(self, queue: str, message: Message, partition: str = "") -> None:
+        await self.driver.publish(self.harness.queue_name(queue), message, partition)
 
     async def subscribe(
-        self, queue: str, *, prefetch: int = 10, consumer: str = "t:consumer"
+        self,
+        queue: str,
+        *,
+        prefetch: int = 10,
+        consumer: str = "t:consumer",
+        partition: str | None = None,
     ) -> Subscription:
-        spec = SubscribeSpec(consumer, self.harness.queue_name(queue), prefetch, prefetch)
+        """``partition``: on a partitioned queue, the one it reads (None: every one)."""
+        spec = SubscribeSpec(
+            consumer, self.harness.queue_name(queue), prefetch, prefetch, partition=partition
+        )
         return await self.driver.subscribe(spec)
 
     async def info(self, queue: str) -> QueueInfo:

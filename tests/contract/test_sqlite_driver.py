@@ -256,3 +256,47 @@ async def test_a_bounded_queue_counts_the_messages_of_every_process(tmp_path: Pa
         await (await sub.receive()).ack()  # room, made by the other instance
         async with asyncio.timeout(WAIT_S):
             await blocked  # found by the poll
+
+
+# -- schema upgrades -----------------------------------------------------------------
+
+#: the tables of schema 1 (before partitions), as a file of that version holds them
+SCHEMA_1 = (
+    "CREATE TABLE queues (name TEXT PRIMARY KEY, max_length INTEGER, "
+    "visibility_timeout REAL NOT NULL, expired INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE messages (seq INTEGER PRIMARY KEY, queue TEXT NOT NULL, due REAL NOT NULL, "
+    "ready_at REAL NOT NULL, lease INTEGER, owner INTEGER, "
+    "attempts INTEGER NOT NULL DEFAULT 0, nackers TEXT)",
+    "CREATE INDEX messages_due ON messages (queue, due, lease)",
+    "CREATE TABLE bodies (seq INTEGER PRIMARY KEY, data BLOB NOT NULL)",
+    "CREATE TABLE consumers (subscription INTEGER PRIMARY KEY, queue TEXT NOT NULL, "
+    "consumer TEXT NOT NULL, alive_until REAL NOT NULL)",
+)
+
+
+async def test_a_schema_1_file_is_upgraded_and_keeps_its_messages(tmp_path: Path) -> None:
+    from wippy_queue.drivers.sqlite.store import APPLICATION_ID, SCHEMA_VERSION
+    from wippy_queue.queue.envelope import pack
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for statement in SCHEMA_1:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO queues VALUES ('q', NULL, 30.0, 0)")
+    old = msg(b'{"old": 1}')
+    conn.execute("INSERT INTO messages (seq, queue, due, ready_at) VALUES (1, 'q', 0, 0)")
+    conn.execute("INSERT INTO bodies VALUES (1, ?)", (pack(old),))
+    conn.commit()
+    conn.close()
+    async with started(path) as driver:
+        subscription = await driver.subscribe(SubscribeSpec("t:c", "q"))
+        async with asyncio.timeout(WAIT_S):
+            delivery = await subscription.receive()
+        assert delivery.message.id == old.id
+        await delivery.ack()
+        await subscription.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()

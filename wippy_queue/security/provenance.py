@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from wippy_queue.identity import Actor
 from wippy_queue.queue.envelope import signed_bytes
@@ -42,8 +42,10 @@ class StaleProvenance(ForgedProvenance):
     """The stamp verifies but is older than ``max_message_age``: a replay, maybe."""
 
 
-@dataclass(frozen=True, slots=True)
-class Provenance:
+class Provenance(NamedTuple):
+    """Who published (a named tuple: made for every verified delivery, and a frozen
+    dataclass's ``__init__`` costs several times more)."""
+
     publisher: str | None
     tenant: str | None
 
@@ -56,11 +58,38 @@ ANONYMOUS = Provenance(None, None)
 _UNSIGNED = frozenset((SIGNATURE, EXPIRES_AT))
 
 
-def _digest(mac: hmac.HMAC, message: Message, queue_id: str) -> str:
+class HmacSha256:
+    """HMAC-SHA256 (RFC 2104) from the key's two SHA-256 states, computed once.
+
+    The construction ``hmac.py`` itself falls back to; copying two ``hashlib`` states
+    costs half of copying an ``hmac.HMAC`` through its Python wrapper (about 1 µs, paid
+    at every signed publish and every verified delivery). Tests hold it equal to
+    ``hmac.new``.
+    """
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(hmac.trans_36))
+        self._outer = hashlib.sha256(key.translate(hmac.trans_5C))
+
+    def hexdigest(self, data: bytes) -> str:
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
+
+_BLOCK = 64  # SHA-256's block size
+
+
+def _digest(mac: HmacSha256, message: Message, queue_id: str) -> str:
     """HMAC-SHA256 over the message's canonical envelope bytes (``queue/envelope.py``)."""
-    mac = mac.copy()  # the keyed state is computed once per key
-    mac.update(signed_bytes(message, queue_id, _UNSIGNED, _UNSIGNED_PREFIX, DL_QUEUE))
-    return mac.hexdigest()
+    return mac.hexdigest(signed_bytes(message, queue_id, _UNSIGNED, _UNSIGNED_PREFIX, DL_QUEUE))
 
 
 class Stamper:
@@ -80,10 +109,7 @@ class Stamper:
         max_age_s: float | None = None,
         dead_letter_sources: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
-        self._macs = {
-            kid: hmac.new(secret.encode(), digestmod=hashlib.sha256)
-            for kid, secret in (keys or {}).items()
-        }
+        self._macs = {kid: HmacSha256(secret.encode()) for kid, secret in (keys or {}).items()}
         if signing_id is not None and signing_id not in self._macs:
             raise ValueError(f"signing key id {signing_id!r} is not one of the keys given")
         self._signing_id = signing_id

@@ -32,7 +32,6 @@ import orjson
 from pamqp.commands import Basic
 
 from wippy_queue.drivers.amqp.link import CLIENT_ERRORS, Link
-from wippy_queue.drivers.amqp.topology import holding_name
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +161,7 @@ class Census:
 
 
 def _held_of(data: dict[str, Any], queue: str) -> Held:
-    """An answer's counts; of its holding queues only those of ``queue``."""
+    """An answer's counts and the holding queues it names under ``queue``."""
     counts = {}
     for field in ("consumers", "buffered", "handed", "returning"):
         value = data.get(field)
@@ -172,6 +171,6 @@ def _held_of(data: dict[str, Any], queue: str) -> Held:
     for item in listed if isinstance(listed, list) else ():
         if isinstance(item, list) and len(item) == 2:
             name, ms = item
-            if isinstance(ms, int) and isinstance(name, str) and name == holding_name(queue, ms):
-                holding.append((name, ms))
+            if isinstance(ms, int) and isinstance(name, str) and name.startswith(queue):
+                holding.append((name, ms))  # the driver takes those of its queue's states
     return Held(**counts, holding=tuple(holding))

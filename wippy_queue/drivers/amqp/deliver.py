@@ -2,11 +2,11 @@
 
 aiormq reads a ``basic.deliver`` and its content frames, then runs the consumer
 callback in a new task (with a ``BytesIO`` for the body): a task, its wrapper and
-its done-callback per message. A subscription's callback is synchronous (it only
-buffers the delivery), so on its own consumer channels the driver replaces that one
+its done-callback per message. A subscription's callbacks are synchronous (they only
+buffer the delivery), so on its own consumer channels the driver replaces that one
 step (the channel's ``_on_deliver_frame``, looked up on the instance) with this:
-the same frames read in the same order, and the callback called directly. Channels
-of other code are untouched.
+the same frames read in the same order, and the callback of the delivery's consumer
+tag called directly. Channels of other code are untouched.
 """
 
 from __future__ import annotations
@@ -19,15 +19,20 @@ from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
+Arrived = Callable[[Any], None]
 
-def deliver_directly(raw: Any, consumer_tag: str, arrived: Callable[[Any], None]) -> None:
-    """Make ``raw`` (an aiormq channel) hand ``consumer_tag``'s deliveries to
-    ``arrived`` as they are read; any other consumer's go through the channel's own way."""
+
+def deliver_directly(raw: Any, routes: dict[str, Arrived]) -> None:
+    """Make ``raw`` (an aiormq channel) hand the deliveries of each consumer tag in
+    ``routes`` (filled in as consumers start) to its callback as they are read; any
+    other consumer's go through the channel's own way."""
     fallback = raw._on_deliver_frame
     get_frame = raw._get_frame
 
     async def on_deliver(frame: Basic.Deliver) -> None:
-        if frame.consumer_tag != consumer_tag:
+        tag = frame.consumer_tag
+        arrived = routes.get(tag) if tag is not None else None
+        if arrived is None:
             await fallback(frame)
             return
         header = await get_frame()
@@ -43,7 +48,7 @@ def deliver_directly(raw: Any, consumer_tag: str, arrived: Callable[[Any], None]
             parts.append(content.value)
             got += len(content.value)
         body = parts[0] if len(parts) == 1 else b"".join(parts)
-        if consumer_tag in raw.consumers:  # cancelled meanwhile: the broker takes it back
+        if tag in raw.consumers:  # cancelled meanwhile: the broker takes it back
             arrived(DeliveredMessage(delivery=frame, header=header, body=body, channel=raw))
 
     raw._on_deliver_frame = on_deliver

@@ -3,13 +3,15 @@
 Durable by default: quorum queues, persistent messages, publisher confirms always
 on and pipelined (a publish returns once the broker confirmed it; many are in flight
 on one channel). See ``subscription.py`` for what each settle is on the wire,
-``topology.py`` for the queues and ``wire.py`` for the message format.
+``topology.py`` for the queues, ``partitions.py`` for partitioned queues and
+``wire.py`` for the message format.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -22,6 +24,7 @@ from wippy_queue.drivers.amqp.batching import Batcher
 from wippy_queue.drivers.amqp.census import Census, Held
 from wippy_queue.drivers.amqp.config import CAPABILITIES, AmqpDriverConfig, AmqpQueueOptions
 from wippy_queue.drivers.amqp.link import CLIENT_ERRORS, RECONNECT_ERRORS, Link, translate
+from wippy_queue.drivers.amqp.partitions import Partitions, partition_queue
 from wippy_queue.drivers.amqp.subscription import AmqpSubscription
 from wippy_queue.drivers.amqp.topology import QueueState
 from wippy_queue.errors import DriverError
@@ -98,6 +101,11 @@ class AmqpDriver(Driver):
         self._held: dict[str, float] = {}
         #: bounded queue -> room left at the last look (publishes since take from it)
         self._room: dict[str, int] = {}
+        #: partitioned queue -> what follows its stream of partition names
+        self._partitions: dict[str, Partitions] = {}
+        #: subscriptions that read every partition (told of each partition found)
+        self._readers: set[AmqpSubscription] = set()
+        self._making = asyncio.Lock()
 
     @classmethod
     def from_entry(cls, entry: Entry) -> AmqpDriver:
@@ -123,6 +131,8 @@ class AmqpDriver(Driver):
         self._held.clear()
         await self._census.open()
         self._running = True
+        for partitions in self._partitions.values():  # a start after a stop
+            await partitions.follow()
 
     async def stop(self) -> None:
         self._running = False
@@ -130,6 +140,9 @@ class AmqpDriver(Driver):
             with contextlib.suppress(Exception):
                 await subscription.close()
         self._subscriptions.clear()
+        self._readers.clear()
+        for partitions in self._partitions.values():
+            await partitions.stop()
         await self.link.close()
         for task in list(self._tasks):
             task.cancel()
@@ -144,6 +157,7 @@ class AmqpDriver(Driver):
 
     def forget(self, subscription: AmqpSubscription) -> None:
         self._subscriptions.discard(subscription)
+        self._readers.discard(subscription)
 
     async def _after_reconnect(self) -> None:
         self._publisher.reset()
@@ -152,6 +166,8 @@ class AmqpDriver(Driver):
         await self._census.open()
         for state in list(self._queues.values()):
             await self._declare_on_broker(state.spec, state.options)
+        for partitions in self._partitions.values():
+            await partitions.follow()
         for subscription in list(self._subscriptions):
             await subscription.reopen_after_reconnect()
 
@@ -175,6 +191,48 @@ class AmqpDriver(Driver):
         await self._declare_on_broker(spec, options)
         if known is None:
             self._queues[spec.name] = QueueState(spec.name, spec, options, spec.content_type)
+        if spec.partitioned and spec.name not in self._partitions:
+            partitions = Partitions(self.link, spec.name, self._partition_heard)
+            await partitions.follow()
+            self._partitions[spec.name] = partitions
+
+    def _partition_heard(self, queue: str, name: str) -> None:
+        """Another process made a partition queue: consume it where every partition is read."""
+        if name not in self._queues and self._running:
+            self.keep(asyncio.get_running_loop().create_task(self._partition_found(queue, name)))
+
+    async def _partition_found(self, queue: str, name: str) -> None:
+        try:
+            await self._partition_named(queue, name)
+        except DriverError as err:  # a reconnect or the next reader's look finds it again
+            log.warning("driver %s: partition queue %r: %s", self.entry_id, name, err)
+
+    async def partition(self, queue: str, partition: str) -> QueueState:
+        """The queue of ``partition`` of the partitioned ``queue`` (made if new)."""
+        name = partition_queue(queue, partition)
+        return self._queues.get(name) or await self._partition_named(queue, name)
+
+    async def _partition_named(self, queue: str, name: str) -> QueueState:
+        async with self._making:
+            state = self._queues.get(name)
+            if state is None:
+                base = self._state(queue)
+                spec = dataclasses.replace(base.spec, name=name)
+                await self._declare_on_broker(spec, base.options)
+                state = QueueState(name, spec, base.options, base.content_type, base=queue)
+                await self._partitions[queue].announce(name, self._announce)
+                self._queues[name] = state
+        for reader in list(self._readers):
+            if reader.state.name == queue:
+                await reader.add(state)
+        return state
+
+    async def _announce(self, registry: str, body: bytes) -> None:
+        await self.publish_raw(registry, body, Basic.Properties(delivery_mode=2))
+
+    def _states_of(self, queue: str) -> list[QueueState]:
+        """The queue's own state and, on a partitioned queue, every partition's known here."""
+        return [s for s in self._queues.values() if s.queue == queue]
 
     async def _declare_on_broker(self, spec: QueueSpec, options: AmqpQueueOptions) -> None:
         raw = await self._admin.get()
@@ -203,8 +261,10 @@ class AmqpDriver(Driver):
         if not self._running:
             raise self.not_running_error()
         state = self._state(queue)
+        if partition and queue in self._partitions:
+            state = await self.partition(queue, partition)
         properties = wire.properties_of(message, state.content_type)
-        await self.publish_raw(queue, message.body, properties, bounded=state.max_length)
+        await self.publish_raw(state.name, message.body, properties, bounded=state.max_length)
 
     async def publish_raw(
         self,
@@ -295,7 +355,15 @@ class AmqpDriver(Driver):
         if not self._running:
             raise self.not_running_error()
         state = self._state(spec.queue)
-        subscription = AmqpSubscription(self, state, spec)
+        if spec.queue not in self._partitions:
+            subscription = AmqpSubscription(self, state, spec)
+        elif spec.partition is not None:  # one partition's queue
+            subscription = AmqpSubscription(
+                self, await self.partition(spec.queue, spec.partition), spec
+            )
+        else:
+            subscription = AmqpSubscription(self, state, spec, self._states_of(spec.queue))
+            self._readers.add(subscription)
         await subscription.open()
         self._subscriptions.add(subscription)
         return subscription
@@ -327,16 +395,25 @@ class AmqpDriver(Driver):
         return total
 
     async def info(self, queue: str) -> QueueInfo:
-        state = self._state(queue)
+        """Counts of the queue (summed over every partition's queue); on a partitioned
+        queue ``consumer_count`` is the most any one partition's queue has."""
+        self._state(queue)
         await self.link.wait_up(lambda: self._running)
-        await state.moves_done(MOVES_WAIT_S)
-        ready, consumers = await self._counts(queue)  # before the census: see census.py
+        states = self._states_of(queue)
+        for state in states:
+            await state.moves_done(MOVES_WAIT_S)
+        ready = delayed = expired = consumers = 0
+        for state in states:  # the broker's counts before the census: see census.py
+            waiting, listed = await self._counts(state.name)
+            ready += waiting
+            consumers = max(consumers, listed)
         mine = self._holding(queue)
         theirs = await self._census.count(queue, consumers - mine.consumers)
-        for name, ms in theirs.holding:
-            state.holding.setdefault(name, ms)
-        delayed = await self._delayed(state)
-        closing = sum(s.closed for s in self._subscriptions if s.state is state)
+        self._learn_holding(states, theirs.holding)
+        for state in states:
+            delayed += await self._delayed(state)
+            expired += state.expired
+        closing = sum(s.closed for s in self._subscriptions if s.state.queue == queue)
         # ours being closed may still be listed by the broker (see subscription.close)
         consumers = max(consumers - closing, mine.consumers - closing)
         held = mine + theirs
@@ -349,21 +426,31 @@ class AmqpDriver(Driver):
             ready=ready,
             in_flight=handed,
             delayed=delayed,
-            expired=state.expired,
+            expired=expired,
         )
 
     def _holding(self, queue: str) -> Held:
-        """What this driver's subscriptions to ``queue`` hold (for info and the census)."""
-        state = self._queues.get(queue)
-        if state is None:
-            return Held()
+        """What this driver's subscriptions to ``queue`` (every partition's queue of it)
+        hold, for info and the census."""
+        states = self._states_of(queue)
         consumers = buffered = handed = 0
         for subscription in self._subscriptions:
-            if subscription.state is state:
+            if subscription.state.queue == queue:
                 consumers += 1
                 buffered += subscription.buffered
                 handed += subscription.handed
-        return Held(consumers, buffered, handed, state.returned(), tuple(state.holding.items()))
+        returning = sum(state.returned() for state in states)
+        holding = tuple(item for state in states for item in state.holding.items())
+        return Held(consumers, buffered, handed, returning, holding)
+
+    @staticmethod
+    def _learn_holding(states: list[QueueState], heard: tuple[tuple[str, int], ...]) -> None:
+        """Holding queues another runtime named: each counted with its own queue's state."""
+        by_name = {state.name: state for state in states}
+        for name, ms in heard:
+            state = by_name.get(name.rpartition(topology.HOLDING_MARK)[0])
+            if state is not None and name == topology.holding_name(state.name, ms):
+                state.holding.setdefault(name, ms)
 
     async def wait_idle(self, queue: str, *, timeout_s: float | None = None) -> None:
         """Poll ``info`` until idle; a reconnect in between is waited out."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from wippy_queue.drivers.amqp.link import CLIENT_ERRORS
@@ -44,6 +44,8 @@ class ConsumerChannel:
         self._others: list[tuple[Coroutine[Any, Any, None], asyncio.Future[None]]] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        #: consumer tag -> the callback its deliveries go to (see deliver.py)
+        self.routes: dict[str, Callable[[Any], None]] = {}
         #: acks gathered before they go out (at most)
         self._batch = max(1, batch)
         self._timer: asyncio.TimerHandle | None = None

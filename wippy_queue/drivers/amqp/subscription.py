@@ -13,6 +13,11 @@ concurrency), so the broker never lets it hold more. What each settle is on the 
 
 A copy is published and confirmed before the original is acked: a crash between
 the two delivers the message twice, never zero times.
+
+A subscription to every partition of a partitioned queue consumes each partition's
+queue on its one channel (``add`` starts on a partition found later), each consumer
+with its share of the QoS, so one busy partition cannot take every credit; a
+delivery is settled, requeued, delayed and copied in its own partition's queue.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable
+from functools import partial
 from typing import Any, Protocol
 
 from pamqp.commands import Basic
@@ -82,23 +88,34 @@ async def _shielded(work: Awaitable[None]) -> None:
 
 
 class AmqpDelivery(Delivery):
-    __slots__ = ("_channel", "_count", "_counted", "_properties", "_subscription", "_tag")
+    __slots__ = (
+        "_channel",
+        "_count",
+        "_counted",
+        "_properties",
+        "_state",
+        "_subscription",
+        "_tag",
+    )
 
     def __init__(
         self,
         subscription: AmqpSubscription,
         channel: ConsumerChannel,
         delivered: Any,
+        state: QueueState,
     ) -> None:
         properties = delivered.header.properties
         table = properties.headers
         carried = wire.carried_of(table)
-        if subscription.state.quorum:
+        if state.quorum:
             count = wire.delivery_count_of(table)
         else:
             count = 1 if delivered.delivery.redelivered else 0
         super().__init__(wire.message_of(properties, delivered.body), carried + count + 1)
         self._subscription = subscription
+        #: the queue it came from (its partition's)
+        self._state = state
         self._channel = channel
         self._tag: int = delivered.delivery.delivery_tag
         self._properties: Basic.Properties = properties
@@ -135,7 +152,7 @@ class AmqpDelivery(Delivery):
         await _shielded(self._settled(self._copy(self.attempt - 1)))
 
     async def _nacked(self, requeue: bool, delay_s: float, reason: str) -> None:
-        state = self._subscription.state
+        state = self._state
         if not requeue:
             await self._live("nack").nack(self._tag, requeue=False)
             if reason == EXPIRED:
@@ -153,7 +170,7 @@ class AmqpDelivery(Delivery):
         delay), then ack this delivery."""
         self._live("settle")
         driver = self._subscription.driver
-        state = self._subscription.state
+        state = self._state
         properties = wire.recarried(self._properties, carried)
         moved = asyncio.get_running_loop().create_future()
         state.moving.add(moved)
@@ -181,13 +198,22 @@ class AmqpDelivery(Delivery):
 
 
 class AmqpSubscription(Subscription):
-    def __init__(self, driver: Host, state: QueueState, spec: SubscribeSpec) -> None:
+    def __init__(
+        self,
+        driver: Host,
+        state: QueueState,
+        spec: SubscribeSpec,
+        states: list[QueueState] | None = None,
+    ) -> None:
         self.driver = driver
+        #: the queue subscribed to (of a reader of every partition: the queue itself)
         self.state = state
+        #: the broker queues it consumes (a reader of every partition: each partition's)
+        self.states = list(states or [state])
         self.spec = spec
         self.tag = f"{spec.consumer_id} {uuid.uuid4().hex[:8]}"
         self._channel: ConsumerChannel | None = None
-        self._buffer: deque[tuple[ConsumerChannel, Any]] = deque()
+        self._buffer: deque[tuple[ConsumerChannel, Any, QueueState]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         #: deliveries handed out and not yet settled
         self.handed = 0
@@ -203,39 +229,68 @@ class AmqpSubscription(Subscription):
         """Consume on a new channel (at subscribe, and again after a reconnect)."""
         self._drop_channel()
         channel, raw, generation = await self.driver.link.channel()
-        holder = ConsumerChannel(channel, raw, generation, batch=self.spec.max_unsettled // 2)
+        batch = self.spec.max_unsettled // (2 * len(self.states))
+        holder = ConsumerChannel(channel, raw, generation, batch=batch)
+        deliver_directly(raw, holder.routes)
         channel.close_callbacks.add(lambda _sender, _exc: self._channel_closed(holder))
+        self._channel = holder
+        for state in list(self.states):
+            await self._consume(holder, state)
+
+    def _tag_of(self, state: QueueState) -> str:
+        return self.tag if state is self.state else f"{self.tag} {state.name}"
+
+    async def _consume(self, holder: ConsumerChannel, state: QueueState) -> None:
+        """Consume ``state``'s queue on ``holder``, with this queue's share of the QoS."""
         arguments = {}
         priority = self.spec.options and getattr(self.spec.options, "priority", None)
         if priority is not None:
             arguments["x-priority"] = priority
-        await raw.basic_qos(prefetch_count=self.spec.max_unsettled)
-        self._channel = holder
-        deliver_directly(raw, self.tag, lambda delivered: self._arrived(holder, delivered))
-        await raw.basic_consume(
-            self.state.name,
-            lambda delivered: self._arrived(holder, delivered),
-            consumer_tag=self.tag,
+        share = -(-self.spec.max_unsettled // len(self.states))  # per consumer, as it starts
+        await holder.raw.basic_qos(prefetch_count=max(share, 1))
+        tag = self._tag_of(state)
+        arrived = partial(self._arrived, holder, state=state)
+        holder.routes[tag] = arrived
+        await holder.raw.basic_consume(
+            state.name,
+            arrived,
+            consumer_tag=tag,
             arguments=arguments or None,
         )
 
-    def _arrived(self, channel: ConsumerChannel, delivered: Any) -> None:
+    async def add(self, state: QueueState) -> None:
+        """Consume a partition's queue too (one found after the subscription began)."""
+        if self.closed or state in self.states:
+            return
+        self.states.append(state)
+        holder = self._channel
+        if holder is not None and holder.alive(self.driver.link.generation):
+            try:
+                await self._consume(holder, state)
+            except Exception as err:  # the channel's close reopens it with every queue
+                log.warning(
+                    "subscription to %s: cannot consume %s: %s", self.state.name, state.name, err
+                )
+
+    def _arrived(self, channel: ConsumerChannel, delivered: Any, state: QueueState) -> None:
         if channel is not self._channel or channel.dead:
             return  # a stale channel's delivery: the broker gives it back
         channel.outstanding[delivered.delivery.delivery_tag] = None
-        if self.state.returning:
-            self.state.returning.pop(delivered.header.properties.message_id, None)
+        if state.returning:
+            state.returning.pop(delivered.header.properties.message_id, None)
         if self.closed:  # in flight when the cancel went out: give it back untried now
             self.handed += 1  # so that the channel stays open until it is given back
-            task = asyncio.get_running_loop().create_task(self._give_back(channel, delivered))
+            task = asyncio.get_running_loop().create_task(
+                self._give_back(channel, delivered, state)
+            )
             self.driver.keep(task)
             return
-        self._buffer.append((channel, delivered))
+        self._buffer.append((channel, delivered, state))
         self._wake()
 
-    async def _give_back(self, channel: ConsumerChannel, delivered: Any) -> None:
+    async def _give_back(self, channel: ConsumerChannel, delivered: Any, state: QueueState) -> None:
         try:
-            await AmqpDelivery(self, channel, delivered).release()
+            await AmqpDelivery(self, channel, delivered, state).release()
         except DriverError as err:
             log.warning("subscription to %s: giving back failed: %s", self.state.name, err)
 
@@ -267,9 +322,9 @@ class AmqpSubscription(Subscription):
             if self.closed or not self.driver.running:
                 raise SubscriptionClosed(f"subscription to {self.state.name!r} is closed")
             if self._buffer:
-                channel, delivered = self._buffer.popleft()
+                channel, delivered, state = self._buffer.popleft()
                 self.handed += 1
-                return AmqpDelivery(self, channel, delivered)
+                return AmqpDelivery(self, channel, delivered, state)
             if self._channel is None and self.driver.link.up.is_set():
                 await self._reopen()
                 continue
@@ -305,11 +360,12 @@ class AmqpSubscription(Subscription):
         with contextlib.suppress(Exception):
             if channel.alive(self.driver.link.generation):
                 self._consumers_before = await self.driver.consumer_count(self.state.name)
-                await channel.raw.basic_cancel(self.tag)
+                for state in self.states:
+                    await channel.raw.basic_cancel(self._tag_of(state))
         buffered, self._buffer = list(self._buffer), deque()
         self.handed += len(buffered)  # the channel stays open until all are given back
-        for holder, delivered in buffered:
-            await self._give_back(holder, delivered)
+        for holder, delivered, state in buffered:
+            await self._give_back(holder, delivered, state)
         if self.handed == 0:
             await self._close_channel()
 

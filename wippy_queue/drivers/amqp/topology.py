@@ -54,6 +54,13 @@ class QueueState:
     #: message id -> until when it is counted as ready: a ``basic.nack`` requeue has
     #: no reply, and the queue shows the message again only once it has applied it
     returning: dict[str, float] = field(default_factory=dict)
+    #: a partition's queue: the partitioned queue it belongs to ("" for a queue itself)
+    base: str = ""
+
+    @property
+    def queue(self) -> str:
+        """The declared queue it is (or is a partition of)."""
+        return self.base or self.name
 
     #: copies being published by a settle (the original still counted in flight)
     moving: set[asyncio.Future[None]] = field(default_factory=set)
@@ -100,8 +107,12 @@ def delay_ms(delay_s: float) -> int:
     return int(-(-ms // scale) * scale)
 
 
+#: what a holding queue's name has between its queue's name and its delay
+HOLDING_MARK = ".wq-delay-"
+
+
 def holding_name(queue: str, ms: int) -> str:
-    return f"{queue}.wq-delay-{ms}ms"
+    return f"{queue}{HOLDING_MARK}{ms}ms"
 
 
 def holding_arguments(queue: str, ms: int) -> dict[str, Any]:

@@ -22,6 +22,7 @@ CAPABILITIES = Capabilities(
     requeue="tail",
     max_delay_s=math.inf,
     info="exact",
+    partitions=True,
     durable=True,  # as durable as the server's own persistence (AOF/RDB) makes it
     shared=True,
     leases=True,

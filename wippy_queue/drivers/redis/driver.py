@@ -8,6 +8,14 @@ delivery count is the attempt, its idle time the lease, and an entry idle for th
 queue's ``visibility_timeout`` (its holder died) is claimed by a live member.
 Settles, requeues and delayed nacks are atomic scripts (``scripts.py``); publishes
 and settles from every worker share round trips (``drivers/batch.py``).
+
+A partitioned queue has a stream per partition: the queue's own stream for messages
+without one, ``<queue>:wq:p:<partition>`` for the others, each with its group and its
+delayed set, and the set ``<queue>:wq:partitions`` names them all. A publish to a new
+partition makes its stream and adds it to the set first; a subscriber of one partition
+reads its stream, one of every partition reads every stream in the set (and looks
+again for new ones while it runs). A requeue or delayed nack goes back to the entry's
+own stream, so a message never leaves its partition.
 """
 
 from __future__ import annotations
@@ -36,7 +44,13 @@ from wippy_queue.drivers.redis.config import (
     RedisQueueOptions,
 )
 from wippy_queue.drivers.redis.entries import fields_of
-from wippy_queue.drivers.redis.link import CONNECTION_ERRORS, GROUP, Keys
+from wippy_queue.drivers.redis.link import (
+    CONNECTION_ERRORS,
+    GROUP,
+    Keys,
+    ensure_partition,
+    partition_stream,
+)
 from wippy_queue.drivers.redis.subscription import RedisSubscription
 from wippy_queue.drivers.redis.wire import Command, Wire
 from wippy_queue.errors import DriverError
@@ -86,7 +100,10 @@ class RedisDriver(Driver):
         self._reconnecting: asyncio.Task[None] | None = None
         self._promoter: asyncio.Task[None] | None = None
         self._wake_promoter = asyncio.Event()
-        self._publishes: Batcher[tuple[str, Message], bool] = Batcher(self._flush_publishes)
+        self._publishes: Batcher[tuple[str, str, Message], bool] = Batcher(self._flush_publishes)
+        #: the partitioned queues, and the partition streams this instance has made sure of
+        self.partitioned: set[str] = set()
+        self._streams_known: set[str] = set()
         #: the publishes' own connection (``wire.py``), and every wire made
         self._wire: Wire | None = None
         self._promote_wire: Wire | None = None
@@ -252,6 +269,8 @@ class RedisDriver(Driver):
                     raise
             for field, value in wanted.items():
                 await client.hsetnx(keys.meta, field, value)
+            if spec.partitioned:  # the queue's own stream is the partition of messages without
+                await ensure_partition(client, spec.name, spec.name)
             held: dict[Any, Any] = await client.hgetall(keys.meta)
             return held
 
@@ -264,6 +283,8 @@ class RedisDriver(Driver):
                     f"{spec.id} asks for {value}: give every entry of it one value"
                 )
         self.queues[spec.name] = options
+        if spec.partitioned:
+            self.partitioned.add(spec.name)
 
     def _options(self, queue: str) -> RedisQueueOptions:
         try:
@@ -277,45 +298,53 @@ class RedisDriver(Driver):
         if not self._running:
             raise self.not_running_error()
         self._options(queue)
+        stream = partition_stream(queue, partition) if queue in self.partitioned else queue
+        if stream not in self._streams_known and stream != queue:
+            await self.call(lambda c: ensure_partition(c, queue, stream), f"partition of {queue!r}")
+            self._streams_known.add(stream)
         wait_s = FULL_WAIT_S
-        while not await self._publishes.submit((queue, message)):  # full: wait for room
+        while not await self._publishes.submit((queue, stream, message)):  # full: wait
             await asyncio.sleep(wait_s)
             wait_s = min(wait_s * 2, FULL_WAIT_MAX_S)
             if not self._running:
                 raise self.not_running_error()
 
     async def _flush_publishes(
-        self, items: Sequence[tuple[str, Message]]
+        self, items: Sequence[tuple[str, str, Message]]
     ) -> list[bool | BaseException]:
         """One write for every publish waiting: True when added, False when full."""
         wire = self._wire
         assert wire is not None
-        commands = [self._publish_command(wire, queue, message) for queue, message in items]
+        commands = [self._publish_command(wire, *item) for item in items]
         replies = await self.call(lambda _: wire.call(commands), "publishing")
         return [
             DriverError(f"driver {self.entry_id}: publishing to {queue!r} failed: {reply}")
             if isinstance(reply, ResponseError)
             else reply is not None  # a bounded queue's script says None (false) when full
-            for reply, (queue, _) in zip(replies, items, strict=True)
+            for reply, (queue, _, _) in zip(replies, items, strict=True)
         ]
 
-    def _publish_command(self, wire: Wire, queue: str, message: Message) -> Command:
+    def _publish_command(self, wire: Wire, queue: str, stream: str, message: Message) -> Command:
+        """The write of ``message`` to ``stream`` (the queue's own, or its partition's; a
+        bound counts per partition)."""
         bound = self.queues[queue].max_length
         if bound:
-            keys = Keys(queue)
+            keys = Keys(stream)
             return wire.evalsha(
                 self.script("PUBLISH_BOUNDED"),
                 [keys.stream, keys.delayed],
                 [GROUP, bound, *fields_of(message)],
             )
-        return ("XADD", queue, "*", *fields_of(message))  # the stream is named as the queue
+        return ("XADD", stream, "*", *fields_of(message))
 
     async def subscribe(self, spec: SubscribeSpec) -> Subscription:
         if not self._running:
             raise self.not_running_error()
         options = spec.options if spec.options is not None else RedisConsumerOptions()
         assert isinstance(options, RedisConsumerOptions)
-        subscription = RedisSubscription(self, spec, self._options(spec.queue), options)
+        subscription = RedisSubscription(
+            self, spec, self._options(spec.queue), options, spec.queue in self.partitioned
+        )
         await subscription.open()
         return subscription
 
@@ -341,21 +370,34 @@ class RedisDriver(Driver):
             raise self.not_running_error()
         self._options(queue)
         keys = Keys(queue)
+        streams = await self.streams_of(queue)
 
         async def read(client: aioredis.Redis) -> list[Any]:
             pipe = client.pipeline(transaction=False)
-            pipe.xlen(keys.stream)
-            pipe.xinfo_groups(keys.stream)
-            pipe.zcard(keys.delayed)
             pipe.get(keys.expired)
             pipe.zcount(keys.members, int((time.time() - CONSUMER_LIVE_S) * 1000), "+inf")
-            done: list[Any] = await pipe.execute()
+            for stream in streams:
+                pipe.xlen(stream)
+                pipe.xinfo_groups(stream)
+                pipe.zcard(Keys(stream).delayed)
+            done: list[Any] = await pipe.execute(raise_on_error=False)
             return done
 
-        length, groups, delayed, expired, live = await self.call(read, f"reading {queue!r}")
-        group: dict[str, Any] = next((g for g in groups if _text(g.get("name")) == GROUP), {})
-        pending = int(group.get("pending", 0))
-        ready = max(length - pending, 0)
+        expired, live, *counts = await self.call(read, f"reading {queue!r}")
+        ready = pending = delayed = 0
+        for i in range(0, len(counts), 3):
+            length, groups, waiting = counts[i : i + 3]
+            if isinstance(groups, ResponseError):  # a partition's stream gone (deleted)
+                continue
+            if isinstance(length, BaseException) or isinstance(waiting, BaseException):
+                raise DriverError(f"driver {self.entry_id}: reading {queue!r} failed: {length}")
+            group: dict[str, Any] = next((g for g in groups if _text(g.get("name")) == GROUP), {})
+            held = int(group.get("pending", 0))
+            ready += max(length - held, 0)
+            pending += held
+            delayed += waiting
+        if isinstance(expired, BaseException) or isinstance(live, BaseException):
+            raise DriverError(f"driver {self.entry_id}: reading {queue!r} failed: {expired}")
         return QueueInfo(
             queue=queue,
             message_count=ready + pending + delayed,
@@ -366,14 +408,27 @@ class RedisDriver(Driver):
             expired=int(expired or 0),
         )
 
+    async def streams_of(self, queue: str) -> list[str]:
+        """The streams of ``queue``: its own, and on a partitioned queue every partition's
+        (those other processes made included)."""
+        if queue not in self.partitioned:
+            return [queue]
+        key = Keys(queue).partitions
+        found = await self.call(lambda c: c.smembers(key), f"reading partitions of {queue!r}")
+        return sorted({queue, *(_text(s) for s in found)})
+
     # -- delayed messages -----------------------------------------------------------
 
     async def _promote_all(self) -> float:
-        """Move what is due on every queue, all in one round trip; seconds until the
-        next delayed message is due (at most PROMOTE_EVERY_S)."""
-        wire, queues = self._promote_wire, list(self.queues)
-        if wire is None or not queues:
+        """Move what is due on every queue (every partition), in one round trip (two with
+        partitions); seconds until the next delayed message is due (at most
+        PROMOTE_EVERY_S)."""
+        wire = self._promote_wire
+        if wire is None or not self.queues:
             return PROMOTE_EVERY_S
+        queues = []
+        for name in list(self.queues):
+            queues += await self.streams_of(name) if name in self.partitioned else [name]
         script = self.script("PROMOTE")
         commands = [
             wire.evalsha(script, [keys.stream, keys.delayed], [PROMOTE_MOST, keys.delayed_prefix])

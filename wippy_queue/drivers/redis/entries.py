@@ -25,17 +25,20 @@ def fields_of(message: Message) -> list[bytes]:
     return fields
 
 
-def read_reply(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """The entries of an ``XREADGROUP`` reply on one stream: RESP3 (a map of streams)
-    or RESP2 (a list of [stream, entries]); None when the read timed out."""
+def read_streams(reply: Any) -> list[tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]]:
+    """The entries of an ``XREADGROUP`` reply on several streams, by stream (in the
+    reply's order): RESP3 (a map) or RESP2 (a list of [stream, entries])."""
     if not reply:
         return []
-    streams = reply.values() if isinstance(reply, dict) else (pair[1] for pair in reply)
+    pairs = reply.items() if isinstance(reply, dict) else ((p[0], p[1]) for p in reply)
     out = []
-    for entries in streams:
+    for stream, entries in pairs:
+        name = stream.decode() if isinstance(stream, bytes) else str(stream)
+        found = []
         for entry_id, flat in entries:
-            pairs = iter(flat or ())
-            out.append((entry_id, dict(zip(pairs, pairs, strict=False))))
+            values = iter(flat or ())
+            found.append((entry_id, dict(zip(values, values, strict=False))))
+        out.append((name, found))
     return out
 
 

@@ -8,6 +8,13 @@ read then brings many entries, while the consumer still holds the other half.
 Settles from every worker go to the server together in one script call.
 Closing gives back whatever this member holds and has not handed out, including
 entries a read cut off by the close had already taken.
+
+On a partitioned queue it reads the stream of its partition, or of every partition:
+those in the queue's set of partitions, looked up again every ``REFRESH_S`` so that
+partitions made later (by any process) are read too. One read takes from every stream
+in turn (a read's streams start one further each time, and their entries are handed
+out interleaved), so one busy partition cannot starve another. Each delivery keeps
+its stream: it is settled, renewed and requeued there.
 """
 
 from __future__ import annotations
@@ -26,8 +33,15 @@ from redis.exceptions import RedisError, ResponseError
 
 from wippy_queue.drivers.batch import Batcher
 from wippy_queue.drivers.redis.config import RedisConsumerOptions, RedisQueueOptions
-from wippy_queue.drivers.redis.entries import Entry, parse, read_reply
-from wippy_queue.drivers.redis.link import CONNECTION_ERRORS, GROUP, Keys, Link
+from wippy_queue.drivers.redis.entries import Entry, parse, read_streams
+from wippy_queue.drivers.redis.link import (
+    CONNECTION_ERRORS,
+    GROUP,
+    Keys,
+    Link,
+    ensure_partition,
+    partition_stream,
+)
 from wippy_queue.drivers.redis.wire import Wire
 from wippy_queue.errors import DriverError
 from wippy_queue.queue.driver import (
@@ -40,8 +54,8 @@ from wippy_queue.queue.driver import (
 
 log = logging.getLogger(__name__)
 
-#: (kind, entry id, delivery count, delay_ms): see ``scripts.SETTLE``
-Settle = tuple[str, str, int, int]
+#: (kind, entry id, delivery count, delay_ms): see ``scripts.SETTLE``; then its stream
+Settle = tuple[str, str, int, int, str]
 EXPIRED = "expired"
 #: a read waits at most this long for half the prefetch to be free (then reads what is)
 REFILL_WAIT_S = 0.02
@@ -51,29 +65,38 @@ READ_MARGIN_S = 10.0
 HEARTBEAT_S = 5.0
 #: how long a close waits for an unblocked read to come back
 UNBLOCK_WAIT_S = 2.0
+#: a reader of every partition looks for new partitions this often
+REFRESH_S = 1.0
 
 
 class RedisDelivery(Delivery):
-    __slots__ = ("_count", "_sub", "entry_id")
+    __slots__ = ("_count", "_sub", "entry_id", "stream")
 
-    def __init__(self, sub: RedisSubscription, entry: Entry, count: int) -> None:
+    def __init__(self, sub: RedisSubscription, entry: Entry, count: int, stream: str) -> None:
         super().__init__(entry.message, entry.base + count, sub.lease_s, entry.malformed)
         self._sub = sub
         self._count = count
         self.entry_id = entry.entry_id
+        #: the stream it came from (its partition's)
+        self.stream = stream
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.stream, self.entry_id
 
     async def _ack(self) -> None:
-        await self._sub.settle(self, ("ack", self.entry_id, self._count, 0))
+        await self._sub.settle(self, ("ack", self.entry_id, self._count, 0, self.stream))
 
     async def _nack(self, *, requeue: bool, delay_s: float, reason: str) -> None:
         if requeue:
-            op = ("requeue", self.entry_id, self._count, round(delay_s * 1000))
+            op = ("requeue", self.entry_id, self._count, round(delay_s * 1000), self.stream)
         else:
-            op = (EXPIRED if reason == EXPIRED else "ack", self.entry_id, self._count, 0)
+            kind = EXPIRED if reason == EXPIRED else "ack"
+            op = (kind, self.entry_id, self._count, 0, self.stream)
         await self._sub.settle(self, op)
 
     async def _release(self) -> None:
-        await self._sub.settle(self, ("release", self.entry_id, self._count, 0))
+        await self._sub.settle(self, ("release", self.entry_id, self._count, 0, self.stream))
 
     async def _extend(self) -> None:
         await self._sub.extend([self])
@@ -90,18 +113,28 @@ class RedisSubscription(Subscription):
         spec: SubscribeSpec,
         queue_options: RedisQueueOptions,
         options: RedisConsumerOptions,
+        partitioned: bool = False,
     ) -> None:
         self.driver = driver
         self.spec = spec
         self.keys = Keys(spec.queue)
+        #: reads every partition of a partitioned queue (looking for new ones)
+        self._all_partitions = partitioned and spec.partition is None
+        #: the streams it reads: its partition's, or every partition's
+        self.streams = [
+            partition_stream(spec.queue, spec.partition or "") if partitioned else spec.queue
+        ]
+        self._refresh_at = 0.0
+        #: where the next read starts in ``streams`` (turns, for fairness)
+        self._turn = 0
         self.name = f"{spec.consumer_id}@{driver.instance}-{uuid.uuid4().hex[:4]}"
         self.lease_s = float(queue_options.visibility_timeout)
         self._block_ms = max(1, round(float(options.read_block) * 1000))
         self._buffer: deque[RedisDelivery] = deque()
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
-        #: handed out by ``receive`` and not yet settled, by entry id
-        self._handed: dict[str, RedisDelivery] = {}
+        #: handed out by ``receive`` and not yet settled, by (stream, entry id)
+        self._handed: dict[tuple[str, str], RedisDelivery] = {}
         self._closed = False
         self._fetcher: asyncio.Task[None] | None = None
         self._settles: Batcher[Settle, bool] = Batcher(self._flush_settles)
@@ -109,7 +142,8 @@ class RedisSubscription(Subscription):
         self._beat_at = 0.0
         #: a read is on the wire (a close unblocks it rather than cutting it off)
         self._reading = False
-        self._claim_from = "0-0"
+        #: per stream, where the next claim pass goes on
+        self._claim_from: dict[str, str] = {}
         self._read_wire: Wire | None = None
         self._settle_wire: Wire | None = None
         #: read again once this many credits are free: half the prefetch. Until then
@@ -118,10 +152,18 @@ class RedisSubscription(Subscription):
         self._refill_at = max(1, min(spec.prefetch, spec.max_unsettled) // 2)
 
     async def open(self) -> None:
+        stream = self.streams[0]
+        if stream != self.spec.queue:  # its partition's stream, maybe before any message
+            await self.driver.call(
+                lambda c: ensure_partition(c, self.spec.queue, stream),
+                f"joining a partition of {self.spec.queue!r}",
+            )
         await self.driver.call(
-            lambda c: c.xgroup_createconsumer(self.keys.stream, GROUP, self.name),
+            lambda c: c.xgroup_createconsumer(stream, GROUP, self.name),
             f"joining queue {self.spec.queue!r}",
         )
+        if self._all_partitions:
+            await self._refresh()
         await self._beat()
         # reads block on the server: they and the settles each have a connection
         self._read_wire = self.driver.new_wire(
@@ -137,7 +179,7 @@ class RedisSubscription(Subscription):
         while True:
             if self._buffer:
                 delivery = self._buffer.popleft()
-                self._handed[delivery.entry_id] = delivery
+                self._handed[delivery.key] = delivery
                 return delivery
             if self._closed or not self.driver.running:
                 raise SubscriptionClosed(f"subscription to {self.spec.queue!r} is closed")
@@ -186,18 +228,27 @@ class RedisSubscription(Subscription):
             entries = await self._take(free)
             if entries is None:
                 break  # the driver stopped
-            for entry, count in entries:
-                self._buffer.append(RedisDelivery(self, entry, count))
+            for entry, count, stream in entries:
+                self._buffer.append(RedisDelivery(self, entry, count, stream))
             if entries:
                 self._arrived.set()
         self._arrived.set()  # receivers see the close
 
-    async def _take(self, free: int) -> list[tuple[Entry, int]] | None:
+    async def _refresh(self) -> None:
+        """Read every partition the queue's set names (those made since included)."""
+        self._refresh_at = time.monotonic() + REFRESH_S
+        streams = await self.driver.streams_of(self.spec.queue)
+        if streams != self.streams:
+            self.streams = streams
+
+    async def _take(self, free: int) -> list[tuple[Entry, int, str]] | None:
         """Up to ``free`` entries: claimed from a dead member first, else new ones;
         none after a passing error, None once the driver has stopped."""
         try:
             if time.monotonic() >= self._beat_at:
                 await self._beat()
+            if self._all_partitions and time.monotonic() >= self._refresh_at:
+                await self._refresh()
             client = await self.driver.wait_up()
             return await self._claim(client, free) or await self._read(free)
         except CONNECTION_ERRORS as err:
@@ -206,44 +257,100 @@ class RedisSubscription(Subscription):
         except DriverError:
             return None
         except RedisError as err:
+            if "NOGROUP" in str(err):  # a stream (or its group) was deleted: make it again
+                with contextlib.suppress(RedisError, DriverError, *CONNECTION_ERRORS):
+                    await self._regroup()
+                return []
             log.error("subscription %s: reading failed: %s; retrying", self.name, err)
             await asyncio.sleep(1.0)
             return []
 
-    async def _read(self, count: int) -> list[tuple[Entry, int]]:
+    async def _regroup(self) -> None:
+        queue = self.spec.queue
+        for stream in self.streams:
+
+            async def make(client: aioredis.Redis, stream: str = stream) -> None:
+                if stream != queue:
+                    await ensure_partition(client, queue, stream)
+                    return
+                try:
+                    await client.xgroup_create(queue, GROUP, id="0", mkstream=True)
+                except ResponseError as err:
+                    if "BUSYGROUP" not in str(err):
+                        raise
+
+            await self.driver.call(make, f"making {stream!r} again")
+
+    async def _read(self, count: int) -> list[tuple[Entry, int, str]]:
+        """New entries: of every stream it reads, each read starting at the next one;
+        never more than ``count`` in all."""
         assert self._read_wire is not None
-        read = ("XREADGROUP", "GROUP", GROUP, self.name, "COUNT", count, "BLOCK", self._block_ms)
+        streams = self.streams
+        if len(streams) > 1:
+            turn = self._turn % len(streams)
+            self._turn = turn + 1
+            streams = (streams[turn:] + streams[:turn])[:count]
+        each = max(count // len(streams), 1)  # COUNT is per stream
+        read = ("XREADGROUP", "GROUP", GROUP, self.name, "COUNT", each, "BLOCK", self._block_ms)
         self._reading = True
         try:
-            (reply,) = await self._read_wire.call([(*read, "STREAMS", self.keys.stream, ">")])
+            (reply,) = await self._read_wire.call(
+                [(*read, "STREAMS", *streams, *(">" for _ in streams))]
+            )
         finally:
             self._reading = False
         if isinstance(reply, ResponseError):
             raise reply
-        return [(parse(eid, fields), 1) for eid, fields in read_reply(reply)]
+        by_stream = read_streams(reply)
+        if len(by_stream) == 1:
+            ((stream, entries),) = by_stream
+            return [(parse(eid, fields), 1, stream) for eid, fields in entries]
+        # interleaved: the first entry of each stream, then the second of each, ...
+        taken: list[tuple[Entry, int, str]] = []
+        for rank in range(max((len(e) for _, e in by_stream), default=0)):
+            for stream, entries in by_stream:
+                if rank < len(entries):
+                    eid, fields = entries[rank]
+                    taken.append((parse(eid, fields), 1, stream))
+        return taken
 
-    async def _claim(self, client: aioredis.Redis, count: int) -> list[tuple[Entry, int]]:
+    async def _claim(self, client: aioredis.Redis, count: int) -> list[tuple[Entry, int, str]]:
         """Entries idle past the visibility timeout (their holder died), now ours."""
         now = time.monotonic()
         if now < self._claim_at:
             return []
-        next_from, claimed, _deleted = await client.xautoclaim(
-            self.keys.stream, GROUP, self.name, round(self.lease_s * 1000), self._claim_from, count
-        )
-        self._claim_from = next_from.decode() if isinstance(next_from, bytes) else str(next_from)
-        if self._claim_from == "0-0":  # a full pass: rest until the next one is due
+        taken: list[tuple[Entry, int, str]] = []
+        done = True
+        for stream in self.streams:
+            if len(taken) >= count:
+                done = False
+                break
+            next_from, claimed, _deleted = await client.xautoclaim(
+                stream,
+                GROUP,
+                self.name,
+                round(self.lease_s * 1000),
+                self._claim_from.get(stream, "0-0"),
+                count - len(taken),
+            )
+            went_on = next_from.decode() if isinstance(next_from, bytes) else str(next_from)
+            self._claim_from[stream] = went_on
+            done = done and went_on == "0-0"
+            claimed = [(eid, fields) for eid, fields in claimed if fields is not None]
+            if claimed:
+                counts = await self._counts(client, stream, [eid for eid, _ in claimed])
+                taken += [(parse(e, fields), counts.get(e, 1), stream) for e, fields in claimed]
+        if done:  # a full pass: rest until the next one is due
             self._claim_at = now + max(self.lease_s / 2, 0.05)
-        claimed = [(eid, fields) for eid, fields in claimed if fields is not None]
-        if not claimed:
-            return []
-        counts = await self._counts(client, [eid for eid, _ in claimed])
-        return [(parse(eid, fields), counts.get(eid, 1)) for eid, fields in claimed]
+        return taken
 
-    async def _counts(self, client: aioredis.Redis, ids: Sequence[bytes]) -> dict[bytes, int]:
+    async def _counts(
+        self, client: aioredis.Redis, stream: str, ids: Sequence[bytes]
+    ) -> dict[bytes, int]:
         """Each entry's delivery count, from the group's pending list."""
         low, high = min(ids), max(ids)
         rows = await client.xpending_range(
-            self.keys.stream, GROUP, min=low, max=high, count=len(ids) * 4, consumername=self.name
+            stream, GROUP, min=low, max=high, count=len(ids) * 4, consumername=self.name
         )
         return {_bytes(row["message_id"]): int(row["times_delivered"]) for row in rows}
 
@@ -253,7 +360,7 @@ class RedisSubscription(Subscription):
         try:
             lost = await self._settles.submit(op)
         finally:
-            self._handed.pop(delivery.entry_id, None)
+            self._handed.pop(delivery.key, None)
             self._room.set()
         if self._closed and not self._handed and self.driver.running:
             await self._leave()  # the last delivery of a closed subscription is settled
@@ -267,27 +374,47 @@ class RedisSubscription(Subscription):
             )
 
     async def _flush_settles(self, ops: Sequence[Settle]) -> list[bool]:
+        """One script call per stream (partition), all in one round trip."""
         wire = self._settle_wire
         assert wire is not None
-        keys = [self.keys.stream, self.keys.delayed, self.keys.expired]
-        args = [GROUP, self.name, self.keys.delayed_prefix, *(v for op in ops for v in op)]
-        command = wire.evalsha(self.driver.script("SETTLE"), keys, args)
+        by_stream: dict[str, list[Settle]] = {}
+        for op in ops:
+            by_stream.setdefault(op[4], []).append(op)
+        commands = []
+        for stream, settles in by_stream.items():
+            keys = Keys(stream)
+            args = [GROUP, self.name, keys.delayed_prefix, *(v for op in settles for v in op[:4])]
+            commands.append(
+                wire.evalsha(
+                    self.driver.script("SETTLE"),
+                    [stream, keys.delayed, self.keys.expired],
+                    args,
+                )
+            )
         what = f"settling on {self.spec.queue!r}"
-        (lost,) = await self.driver.call(lambda _: wire.call([command]), what)
-        if isinstance(lost, ResponseError):
-            raise DriverError(f"subscription {self.name}: {what} failed: {lost}") from lost
-        gone = {_text(entry_id) for entry_id in lost}
-        return [op[1] in gone for op in ops]
+        replies = await self.driver.call(lambda _: wire.call(commands), what)
+        gone: set[tuple[str, str]] = set()
+        for stream, lost in zip(by_stream, replies, strict=True):
+            if isinstance(lost, ResponseError):
+                raise DriverError(f"subscription {self.name}: {what} failed: {lost}") from lost
+            gone.update((stream, _text(entry_id)) for entry_id in lost)
+        return [(op[4], op[1]) in gone for op in ops]
 
     async def extend(self, deliveries: Sequence[Delivery]) -> None:
         held = [d for d in deliveries if isinstance(d, RedisDelivery) and not d.settled]
         if not held:
             return
-        args = [GROUP, self.name, *(v for d in held for v in (d.entry_id, str(d.count)))]
-        lost = await self.driver.call(
-            lambda c: self.driver.script("EXTEND")(keys=[self.keys.stream], args=args, client=c),
-            f"renewing leases on {self.spec.queue!r}",
-        )
+        by_stream: dict[str, list[RedisDelivery]] = {}
+        for delivery in held:
+            by_stream.setdefault(delivery.stream, []).append(delivery)
+        lost = []
+        for stream, those in by_stream.items():
+            args = [GROUP, self.name, *(v for d in those for v in (d.entry_id, str(d.count)))]
+
+            async def renew(client: aioredis.Redis, s: str = stream, a: list[str] = args) -> Any:
+                return await self.driver.script("EXTEND")(keys=[s], args=a, client=client)
+
+            lost += await self.driver.call(renew, f"renewing leases on {self.spec.queue!r}")
         if lost:
             log.warning(
                 "subscription %s: %d lease(s) already passed to another consumer",
@@ -341,31 +468,38 @@ class RedisSubscription(Subscription):
         """Release every entry this member holds that no worker has (the buffer, and
         what a read cut off by the close took); leave the group when nothing is left."""
 
-        async def pending(client: aioredis.Redis) -> list[dict[str, Any]]:
-            rows: list[dict[str, Any]] = await client.xpending_range(
-                self.keys.stream, GROUP, min="-", max="+", count=100_000, consumername=self.name
-            )
-            return rows
+        ops: list[Settle] = []
+        for stream in self.streams:
 
-        rows = await self.driver.call(pending, f"reading what {self.name} holds")
-        ops = [
-            ("release", _text(row["message_id"]), int(row["times_delivered"]), 0)
-            for row in rows
-            if _text(row["message_id"]) not in self._handed
-        ]
+            async def pending(client: aioredis.Redis, s: str = stream) -> list[dict[str, Any]]:
+                rows: list[dict[str, Any]] = await client.xpending_range(
+                    s, GROUP, min="-", max="+", count=100_000, consumername=self.name
+                )
+                return rows
+
+            rows = await self.driver.call(pending, f"reading what {self.name} holds")
+            ops += [
+                ("release", _text(row["message_id"]), int(row["times_delivered"]), 0, stream)
+                for row in rows
+                if (stream, _text(row["message_id"])) not in self._handed
+            ]
         if ops:
             await self._flush_settles(ops)
         if not self._handed:
             await self._leave()
 
     async def _leave(self) -> None:
-        """Leave the members, and the group when this member holds nothing (atomic:
-        a member's pending entries would go with it, never to be delivered again)."""
-        keys, args = [self.keys.stream, self.keys.members], [GROUP, self.name]
-        await self.driver.call(
-            lambda c: self.driver.script("LEAVE")(keys=keys, args=args, client=c),
-            f"leaving queue {self.spec.queue!r}",
-        )
+        """Leave the members, and the group of each stream where this member holds
+        nothing (atomic: a member's pending entries would go with it, never to be
+        delivered again)."""
+        args = [GROUP, self.name]
+        for stream in self.streams:
+            keys = [stream, self.keys.members]
+
+            async def leave(client: aioredis.Redis, k: list[str] = keys) -> Any:
+                return await self.driver.script("LEAVE")(keys=k, args=args, client=client)
+
+            await self.driver.call(leave, f"leaving queue {self.spec.queue!r}")
 
 
 def _text(value: Any) -> str:

@@ -21,6 +21,7 @@ CAPABILITIES = Capabilities(
     attempts="exact",
     requeue="tail",
     info="exact",
+    partitions=True,
     durable=True,
     shared=True,  # several processes on one machine, one file
     leases=True,

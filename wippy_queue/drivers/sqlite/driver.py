@@ -87,6 +87,7 @@ class _Queue:
         self.options = options
         self.max_length = options.max_length
         self.lease_s = float(options.visibility_timeout)
+        self.partitioned = False
         self.receivers = _Waiters()
         self.publishers = _Waiters()
         self.subscriptions: set[SqliteSubscription] = set()
@@ -174,6 +175,7 @@ class SqliteSubscription(Subscription):
         self._queue = queue
         self.queue = queue.name
         self.consumer = spec.consumer_id
+        self.partition = spec.partition
         #: this subscription's row in ``consumers`` (what makes it count as live)
         self.id = secrets.randbits(62) + 1
         self._alive_at = time.monotonic()
@@ -243,18 +245,19 @@ class SqliteSubscription(Subscription):
         """Lease messages into the buffer, as many as there is room for when the claim
         runs; resolves with the time the next message falls due."""
         queue, lease_s, owner = self.queue, self._queue.lease_s, self.driver.owner
-        consumer, subscription = self.consumer, self.id
+        consumer, subscription, partition = self.consumer, self.id, self.partition
+        partitioned = self._queue.partitioned
         keep_alive = time.monotonic() - self._alive_at > CONSUMER_TTL_S / 3
         if keep_alive:
             self._alive_at = time.monotonic()
 
         def claim(store: Store) -> tuple[list[Claimed], float | None]:
             if keep_alive:
-                store.subscribe(subscription, queue, consumer)
+                store.subscribe(subscription, queue, consumer, partition)
             limit = self._room_now()
             if not limit:
                 return [], None
-            return store.claim(queue, limit, lease_s, owner, consumer)
+            return store.claim(queue, limit, lease_s, owner, consumer, partition, partitioned)
 
         request = self.driver.submit(claim, f"claim from {queue!r}")
         done: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
@@ -437,10 +440,12 @@ class SqliteDriver(Driver):
         existing = self._queues.get(spec.name)
         if existing is not None:
             _check_same(spec, existing.options, options)
+            existing.partitioned = existing.partitioned or spec.partitioned
             return
         name, max_length, lease_s = spec.name, options.max_length, options.visibility_timeout
         await self.call(lambda store: store.declare(name, max_length, lease_s), f"declare {name!r}")
-        self._queues.setdefault(spec.name, _Queue(spec.name, options))
+        state = self._queues.setdefault(spec.name, _Queue(spec.name, options))
+        state.partitioned = state.partitioned or spec.partitioned
 
     def _queue(self, name: str) -> _Queue:
         try:
@@ -453,9 +458,10 @@ class SqliteDriver(Driver):
             raise self.not_running_error()
         state = self._queue(queue)
         max_length = state.max_length
+        part = partition if state.partitioned else None
         while True:
             if await self.call(
-                lambda store: store.publish(queue, message, max_length),
+                lambda store: store.publish(queue, message, max_length, part),
                 f"publish of message {message.id} to {queue!r}",
             ):
                 return
@@ -467,8 +473,8 @@ class SqliteDriver(Driver):
         if not self._running:
             raise self.not_running_error()
         subscription = SqliteSubscription(self, self._queue(spec.queue), spec)
-        sid, queue, consumer = subscription.id, spec.queue, spec.consumer_id
-        await self.call(lambda store: store.subscribe(sid, queue, consumer), "subscribe")
+        sid, queue, consumer, part = subscription.id, spec.queue, spec.consumer_id, spec.partition
+        await self.call(lambda store: store.subscribe(sid, queue, consumer, part), "subscribe")
         return subscription
 
     async def info(self, queue: str) -> QueueInfo:

@@ -17,7 +17,14 @@ tenants a foreign tenant's consumer cannot use up a message's attempts while its
 own tenant's consumer waits; once every live consumer has nacked it, anyone takes it.
 
 So one index, ``(queue, due)``, finds what to claim in queue order, expired leases
-included. Times are the system clock's seconds, shared by every process on the machine.
+included. A partitioned queue's rows carry their partition (``part``; ``''`` for a
+message without one) and ``partitions`` lists the partitions a queue has had: a
+subscriber of one partition claims through the index ``(queue, part, due)``; one of
+every partition takes them in turn (each claim starts at the next partition and
+interleaves them), so one busy partition cannot starve another. A consumer's
+``consumers`` row names its partition (NULL: every one), so only those that may take
+a message count as its other live consumers. Times are the system clock's seconds,
+shared by every process on the machine.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from wippy_queue.queue.message import Message
 
 #: ``PRAGMA application_id`` of our files ("WQSQ"): how a file is known to be ours
 APPLICATION_ID = 0x57515351
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = (
     """CREATE TABLE queues (
@@ -52,16 +59,32 @@ SCHEMA = (
         lease INTEGER,
         owner INTEGER,
         attempts INTEGER NOT NULL DEFAULT 0,
-        nackers TEXT
+        nackers TEXT,
+        part TEXT NOT NULL DEFAULT ''
     )""",
     "CREATE INDEX messages_due ON messages (queue, due, lease)",
+    "CREATE INDEX messages_part ON messages (queue, part, due)",
+    """CREATE TABLE partitions (
+        queue TEXT NOT NULL,
+        part TEXT NOT NULL,
+        PRIMARY KEY (queue, part)
+    ) WITHOUT ROWID""",
     "CREATE TABLE bodies (seq INTEGER PRIMARY KEY, data BLOB NOT NULL)",
     """CREATE TABLE consumers (
         subscription INTEGER PRIMARY KEY,
         queue TEXT NOT NULL,
         consumer TEXT NOT NULL,
-        alive_until REAL NOT NULL
+        alive_until REAL NOT NULL,
+        part TEXT
     )""",
+)
+
+#: from schema 1 (no partitions) to 2; the rows it had are the default partition's
+MIGRATE_1 = (
+    "ALTER TABLE messages ADD COLUMN part TEXT NOT NULL DEFAULT ''",
+    "CREATE INDEX messages_part ON messages (queue, part, due)",
+    SCHEMA[4],  # partitions
+    "ALTER TABLE consumers ADD COLUMN part TEXT",
 )
 
 #: a subscription counts as live this long after it last claimed (or polled); a
@@ -147,6 +170,10 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
                 conn.execute(statement)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif conn.execute("PRAGMA user_version").fetchone()[0] == 1:
+            for statement in MIGRATE_1:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -208,17 +235,25 @@ class Store:
         self.effects = Effects()
         #: ready + delayed count per bounded queue, known within the current batch
         self._waiting: dict[str, int] = {}
+        #: (queue, partition) rows known to be in ``partitions`` (committed)
+        self._parts: set[tuple[str, str]] = set()
+        self._parts_new: set[tuple[str, str]] = set()
+        #: per queue, the partition an every-partition claim starts at next
+        self._turn: dict[str, int] = {}
 
     def begin(self) -> None:
         """A new batch: its clock (never behind the last one) and fresh effects."""
         self.now = max(time.time(), self.now)
         self.effects = Effects()
         self._waiting.clear()
+        self._parts |= self._parts_new
+        self._parts_new.clear()
 
     def forget(self) -> None:
         """The batch was rolled back: nothing it did happened."""
         self.effects = Effects()
         self._waiting.clear()
+        self._parts_new.clear()
 
     # -- queues ------------------------------------------------------------------------
 
@@ -248,13 +283,16 @@ class Store:
         ).fetchone()[0]
         return row[0], row[1], row[2], found[0] if found else 0, consumers
 
-    def subscribe(self, subscription: int, queue: str, consumer: str) -> None:
-        """Register (or keep alive) a subscription of ``consumer`` to ``queue``."""
+    def subscribe(
+        self, subscription: int, queue: str, consumer: str, partition: str | None = None
+    ) -> None:
+        """Register (or keep alive) a subscription of ``consumer`` to ``queue`` (to its
+        ``partition``; None: to every partition)."""
         self.conn.execute(
-            "INSERT INTO consumers (subscription, queue, consumer, alive_until) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (subscription) DO UPDATE SET "
+            "INSERT INTO consumers (subscription, queue, consumer, alive_until, part) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (subscription) DO UPDATE SET "
             "alive_until = excluded.alive_until",
-            (subscription, queue, consumer, self.now + CONSUMER_TTL_S),
+            (subscription, queue, consumer, self.now + CONSUMER_TTL_S, partition),
         )
 
     def unsubscribe(self, subscription: int) -> None:
@@ -264,8 +302,11 @@ class Store:
 
     # -- publish -----------------------------------------------------------------------
 
-    def publish(self, queue: str, message: Message, max_length: int | None) -> bool:
-        """Enqueue ``message``; False (nothing written) when ``queue`` is full."""
+    def publish(
+        self, queue: str, message: Message, max_length: int | None, partition: str | None = None
+    ) -> bool:
+        """Enqueue ``message`` (into ``partition`` of a partitioned queue; None: the
+        queue has none); False (nothing written) when ``queue`` is full."""
         if max_length is not None:
             waiting = self._waiting.get(queue)
             if waiting is None:
@@ -276,9 +317,14 @@ class Store:
                 self._waiting[queue] = waiting
                 return False
             self._waiting[queue] = waiting + 1
+        if partition is not None and (queue, partition) not in self._parts:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO partitions (queue, part) VALUES (?, ?)", (queue, partition)
+            )
+            self._parts_new.add((queue, partition))
         cursor = self.conn.execute(
-            "INSERT INTO messages (queue, due, ready_at) VALUES (?, ?, ?)",
-            (queue, self.now, self.now),
+            "INSERT INTO messages (queue, due, ready_at, part) VALUES (?, ?, ?, ?)",
+            (queue, self.now, self.now, partition or ""),
         )
         self.conn.execute(
             "INSERT INTO bodies (seq, data) VALUES (?, ?)", (cursor.lastrowid, pack(message))
@@ -289,16 +335,36 @@ class Store:
     # -- claim -------------------------------------------------------------------------
 
     def claim(
-        self, queue: str, limit: int, lease_s: float, owner: int, consumer: str
+        self,
+        queue: str,
+        limit: int,
+        lease_s: float,
+        owner: int,
+        consumer: str,
+        partition: str | None = None,
+        partitioned: bool = False,
     ) -> tuple[list[Claimed], float | None]:
-        """Lease up to ``limit`` ready messages (expired leases included), in queue order,
-        skipping those ``consumer`` nacked while another live consumer may take them; with
-        none, the time the next one falls due (None: nothing to wait for)."""
-        seqs = self._claimable(queue, limit, consumer)
+        """Lease up to ``limit`` ready messages (expired leases included) of ``partition``
+        (None: of every partition, in turn), in queue order, skipping those ``consumer``
+        nacked while another live consumer may take them; with none, the time the next
+        one falls due (None: nothing to wait for)."""
+        if partition is not None:
+            seqs = self._claimable(queue, limit, consumer, partition)
+        elif partitioned:
+            seqs = self._claimable_in_turn(queue, limit, consumer)
+        else:
+            seqs = self._claimable(queue, limit, consumer, None)
         if not seqs:
-            row = self.conn.execute(
-                "SELECT min(due) FROM messages WHERE queue = ? AND due > ?", (queue, self.now)
-            ).fetchone()
+            if partition is None:
+                row = self.conn.execute(
+                    "SELECT min(due) FROM messages WHERE queue = ? AND due > ?",
+                    (queue, self.now),
+                ).fetchone()
+            else:
+                row = self.conn.execute(
+                    "SELECT min(due) FROM messages WHERE queue = ? AND part = ? AND due > ?",
+                    (queue, partition, self.now),
+                ).fetchone()
             return [], row[0]
         token = secrets.randbits(62) + 1
         marks = ",".join("?" * len(seqs))
@@ -316,17 +382,49 @@ class Store:
         self.effects.room.add(queue)
         return [Claimed(s, token, attempts[s], _message(s, bodies.get(s, b""))) for s in seqs], None
 
-    def _claimable(self, queue: str, limit: int, consumer: str) -> list[int]:
+    def _claimable_in_turn(self, queue: str, limit: int, consumer: str) -> list[int]:
+        """Every partition's claimable messages, interleaved: the first of each partition
+        (starting at this queue's turn), then the second of each, ..."""
+        parts = [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT part FROM partitions WHERE queue = ? ORDER BY part", (queue,)
+            )
+        ]
+        if len(parts) <= 1:  # one partition (every unpartitioned queue): queue order
+            return self._claimable(queue, limit, consumer, None)
+        turn = self._turn.get(queue, 0) % len(parts)
+        self._turn[queue] = turn + 1
+        found = [
+            self._claimable(queue, limit, consumer, part) for part in parts[turn:] + parts[:turn]
+        ]
+        seqs: list[int] = []
+        for rank in range(limit):
+            for claimable in found:
+                if rank < len(claimable):
+                    seqs.append(claimable[rank])
+            if len(seqs) >= limit or not any(rank < len(c) for c in found):
+                break
+        return seqs[:limit]
+
+    def _claimable(self, queue: str, limit: int, consumer: str, partition: str | None) -> list[int]:
         seqs: list[int] = []
         others: set[str] | None = None  # live consumers, looked up when first needed
-        rows = self.conn.execute(
-            "SELECT seq, nackers FROM messages WHERE queue = ? AND due <= ? ORDER BY due",
-            (queue, self.now),
-        )
-        for seq, nackers in rows:
+        if partition is None:
+            rows = self.conn.execute(
+                "SELECT seq, nackers, part FROM messages WHERE queue = ? AND due <= ? ORDER BY due",
+                (queue, self.now),
+            )
+        else:
+            rows = self.conn.execute(
+                "SELECT seq, nackers, part FROM messages WHERE queue = ? AND part = ? "
+                "AND due <= ? ORDER BY due",
+                (queue, partition, self.now),
+            )
+        for seq, nackers, part in rows:
             if nackers is not None and f"{SEP}{consumer}{SEP}" in nackers:
-                if others is None:
-                    others = self._live(queue) - {consumer}
+                if others is None or partition is None:
+                    others = self._live(queue, part) - {consumer}
                 if not others <= set(nackers.strip(SEP).split(SEP)):
                     continue  # someone who has not nacked it may take it
             seqs.append(seq)
@@ -335,10 +433,12 @@ class Store:
         rows.close()
         return seqs
 
-    def _live(self, queue: str) -> set[str]:
+    def _live(self, queue: str, partition: str) -> set[str]:
+        """The live consumers that may take a message of ``partition``."""
         rows = self.conn.execute(
-            "SELECT DISTINCT consumer FROM consumers WHERE queue = ? AND alive_until > ?",
-            (queue, self.now),
+            "SELECT DISTINCT consumer FROM consumers WHERE queue = ? AND alive_until > ? "
+            "AND (part IS NULL OR part = ?)",
+            (queue, self.now, partition),
         )
         return {row[0] for row in rows}
 

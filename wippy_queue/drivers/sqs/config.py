@@ -31,7 +31,7 @@ CAPABILITIES = Capabilities(
     requeue="unordered",
     max_delay_s=MAX_VISIBILITY_S,
     info="approximate",
-    partitions=False,
+    partitions=True,
     durable=True,
     shared=True,
     leases=True,
@@ -54,6 +54,28 @@ _NAME = re.compile(r"[A-Za-z0-9_-]{1,75}(\.fifo)?|[A-Za-z0-9_-]{1,80}")
 def valid_queue_name(name: str) -> bool:
     """SQS's rule: 1-80 of ``A-Za-z0-9_-``, a FIFO queue's ending in ``.fifo``."""
     return _NAME.fullmatch(name) is not None
+
+
+#: between a partitioned queue's name and a partition's (``jobs-p-acme``)
+PARTITION_MARK = "-p-"
+#: the longest partitioned queue name: room for the mark and a 32-character partition
+MAX_PARTITIONED_NAME = 80 - len(PARTITION_MARK) - 32
+
+
+def partition_prefix(queue: str) -> str:
+    """What every partition queue of ``queue`` is named with first (``ListQueues``)."""
+    return queue.removesuffix(".fifo") + PARTITION_MARK
+
+
+def partition_queue_name(queue: str, partition: str) -> str:
+    """The SQS queue of ``partition`` of ``queue``: the queue itself for ``""``, else
+    ``<queue>-p-<safe name>`` (``.fifo`` kept last)."""
+    from wippy_queue.drivers.partitions import safe_name
+
+    if not partition:
+        return queue
+    fifo = ".fifo" if queue.endswith(".fifo") else ""
+    return partition_prefix(queue) + safe_name(partition) + fifo
 
 
 class SqsDriverConfig(ServiceModel):

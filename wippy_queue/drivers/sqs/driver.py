@@ -7,12 +7,20 @@ makes it visible again (a nack after ``delay_s``). A settle after the lease ran 
 (the message may be someone else's by now) raises ``LostDelivery`` and touches
 nothing: the message comes back. The attempt is SQS's ``ApproximateReceiveCount``
 less the releases this driver made of that message itself.
+
+A partitioned queue is an SQS queue per partition: the queue itself for messages
+without one, ``<queue>-p-<partition>`` for the others (created by the first publish
+or subscriber of the partition). A subscriber of one partition polls its queue; one
+of every partition polls each (``ListQueues`` by the name prefix finds those other
+processes made, every ``DISCOVER_S``). A nack's delay or a lease's end leaves a
+message in its own SQS queue, so in its partition.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -24,9 +32,12 @@ from wippy_queue.drivers.sqs.config import (
     CAPABILITIES,
     DEFAULT_VISIBILITY_S,
     MAX_BATCH,
+    MAX_PARTITIONED_NAME,
     MAX_VISIBILITY_S,
     SqsDriverConfig,
     SqsQueueOptions,
+    partition_prefix,
+    partition_queue_name,
     valid_queue_name,
 )
 from wippy_queue.drivers.sqs.queues import SqsQueue
@@ -76,6 +87,11 @@ class SqsDriver(Driver):
         self.pollers: set[asyncio.Task[None]] = set()
         #: SQS MessageId -> releases made here (SQS counted a receive for each)
         self._released: collections.OrderedDict[str, int] = collections.OrderedDict()
+        #: partitioned queues: name -> (spec, options) their partitions' queues are made with
+        self.partitioned: dict[str, tuple[QueueSpec, SqsQueueOptions]] = {}
+        #: subscriptions that read every partition (told of a partition made here)
+        self.readers: set[SqsSubscription] = set()
+        self._making = asyncio.Lock()
 
     @classmethod
     def from_entry(cls, entry: Entry) -> SqsDriver:
@@ -154,6 +170,14 @@ class SqsDriver(Driver):
                 f"queue {spec.id}: {spec.name!r} is no SQS queue name (1-80 of A-Z a-z 0-9 _ -, "
                 "a FIFO queue's ending in .fifo): set queue_name"
             )
+        if spec.partitioned and len(spec.name.removesuffix(".fifo")) > MAX_PARTITIONED_NAME:
+            raise DriverError(
+                f"queue {spec.id}: {spec.name!r} is too long for a partitioned SQS queue (its "
+                f"partitions' queues add up to 35 characters to it; at most "
+                f"{MAX_PARTITIONED_NAME} before .fifo): set a shorter queue_name"
+            )
+        if spec.partitioned:
+            self.partitioned.setdefault(spec.name, (spec, options))
         known = self._queues.get(spec.name)
         if known is not None:
             _same_options(known, spec, options)
@@ -200,12 +224,74 @@ class SqsDriver(Driver):
         except KeyError:
             raise DriverError(f"queue {name!r} is not declared on driver {self.entry_id}") from None
 
+    async def partition(self, queue: str, partition: str) -> SqsQueue:
+        """The SQS queue of ``partition`` of the partitioned ``queue`` (made if new)."""
+        name = partition_queue_name(queue, partition)
+        return self._queues.get(name) or await self._partition_queue(queue, name)
+
+    async def _partition_queue(self, queue: str, name: str) -> SqsQueue:
+        async with self._making:
+            known = self._queues.get(name)
+            if known is not None:
+                return known
+            spec, options = self.partitioned[queue]
+            spec = dataclasses.replace(spec, name=name)
+            # its partition's queue is ours to make, whatever the queue's own ``create``
+            options = options.model_copy(update={"create": True})
+            url, attributes = await self._find_or_create(spec, options)
+            state = SqsQueue(
+                spec,
+                options,
+                url,
+                attributes,
+                client=self.client,
+                link=self.link,
+                linger_s=self.config.settle_linger,
+                stopped=self.not_running_error,
+            )
+            self._queues[name] = state
+        for reader in list(self.readers):
+            if reader.queue.name == queue:
+                reader.add(state)
+        return state
+
+    async def partitions_of(self, queue: str) -> list[SqsQueue]:
+        """Every SQS queue of ``queue``: itself, and on a partitioned queue each partition's
+        queue (found by name, those other processes made included)."""
+        state = self._queue(queue)
+        if queue not in self.partitioned:
+            return [state]
+        prefix = partition_prefix(queue)
+        names: list[str] = []
+        token = None
+        while True:
+            params: dict[str, Any] = {"QueueNamePrefix": prefix, "MaxResults": 1000}
+            if token:
+                params["NextToken"] = token
+            try:
+                got = await self.client.call("ListQueues", **params)
+            except Unavailable as err:
+                self.link.lost(err)
+                raise
+            names += [url.rsplit("/", 1)[-1] for url in got.get("QueueUrls", ())]
+            token = got.get("NextToken")
+            if not token:
+                break
+        fifo = queue.endswith(".fifo")
+        found = [state]
+        for name in sorted(names):
+            if name.endswith(".fifo") == fifo and name != queue:
+                found.append(self._queues.get(name) or await self._partition_queue(queue, name))
+        return found
+
     # -- messages ------------------------------------------------------------------
 
     async def publish(self, queue: str, message: Message, partition: str = "") -> None:
         if not self._running:
             raise self.not_running_error()
         state = self._queue(queue)
+        if partition and queue in self.partitioned:
+            state = await self.partition(queue, partition)
         outgoing = wire.encode(message)
         if outgoing.size > state.max_bytes:
             raise DriverError(
@@ -217,7 +303,16 @@ class SqsDriver(Driver):
     async def subscribe(self, spec: SubscribeSpec) -> Subscription:
         if not self._running:
             raise self.not_running_error()
-        return SqsSubscription(self, self._queue(spec.queue), spec)
+        state = self._queue(spec.queue)
+        if spec.queue not in self.partitioned:
+            return SqsSubscription(self, state, spec)
+        if spec.partition is not None:  # one partition's queue
+            return SqsSubscription(self, await self.partition(spec.queue, spec.partition), spec)
+        reader = SqsSubscription(self, state, spec, every_partition=True)
+        self.readers.add(reader)
+        for found in await self.partitions_of(spec.queue):
+            reader.add(found)
+        return reader
 
     async def receive(self, queue: SqsQueue, count: int) -> list[dict[str, Any]]:
         """One long poll (ReceiveMessage) for up to ``count`` messages."""
@@ -293,7 +388,32 @@ class SqsDriver(Driver):
         return lost
 
     async def info(self, queue: str) -> QueueInfo:
-        state = self._queue(queue)
+        """Counts summed over the queue's SQS queues (every partition's)."""
+        states = await self.partitions_of(queue)
+        ready = in_flight = delayed = expired = 0
+        subscriptions: set[object] = set()
+        for state in states:
+            counts = await self._counts(state)
+            ready, in_flight, delayed = (
+                ready + counts[0],
+                in_flight + counts[1],
+                delayed + counts[2],
+            )
+            expired += state.expired
+            subscriptions |= state.subscriptions
+        return QueueInfo(
+            queue=queue,
+            message_count=ready + in_flight + delayed,
+            consumer_count=len(subscriptions),
+            ready=ready,
+            in_flight=in_flight,
+            delayed=delayed,
+            expired=expired,
+            exact=False,
+        )
+
+    async def _counts(self, state: SqsQueue) -> tuple[int, int, int]:
+        """(ready, in flight, delayed) of one SQS queue."""
         await state.settles.flush()  # what this process settled is counted as settled
         try:
             got = await self.client.call(
@@ -313,18 +433,8 @@ class SqsDriver(Driver):
         hidden = int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0))
         # a delayed nack is a hidden message to SQS: those nacked here count as delayed
         delayed_here = min(state.delayed_now(), hidden)
-        in_flight = hidden - delayed_here
         delayed = int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)) + delayed_here
-        return QueueInfo(
-            queue=queue,
-            message_count=ready + in_flight + delayed,
-            consumer_count=len(state.subscriptions),
-            ready=ready,
-            in_flight=in_flight,
-            delayed=delayed,
-            expired=state.expired,
-            exact=False,
-        )
+        return ready, hidden - delayed_here, delayed
 
     async def wait_idle(self, queue: str, *, timeout_s: float | None = None) -> None:
         """Idle twice in a row (SQS's counts are approximate), polled every 50 ms; while

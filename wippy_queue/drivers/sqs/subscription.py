@@ -7,12 +7,21 @@ left to come back, and whatever it brings is made visible again at once, so a
 stop neither waits for the poll nor hides a received message (``stop`` cuts the
 poll short after a grace second). A buffered message whose lease ran out before
 anyone took it is dropped here (SQS shows it again).
+
+A reader of every partition of a partitioned queue polls each partition's SQS queue
+(one poller each, each asking for at most its share of ``max_unsettled``, so one
+busy partition cannot take every credit while another waits) and looks for new
+partitions' queues every ``DISCOVER_S``. A long poll of a quiet partition must not
+keep the credits it asked for from the others, so the pollers do not reserve them:
+a reader of N partitions may hold up to N - 1 messages past its limit (buffered
+here, never handed out past it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -37,6 +46,8 @@ from wippy_queue.queue.message import Message
 log = logging.getLogger(__name__)
 
 EXPIRED = "expired"
+#: a reader of every partition looks for partitions made elsewhere this often
+DISCOVER_S = 1.0
 
 
 class Owner(Protocol):
@@ -52,6 +63,8 @@ class Owner(Protocol):
     async def receive(self, queue: SqsQueue, count: int) -> list[dict[str, Any]]: ...
 
     async def extend(self, deliveries: Sequence[SqsDelivery]) -> None: ...
+
+    async def partitions_of(self, queue: str) -> list[SqsQueue]: ...
 
     def attempt(self, sqs_id: str, receive_count: int) -> int: ...
 
@@ -71,12 +84,12 @@ class SqsDelivery(Delivery):
     def __init__(
         self,
         sub: SqsSubscription,
+        queue: SqsQueue,
         message: Message,
         attempt: int,
         raw: dict[str, Any],
         received_at: float,
     ) -> None:
-        queue = sub.queue
         super().__init__(message, attempt, float(queue.lease_s))
         self._sub = sub
         self.queue = queue
@@ -136,21 +149,62 @@ class SqsDelivery(Delivery):
 
 
 class SqsSubscription(Subscription):
-    def __init__(self, driver: Owner, queue: SqsQueue, spec: SubscribeSpec) -> None:
+    def __init__(
+        self,
+        driver: Owner,
+        queue: SqsQueue,
+        spec: SubscribeSpec,
+        *,
+        every_partition: bool = False,
+    ) -> None:
         self.driver = driver
+        #: the queue it subscribed to (of a reader of every partition: the queue's own)
         self.queue = queue
+        #: the SQS queues it polls (a reader of every partition: each partition's)
+        self.queues: list[SqsQueue] = []
+        self._consumer_id = spec.consumer_id
         self._max = max(spec.max_unsettled, 1)
         self._buffer: collections.deque[SqsDelivery] = collections.deque()
         self._unsettled = 0
         self._closed = False
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
+        self._gone = asyncio.Event()
+        if every_partition:
+            self._start(self._discover(), f"sqs:{queue.name}:{spec.consumer_id}:discover")
+        else:
+            self.add(queue)
+
+    def _start(self, work: Any, name: str) -> None:
+        poller = asyncio.get_running_loop().create_task(work, name=name)
+        self.driver.pollers.add(poller)
+        poller.add_done_callback(self.driver.pollers.discard)
+
+    def add(self, queue: SqsQueue) -> None:
+        """Poll ``queue`` too (a partition's)."""
+        if self._closed or queue in self.queues:
+            return
+        self.queues.append(queue)
         queue.subscriptions.add(self)
-        poller = asyncio.get_running_loop().create_task(
-            self._poll(), name=f"sqs:{queue.name}:{spec.consumer_id}"
-        )
-        driver.pollers.add(poller)
-        poller.add_done_callback(driver.pollers.discard)
+        self._start(self._poll(queue), f"sqs:{queue.name}:{self._consumer_id}")
+
+    async def _discover(self) -> None:
+        """Look for partitions' queues made elsewhere (this process's are added at once)."""
+        while not self._closed and self.driver.running:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DISCOVER_S):
+                    await self._gone.wait()
+            if self._closed or not self.driver.running:
+                return
+            if not await self.driver.link.ready():
+                return
+            try:
+                for queue in await self.driver.partitions_of(self.queue.name):
+                    self.add(queue)
+            except Unavailable:
+                continue
+            except DriverError as err:
+                log.error("listing partitions of SQS queue %r failed: %s", self.queue.name, err)
 
     # -- handing out ----------------------------------------------------------------
 
@@ -180,9 +234,14 @@ class SqsSubscription(Subscription):
         if self._closed:
             return
         self._closed = True
-        self.queue.subscriptions.discard(self)
+        for queue in self.queues:
+            queue.subscriptions.discard(self)
+        readers = getattr(self.driver, "readers", None)
+        if readers is not None:
+            readers.discard(self)
         self._arrived.set()
         self._room.set()
+        self._gone.set()
         self._give_back(list(self._buffer))
         self._buffer.clear()
 
@@ -192,16 +251,18 @@ class SqsSubscription(Subscription):
             if not delivery.settled and not delivery.expired():
                 delivery.settled = True
                 self.driver.released(delivery.sqs_id)
-                self.queue.settles.change(
+                delivery.queue.settles.change(
                     delivery.receipt, delivery.message.id, 0, delivery.deadline
                 )
 
     # -- receiving ------------------------------------------------------------------
 
-    async def _poll(self) -> None:
+    async def _poll(self, queue: SqsQueue) -> None:
         failures = 0
         while not self._closed and self.driver.running:
             room = self._max - self._unsettled - len(self._buffer)
+            if len(self.queues) > 1:  # its share, so every partition's poller gets some
+                room = min(room, max(1, -(-self._max // len(self.queues))))
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -209,20 +270,20 @@ class SqsSubscription(Subscription):
             if not await self.driver.link.ready():
                 return
             try:
-                got = await self.driver.receive(self.queue, room)
+                got = await self.driver.receive(queue, room)
             except Unavailable as err:
                 self.driver.link.lost(err)
                 continue
             except DriverError as err:  # the queue was deleted, permissions, ...
                 failures += 1
-                log.error("receiving from SQS queue %r failed: %s", self.queue.name, err)
+                log.error("receiving from SQS queue %r failed: %s", queue.name, err)
                 await asyncio.sleep(restart_delay(self.driver.config.lifecycle.restart, failures))
                 continue
             failures = 0
-            self._take(got, time.monotonic())
+            self._take(queue, got, time.monotonic())
 
-    def _take(self, got: list[dict[str, Any]], received_at: float) -> None:
-        deliveries = [self._delivery(raw, received_at) for raw in got]
+    def _take(self, queue: SqsQueue, got: list[dict[str, Any]], received_at: float) -> None:
+        deliveries = [self._delivery(queue, raw, received_at) for raw in got]
         if self._closed:  # a poll that came back after close: give it all back
             self._give_back(deliveries)
             return
@@ -230,15 +291,15 @@ class SqsSubscription(Subscription):
         if deliveries:
             self._arrived.set()
 
-    def _delivery(self, raw: dict[str, Any], received_at: float) -> SqsDelivery:
+    def _delivery(self, queue: SqsQueue, raw: dict[str, Any], received_at: float) -> SqsDelivery:
         count = int((raw.get("Attributes") or {}).get("ApproximateReceiveCount", 1))
         attempt = self.driver.attempt(raw["MessageId"], count)
-        self.queue.delayed.pop(raw["MessageId"], None)
+        queue.delayed.pop(raw["MessageId"], None)
         try:
             message = wire.decode(raw)
         except DecodeError as err:
             message = Message(raw["MessageId"], str(raw.get("Body", "")).encode(), {})
-            delivery = SqsDelivery(self, message, attempt, raw, received_at)
+            delivery = SqsDelivery(self, queue, message, attempt, raw, received_at)
             delivery.malformed = str(err)
             return delivery
-        return SqsDelivery(self, message, attempt, raw, received_at)
+        return SqsDelivery(self, queue, message, attempt, raw, received_at)

@@ -1,0 +1,71 @@
+"""The canonical header encoding (the same bytes as the standard library's, always) and
+the HMAC over them.
+
+A provenance signature covers these bytes, so a publisher and a consumer (maybe of
+another version) must agree on them exactly; the fast path must never differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wippy_queue.queue.envelope import decode_headers, encode_headers
+from wippy_queue.security.provenance import HmacSha256
+
+REFERENCE = json.JSONEncoder(
+    separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
+)
+
+
+def reference(headers: dict[str, Any]) -> bytes:
+    return REFERENCE.encode(headers).encode()
+
+
+values = st.one_of(
+    st.text(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(min_value=-1e-3, max_value=1e-3, allow_nan=False),
+)
+
+
+@settings(max_examples=2000)
+@given(st.dictionaries(st.text(), values, max_size=8))
+def test_headers_encode_to_the_standard_librarys_bytes(headers: dict[str, Any]) -> None:
+    assert encode_headers(headers) == (reference(headers) if headers else b"{}")
+
+
+@pytest.mark.parametrize(
+    "value", [1e-05, 9.9e-05, 2.5e-7, -5e-324, 1e16, 1.5e300, 0.0, -0.0, 2**64, -(2**63) - 1]
+)
+def test_values_where_fast_encoders_differ_keep_the_canonical_form(value: object) -> None:
+    headers = {"v": value, "tenant": "t1"}
+    assert encode_headers(headers) == reference(headers)
+    assert decode_headers(encode_headers(headers)) == headers
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_floats_are_refused_as_before(value: float) -> None:
+    with pytest.raises(ValueError):
+        encode_headers({"v": value})
+
+
+def test_a_lone_surrogate_is_refused_as_before() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        encode_headers({"v": "\ud800"})
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=200), st.binary(max_size=300))
+def test_the_provenance_hmac_is_hmac_sha256(key: bytes, data: bytes) -> None:
+    expected = hmac.new(key, data, hashlib.sha256).hexdigest()
+    assert HmacSha256(key).hexdigest(data) == expected
