@@ -26,6 +26,7 @@ import amqp_support
 import pytest
 
 from wippy_queue import Runtime
+from wippy_queue.queue.driver import QueueInfo
 
 pytestmark = pytest.mark.services
 
@@ -145,6 +146,80 @@ def test_kill_9_of_one_of_two_runs_hands_its_messages_to_the_other(tmp_path: Pat
                 process.send_signal(signal.SIGTERM)
                 process.communicate(timeout=WAIT_S)
         amqp_support.delete_queues([queue])
+
+
+async def info_of(entry: Path) -> QueueInfo:
+    """``info`` from a runtime of this process that consumes nothing."""
+    runtime = Runtime.load(entry)
+    await runtime.start("app:rabbit")
+    try:
+        return await runtime.info("app:jobs")
+    finally:
+        await runtime.stop("app:rabbit")
+
+
+def test_info_and_until_idle_count_what_another_process_holds(tmp_path: Path) -> None:
+    """One run holds every message unacknowledged (prefetch 5 + concurrency 2 >= 6):
+    none is ready on the broker, yet the queue is not idle, here or for a second run
+    with --until-idle, which stops only once all are handled."""
+    queue = f"wq-e2e-{uuid.uuid4().hex[:10]}"
+    record = tmp_path / "handled.txt"
+    entry = entries(tmp_path, queue, "app")
+    n = 6
+    asyncio.run(publish(entry, n))
+    holder = spawn(entry, record, 0.3)
+    second: subprocess.Popen[str] | None = None
+    try:
+        wait_for(lambda: len(handled(record)) >= 1, "the first run handling")
+        info = asyncio.run(info_of(entry))
+        assert not info.idle and info.in_flight >= 1, info
+        second = spawn(entry, record, 0.3, "--until-idle", "--timeout", str(WAIT_S))
+        _, err = second.communicate(timeout=WAIT_S + 10)
+        assert second.returncode == 0, err
+        assert {m for m, _ in handled(record)} == set(range(n))
+    finally:
+        for process in (holder, second):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.communicate(timeout=WAIT_S)
+        amqp_support.delete_queues([queue])
+
+
+NACK_LATER = """
+import wippy_queue
+
+
+def handle(data):
+    wippy_queue.current_message().nack("later", delay_s=3600)
+"""
+
+
+async def _delayed_by_another_runtime(entry: Path) -> QueueInfo:
+    consumer, observer = Runtime.load(entry), Runtime.load(entry)
+    async with consumer:
+        await observer.start("app:rabbit")
+        try:
+            await consumer.publish("app:jobs", {"n": 1})
+            async with asyncio.timeout(WAIT_S):
+                while (info := await observer.info("app:jobs")).delayed == 0:
+                    await asyncio.sleep(0.02)
+            return info
+        finally:
+            await observer.stop("app:rabbit")
+
+
+def test_info_counts_the_holding_queues_of_another_runtime(tmp_path: Path) -> None:
+    """A runtime that never delayed a nack learns the holding queues from the census."""
+    queue = f"wq-e2e-{uuid.uuid4().hex[:10]}"
+    entry = entries(tmp_path, queue, "app")
+    (tmp_path / "handler_mod.py").write_text(NACK_LATER)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        info = asyncio.run(_delayed_by_another_runtime(entry))
+        assert (info.delayed, info.message_count, info.idle) == (1, 1, False)
+    finally:
+        sys.path.remove(str(tmp_path))
+        amqp_support.delete_queues([queue, f"{queue}.wq-delay-3600000ms"])
 
 
 async def _consume_through_reconnects(entry: Path, record: Path, tag: str, n: int) -> None:

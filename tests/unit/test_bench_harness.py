@@ -78,7 +78,8 @@ def test_axis_ticks_cover_the_longest_whisker() -> None:
 
 
 @pytest.mark.parametrize(
-    "script", ["throughput", "security", "audit", "lua_handlers", "redis", "latency", "pauses"]
+    "script",
+    ["throughput", "security", "audit", "lua_handlers", "redis", "amqp", "latency", "pauses"],
 )
 def test_bench_scripts_start_and_take_svg(script: str) -> None:
     done = subprocess.run(

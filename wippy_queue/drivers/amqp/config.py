@@ -71,6 +71,7 @@ CAPABILITIES = Capabilities(
     durable=True,
     shared=True,
     leases=False,
+    group_commit=True,  # acks go out in batches: a worker takes its next message meanwhile
 )
 
 #: what a ``type: classic`` queue gives
@@ -83,4 +84,5 @@ CLASSIC_CAPABILITIES = Capabilities(
     durable=True,
     shared=True,
     leases=False,
+    group_commit=True,  # acks go out in batches: a worker takes its next message meanwhile
 )

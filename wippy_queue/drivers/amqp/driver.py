@@ -20,6 +20,8 @@ import aiormq
 from pamqp.commands import Basic
 
 from wippy_queue.drivers.amqp import topology, wire
+from wippy_queue.drivers.amqp.batching import Batcher
+from wippy_queue.drivers.amqp.census import Census, Held
 from wippy_queue.drivers.amqp.config import CAPABILITIES, AmqpDriverConfig, AmqpQueueOptions
 from wippy_queue.drivers.amqp.link import CLIENT_ERRORS, RECONNECT_ERRORS, Link, translate
 from wippy_queue.drivers.amqp.partitions import Partitions, partition_queue
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 FULL_RETRY_S = (0.005, 0.25)
 #: how often wait_idle asks the broker
 IDLE_POLL_S = 0.02
+#: the longest ``info`` waits for settles' copies being published to be confirmed
+MOVES_WAIT_S = 1.0
 
 
 class _Channel:
@@ -89,6 +93,8 @@ class AmqpDriver(Driver):
         self._queues: dict[str, QueueState] = {}
         self._subscriptions: set[AmqpSubscription] = set()
         self._publisher = _Channel(self.link, confirms=True)
+        self._batch: Batcher | None = None
+        self._census = Census(self.link, self._holding)
         self._admin = _Channel(self.link, confirms=False)
         self._tasks: set[asyncio.Task[Any]] = set()
         #: holding queue -> when this driver last declared it (monotonic seconds)
@@ -123,6 +129,7 @@ class AmqpDriver(Driver):
         self._publisher.reset()
         self._admin.reset()
         self._held.clear()
+        await self._census.open()
         self._running = True
         for partitions in self._partitions.values():  # a start after a stop
             await partitions.follow()
@@ -156,6 +163,7 @@ class AmqpDriver(Driver):
         self._publisher.reset()
         self._admin.reset()
         self._held.clear()
+        await self._census.open()
         for state in list(self._queues.values()):
             await self._declare_on_broker(state.spec, state.options)
         for partitions in self._partitions.values():
@@ -274,15 +282,14 @@ class AmqpDriver(Driver):
             if bounded is not None:
                 await self._wait_for_room(routing_key, bounded)
             try:
-                raw = await self._publisher.get()
-                confirm = await raw.basic_publish(
-                    body, routing_key=routing_key, properties=properties, mandatory=True
-                )
+                confirm = await (await self._batcher()).publish(routing_key, body, properties)
             except aiormq.exceptions.PublishError as err:
                 raise DriverError(
                     f"queue {routing_key!r} does not exist on the broker (the message was "
                     "returned); declare it first"
                 ) from err
+            except aiormq.exceptions.DeliveryError:
+                confirm = None  # basic.nack
             except RECONNECT_ERRORS as err:
                 if not self._running:
                     raise self.not_running_error() from err
@@ -296,6 +303,13 @@ class AmqpDriver(Driver):
             self._room[routing_key] = 0
             await asyncio.sleep(pause_s)  # full: reject-publish
             pause_s = min(pause_s * 2, FULL_RETRY_S[1])
+
+    async def _batcher(self) -> Batcher:
+        raw = await self._publisher.get()
+        batcher = self._batch
+        if batcher is None or batcher.raw is not raw:
+            batcher = self._batch = Batcher(raw)
+        return batcher
 
     async def _wait_for_room(self, queue: str, max_length: int) -> None:
         """Wait while ``queue`` holds ``max_length`` ready messages; the broker's
@@ -385,23 +399,26 @@ class AmqpDriver(Driver):
         queue ``consumer_count`` is the most any one partition's queue has."""
         self._state(queue)
         await self.link.wait_up(lambda: self._running)
-        ready = delayed = expired = buffered = handed = open_ = closing = consumers = 0
         states = self._states_of(queue)
         for state in states:
+            await state.moves_done(MOVES_WAIT_S)
+        ready = delayed = expired = consumers = 0
+        for state in states:  # the broker's counts before the census: see census.py
             waiting, listed = await self._counts(state.name)
-            ready += waiting + state.returned()
+            ready += waiting
             consumers = max(consumers, listed)
+        mine = self._holding(queue)
+        theirs = await self._census.count(queue, consumers - mine.consumers)
+        self._learn_holding(states, theirs.holding)
+        for state in states:
             delayed += await self._delayed(state)
             expired += state.expired
-        for subscription in self._subscriptions:
-            if subscription.state in states:
-                buffered += subscription.buffered
-                handed += subscription.handed
-                closing += subscription.closed
-                open_ += not subscription.closed
+        closing = sum(s.closed for s in self._subscriptions if s.state.queue == queue)
         # ours being closed may still be listed by the broker (see subscription.close)
-        consumers = max(consumers - closing, open_)
-        ready += buffered
+        consumers = max(consumers - closing, mine.consumers - closing)
+        held = mine + theirs
+        ready += held.buffered + held.returning
+        handed = held.handed
         return QueueInfo(
             queue=queue,
             message_count=ready + handed + delayed,
@@ -411,6 +428,29 @@ class AmqpDriver(Driver):
             delayed=delayed,
             expired=expired,
         )
+
+    def _holding(self, queue: str) -> Held:
+        """What this driver's subscriptions to ``queue`` (every partition's queue of it)
+        hold, for info and the census."""
+        states = self._states_of(queue)
+        consumers = buffered = handed = 0
+        for subscription in self._subscriptions:
+            if subscription.state.queue == queue:
+                consumers += 1
+                buffered += subscription.buffered
+                handed += subscription.handed
+        returning = sum(state.returned() for state in states)
+        holding = tuple(item for state in states for item in state.holding.items())
+        return Held(consumers, buffered, handed, returning, holding)
+
+    @staticmethod
+    def _learn_holding(states: list[QueueState], heard: tuple[tuple[str, int], ...]) -> None:
+        """Holding queues another runtime named: each counted with its own queue's state."""
+        by_name = {state.name: state for state in states}
+        for name, ms in heard:
+            state = by_name.get(name.rpartition(topology.HOLDING_MARK)[0])
+            if state is not None and name == topology.holding_name(state.name, ms):
+                state.holding.setdefault(name, ms)
 
     async def wait_idle(self, queue: str, *, timeout_s: float | None = None) -> None:
         """Poll ``info`` until idle; a reconnect in between is waited out."""

@@ -4,17 +4,19 @@ Delivery tags belong to one channel. A settle for a channel that is gone (closed
 the broker, or of a connection since replaced) raises ``LostDelivery``: it is never
 sent on another channel, where the tag would mean someone else's delivery.
 
-Acks asked for in one turn of the event loop go out together: the longest run of
-them at the front of the channel's unsettled tags as one ``basic.ack(multiple)``,
-the rest one by one. A run is only ever acked as a prefix of what the channel still
-holds, so ``multiple`` never covers a delivery that was not asked to be acked.
+Acks are gathered until ``batch`` of them wait or ``ACK_TICK_S`` has passed since the
+first (a nack, a close or a lost channel sends them at once), then go out together:
+the longest run of them at the front of the channel's unsettled tags as one
+``basic.ack(multiple)``, the rest one by one. A run is only ever acked as a prefix
+of what the channel still holds, so ``multiple`` never covers a delivery that was
+not asked to be acked; nacks are sent before the acks gathered with them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from wippy_queue.drivers.amqp.link import CLIENT_ERRORS
@@ -24,11 +26,14 @@ log = logging.getLogger(__name__)
 
 _SEND_ERRORS: tuple[type[Exception], ...] = (LostDelivery, *CLIENT_ERRORS)
 
+#: the longest an ack waits for others to go out with
+ACK_TICK_S = 0.002
+
 
 class ConsumerChannel:
     """One channel a subscription consumes on, with its unsettled delivery tags."""
 
-    def __init__(self, channel: Any, raw: Any, generation: int) -> None:
+    def __init__(self, channel: Any, raw: Any, generation: int, *, batch: int = 1) -> None:
         self.channel = channel
         self.raw = raw
         self.generation = generation
@@ -39,6 +44,11 @@ class ConsumerChannel:
         self._others: list[tuple[Coroutine[Any, Any, None], asyncio.Future[None]]] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        #: consumer tag -> the callback its deliveries go to (see deliver.py)
+        self.routes: dict[str, Callable[[Any], None]] = {}
+        #: acks gathered before they go out (at most)
+        self._batch = max(1, batch)
+        self._timer: asyncio.TimerHandle | None = None
 
     def alive(self, generation: int) -> bool:
         return not self.dead and generation == self.generation and not self.raw.is_closed
@@ -52,7 +62,10 @@ class ConsumerChannel:
     def ack(self, tag: int) -> asyncio.Future[None]:
         future = asyncio.get_running_loop().create_future()
         self._acks[tag] = future
-        self._schedule()
+        if len(self._acks) >= self._batch:
+            self._schedule()
+        elif self._timer is None and not self._scheduled:
+            self._timer = asyncio.get_running_loop().call_later(ACK_TICK_S, self._schedule)
         return future
 
     def nack(self, tag: int, *, requeue: bool) -> asyncio.Future[None]:
@@ -64,6 +77,9 @@ class ConsumerChannel:
         return future
 
     def _schedule(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._scheduled:
             self._scheduled = True
             task = asyncio.get_running_loop().create_task(self._flush())
@@ -115,9 +131,13 @@ class ConsumerChannel:
         """The channel is gone: every settle waiting to be sent is lost."""
         self.dead = True
         self.outstanding.clear()
+        if self._acks or self._others:
+            self._schedule()  # each fails as lost
 
     async def close(self) -> None:
         """Close once the settles already asked for are sent."""
+        if self._acks or self._others:
+            self._schedule()
         await asyncio.sleep(0)
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -29,11 +29,13 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable
+from functools import partial
 from typing import Any, Protocol
 
 from pamqp.commands import Basic
 
 from wippy_queue.drivers.amqp import wire
+from wippy_queue.drivers.amqp.deliver import deliver_directly
 from wippy_queue.drivers.amqp.link import Link
 from wippy_queue.drivers.amqp.settle import ConsumerChannel
 from wippy_queue.drivers.amqp.topology import REPUBLISH_AT, RETURN_GRACE_S, QueueState
@@ -128,10 +130,20 @@ class AmqpDelivery(Delivery):
         return channel
 
     async def _ack(self) -> None:
-        await _shielded(self._settled(self._acked()))
+        # asked for at once (a cancellation cannot stop it half-way), so no task is
+        # needed to shield it: counted in flight until the ack is sent or lost
+        try:
+            sent = self._live("ack").ack(self._tag)
+        except BaseException:
+            self._uncount()
+            raise
+        sent.add_done_callback(self._ack_done)
+        await asyncio.shield(sent)
 
-    async def _acked(self) -> None:
-        await self._live("ack").ack(self._tag)
+    def _ack_done(self, sent: asyncio.Future[None]) -> None:
+        self._uncount()
+        if not sent.cancelled():
+            sent.exception()  # retrieved here too: its awaiter may have been cancelled
 
     async def _nack(self, *, requeue: bool, delay_s: float, reason: str) -> None:
         await _shielded(self._settled(self._nacked(requeue, delay_s, reason)))
@@ -160,11 +172,17 @@ class AmqpDelivery(Delivery):
         driver = self._subscription.driver
         state = self._state
         properties = wire.recarried(self._properties, carried)
-        if delay_s > 0:
-            await driver.hold(state, delay_s, self.message.body, properties)
-        else:
-            await driver.publish_raw(state.name, self.message.body, properties)
-        self._uncount()  # the copy is on the broker: count that one, not this
+        moved = asyncio.get_running_loop().create_future()
+        state.moving.add(moved)
+        try:
+            if delay_s > 0:
+                await driver.hold(state, delay_s, self.message.body, properties)
+            else:
+                await driver.publish_raw(state.name, self.message.body, properties)
+            self._uncount()  # the copy is on the broker: count that one, not this
+        finally:
+            state.moving.discard(moved)
+            moved.set_result(None)
         await self._live("ack after republishing").ack(self._tag)
 
     def _uncount(self) -> None:
@@ -211,7 +229,9 @@ class AmqpSubscription(Subscription):
         """Consume on a new channel (at subscribe, and again after a reconnect)."""
         self._drop_channel()
         channel, raw, generation = await self.driver.link.channel()
-        holder = ConsumerChannel(channel, raw, generation)
+        batch = self.spec.max_unsettled // (2 * len(self.states))
+        holder = ConsumerChannel(channel, raw, generation, batch=batch)
+        deliver_directly(raw, holder.routes)
         channel.close_callbacks.add(lambda _sender, _exc: self._channel_closed(holder))
         self._channel = holder
         for state in list(self.states):
@@ -228,10 +248,13 @@ class AmqpSubscription(Subscription):
             arguments["x-priority"] = priority
         share = -(-self.spec.max_unsettled // len(self.states))  # per consumer, as it starts
         await holder.raw.basic_qos(prefetch_count=max(share, 1))
+        tag = self._tag_of(state)
+        arrived = partial(self._arrived, holder, state=state)
+        holder.routes[tag] = arrived
         await holder.raw.basic_consume(
             state.name,
-            lambda delivered: self._arrived(holder, delivered, state),
-            consumer_tag=self._tag_of(state),
+            arrived,
+            consumer_tag=tag,
             arguments=arguments or None,
         )
 
@@ -356,8 +379,14 @@ class AmqpSubscription(Subscription):
                     await asyncio.sleep(0.002)
 
     def _close_channel_later(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._close_channel())
+        task = asyncio.get_running_loop().create_task(self._close_channel_if_done())
         self.driver.keep(task)
+
+    async def _close_channel_if_done(self) -> None:
+        # a delivery that arrived after the last settle is being given back on this
+        # channel: its own settle closes it (closing now would lose its ack)
+        if self.handed == 0:
+            await self._close_channel()
 
     async def _close_channel(self) -> None:
         channel, self._channel = self._channel, None

@@ -15,6 +15,7 @@ a queue has few holding queues; each removes itself (``x-expires``) once unused.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -61,6 +62,15 @@ class QueueState:
         """The declared queue it is (or is a partition of)."""
         return self.base or self.name
 
+    #: copies being published by a settle (the original still counted in flight)
+    moving: set[asyncio.Future[None]] = field(default_factory=set)
+
+    async def moves_done(self, timeout_s: float) -> None:
+        """Wait (bounded) for the copies being published now: until one is confirmed,
+        the broker may count it while its original is still counted in flight."""
+        if self.moving:
+            await asyncio.wait(set(self.moving), timeout=timeout_s)
+
     def returned(self) -> int:
         """Messages nacked back that the broker may not show as ready yet."""
         if self.returning:
@@ -97,8 +107,12 @@ def delay_ms(delay_s: float) -> int:
     return int(-(-ms // scale) * scale)
 
 
+#: what a holding queue's name has between its queue's name and its delay
+HOLDING_MARK = ".wq-delay-"
+
+
 def holding_name(queue: str, ms: int) -> str:
-    return f"{queue}.wq-delay-{ms}ms"
+    return f"{queue}{HOLDING_MARK}{ms}ms"
 
 
 def holding_arguments(queue: str, ms: int) -> dict[str, Any]:

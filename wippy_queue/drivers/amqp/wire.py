@@ -39,12 +39,15 @@ DELIVERY_COUNT = "x-delivery-count"
 PERSISTENT = 2
 MAX_SHORTSTR = 255
 _INT64 = (-(2**63), 2**63 - 1)
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _table_value(value: Any) -> Any:
     """A header value as the table holds it (None: leave it out of the table)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value if _INT64[0] <= value <= _INT64[1] else str(value)
+    if isinstance(value, float) and abs(value) > _FLOAT32_MAX:
+        return str(value)  # the table's floats are 32-bit (the exact value: x-wq-headers)
     return value
 
 
