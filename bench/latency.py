@@ -50,6 +50,8 @@ P99_TARGET_US = {"memory": 1000.0, "redis": 5000.0}
 #: the unpaced runs that measure the maximum publish this many times N (a run of a
 #: few thousand messages on the memory driver lasts under 0.1 s: too short to time)
 MAX_RUN_FACTOR = 4
+#: with ``--pacing spin``, the last stretch before a deadline is spent yielding (ns)
+SPIN_NS = 1_000_000
 
 HANDLERS_SOURCE = '''\
 """The latency bench's handler: its first statement reads the clock."""
@@ -101,6 +103,8 @@ class Context:
     max_length: int
     #: freeze the start-up heap once the runtime has started, as ``wippy-queue run`` does
     freeze: bool = True
+    #: pace the last millisecond before each deadline by yielding (see ``until``)
+    spin: bool = True
 
 
 def write_folder(ctx: Context, driver: str) -> tuple[Path, str]:
@@ -141,7 +145,28 @@ async def unpaced(publish: Publish, n: int, producers: int, late_ns: list[int]) 
     await asyncio.gather(*(producer(k) for k in range(min(producers, n))))
 
 
-def paced(rate: float) -> Callable[[Publish, int, int, list[int]], Awaitable[None]]:
+async def until(due_ns: int, spin: bool) -> int:
+    """Wait until ``perf_counter_ns()`` reaches ``due_ns``; return the time then.
+
+    asyncio's timers wake an idle loop at millisecond resolution (epoll), so a timer
+    alone (``spin`` False) publishes what is due once a millisecond, in bursts. With
+    ``spin`` the last millisecond is spent yielding to the loop (``sleep(0)``: every
+    other task still runs) until the deadline: each message goes out on time, at the
+    cost of a busy loop while waiting."""
+    now = time.perf_counter_ns()
+    if now >= due_ns:
+        return now
+    if not spin:
+        await asyncio.sleep((due_ns - now) / 1e9)
+        return time.perf_counter_ns()
+    if due_ns - now > SPIN_NS:
+        await asyncio.sleep((due_ns - now - SPIN_NS) / 1e9)
+    while (now := time.perf_counter_ns()) < due_ns:
+        await asyncio.sleep(0)
+    return now
+
+
+def paced(rate: float, spin: bool) -> Callable[[Publish, int, int, list[int]], Awaitable[None]]:
     """Publish 0..n-1 at ``rate``: message i is due at start + i / rate (absolute
     deadlines, so a late wake-up is caught up, never carried forward as drift).
     ``producers`` tasks take every ``producers``-th message, so a publish waiting on
@@ -154,10 +179,7 @@ def paced(rate: float) -> Callable[[Publish, int, int, list[int]], Awaitable[Non
         async def producer(first: int) -> None:
             for i in range(first, n, producers):
                 due = start + int(i * interval_ns)
-                now = time.perf_counter_ns()
-                if now < due:
-                    await asyncio.sleep((due - now) / 1e9)
-                    now = time.perf_counter_ns()
+                now = await until(due, spin)
                 late_ns.append(now - due)
                 await publish({"i": i, "t": now})
 
@@ -291,7 +313,7 @@ def _timing(t: Timing) -> LatencyTiming:
 
 
 def run_row(ctx: Context, row: LatencyRow, n: int) -> Timing:
-    publishing = paced(row.target_msg_s) if row.target_msg_s else unpaced
+    publishing = paced(row.target_msg_s, ctx.spin) if row.target_msg_s else unpaced
     return asyncio.run(wippy_run(ctx, row.driver, n, publishing))
 
 
@@ -347,6 +369,7 @@ def as_json(args: argparse.Namespace, rows: list[LatencyRow], info: dict[str, An
         "repeat": args.repeat,
         "producers": args.producers,
         "startup_heap_frozen": args.freeze,
+        "pacing": args.pacing,
         "machine": info,
         "load_average_1min_after": os.getloadavg()[0],
         "rows": [
@@ -379,6 +402,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--producers", type=int, default=4, help="concurrent publishing tasks (default 4)"
     )
     parser.add_argument(
+        "--pacing",
+        choices=("spin", "timer"),
+        default="spin",
+        help="spin: on time, yielding the last ms before each deadline (default); "
+        "timer: asyncio timers only (bursts once a millisecond, less CPU)",
+    )
+    parser.add_argument(
         "--no-freeze",
         dest="freeze",
         action="store_false",
@@ -395,7 +425,14 @@ def main(argv: list[str] | None = None) -> None:
     warmup = args.n // 10 if args.warmup is None else args.warmup
     info = harness.machine(("wippy-queue", "redis"))
     with tempfile.TemporaryDirectory(prefix="wippy-latency-") as tmp:
-        ctx = Context(Path(tmp), args.url, args.producers, args.n * MAX_RUN_FACTOR, args.freeze)
+        ctx = Context(
+            Path(tmp),
+            args.url,
+            args.producers,
+            args.n * MAX_RUN_FACTOR,
+            args.freeze,
+            spin=args.pacing == "spin",
+        )
         (ctx.tmp / f"{HANDLERS_MODULE}.py").write_text(HANDLERS_SOURCE)
         sys.path.insert(0, tmp)
         maxima = [LatencyRow(f"{d} max", d, "max", 0.0) for d in args.drivers]
@@ -413,7 +450,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\nN = {args.n:,} messages per paced run ({args.n * MAX_RUN_FACTOR:,} unpaced), "
         f"{args.repeat} runs per row (medians; max: the "
-        f"worst of all runs); {args.producers} publishing tasks; concurrency {CONCURRENCY}, "
+        f"worst of all runs); {args.producers} publishing tasks, pacing {args.pacing}; "
+        f"concurrency {CONCURRENCY}, "
         f"prefetch {PREFETCH}; start-up heap {'frozen' if args.freeze else 'not frozen'}; "
         f"Python {info['python']}, {info['cpus']} CPUs, load average "
         f"{info['load_average_1min']:.2f} before / {os.getloadavg()[0]:.2f} after; "

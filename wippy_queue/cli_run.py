@@ -224,8 +224,8 @@ def freeze_startup_heap() -> None:
     Why: a full (generation 2) collection walks every tracked object, and most of
     them are the start-up heap (modules, pydantic models, Casbin, the registry: some
     40,000 objects) that lives as long as the process. Each full collection stopped
-    the event loop for 12-22 ms under a 50,000-message backlog (bench/pauses.py);
-    frozen, they are no longer walked and it takes about 3 ms. Frozen objects are still
+    the event loop for 17-35 ms under a 50,000-message backlog (bench/pauses.py);
+    frozen, they are no longer walked and it takes at most 3.5 ms. Frozen objects are still
     freed by reference counting; only a cycle among start-up objects that later becomes
     garbage (a policy replaced by a reload, a connection replaced by a reconnect) is
     kept, once. Here and not in ``Runtime``: the process is ours only in ``run``; a

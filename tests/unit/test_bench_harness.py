@@ -4,6 +4,7 @@ bench scripts still start as ``python bench/<script>.py``. No timings are assert
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -90,6 +91,21 @@ def test_bench_scripts_start_and_take_svg(script: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "--svg PATH" in done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_latency_bench_prints_its_table_on_the_memory_driver(tmp_path: Path) -> None:
+    argv = ["--drivers", "memory", "--n", "200", "--repeat", "1", "--warmup", "0"]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "latency.py"), *argv, "--json", str(tmp_path / "l.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| memory | half max |" in done.stdout
+    rows = json.loads((tmp_path / "l.json").read_text())["rows"]
+    assert [r["load"] for r in rows] == ["max", "1k", "half max", "90% max"]
 
 
 @pytest.mark.timeout(60)
