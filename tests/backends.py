@@ -126,14 +126,19 @@ def reset(token: contextvars.Token[Backend | None]) -> None:
     _CURRENT.reset(token)
 
 
-async def waiting(runtime: Runtime, queue_id: str, *, timeout_s: float = 5.0) -> list[Message]:
+async def waiting(
+    runtime: Runtime, queue_id: str, *, expect: int = 0, timeout_s: float = 5.0
+) -> list[Message]:
     """The messages ready in a queue nobody consumes (dead letters, results), in order.
 
     Read through the driver protocol, so it works on every driver; each message is
-    given back untried, so the queue is as it was.
+    given back untried, so the queue is as it was. ``expect``: wait (bounded) until at
+    least that many are counted ready (a broker's count may trail a confirmed publish).
     """
     queue = runtime.queues[queue_id]
-    ready = (await queue.info()).ready
+    async with asyncio.timeout(timeout_s):
+        while (ready := (await queue.info()).ready) < expect:
+            await asyncio.sleep(0.01)
     if not ready:
         return []
     spec = SubscribeSpec("test:peek", queue.name, prefetch=ready, max_unsettled=ready)

@@ -238,9 +238,10 @@ def load(folder: Path, entries: list[dict[str, Any]], **options: Any) -> Runtime
     return Runtime.load(folder, **options)
 
 
-async def dead_letters(runtime: Runtime, queue: str = "dead") -> list[Message]:
-    """The messages waiting in ``queue`` (read through the driver protocol)."""
-    return await backends.waiting(runtime, f"{NAMESPACE}:{queue}")
+async def dead_letters(runtime: Runtime, queue: str = "dead", *, expect: int = 0) -> list[Message]:
+    """The messages waiting in ``queue`` (read through the driver protocol); ``expect``:
+    wait until at least that many are there."""
+    return await backends.waiting(runtime, f"{NAMESPACE}:{queue}", expect=expect)
 
 
 # -- observing decisions ------------------------------------------------------------------

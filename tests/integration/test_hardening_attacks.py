@@ -433,7 +433,7 @@ async def test_a_body_nested_200k_deep_from_a_broker_is_a_decode_error_not_a_cra
         deep = b"[" * 200_000 + b"]" * 200_000
         await runtime.queues["app:jobs"].put(Message("m-deep", deep, {}))
         await runtime.join("app:jobs", timeout=10)
-        dead = await sec.dead_letters(runtime)
+        dead = await sec.dead_letters(runtime, expect=1)
         assert runtime.states()["app:worker"].value == "running"  # never failed
     assert HANDLED == []
     assert [(m.id, m.headers["x_dead_letter_reason"]) for m in dead] == [("m-deep", "decode_error")]
