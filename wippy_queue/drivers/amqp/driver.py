@@ -145,8 +145,10 @@ class AmqpDriver(Driver):
         task.add_done_callback(self._tasks.discard)
 
     def queue_names(self) -> list[str]:
-        """Every queue this driver declared, its holding queues included."""
-        return [name for state in self._queues.values() for name in (state.name, *state.holding)]
+        """Every queue this driver declared: partitions', holding queues and the streams
+        of partition names included."""
+        names = [name for state in self._queues.values() for name in (state.name, *state.holding)]
+        return names + [partitions.registry for partitions in self._partitions.values()]
 
     def forget(self, subscription: AmqpSubscription) -> None:
         self._subscriptions.discard(subscription)
