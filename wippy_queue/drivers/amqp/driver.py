@@ -383,8 +383,9 @@ class AmqpDriver(Driver):
         return total
 
     async def info(self, queue: str) -> QueueInfo:
-        """Counts of the queue (summed over every partition's queue); on a partitioned
-        queue ``consumer_count`` is the most any one partition's queue has."""
+        """Counts of the queue, summed over every partition's queue (``consumer_count``
+        too: this process's readers of every partition are counted once, another
+        process's once per partition queue it consumes)."""
         self._state(queue)
         await self.link.wait_up(lambda: self._running)
         ready = delayed = expired = buffered = handed = open_ = closing = consumers = 0
@@ -392,7 +393,7 @@ class AmqpDriver(Driver):
         for state in states:
             waiting, listed = await self._counts(state.name)
             ready += waiting + state.returned()
-            consumers = max(consumers, listed)
+            consumers += listed
             delayed += await self._delayed(state)
             expired += state.expired
         for subscription in self._subscriptions:
@@ -401,6 +402,8 @@ class AmqpDriver(Driver):
                 handed += subscription.handed
                 closing += subscription.closed
                 open_ += not subscription.closed
+                if not subscription.closed:  # one consumer per partition queue it reads
+                    consumers -= len(subscription.states) - 1
         # ours being closed may still be listed by the broker (see subscription.close)
         consumers = max(consumers - closing, open_)
         ready += buffered
