@@ -45,6 +45,8 @@ class Backend:
     names: set[str] = field(default_factory=set)
     #: ``driver_options`` every queue entry gets (a short SQS lease)
     queue_options: Mapping[str, Any] = field(default_factory=dict)
+    #: the broker-side names of the partitioned queues among ``names``
+    partitioned: set[str] = field(default_factory=set)
 
     def driver_entry(self, name: str = "mem", **lifecycle: Any) -> dict[str, Any]:
         return {
@@ -59,6 +61,8 @@ class Backend:
         if self.prefix:
             entry.setdefault("queue_name", f"{self.prefix}-{name}")
             self.names.add(entry["queue_name"])
+            if fields.get("partition_by"):
+                self.partitioned.add(entry["queue_name"])
         if self.queue_options:
             options = entry["driver_options"] = copy.deepcopy(entry.get("driver_options", {}))
             for key, values in self.queue_options.items():
@@ -71,7 +75,7 @@ class Backend:
         if self.kind == "queue.driver.amqp":
             import amqp_support
 
-            amqp_support.delete_queues(sorted(self.names))
+            amqp_support.delete_queues(sorted(self.names), partitioned=self.partitioned)
         elif self.kind == "queue.driver.redis":
             services.redis_delete_prefix(self.prefix)
 

@@ -152,8 +152,10 @@ class AmqpDriver(Driver):
         task.add_done_callback(self._tasks.discard)
 
     def queue_names(self) -> list[str]:
-        """Every queue this driver declared, its holding queues included."""
-        return [name for state in self._queues.values() for name in (state.name, *state.holding)]
+        """Every queue this driver declared: partitions', holding queues and the streams
+        of partition names included."""
+        names = [name for state in self._queues.values() for name in (state.name, *state.holding)]
+        return names + [partitions.registry for partitions in self._partitions.values()]
 
     def forget(self, subscription: AmqpSubscription) -> None:
         self._subscriptions.discard(subscription)
@@ -395,8 +397,9 @@ class AmqpDriver(Driver):
         return total
 
     async def info(self, queue: str) -> QueueInfo:
-        """Counts of the queue (summed over every partition's queue); on a partitioned
-        queue ``consumer_count`` is the most any one partition's queue has."""
+        """Counts of the queue, summed over every partition's queue (``consumer_count``
+        too: this process's readers of every partition are counted once, another
+        process's once per partition queue it consumes)."""
         self._state(queue)
         await self.link.wait_up(lambda: self._running)
         states = self._states_of(queue)
@@ -406,14 +409,17 @@ class AmqpDriver(Driver):
         for state in states:  # the broker's counts before the census: see census.py
             waiting, listed = await self._counts(state.name)
             ready += waiting
-            consumers = max(consumers, listed)
+            consumers += listed
+        ours = [s for s in self._subscriptions if s.state.queue == queue]
+        # a reader of every partition is listed once per partition queue: count it once
+        consumers -= sum(len(s.states) - 1 for s in ours if not s.closed)
         mine = self._holding(queue)
         theirs = await self._census.count(queue, consumers - mine.consumers)
         self._learn_holding(states, theirs.holding)
         for state in states:
             delayed += await self._delayed(state)
             expired += state.expired
-        closing = sum(s.closed for s in self._subscriptions if s.state.queue == queue)
+        closing = sum(s.closed for s in ours)
         # ours being closed may still be listed by the broker (see subscription.close)
         consumers = max(consumers - closing, mine.consumers - closing)
         held = mine + theirs
