@@ -423,15 +423,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return harness.parse(parser, argv)
 
 
-def select(rows: list[SystemRow], only: list[str] | None) -> list[SystemRow]:
-    if not only:
-        return rows
-    known = {r.key for r in rows}
-    if unknown := set(only) - known:
-        raise SystemExit(f"unknown row(s) {sorted(unknown)}; known: {sorted(known)}")
-    return [r for r in rows if r.key in only]
-
-
 def as_json(args: argparse.Namespace, rows: list[SystemRow], info: dict[str, Any]) -> Any:
     return {
         "n": args.n,
@@ -441,18 +432,7 @@ def as_json(args: argparse.Namespace, rows: list[SystemRow], info: dict[str, Any
         "prefetch": PREFETCH,
         "machine": info,
         "load_average_1min_after": os.getloadavg()[0],
-        "rows": [
-            {
-                "key": r.key,
-                "system": r.system,
-                "config": r.config,
-                "peer": r.peer,
-                "median_msg_s": r.median,
-                "runs_msg_s": r.rates,
-                "median_cpu_us_per_msg": r.cpu_us,
-            }
-            for r in rows
-        ],
+        "rows": [harness.row_json(r, system=r.system, config=r.config, peer=r.peer) for r in rows],
     }
 
 
@@ -461,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
     warmup = args.n // 10 if args.warmup is None else args.warmup
     dists = ("wippy-queue", "aio-pika", "taskiq", "taskiq-aio-pika", "dramatiq", "pika")
     info = harness.machine((*dists, "celery", "kombu"))
-    rows = select(build_rows(args.producers), args.only)
+    rows = harness.select(build_rows(args.producers), args.only)
     with tempfile.TemporaryDirectory(prefix="wippy-bench-amqp-") as tmp:
         (Path(tmp) / f"{HANDLERS_MODULE}.py").write_text(HANDLERS_SOURCE)
         (Path(tmp) / f"{CELERY_MODULE}.py").write_text(CELERY_SOURCE)
@@ -481,18 +461,14 @@ def main(argv: list[str] | None = None) -> None:
         f"load average {info['load_average_1min']:.2f} before / {os.getloadavg()[0]:.2f} "
         f"after; {versions}; wippy_queue {info['wippy_queue_tree']}\n"
     )
-    print(table(rows))
-    if args.json:
-        harness.write_json(args.json, as_json(args, rows, info))
-    if args.svg:
-        harness.write_chart(
-            args.svg,
-            [row.bar() for row in rows],
-            title="bench/amqp.py: wippy-queue on RabbitMQ beside Dramatiq, Celery, taskiq",
-            n=args.n,
-            repeat=args.repeat,
-            settings=f"concurrency {CONCURRENCY}, prefetch {PREFETCH}, {args.producers} producers",
-        )
+    harness.report(
+        args,
+        rows,
+        table(rows),
+        lambda: as_json(args, rows, info),
+        title="bench/amqp.py: wippy-queue on RabbitMQ beside Dramatiq, Celery, taskiq",
+        settings=f"concurrency {CONCURRENCY}, prefetch {PREFETCH}, {args.producers} producers",
+    )
 
 
 if __name__ == "__main__":

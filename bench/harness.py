@@ -191,6 +191,53 @@ def measure(
             )
 
 
+def select(rows: list[R], only: list[str] | None) -> list[R]:
+    """The rows ``--only`` names (every row without it); an unknown key lists the known."""
+    if not only:
+        return rows
+    known = {r.key for r in rows}
+    if unknown := set(only) - known:
+        raise SystemExit(f"unknown row(s) {sorted(unknown)}; known: {sorted(known)}")
+    return [r for r in rows if r.key in only]
+
+
+def row_json(row: Row, **more: Any) -> dict[str, Any]:
+    """A measured row as the scripts' ``--json`` gives it: its key, what ``more`` adds,
+    its runs and their medians."""
+    return {
+        "key": row.key,
+        **more,
+        "median_msg_s": row.median,
+        "runs_msg_s": row.rates,
+        "median_cpu_us_per_msg": row.cpu_us,
+    }
+
+
+def report(
+    args: argparse.Namespace,
+    rows: Sequence[Row],
+    text: str,
+    data: Callable[[], dict[str, Any]],
+    *,
+    title: str,
+    settings: str,
+) -> None:
+    """Print the table ``text``; write ``data()`` to ``--json`` and the bars to ``--svg``
+    when asked."""
+    print(text)
+    if getattr(args, "json", None):
+        write_json(args.json, data())
+    if args.svg:
+        write_chart(
+            args.svg,
+            [row.bar() for row in rows],
+            title=title,
+            n=args.n,
+            repeat=args.repeat,
+            settings=settings,
+        )
+
+
 # -- command line ---------------------------------------------------------------------
 
 

@@ -394,15 +394,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return harness.parse(parser, argv)
 
 
-def select(rows: list[SystemRow], only: list[str] | None) -> list[SystemRow]:
-    if not only:
-        return rows
-    known = {r.key for r in rows}
-    if unknown := set(only) - known:
-        raise SystemExit(f"unknown row(s) {sorted(unknown)}; known: {sorted(known)}")
-    return [r for r in rows if r.key in only]
-
-
 def as_json(args: argparse.Namespace, rows: list[SystemRow], info: dict[str, Any]) -> Any:
     return {
         "n": args.n,
@@ -414,13 +405,7 @@ def as_json(args: argparse.Namespace, rows: list[SystemRow], info: dict[str, Any
         "load_average_1min_after": os.getloadavg()[0],
         "rows": [
             {
-                "key": r.key,
-                "system": r.system,
-                "config": r.config,
-                "peer": r.peer,
-                "median_msg_s": r.median,
-                "runs_msg_s": r.rates,
-                "median_cpu_us_per_msg": r.cpu_us,
+                **harness.row_json(r, system=r.system, config=r.config, peer=r.peer),
                 "median_redis_cpu_us_per_msg": r.server_us,
             }
             for r in rows
@@ -435,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     info = harness.machine(dists)
     server = Server(args.url)
     info["redis_server"] = server.client.info("server")["redis_version"]
-    rows = select(build_rows(args.producers), args.only)
+    rows = harness.select(build_rows(args.producers), args.only)
     with tempfile.TemporaryDirectory(prefix="wippy-bench-redis-") as tmp:
         (Path(tmp) / f"{HANDLERS_MODULE}.py").write_text(HANDLERS_SOURCE)
         sys.path.insert(0, tmp)
@@ -452,18 +437,14 @@ def main(argv: list[str] | None = None) -> None:
         f"{info['load_average_1min']:.2f} before / {os.getloadavg()[0]:.2f} after; "
         f"{versions}; wippy_queue {info['wippy_queue_tree']}\n"
     )
-    print(table(rows))
-    if args.json:
-        harness.write_json(args.json, as_json(args, rows, info))
-    if args.svg:
-        harness.write_chart(
-            args.svg,
-            [row.bar() for row in rows],
-            title="bench/redis.py: wippy-queue on Redis beside taskiq-redis, arq and Dramatiq",
-            n=args.n,
-            repeat=args.repeat,
-            settings=f"concurrency {CONCURRENCY}, prefetch {PREFETCH}, {args.producers} producers",
-        )
+    harness.report(
+        args,
+        rows,
+        table(rows),
+        lambda: as_json(args, rows, info),
+        title="bench/redis.py: wippy-queue on Redis beside taskiq-redis, arq and Dramatiq",
+        settings=f"concurrency {CONCURRENCY}, prefetch {PREFETCH}, {args.producers} producers",
+    )
 
 
 if __name__ == "__main__":

@@ -328,28 +328,10 @@ def as_json(
         "machine": before,
         "load_average_1min_after": os.getloadavg()[0],
         "rows": [
-            {
-                "key": r.key,
-                "system": r.system,
-                "config": r.config,
-                "peer": r.peer,
-                "bounded": r.bounded,
-                "median_msg_s": r.median,
-                "runs_msg_s": r.rates,
-                "median_cpu_us_per_msg": r.cpu_us,
-            }
+            harness.row_json(r, system=r.system, config=r.config, peer=r.peer, bounded=r.bounded)
             for r in rows
         ],
     }
-
-
-def select(rows: list[SystemRow], only: list[str] | None) -> list[SystemRow]:
-    if not only:
-        return rows
-    known = {r.key for r in rows}
-    if unknown := set(only) - known:
-        raise SystemExit(f"unknown row(s) {sorted(unknown)}; known: {sorted(known)}")
-    return [r for r in rows if r.key in only]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -360,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="wippy-bench-") as tmp:
         folders = write_entries(Path(tmp), max_length)
         sys.path.insert(0, tmp)
-        rows = select(build_rows(folders, max_length), args.only)
+        rows = harness.select(build_rows(folders, max_length), args.only)
         harness.measure(
             rows, lambda row, n: row.run(n), n=args.n, repeat=args.repeat, warmup=warmup
         )
@@ -370,18 +352,14 @@ def main(argv: list[str] | None = None) -> None:
         f"load average {info['load_average_1min']:.2f} before / {os.getloadavg()[0]:.2f} after; "
         f"wippy_queue {info['wippy_queue_tree']}\n"
     )
-    print(table(rows))
-    if args.json:
-        harness.write_json(args.json, as_json(args, rows, info))
-    if args.svg:
-        harness.write_chart(
-            args.svg,
-            [row.bar() for row in rows],
-            title="bench/throughput.py: end-to-end throughput beside Dramatiq and taskiq",
-            n=args.n,
-            repeat=args.repeat,
-            settings=f"concurrency {CONCURRENCY}, prefetch {PREFETCH}, max_length {max_length:,}",
-        )
+    harness.report(
+        args,
+        rows,
+        table(rows),
+        lambda: as_json(args, rows, info),
+        title="bench/throughput.py: end-to-end throughput beside Dramatiq and taskiq",
+        settings=f"concurrency {CONCURRENCY}, prefetch {PREFETCH}, max_length {max_length:,}",
+    )
 
 
 if __name__ == "__main__":
