@@ -139,26 +139,13 @@ def delete_queues(url: str, names: list[str], exchanges: tuple[str, ...] = ()) -
 
 
 def wippy_entries(url: str, name: str) -> dict[str, Any]:
-    """The AMQP driver, a quorum queue under a fresh name, the no-op, a consumer (4, 20)."""
-    auto = {"auto_start": True}
-    return {
-        "version": "1.0",
-        "namespace": "bench",
-        "entries": [
-            {"name": "rabbit", "kind": "queue.driver.amqp", "url": url, "lifecycle": auto},
-            {"name": "jobs", "kind": "queue.queue", "driver": "bench:rabbit", "queue_name": name},
-            {"name": "noop", "kind": "function.python", "source": f"{HANDLERS_MODULE}:noop"},
-            {
-                "name": "worker",
-                "kind": "queue.consumer",
-                "queue": "bench:jobs",
-                "func": "bench:noop",
-                "concurrency": CONCURRENCY,
-                "prefetch": PREFETCH,
-                "lifecycle": {"auto_start": False},
-            },
-        ],
-    }
+    """The AMQP driver, a queue under a fresh name, the no-op, a consumer (4, 20)."""
+    return harness.bench_entries(
+        {"name": "noop", "kind": "function.python", "source": f"{HANDLERS_MODULE}:noop"},
+        driver={"name": "rabbit", "kind": "queue.driver.amqp", "url": url},
+        queue_name=name,
+        consume_at_start=False,
+    )
 
 
 async def wippy_run(ctx: Context, n: int) -> Timing:

@@ -32,22 +32,35 @@ CONCURRENCY = 4
 PREFETCH = 20
 
 
-def bench_entries(handler: dict[str, Any], *, max_length: int) -> dict[str, Any]:
-    """The entry file every row starts from: the memory driver, queue ``bench:jobs``
-    holding up to ``max_length``, ``handler`` (a function entry) and consumer
-    ``bench:worker`` calling it with CONCURRENCY and PREFETCH. Rows add to it."""
-    jobs = {"memory": {"max_length": max_length}}
+def bench_entries(
+    handler: dict[str, Any],
+    *,
+    max_length: int | None = None,
+    driver: dict[str, Any] | None = None,
+    queue_name: str | None = None,
+    consume_at_start: bool = True,
+) -> dict[str, Any]:
+    """The entry file every row starts from: a driver (``driver``'s entry, the memory
+    driver by default), queue ``bench:jobs`` (named ``queue_name`` on the broker;
+    holding up to ``max_length`` on the memory driver), ``handler`` (a function entry)
+    and consumer ``bench:worker`` calling it with CONCURRENCY and PREFETCH, started
+    with the runtime unless not ``consume_at_start``. Rows add to it."""
+    chosen = driver or {"name": "memory", "kind": "queue.driver.memory"}
+    jobs: dict[str, Any] = {
+        "name": "jobs",
+        "kind": "queue.queue",
+        "driver": f"bench:{chosen['name']}",
+    }
+    if max_length is not None:
+        jobs["driver_options"] = {"memory": {"max_length": max_length}}
+    if queue_name is not None:
+        jobs["queue_name"] = queue_name
     return {
         "version": "1.0",
         "namespace": "bench",
         "entries": [
-            {"name": "memory", "kind": "queue.driver.memory", "lifecycle": {"auto_start": True}},
-            {
-                "name": "jobs",
-                "kind": "queue.queue",
-                "driver": "bench:memory",
-                "driver_options": jobs,
-            },
+            {**chosen, "lifecycle": {"auto_start": True}},
+            jobs,
             handler,
             {
                 "name": "worker",
@@ -56,7 +69,7 @@ def bench_entries(handler: dict[str, Any], *, max_length: int) -> dict[str, Any]
                 "func": f"bench:{handler['name']}",
                 "concurrency": CONCURRENCY,
                 "prefetch": PREFETCH,
-                "lifecycle": {"auto_start": True},
+                "lifecycle": {"auto_start": consume_at_start},
             },
         ],
     }

@@ -122,25 +122,12 @@ async def noop(data):
 
 def wippy_entries(url: str, name: str) -> dict[str, Any]:
     """The Redis driver, a queue under a fresh name, the no-op, a consumer (4, 20)."""
-    auto = {"auto_start": True}
-    return {
-        "version": "1.0",
-        "namespace": "bench",
-        "entries": [
-            {"name": "redis", "kind": "queue.driver.redis", "url": url, "lifecycle": auto},
-            {"name": "jobs", "kind": "queue.queue", "driver": "bench:redis", "queue_name": name},
-            {"name": "noop", "kind": "function.python", "source": f"{HANDLERS_MODULE}:noop"},
-            {
-                "name": "worker",
-                "kind": "queue.consumer",
-                "queue": "bench:jobs",
-                "func": "bench:noop",
-                "concurrency": CONCURRENCY,
-                "prefetch": PREFETCH,
-                "lifecycle": auto,
-            },
-        ],
-    }
+    return harness.bench_entries(
+        {"name": "noop", "kind": "function.python", "source": f"{HANDLERS_MODULE}:noop"},
+        driver={"name": "redis", "kind": "queue.driver.redis", "url": url},
+        queue_name=name,
+        consume_at_start=True,
+    )
 
 
 async def wippy_run(ctx: Context, n: int) -> RedisTiming:
