@@ -118,21 +118,25 @@ async def produce(send: Callable[[int], Awaitable[Any]], n: int, producers: int)
     await asyncio.gather(*(producer() for _ in range(producers)))
 
 
-def delete_queues(url: str, names: list[str], exchanges: tuple[str, ...] = ()) -> None:
-    """Delete queues (and exchanges) this run declared; all have fresh names: ours."""
-    import pika
+async def drop_queues(url: str, names: list[str], exchanges: tuple[str, ...] = ()) -> None:
+    """Delete queues (and exchanges) this run declared; all have fresh names: ours.
+    Through aio-pika, which every install of the amqp extra has (pika may be absent)."""
+    import aio_pika
 
-    params = pika.URLParameters(url)
-    params.heartbeat = 0
-    connection = pika.BlockingConnection(params)
+    connection = await aio_pika.connect(url)
     try:
-        channel = connection.channel()
+        channel = await connection.channel()
         for name in names:
-            channel.queue_delete(name)  # own
+            await channel.queue_delete(name)  # own
         for name in exchanges:
-            channel.exchange_delete(name)  # own
+            await channel.exchange_delete(name)  # own
     finally:
-        connection.close()
+        await connection.close()
+
+
+def delete_queues(url: str, names: list[str], exchanges: tuple[str, ...] = ()) -> None:
+    """``drop_queues`` from a thread with no event loop running."""
+    asyncio.run(drop_queues(url, names, exchanges))
 
 
 # -- wippy-queue ----------------------------------------------------------------------
@@ -166,7 +170,7 @@ async def wippy_run(ctx: Context, n: int) -> Timing:
             await runtime.join("bench:jobs")
             elapsed = since(started)
     finally:
-        delete_queues(ctx.url, [name])
+        await drop_queues(ctx.url, [name])
     check_handled(next(done), n, "wippy-queue")
     return elapsed
 
@@ -213,7 +217,7 @@ async def taskiq_run(ctx: Context, n: int) -> Timing:
             listening.cancel()
             await asyncio.gather(listening, return_exceptions=True)
         await broker.shutdown()
-        delete_queues(ctx.url, [name, f"{name}.dead_letter"], exchanges=(name,))
+        await drop_queues(ctx.url, [name, f"{name}.dead_letter"], exchanges=(name,))
     check_handled(count.handled, n, "taskiq-aio-pika")
     return elapsed
 

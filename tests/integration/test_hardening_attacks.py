@@ -650,11 +650,15 @@ async def test_a_read_that_never_answers_is_given_up_and_does_not_hold_the_loop(
 async def test_the_watcher_thread_is_started_once_and_reused() -> None:
     """Thread.start() blocks the loop until the new thread runs (ms on a busy machine):
     the watcher's looks must not start one each."""
-    io = IoThread("test-io")
-    before = threading.active_count()
+    io = IoThread("test-io-reused")
+
+    def ours() -> list[threading.Thread]:  # (other tests' threads come and go meanwhile)
+        return [t for t in threading.enumerate() if t.name == "test-io-reused"]
+
+    assert ours() == []
     idents = {await io.run(threading.get_ident, 1.0) for _ in range(5)}
     assert len(idents) == 1 and threading.get_ident() not in idents
-    assert threading.active_count() == before + 1
+    assert [t.ident for t in ours()] == list(idents)
     with pytest.raises(ZeroDivisionError):  # an error is the awaiting task's
         await io.run(lambda: 1 / 0, 1.0)
     assert await io.run(threading.get_ident, 1.0) in idents  # and the thread lives on
