@@ -96,9 +96,10 @@ def app(
     return Runtime.load(path, plugins=handler_plugins(handler))
 
 
-async def waiting(runtime: Runtime, name: str) -> list[Message]:
-    """Messages ready in queue ``t:<name>``, which nobody consumes (dead letters, results)."""
-    return await backends.waiting(runtime, f"t:{name}")
+async def waiting(runtime: Runtime, name: str, *, expect: int = 0) -> list[Message]:
+    """Messages ready in queue ``t:<name>``, which nobody consumes (dead letters, results);
+    ``expect``: wait (bounded) until at least that many are counted."""
+    return await backends.waiting(runtime, f"t:{name}", expect=expect)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = WAIT_S) -> None:
@@ -154,7 +155,7 @@ async def test_handler_result_acks_or_nacks(
     async with app(tmp_path, handler, max_attempts=1) as runtime:
         message_id = await runtime.publish(JOBS, {"task": 7})
         await runtime.join(JOBS, timeout=WAIT_S)
-        dead = await waiting(runtime, "dead")
+        dead = await waiting(runtime, "dead", expect=0 if nack_reason is None else 1)
     assert calls == [{"task": 7}]  # the body arrives decoded
     if nack_reason is None:
         assert dead == []
@@ -184,7 +185,7 @@ async def test_undecodable_body_is_nacked_with_decode_error(tmp_path: Path) -> N
         broken = Message(str(uuid.uuid4()), b"{not json", {})
         await runtime.queues[JOBS].put(broken)
         await runtime.join(JOBS, timeout=WAIT_S)
-        dead = await waiting(runtime, "dead")
+        dead = await waiting(runtime, "dead", expect=1)
     assert calls == []
     assert [m.id for m in dead] == [broken.id]
     assert dead[0].headers["x_dead_letter_reason"] == "decode_error"
@@ -376,7 +377,7 @@ async def test_sync_handler_publishes_with_publish(tmp_path: Path) -> None:
     async with app(tmp_path, handler) as runtime:
         await runtime.publish(JOBS, {"n": 42})
         await runtime.join(JOBS, timeout=WAIT_S)
-        (result,) = await waiting(runtime, "results")
+        (result,) = await waiting(runtime, "results", expect=1)
     assert result.body == b'{"from":42}'
     assert result.headers["correlation_id"] == "c-1"
 
@@ -394,7 +395,7 @@ async def test_async_handler_publishes_with_publish_async(tmp_path: Path) -> Non
     async with app(tmp_path, handler) as runtime:
         await runtime.publish(JOBS, {"n": 5})
         await runtime.join(JOBS, timeout=WAIT_S)
-        (result,) = await waiting(runtime, "results")
+        (result,) = await waiting(runtime, "results", expect=1)
     assert result.body == b'{"from":5}'
     assert len(errors) == 1 and "publish_async" in errors[0]
 
@@ -430,7 +431,7 @@ async def test_file_handler_resolved_from_source_and_method(tmp_path: Path) -> N
     async with Runtime.load(tmp_path / "app.yaml") as runtime:
         message_id = await runtime.publish(JOBS, ["a", 1])
         await runtime.join(JOBS, timeout=WAIT_S)
-        (result,) = await waiting(runtime, "results")
+        (result,) = await waiting(runtime, "results", expect=1)
     assert result.body == f'{{"echo":["a",1],"id":"{message_id}"}}'.encode()
 
 
@@ -468,7 +469,7 @@ async def test_handler_resolved_from_module_and_function(
     async with Runtime.load(tmp_path / "app.yaml") as runtime:
         await runtime.publish(JOBS, {"n": 1})
         await runtime.join(JOBS, timeout=WAIT_S)
-        (result,) = await waiting(runtime, "results")
+        (result,) = await waiting(runtime, "results", expect=1)
     assert result.body == b'{"by":"handle","n":1}'
 
 
@@ -513,7 +514,7 @@ async def test_dead_letter_at_max_attempts_with_reason_headers(tmp_path: Path) -
         before = time.time()
         message_id = await runtime.publish(JOBS, {"n": 1}, {"tenant": "acme"})
         await runtime.join(JOBS, timeout=WAIT_S)
-        (dead,) = await waiting(runtime, "dead")
+        (dead,) = await waiting(runtime, "dead", expect=1)
         assert (await runtime.info(JOBS)).message_count == 0
     assert calls == [1, 2, 3]
     assert (dead.id, dead.body, dead.headers["tenant"]) == (message_id, b'{"n":1}', "acme")
@@ -538,7 +539,7 @@ async def attempt_times(tmp_path: Path, retry_delay: Any, attempts: int) -> list
     async with handler_app as runtime:
         message_id = await runtime.publish(JOBS, {"n": 1})
         await runtime.join(JOBS, timeout=WAIT_S)
-        (dead,) = await waiting(runtime, "dead")
+        (dead,) = await waiting(runtime, "dead", expect=1)
     assert (dead.id, dead.headers["x_dead_letter_attempts"]) == (message_id, attempts)
     return stamps
 
@@ -571,7 +572,7 @@ async def test_hung_handler_times_out_as_a_nack(tmp_path: Path) -> None:
     async with app(tmp_path, hangs, timeout=0.05, max_attempts=2) as runtime:
         message_id = await runtime.publish(JOBS, {"n": 1})
         await runtime.join(JOBS, timeout=WAIT_S)
-        (dead,) = await waiting(runtime, "dead")
+        (dead,) = await waiting(runtime, "dead", expect=1)
     assert dead.id == message_id
     assert dead.headers["x_dead_letter_reason"] == "timeout"
     assert dead.headers["x_dead_letter_attempts"] == 2
@@ -599,7 +600,7 @@ async def test_each_concurrent_call_gets_its_own_time_limit(tmp_path: Path) -> N
         await asyncio.sleep(0.5)  # the next call begins with 0.5 s left to the hung one
         await runtime.publish(JOBS, {"name": "late", "sleep": 0.7})
         await runtime.join(JOBS, timeout=WAIT_S)
-        dead = await waiting(runtime, "dead")
+        dead = await waiting(runtime, "dead", expect=1)
     assert [m.headers["x_dead_letter_reason"] for m in dead] == ["timeout"]
     assert json.loads(dead[0].body) == {"name": "hung"}
     assert set(outcomes) == {"late"}  # outlived the hung call's deadline, within its own
@@ -615,7 +616,7 @@ async def test_hung_sync_handler_times_out_as_a_nack(tmp_path: Path) -> None:
         async with app(tmp_path, hangs, timeout=0.05, max_attempts=1) as runtime:
             message_id = await runtime.publish(JOBS, {"n": 1})
             await runtime.join(JOBS, timeout=WAIT_S)
-            (dead,) = await waiting(runtime, "dead")
+            (dead,) = await waiting(runtime, "dead", expect=1)
     finally:
         release.set()
     assert (dead.id, dead.headers["x_dead_letter_reason"]) == (message_id, "timeout")
@@ -686,7 +687,7 @@ async def test_a_failing_settle_loses_nothing_and_the_consumer_recovers(tmp_path
 
         await dlq_broker.start()
         await runtime.join(JOBS, timeout=WAIT_S)
-        assert [m.id for m in await waiting(runtime, "dead")] == [message_id]
+        assert [m.id for m in await waiting(runtime, "dead", expect=1)] == [message_id]
 
 
 # -- backpressure and concurrency ----------------------------------------------------
@@ -877,7 +878,8 @@ async def test_stop_and_restart_loses_nothing(tmp_path: Path) -> None:
         handled[wippy_queue.current_message().id] += 1
         if sum(handled.values()) == 10:
             tenth.set()
-        await asyncio.sleep(0.01 if tenth.is_set() else 0)  # the stop comes mid-run
+        # the stop comes mid-run: the 40 left would take over 0.6 s from here
+        await asyncio.sleep(0.05 if tenth.is_set() else 0)
 
     async with app(tmp_path, handler, concurrency=3, prefetch=5) as runtime:
         sent = await publish_many(runtime, 50)

@@ -85,7 +85,7 @@ async def test_a_hung_sync_handler_does_not_stall_its_consumer(
             assert (n, handled_in != thread.name) == (2, True)
 
             await runtime.join(JOBS, timeout=WAIT_S)
-            (dead,) = await backends.waiting(runtime, "t:dead")
+            (dead,) = await backends.waiting(runtime, "t:dead", expect=1)
             assert (dead.id, dead.headers["x_dead_letter_reason"]) == (first, "timeout")
     finally:
         release.set()

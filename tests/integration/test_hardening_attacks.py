@@ -293,7 +293,7 @@ async def test_an_undecodable_body_is_recorded_backed_off_and_dead_lettered(
     async with runtime:
         await runtime.queues["app:jobs"].put(Message("m-bad", b"\xff not json", {}))
         await runtime.join("app:jobs", timeout=5)
-        dead = await sec.dead_letters(runtime)
+        dead = await sec.dead_letters(runtime, expect=1)
     assert HANDLED == []
     assert [(m.id, m.body, m.headers["x_dead_letter_reason"]) for m in dead] == [
         ("m-bad", b"\xff not json", "decode_error")
@@ -320,7 +320,7 @@ async def test_a_message_id_that_is_no_string_cannot_crash_settling(tmp_path: Pa
     async with runtime:
         await runtime.queues["app:jobs"].put(Message(123, b'{"n": 1}', {}))  # type: ignore[arg-type]
         await runtime.join("app:jobs", timeout=5)
-        dead = await sec.dead_letters(runtime)
+        dead = await sec.dead_letters(runtime, expect=1)
         assert runtime.states()["app:worker"].value == "running"
     assert HANDLED == []  # a message that is not one is never handled
     assert [(m.id, m.headers["x_dead_letter_reason"]) for m in dead] == [("123", "decode_error")]
@@ -356,7 +356,7 @@ async def test_a_json_queue_dead_lettering_into_a_msgpack_queue_ends_as_decode_e
     async with runtime:
         message_id = await runtime.publish("app:jobs", {"n": 1})
         await runtime.join(timeout=5)
-        buried = await sec.dead_letters(runtime, "graveyard")
+        buried = await sec.dead_letters(runtime, "graveyard", expect=1)
     assert HANDLED == []
     assert [(m.id, m.headers["x_dead_letter_reason"]) for m in buried] == [
         (message_id, "decode_error")

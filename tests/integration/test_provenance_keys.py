@@ -96,7 +96,7 @@ async def test_a_stale_message_is_dead_lettered_and_a_requeued_fresh_one_is_not(
         await runtime.queues[JOBS].put(old)
         await runtime.queues[JOBS].put(fresh)
         await runtime.join(JOBS, timeout=10)
-        (dead,) = await dead_letters(runtime)
+        (dead,) = await dead_letters(runtime, expect=1)
     assert (dead.id, dead.headers["x_dead_letter_reason"]) == (old.id, "stale_provenance")
     assert dead.headers["x_dead_letter_attempts"] == 1  # never retried: it only gets older
     assert [s.data["n"] for s in state.seen] == ["fresh"]  # a requeue did not age it out

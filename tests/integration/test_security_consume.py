@@ -54,7 +54,7 @@ async def test_deny_nacks_with_growing_backoff_then_dead_letters(tmp_path: Path)
     async with runtime:
         message_id = await runtime.publish(JOBS, {"n": 1})
         await runtime.join(timeout=5)
-        (dead,) = await dead_letters(runtime)
+        (dead,) = await dead_letters(runtime, expect=1)
 
     assert state.seen == []  # the handler never ran
     tries = decisions.of("app:worker")
@@ -90,7 +90,7 @@ async def test_a_deny_rule_is_named_in_the_dead_letter(tmp_path: Path) -> None:
     async with runtime:
         await runtime.publish(JOBS, {"n": 1})
         await runtime.join(timeout=5)
-        (dead,) = await dead_letters(runtime)
+        (dead,) = await dead_letters(runtime, expect=1)
     assert state.seen == []
     error = dead.headers["x_dead_letter_error"]
     assert error.startswith("deny (policy) by app:not_jobs rule [queue.consume, app:jobs")
@@ -195,7 +195,7 @@ async def test_a_tampered_stamp_is_forged_and_never_handled(tmp_path: Path, tamp
         await runtime.queues[JOBS].put(good)
         await runtime.queues[JOBS].put(bad)
         await runtime.join(timeout=5)
-        dead = await dead_letters(runtime)
+        dead = await dead_letters(runtime, expect=1)
     assert [s.message_id for s in state.seen] == [good.id]
     assert state.seen[0].headers["x_publisher_tenant"] == "tenant-a"
     assert [(m.id, m.headers["x_dead_letter_reason"]) for m in dead] == [
@@ -226,7 +226,7 @@ async def test_a_forged_stamp_is_denied(tmp_path: Path, forge: str) -> None:
     async with runtime:
         await runtime.queues[JOBS].put(message)
         await runtime.join(timeout=5)
-        (dead,) = await dead_letters(runtime)
+        (dead,) = await dead_letters(runtime, expect=1)
     assert state.seen == []
     assert dead.headers["x_dead_letter_reason"] == "forged_provenance"
 
@@ -335,7 +335,7 @@ async def test_strict_mode_denies_a_consumer_without_a_security_block(
     async with runtime:
         await runtime.queues[JOBS].put(Message(new_message_id(), b'{"n": 1}', {}))
         await runtime.join(timeout=5)
-        (dead,) = await dead_letters(runtime)
+        (dead,) = await dead_letters(runtime, expect=1)
     assert state.seen == []
     assert dead.headers["x_dead_letter_reason"] == "permission_denied"
     assert "strict" in dead.headers["x_dead_letter_error"]
@@ -370,6 +370,6 @@ async def test_strict_mode_denies_a_security_block_without_an_actor(tmp_path: Pa
     async with runtime:
         await runtime.queues[JOBS].put(Message(new_message_id(), b'{"n": 1}', {}))
         await runtime.join(timeout=5)
-        (dead,) = await dead_letters(runtime)
+        (dead,) = await dead_letters(runtime, expect=1)
     assert state.seen == []
     assert "strict" in dead.headers["x_dead_letter_error"]

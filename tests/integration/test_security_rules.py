@@ -333,7 +333,7 @@ async def test_rules_decide_consumption_end_to_end(tmp_path: Path) -> None:
         await runtime.publish("app:jobs", {"n": 2}, {"kind": "receipt"})
         await runtime.publish("app:jobs", {"n": 3}, {"kind": "invoice", "secret": "x"})
         await runtime.join(timeout=5)
-        dead = await dead_letters(runtime)
+        dead = await dead_letters(runtime, expect=2)
     assert [s.data for s in state.seen] == [{"n": 1}]
     errors = sorted(str(m.headers["x_dead_letter_error"]) for m in dead)
     assert errors[0] == "deny (no_allow)"

@@ -55,7 +55,7 @@ async def test_an_expired_message_is_dead_lettered_and_never_handled(tmp_path: P
         fresh = await runtime.publish("t:jobs", {"n": "fresh"})
         await runtime.start("t:worker")
         await runtime.join("t:jobs", timeout=WAIT_S)
-        (dead,) = await backends.waiting(runtime, "t:dead")
+        (dead,) = await backends.waiting(runtime, "t:dead", expect=1)
 
     assert handled == [{"n": "fresh"}]
     assert dead.id == stale and dead.id != fresh
@@ -93,6 +93,6 @@ async def test_a_requeue_does_not_make_a_message_young_again(tmp_path: Path) -> 
     async with app(tmp_path, handler, dead_letter=True, auto_start=True) as runtime:
         await runtime.publish("t:jobs", {"n": 1})
         await runtime.join("t:jobs", timeout=WAIT_S)
-        (dead,) = await backends.waiting(runtime, "t:dead")
+        (dead,) = await backends.waiting(runtime, "t:dead", expect=1)
     assert attempts[:1] == [1] and len(attempts) < 3  # expired before its third attempt
     assert dead.headers["x_dead_letter_reason"] == "expired"
