@@ -322,12 +322,15 @@ async def test_stop_then_start_loses_nothing(driver: Harness) -> None:
     assert info.delayed in (0, 1)
     waiting = [m.id for m in sent if not (info.delayed and m.id == held[2].message.id)]
     fresh = await d.subscribe("q", prefetch=10)
-    seen = []
-    for _ in waiting:
+    seen: list[str] = []
+    while set(seen) != set(waiting):
         delivery = await receive(fresh)
+        assert delivery.message.id in waiting
         seen.append(delivery.message.id)
         await delivery.ack()
-    assert sorted(seen) == sorted(waiting)
+    # a lease that ends before its ack lands hands the message out again (at least once)
+    if not driver.capabilities.leases:
+        assert sorted(seen) == sorted(waiting)
     await expect_counts(driver, d, "q", (info.delayed,))
     await d.stop()
 

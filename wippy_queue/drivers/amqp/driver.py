@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 FULL_RETRY_S = (0.005, 0.25)
 #: how often wait_idle asks the broker
 IDLE_POLL_S = 0.02
+#: the second look that confirms an idle queue with holding queues (see wait_idle)
+IDLE_CONFIRM_S = 0.1
 #: the longest ``info`` waits for settles' copies being published to be confirmed
 MOVES_WAIT_S = 1.0
 
@@ -459,13 +461,29 @@ class AmqpDriver(Driver):
                 state.holding.setdefault(name, ms)
 
     async def wait_idle(self, queue: str, *, timeout_s: float | None = None) -> None:
-        """Poll ``info`` until idle; a reconnect in between is waited out."""
+        """Poll ``info`` until idle; a reconnect in between is waited out.
+
+        A message whose delay ends leaves its holding queue for its queue through the
+        broker's dead-lettering, and on the way it is counted in neither for a moment:
+        while the queue has holding queues, idle must be seen twice, IDLE_CONFIRM_S
+        apart.
+        """
         async with asyncio.timeout(timeout_s):
+            seen_idle = False
             while True:
                 try:
                     if (await self.info(queue)).idle:
-                        return
+                        if seen_idle or not self._delays(queue):
+                            return
+                        seen_idle = True
+                        await asyncio.sleep(IDLE_CONFIRM_S)
+                        continue
                 except DriverError:
                     if not self._running:
                         raise
+                seen_idle = False
                 await asyncio.sleep(IDLE_POLL_S)
+
+    def _delays(self, queue: str) -> bool:
+        """Whether ``queue`` has holding queues (delayed nacks, ours or another's)."""
+        return any(state.holding for state in self._states_of(queue))
