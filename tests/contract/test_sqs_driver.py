@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -254,6 +256,24 @@ async def test_a_release_made_elsewhere_counts_a_receive() -> None:
         async with asyncio.timeout(WAIT_S):
             again = await (await two.subscribe(SubscribeSpec("t:two", queue, 1, 1))).receive()
         assert (again.message.id, again.attempt) == (first.message.id, 2)
+
+
+async def test_a_nack_delay_past_what_sqs_allows_is_shortened_and_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running() as driver:
+        queue = name()
+        await declare(driver, queue)
+        await driver.publish(queue, msg())
+        sub = await driver.subscribe(SubscribeSpec("t:late", queue, 1, 1))
+        async with asyncio.timeout(WAIT_S):
+            delivery = await sub.receive()
+        with caplog.at_level(logging.WARNING, logger="wippy_queue.drivers.sqs"):
+            await delivery.nack(delay_s=13 * 3600)
+        await sub.close()
+        assert (await driver.info(queue)).delayed == 1  # held back, not dropped
+    assert re.search(r"46800s delay comes back after 431\d\ds", caplog.text)  # 12 h - held
+    assert "at most 12 h from its receive" in caplog.text
 
 
 async def test_a_stop_never_waits_for_a_long_poll_and_hides_nothing() -> None:

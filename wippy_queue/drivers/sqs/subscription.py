@@ -23,6 +23,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -135,6 +136,12 @@ class SqsDelivery(Delivery):
                 self.queue.expired += 1
             return
         seconds = delay_seconds(delay_s, time.monotonic() - self.received_at)
+        if seconds < math.ceil(delay_s):
+            log.warning(
+                "sqs queue %s: message %s nacked with a %gs delay comes back after %ds: SQS "
+                "keeps a message from view at most 12 h from its receive",
+                self.queue.name, self.message.id, delay_s, seconds,
+            )  # fmt: skip
         if seconds:
             self.queue.delayed[self.sqs_id] = time.monotonic() + seconds
         self.queue.settles.change(self.receipt, self.message.id, seconds, self.deadline)
