@@ -184,7 +184,12 @@ class SqsDriver(Driver):
             return
         url, attributes = await self._find_or_create(spec, options)
         _check_existing(spec, options, attributes)
-        self._queues[spec.name] = SqsQueue(
+        self._queues[spec.name] = self._sqs_queue(spec, options, url, attributes)
+
+    def _sqs_queue(
+        self, spec: QueueSpec, options: SqsQueueOptions, url: str, attributes: dict[str, str]
+    ) -> SqsQueue:
+        return SqsQueue(
             spec,
             options,
             url,
@@ -239,16 +244,7 @@ class SqsDriver(Driver):
             # its partition's queue is ours to make, whatever the queue's own ``create``
             options = options.model_copy(update={"create": True})
             url, attributes = await self._find_or_create(spec, options)
-            state = SqsQueue(
-                spec,
-                options,
-                url,
-                attributes,
-                client=self.client,
-                link=self.link,
-                linger_s=self.config.settle_linger,
-                stopped=self.not_running_error,
-            )
+            state = self._sqs_queue(spec, options, url, attributes)
             self._queues[name] = state
         for reader in list(self.readers):
             if reader.queue.name == queue:
