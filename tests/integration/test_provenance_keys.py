@@ -147,3 +147,19 @@ def test_validate_warns_of_policies_reading_an_unverifiable_publisher(tmp_path: 
         load_entries([tmp_path / "b"], broker)
     write_entries(tmp_path / "c", app_entries(signing_key=K1))
     assert not [w for w in load_entries([tmp_path / "c"], broker).registry.warnings]
+
+
+def test_verifying_leaves_the_headers_as_they_came_forged_or_not() -> None:
+    """The signature is lifted out while the rest is encoded: the handler (and a
+    dead-letter copy) still sees every header, whether the stamp held or not."""
+    stamper = Stamper({"k1": K1}, "k1")
+    good = stamped(stamper)
+    before = dict(good.headers)
+    stamper.verify(good, "app:jobs")
+    assert good.headers == before
+    forged = stamped(stamper)
+    forged.headers["x_publisher"] = "admin"
+    before = dict(forged.headers)
+    with pytest.raises(ForgedProvenance, match="does not match"):
+        stamper.verify(forged, "app:jobs")
+    assert forged.headers == before
