@@ -870,6 +870,87 @@ async def test_sync_handler_outliving_stop_timeout_loses_nothing(tmp_path: Path)
     assert len(late_settle) == 1
 
 
+async def test_a_sync_handlers_waiting_calls_never_run_past_its_concurrency(
+    tmp_path: Path,
+) -> None:
+    """Prefetched messages wait in the thread queue, checked and ready; still only
+    ``concurrency`` calls run at once."""
+    lock = threading.Lock()
+    running, peak, handled = [0], [0], Counter[int]()
+    both = threading.Barrier(2, timeout=WAIT_S)
+
+    def handler(data: Any) -> Any:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        if data["n"] < 2:
+            both.wait()  # the first two run together: the two threads are both used
+        time.sleep(0.002)  # long enough for a third call to overlap, were it let
+        with lock:
+            running[0] -= 1
+            handled[data["n"]] += 1
+
+    async with app(tmp_path, handler, concurrency=2, prefetch=20) as runtime:
+        await publish_many(runtime, 30)
+        await runtime.join(JOBS, timeout=WAIT_S)
+    assert handled == Counter(range(30))
+    assert peak[0] == 2
+
+
+async def test_a_waiting_sync_call_is_timed_from_its_start(tmp_path: Path) -> None:
+    """Four calls of 0.15 s behind one thread take 0.6 s; each is within its 0.4 s
+    timeout, counted from when its thread starts it, not from its wait."""
+    handled: list[int] = []
+
+    def handler(data: Any) -> Any:
+        time.sleep(0.15)
+        handled.append(data["n"])
+
+    async with app(
+        tmp_path, handler, concurrency=1, prefetch=5, timeout=0.4, max_attempts=1
+    ) as runtime:
+        await publish_many(runtime, 4)
+        await runtime.join(JOBS, timeout=WAIT_S)
+        dead = await waiting(runtime, "dead")
+    assert dead == []
+    assert sorted(handled) == [0, 1, 2, 3]
+
+
+async def test_stop_gives_back_a_sync_handlers_waiting_calls_untried(tmp_path: Path) -> None:
+    """A stop does not run the calls waiting for a thread first: they go back at once,
+    untried, while the running one finishes."""
+    release, entered = threading.Event(), threading.Event()
+    handled: list[tuple[int, int]] = []
+
+    def handler(data: Any) -> Any:
+        if not entered.is_set():
+            entered.set()
+            release.wait(WAIT_S)
+        handled.append((data["n"], wippy_queue.current_message().attempt))
+
+    try:
+        async with app(tmp_path, handler, concurrency=1, prefetch=5) as runtime:
+            await publish_many(runtime, 5)
+            assert await asyncio.to_thread(entered.wait, WAIT_S)
+            stopping = asyncio.create_task(runtime.stop(WORKER))
+            # the four waiting calls are back while the first still runs
+            await eventually(partial(returned_besides_one, runtime))
+            release.set()
+            async with asyncio.timeout(WAIT_S):
+                await stopping
+            assert handled == [(0, 1)]
+            await runtime.start(WORKER)
+            await runtime.join(JOBS, timeout=WAIT_S)
+    finally:
+        release.set()
+    assert sorted(handled) == [(n, 1) for n in range(5)]  # each once, none tried before
+
+
+async def returned_besides_one(runtime: Runtime) -> bool:
+    info = await runtime.info(JOBS)
+    return (info.ready, info.in_flight) == (4, 1)
+
+
 async def test_stop_and_restart_loses_nothing(tmp_path: Path) -> None:
     handled: Counter[str] = Counter()
     tenth = asyncio.Event()

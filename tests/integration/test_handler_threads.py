@@ -235,3 +235,43 @@ async def test_replacing_stops_at_the_bound_with_an_error(
         await asyncio.to_thread(hang.thread.join, WAIT_S)
         assert not hang.thread.is_alive()
     assert threads.abandoned_running == 0
+
+
+async def test_a_timed_call_runs_out_from_its_start_and_frees_its_thread() -> None:
+    """With ``timeout_s`` the pool times its calls: the hung one fails with
+    TimeoutError and its thread is replaced; the one queued behind it, which waited
+    longer than the timeout before it started, runs to its end."""
+    release = threading.Event()
+    threads = HandlerThreads(1, "timed", replace_abandoned=True, timeout_s=0.2)
+    try:
+        hang = Hang(release)
+        hung = threads.submit(hang)
+        queued = threads.submit(where)
+        async with asyncio.timeout(WAIT_S):
+            with pytest.raises(TimeoutError, match=r"ran past 0\.2s"):
+                await hung
+            name = await queued
+        assert hang.thread is not None
+        assert name != hang.thread.name  # it ran on the replacement
+        assert threads.abandoned_running == 1
+    finally:
+        release.set()
+        threads.close()
+
+
+async def test_cancel_waiting_cancels_only_the_calls_not_started() -> None:
+    release = threading.Event()
+    threads = HandlerThreads(1, "waiting")
+    try:
+        hang = Hang(release)
+        running = threads.submit(hang)
+        assert hang.started.wait(WAIT_S)
+        waiting = [threads.submit(where) for _ in range(3)]
+        threads.cancel_waiting()
+        assert all(future.cancelled() for future in waiting)
+        release.set()
+        async with asyncio.timeout(WAIT_S):
+            assert await running == "late"
+    finally:
+        release.set()
+        threads.close()

@@ -1,9 +1,11 @@
 """``function.python``: a Python callable, async or plain.
 
 Plain functions run in a per-consumer thread pool of ``concurrency`` threads with
-the call context copied in (the stdlib does not do that for executors). A call that
-outlives its caller (the consumer's timeout) gets its thread replaced, so a hung
-handler does not take the consumer's capacity away.
+the call context copied in (the stdlib does not do that for executors). The
+consumer's prefetched messages wait in the pool's queue, checked and ready, so a
+thread that finishes a call starts the next at once; the ``timeout`` counts from
+when a call starts. A call that outlives its caller (the timeout, a stop) gets its
+thread replaced, so a hung handler does not take the consumer's capacity away.
 """
 
 from __future__ import annotations
@@ -112,9 +114,19 @@ class PythonHandler(Handler):
         self._async = inspect.iscoroutinefunction(fn)
         self._threads: HandlerThreads | None = None
 
-    async def start(self, *, concurrency: int) -> None:
+    async def start(self, *, concurrency: int, timeout_s: float | None = None) -> None:
         if not self._async and self._threads is None:
-            self._threads = HandlerThreads(concurrency, self.entry_id, replace_abandoned=True)
+            self._threads = HandlerThreads(
+                concurrency, self.entry_id, replace_abandoned=True, timeout_s=timeout_s
+            )
+
+    def backlog(self, prefetch: int) -> int:
+        """A plain function's prefetched calls wait in its thread queue (see Handler)."""
+        return 0 if self._async else prefetch
+
+    def drop_backlog(self) -> None:
+        if self._threads is not None:
+            self._threads.cancel_waiting()
 
     async def close(self) -> None:
         if self._threads is not None:

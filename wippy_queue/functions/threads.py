@@ -15,6 +15,12 @@ call is still running, its thread is abandoned (it ends once the call returns) a
 a new one takes its place, so ``count`` threads stay free for new work. Abandoned
 threads still running are bounded by ``MAX_ABANDONED_PER_THREAD`` x ``count``; past
 that, nothing is replaced and an error says the process should be restarted.
+
+Calls may be submitted faster than threads free up: they wait in the queue, and a
+thread takes the next one as soon as it is done, without a trip through the event
+loop. With ``timeout_s`` a call is timed from when its thread starts it (never while
+it waits): one timer on the loop, set for the soonest a running call can run out,
+fails a late call with ``TimeoutError`` and gives up on its thread.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -42,10 +49,12 @@ class _Worker:
     """One thread and the future of the call it runs (its thread writes ``running``,
     the event loop reads it; ``abandoned`` goes the other way)."""
 
-    __slots__ = ("abandoned", "running", "thread")
+    __slots__ = ("abandoned", "running", "started", "thread")
 
     def __init__(self, run: Callable[[_Worker], None], name: str) -> None:
         self.running: asyncio.Future[Any] | None = None
+        #: when the running call started (``time.monotonic``); written before ``running``
+        self.started = 0.0
         self.abandoned = False
         self.thread = threading.Thread(target=run, args=(self,), name=name, daemon=True)
 
@@ -54,7 +63,14 @@ class HandlerThreads:
     """Made on the event loop that submits to it (each call would otherwise look the
     loop up: a ``getpid`` system call)."""
 
-    def __init__(self, count: int, name: str, *, replace_abandoned: bool = False) -> None:
+    def __init__(
+        self,
+        count: int,
+        name: str,
+        *,
+        replace_abandoned: bool = False,
+        timeout_s: float | None = None,
+    ) -> None:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         #: the event loop that submits and the results it has to take
         self._loop = asyncio.get_running_loop()
@@ -71,12 +87,57 @@ class HandlerThreads:
         self._workers = [self._start_worker() for _ in range(count)]
         #: threads given up on whose call may still be running
         self._abandoned: list[_Worker] = []
+        self._timeout_s = timeout_s
+        #: submitted calls not known to be done, and the timer that times them
+        self._timed: set[asyncio.Future[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run ``fn(*args)`` in a thread under the caller's context; await the result."""
         future = self._loop.create_future()
         self._jobs.put((future, contextvars.copy_context(), fn, args))
+        if self._timeout_s is not None:
+            self._timed.add(future)
+            if self._timer is None:  # nothing submitted now can run out sooner
+                self._timer = self._loop.call_later(self._timeout_s, self._watch)
         return future
+
+    def _watch(self) -> None:
+        """On the loop: fail the calls running past the timeout; wake again for the
+        soonest that can, while any submitted call is not done."""
+        self._timer = None
+        timeout_s = self._timeout_s
+        assert timeout_s is not None
+        now = time.monotonic()
+        wake_at = now + timeout_s  # a call not started yet runs out no sooner
+        for worker in list(self._workers):
+            future = worker.running
+            started = worker.started  # read after running: it belongs to that call
+            if future is None or future.done():
+                continue
+            if now - started >= timeout_s:
+                future.set_exception(TimeoutError(f"the call ran past {timeout_s:g}s"))
+                self.stopped_waiting(future)
+            else:
+                wake_at = min(wake_at, started + timeout_s)
+        self._timed = {future for future in self._timed if not future.done()}
+        if self._timed and not self._closed:
+            self._timer = self._loop.call_later(max(wake_at - now, 0.0), self._watch)
+
+    def cancel_waiting(self) -> None:
+        """Cancel the calls no thread has started (their callers see CancelledError)."""
+        stops = 0
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                stops += 1
+            else:
+                job[0].cancel()
+        for _ in range(stops):  # (a closing pool's stops stay)
+            self._jobs.put(None)
 
     def _done(self, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> bool:
         """From a thread: hand a result to the loop, waking it unless a wake is pending.
@@ -160,6 +221,7 @@ class HandlerThreads:
     def _run(self, worker: _Worker) -> None:
         while (job := self._jobs.get()) is not None:
             future, ctx, fn, args = job
+            worker.started = time.monotonic()
             worker.running = future  # before the check: stopped_waiting cannot miss it
             if future.done():  # cancelled before it started
                 worker.running = None
@@ -180,13 +242,10 @@ class HandlerThreads:
     def close(self) -> None:
         """Cancel queued jobs and let the threads end (a running call finishes first)."""
         self._closed = True
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job[0].cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.cancel_waiting()
         # one stop per thread that may still take a job, abandoned ones included (one
         # abandoned just as its call returned may be waiting for a job); extras are harmless
         for _ in range(len(self._workers) + self.abandoned_running):

@@ -1,7 +1,10 @@
 """A consumer: a prefetch buffer, ``concurrency`` workers, settle from the result.
 
 Backpressure: a consumer holds at most ``prefetch + concurrency`` unsettled
-deliveries (a credit is taken before each receive and returned after settle).
+deliveries (a credit is taken before each receive and returned after settle). A
+handler with a backlog (threads: see ``Handler.backlog``) takes more calls than it
+runs at once; the consumer's workers are then ``concurrency + backlog``, and the
+handler runs ``concurrency`` of their calls at a time.
 Stop is graceful and loses nothing: no new deliveries, prefetched ones go back
 untried, in-flight handlers get ``stop_timeout`` to finish, then are cancelled and
 their messages go back too.
@@ -177,7 +180,8 @@ class Consumer:
 
     async def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
-        if self.timeout_s is not None:
+        backlog = self.handler.backlog(self.prefetch)
+        if self.timeout_s is not None and not backlog:  # (one with a backlog times its calls)
             self._deadlines = Deadlines(self.timeout_s, loop)
         self._stopping = False
         self.failed = loop.create_future()
@@ -187,7 +191,9 @@ class Consumer:
             publisher.home = self._base_context
         #: what each message's context is copied from: never touched by a handler
         self._clean_context = contextvars.copy_context()
-        await self.handler.start(concurrency=self.concurrency)
+        await self.handler.start(
+            concurrency=self.concurrency, timeout_s=self.timeout_s if backlog else None
+        )
         try:
             self._subscription = await self.queue.driver.subscribe(self.spec)
         except BaseException:
@@ -201,7 +207,7 @@ class Consumer:
         self._fetcher = asyncio.create_task(self._fetch(), name=f"{self.entry_id}:fetch")
         self._tasks = [
             asyncio.create_task(self._work(), name=f"{self.entry_id}:worker-{i}")
-            for i in range(self.concurrency)
+            for i in range(self.concurrency + backlog)
         ]
 
     async def _fetch(self) -> None:
@@ -365,6 +371,7 @@ class Consumer:
             await self._subscription.close()
         while not self._buffer.empty():
             await self._settler.give_back(self._buffer.get_nowait())
+        self.handler.drop_backlog()  # calls not started yet go back like the buffer's
         unfinished = await self._drain()
         # settles waiting on the audit write: bounded too
         await self._settler.drain(self.stop_timeout_s)

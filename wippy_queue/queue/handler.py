@@ -15,8 +15,22 @@ class Handler(ABC):
     def __init__(self, entry_id: str) -> None:
         self.entry_id = entry_id
 
-    async def start(self, *, concurrency: int) -> None:
-        """Prepare per-worker resources before the first call."""
+    async def start(self, *, concurrency: int, timeout_s: float | None = None) -> None:
+        """Prepare per-worker resources before the first call. ``timeout_s`` is given
+        only to a handler with a ``backlog``: its calls may wait to start, so it times
+        each from its start; the consumer times every other handler's calls."""
+
+    def backlog(self, prefetch: int) -> int:
+        """How many calls beyond ``concurrency`` may wait inside the handler for a
+        worker (0: none). A thread-backed handler takes the next waiting call the moment
+        a thread frees, without a round trip through the event loop (two thread
+        wake-ups, the larger part of a sync call's cost); the consumer then hands it up
+        to ``concurrency + backlog`` calls at once, ``concurrency`` of them running."""
+        return 0
+
+    def drop_backlog(self) -> None:
+        """Cancel the calls still waiting to start (a stop gives their messages back
+        untried instead of running them first)."""
 
     async def close(self) -> None:
         """Free what ``start`` made."""

@@ -58,7 +58,7 @@ class LuaHandler(Handler):
         #: how many Lua states were built (a stopped state is replaced by a new one)
         self.states_built = 0
 
-    async def start(self, *, concurrency: int) -> None:
+    async def start(self, *, concurrency: int, timeout_s: float | None = None) -> None:
         """Start the thread pool and build one state now: a chunk that fails to load
         fails the consumer's start instead of nacking every message."""
         if self._threads is not None:
