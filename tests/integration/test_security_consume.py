@@ -123,6 +123,11 @@ async def test_an_allowed_consumer_takes_what_another_was_denied(tmp_path: Path)
     async with runtime:
         await runtime.publish(JOBS, {"n": 1})
         await decisions.wait(lambda r: r.consumer == "app:denied")  # the first try is denied
+        if backends.current().name == "sqs":
+            # moto's long poll looks for messages made visible again once a second, so
+            # two pollers fall into step and the first takes every redelivery (real SQS
+            # does not): there the denied consumer steps aside
+            await runtime.stop("app:denied")
         await runtime.start("app:allowed")
         await runtime.join(timeout=5)
         assert await dead_letters(runtime) == []
