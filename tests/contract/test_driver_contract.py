@@ -229,6 +229,21 @@ async def test_a_cancelled_blocked_publish_enqueues_nothing(driver: Harness) -> 
         assert (await d.info("q")).message_count == 1
 
 
+async def test_a_count_cancelled_midway_leaves_the_driver_counting(driver: Harness) -> None:
+    """A caller cancelled while the driver asks the broker (a publish waiting for room,
+    a join that timed out) must not break the driver's next question."""
+    async with driver.running() as d:
+        await d.publish("q", msg())
+        for spins in range(12):  # cancelled before, during and after the broker's reply
+            asking = asyncio.create_task(d.info("q"))
+            for _ in range(spins):
+                await asyncio.sleep(0)
+            asking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asking
+            assert (await d.info("q")).message_count == 1
+
+
 async def test_a_publish_blocked_when_the_driver_stops_raises(driver: Harness) -> None:
     d = Bound(driver, driver.new_driver())
     await d.start()

@@ -75,6 +75,13 @@ class _Channel:
     def reset(self) -> None:
         self._raw = None
 
+    async def queue_declare(self, queue: str, **arguments: Any) -> Any:
+        """``queue.declare`` on the channel, shielded from the caller's cancellation:
+        aiormq closes a channel whose call is cancelled, and this one is shared (a
+        publish cancelled while it counted a full queue broke the next ``info``)."""
+        raw = await self.get()
+        return await asyncio.shield(raw.queue_declare(queue, **arguments))
+
 
 class AmqpDriver(Driver):
     """``queue.driver.amqp``."""
@@ -239,9 +246,8 @@ class AmqpDriver(Driver):
         return [s for s in self._queues.values() if s.queue == queue]
 
     async def _declare_on_broker(self, spec: QueueSpec, options: AmqpQueueOptions) -> None:
-        raw = await self._admin.get()
         try:
-            await raw.queue_declare(
+            await self._admin.queue_declare(
                 spec.name, durable=True, arguments=topology.queue_arguments(options)
             )
         except aiormq.exceptions.ChannelPreconditionFailed as err:
@@ -341,9 +347,8 @@ class AmqpDriver(Driver):
         # re-declared now and then: each declare restarts its x-expires clock
         last = self._held.get(name)
         if last is None or time.monotonic() - last > topology.HOLD_EXPIRES_MARGIN_MS / 4000:
-            raw = await self._admin.get()
             try:
-                await raw.queue_declare(
+                await self._admin.queue_declare(
                     name, durable=True, arguments=topology.holding_arguments(state.name, ms)
                 )
             except CLIENT_ERRORS as err:
@@ -374,9 +379,8 @@ class AmqpDriver(Driver):
 
     async def _counts(self, queue: str) -> tuple[int, int]:
         """(ready, consumers) of ``queue`` on the broker; DriverError if it is not there."""
-        raw = await self._admin.get()
         try:
-            ok = await raw.queue_declare(queue, passive=True)
+            ok = await self._admin.queue_declare(queue, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity as err:
             self._admin.reset()
             raise DriverError(f"queue {queue!r} does not exist on the broker") from err
