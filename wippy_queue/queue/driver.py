@@ -302,14 +302,19 @@ class Driver(ABC):
     @abstractmethod
     async def info(self, queue: str) -> QueueInfo: ...
 
+    async def idle(self, queue: str) -> bool:
+        """Whether ``queue`` has nothing ready, in flight or delayed; a driver that can
+        tell more cheaply than by its ``info`` counts says so here."""
+        return (await self.info(queue)).idle
+
     async def wait_idle(self, queue: str, *, timeout_s: float | None = None) -> None:
         """Wait until ``queue`` has nothing ready, in flight or delayed.
 
-        Brokers without change notifications poll ``info``; the memory driver overrides
+        Brokers without change notifications poll ``idle``; the memory driver overrides
         this with an event.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while not (await self.info(queue)).idle:
+        while not await self.idle(queue):
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"queue {queue!r} not idle after {timeout_s}s")
             await asyncio.sleep(0.02)

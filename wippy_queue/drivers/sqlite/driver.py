@@ -477,6 +477,15 @@ class SqliteDriver(Driver):
         await self.call(lambda store: store.subscribe(sid, queue, consumer, part), "subscribe")
         return subscription
 
+    async def idle(self, queue: str) -> bool:
+        """One index probe for any row of the queue left: ``info`` counts them all, and
+        a join polls this on the writer thread every 20 ms (9% of the writer's time
+        while draining a 40,000-message queue)."""
+        self._queue(queue)
+        if not self._running:
+            raise self.not_running_error()
+        return not await self.call(lambda store: store.holds_any(queue), f"idle check of {queue!r}")
+
     async def info(self, queue: str) -> QueueInfo:
         state = self._queue(queue)
         if not self._running:

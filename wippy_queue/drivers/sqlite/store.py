@@ -265,6 +265,14 @@ class Store:
             (queue, max_length, visibility_timeout_s),
         )
 
+    def holds_any(self, queue: str) -> bool:
+        """Whether any message of ``queue`` is left (ready, in flight or delayed): one
+        index probe, where ``info`` counts every row."""
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE queue = ?)", (queue,)
+        ).fetchone()
+        return bool(row[0])
+
     def info(self, queue: str) -> tuple[int, int, int, int, int]:
         """(ready, in_flight, delayed, expired, consumers); expired leases count as in
         flight; consumers are the live subscriptions of every process."""
