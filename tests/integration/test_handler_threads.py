@@ -121,6 +121,16 @@ def where() -> str:
     return threading.current_thread().name
 
 
+def hung_call(
+    threads: HandlerThreads, release: threading.Event
+) -> tuple[Hang, asyncio.Future[Any]]:
+    """A call that blocks ``threads``' thread until ``release``, once it has started."""
+    hang = Hang(release)
+    future = threads.submit(hang)
+    assert hang.started.wait(WAIT_S)
+    return hang, future
+
+
 async def give_up(threads: HandlerThreads, future: asyncio.Future[Any]) -> None:
     """What a caller whose timeout fired does: cancel the future, say so."""
     future.cancel()
@@ -133,9 +143,7 @@ async def test_a_call_given_up_on_gets_its_thread_replaced(
     release = threading.Event()
     threads = HandlerThreads(1, "unit", replace_abandoned=True)
     try:
-        hang = Hang(release)
-        hung = threads.submit(hang)
-        assert hang.started.wait(WAIT_S)
+        hang, hung = hung_call(threads, release)
         await give_up(threads, hung)
         assert threads.abandoned_running == 1
 
@@ -161,9 +169,7 @@ async def test_without_the_flag_a_thread_is_never_replaced() -> None:
     release = threading.Event()
     threads = HandlerThreads(1, "fixed")
     try:
-        hang = Hang(release)
-        hung = threads.submit(hang)
-        assert hang.started.wait(WAIT_S)
+        hang, hung = hung_call(threads, release)
         await give_up(threads, hung)
         assert threads.abandoned_running == 0
         queued = threads.submit(where)
@@ -184,9 +190,7 @@ async def test_a_call_given_up_on_before_it_started_never_runs(
     ran: list[str] = []
     threads = HandlerThreads(1, "queued", replace_abandoned=True)
     try:
-        hang = Hang(release)
-        busy = threads.submit(hang)
-        assert hang.started.wait(WAIT_S)
+        hang, busy = hung_call(threads, release)
         queued = threads.submit(ran.append, "ran")
         await give_up(threads, queued)
         assert threads.abandoned_running == 0  # nothing was running it: no replacement
@@ -212,10 +216,8 @@ async def test_replacing_stops_at_the_bound_with_an_error(
     try:
         # each hung thread is replaced up to the bound; the one past it is not
         for _ in range(MAX_ABANDONED_PER_THREAD + 1):
-            hang = Hang(release)
+            hang, future = hung_call(threads, release)
             hangs.append(hang)
-            future = threads.submit(hang)
-            assert hang.started.wait(WAIT_S)
             await give_up(threads, future)
         assert threads.abandoned_running == MAX_ABANDONED_PER_THREAD
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -263,9 +265,7 @@ async def test_cancel_waiting_cancels_only_the_calls_not_started() -> None:
     release = threading.Event()
     threads = HandlerThreads(1, "waiting")
     try:
-        hang = Hang(release)
-        running = threads.submit(hang)
-        assert hang.started.wait(WAIT_S)
+        _, running = hung_call(threads, release)
         waiting = [threads.submit(where) for _ in range(3)]
         threads.cancel_waiting()
         assert all(future.cancelled() for future in waiting)

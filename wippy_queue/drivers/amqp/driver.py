@@ -465,7 +465,7 @@ class AmqpDriver(Driver):
                 state.holding.setdefault(name, ms)
 
     async def wait_idle(self, queue: str, *, timeout_s: float | None = None) -> None:
-        """Poll ``info`` until idle; a reconnect in between is waited out.
+        """Poll ``idle`` until it holds; a reconnect in between is waited out.
 
         A message whose delay ends leaves its holding queue for its queue through the
         broker's dead-lettering, and on the way it is counted in neither for a moment:
@@ -476,7 +476,7 @@ class AmqpDriver(Driver):
             seen_idle = False
             while True:
                 try:
-                    if (await self.info(queue)).idle:
+                    if await self.idle(queue):
                         if seen_idle or not self._delays(queue):
                             return
                         seen_idle = True

@@ -439,7 +439,7 @@ class SqsDriver(Driver):
             seen = 0
             while seen < 2:
                 try:
-                    seen = seen + 1 if (await self.info(queue)).idle else 0
+                    seen = seen + 1 if await self.idle(queue) else 0
                 except Unavailable:  # the endpoint is away: wait for it, then look again
                     seen = 0
                     if not await self.link.ready():
