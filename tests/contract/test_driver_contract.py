@@ -535,6 +535,40 @@ async def test_a_subscription_never_holds_more_than_its_limit(driver: Harness) -
             await delivery.ack()
 
 
+async def test_receive_many_takes_what_is_ready_within_both_limits(driver: Harness) -> None:
+    """The consumer's fetch loop takes batches: never past ``limit`` nor the
+    subscription's own limit, each message once, in order where a batch holds several."""
+    async with driver.running() as d:
+        sent = [msg() for _ in range(10)]
+        for message in sent:
+            await d.publish("q", message)
+        sub = await d.subscribe("q", prefetch=4)
+        got: list[Delivery] = []
+        async with asyncio.timeout(WAIT_S):
+            one = await sub.receive_many(1)
+            assert len(one) == 1
+            got += one
+            while len(got) < 4:  # at most 3 more fit under max_unsettled=4
+                batch = await sub.receive_many(10)
+                assert 1 <= len(batch) <= 4 - len(got)
+                got += batch
+        assert sub.take_ready() is None, "a fifth unsettled delivery past max_unsettled=4"
+        async with asyncio.timeout(WAIT_S):
+            while len(got) < len(sent):
+                for delivery in got:
+                    if not delivery.settled:
+                        await delivery.ack()
+                batch = await sub.receive_many(3)
+                assert 1 <= len(batch) <= 3
+                got += batch
+        assert [delivery.message.id for delivery in got] == [m.id for m in sent]
+        for delivery in got[-3:]:
+            if not delivery.settled:
+                await delivery.ack()
+        async with asyncio.timeout(WAIT_S):
+            await d.wait_idle("q")
+
+
 async def test_declare_is_idempotent_and_a_conflicting_declare_is_refused(
     driver: Harness,
 ) -> None:

@@ -248,11 +248,20 @@ class MemorySubscription(Subscription):
                 self._room = asyncio.get_running_loop().create_future()
                 await self._room
                 continue
-            held = queue.take(self._partition) if queue.ready_count else None
-            if held is not None:
-                self._unsettled += 1
-                return MemoryDelivery(queue, held, self)
+            delivery = self.take_ready()
+            if delivery is not None:
+                return delivery
             await self._wait()
+
+    def take_ready(self) -> Delivery | None:
+        queue = self._queue
+        if self._closed or not queue.ready_count or self._unsettled >= self._max_unsettled:
+            return None
+        held = queue.take(self._partition)
+        if held is None:  # (ready in other partitions only)
+            return None
+        self._unsettled += 1
+        return MemoryDelivery(queue, held, self)
 
     async def _wait(self) -> None:
         queue = self._queue

@@ -67,11 +67,12 @@ class _AllOf:
 
 class _Credits:
     """How many more deliveries the consumer may take (prefetch + concurrency, less
-    those unsettled). One taker, the fetch loop, checks ``free`` and waits only when
-    there is none: cheaper per message than an ``asyncio.Semaphore``. Once out, it is
-    woken when ``wake_at`` are free again, not at each settle: it then takes that many
-    in one go instead of waking once per message, and the buffer still holds the rest
-    of the prefetch for the workers meanwhile."""
+    those unsettled). One taker, the fetch loop, takes every free credit for one
+    ``receive_many`` and returns those the batch did not use; it waits only when none
+    is free: cheaper per message than an ``asyncio.Semaphore``. Once out, it is woken
+    when ``wake_at`` are free again, not at each settle: it then takes that many in
+    one go instead of waking once per message, and the buffer still holds the rest of
+    the prefetch for the workers meanwhile."""
 
     __slots__ = ("_waiter", "free", "wake_at")
 
@@ -120,6 +121,11 @@ class _Buffer:
     def take(self) -> Delivery:
         """The front delivery (IndexError when there is none)."""
         return self._items.popleft()
+
+    def poll(self) -> Delivery | None:
+        """The front delivery, or None when there is none (a worker then ``get``s)."""
+        items = self._items
+        return items.popleft() if items else None
 
     async def get(self) -> Delivery:
         items = self._items
@@ -263,23 +269,15 @@ class Consumer:
         ]
 
     async def _fetch(self) -> None:
-        assert self._subscription is not None and self._leases is not None
-        receive, credits, hold = self._subscription.receive, self._credits, self._leases.hold
+        assert self._leases is not None
+        hold, unsettled, buffer = self._leases.hold, self._unsettled, self._buffer
         try:
             while True:
-                if self._gate is not None and not self._gate.is_set():
-                    await self._gate.wait()
-                if credits.free <= 0:
-                    await credits.wait()
-                credits.free -= 1
-                try:
-                    delivery = await receive()
-                except BaseException:
-                    credits.give()
-                    raise
-                self._unsettled.add(delivery)
-                hold(delivery)  # extended while held (leasing drivers)
-                self._buffer.put(delivery)
+                for delivery in await self._receive_batch():
+                    unsettled.add(delivery)
+                    if delivery.lease_s is not None:
+                        hold(delivery)  # extended while held
+                    buffer.put(delivery)
         except SubscriptionClosed:
             if not self._stopping:
                 self._fail(LifecycleError(f"consumer {self.entry_id}: its driver stopped"))
@@ -288,6 +286,24 @@ class Consumer:
         except Exception as err:
             log.exception("consumer %s: receiving failed", self.entry_id)
             self._fail(err)
+
+    async def _receive_batch(self) -> list[Delivery]:
+        """Once the gate is open and credits are free: as many deliveries as are ready
+        (at least one), up to the free credits, each taking one."""
+        assert self._subscription is not None
+        if self._gate is not None and not self._gate.is_set():
+            await self._gate.wait()
+        credits = self._credits
+        if credits.free <= 0:
+            await credits.wait()
+        taking, credits.free = credits.free, 0
+        try:
+            deliveries = await self._subscription.receive_many(taking)
+        except BaseException:
+            credits.free += taking
+            raise
+        credits.free += taking - len(deliveries)  # (settles meanwhile gave theirs back)
+        return deliveries
 
     def _fail(self, err: BaseException) -> None:
         if self.failed is not None and not self.failed.done():
@@ -298,7 +314,7 @@ class Consumer:
         task = asyncio.current_task()
         assert task is not None
         while True:
-            delivery = await buffer.get()
+            delivery = buffer.poll() or await buffer.get()
             if self._stopping or (self._gate is not None and not self._gate.is_set()):
                 await settler.give_back(delivery)
                 continue
@@ -321,7 +337,7 @@ class Consumer:
         """Run one delivery: decode, the middleware chain and handler, then settle."""
         message = delivery.message
         job = Job(self.entry_id, self.queue.id, None, message, None, delivery.attempt)
-        settle = partial(self._settler.settle, job, delivery, started=time.monotonic())
+        settle = partial(self._settler.settle, job, delivery, time.monotonic())
         problem = delivery.malformed
         if problem is None:
             try:
@@ -333,7 +349,7 @@ class Consumer:
             job.decision = (MALFORMED, None)
             await settle(Outcome.nack(Reason.DECODE_ERROR, problem))
             return
-        if expired(message, time.time()):  # never handed to a handler
+        if expired(message):  # never handed to a handler
             log.warning("consumer %s: message %s expired (ttl)", self.entry_id, message.id)
             await settle(Outcome.nack(Reason.EXPIRED, "its queue's ttl ran out"))
             return
@@ -382,7 +398,7 @@ class Consumer:
             own = isinstance(err, WippyQueueError) and not isinstance(err, HandlerError)
             self._failures.handler_failed(job.message.id, err, traceback_=not own)
             return Outcome.nack(Reason.HANDLER_ERROR, f"{type(err).__name__}: {err}")
-        outcome = outcome_of(result)
+        outcome = ACK if result is None else outcome_of(result)
         if outcome is ACK:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("consumer %s: message %s done", self.entry_id, job.message.id)

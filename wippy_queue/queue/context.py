@@ -83,6 +83,8 @@ class _Vars(ContextVarsRegistry):  # type: ignore[misc]
 _CALL: Any = _Vars.call  # the ContextVarDescriptor (set/get/reset)
 #: its ContextVar, read directly where it is read per message (a third of the cost)
 _CALL_GET = _CALL.context_var.get
+#: and set directly where it is set per message (two thirds of the descriptor's cost)
+_CALL_SET = _CALL.context_var.set
 
 
 def current() -> CallContext | None:
@@ -112,7 +114,7 @@ class bound:
 def fresh(base: contextvars.Context, call: CallContext) -> contextvars.Context:
     """A copy of ``base`` with ``call`` bound: a message's own context."""
     ctx = base.copy()
-    ctx.run(_CALL.set, call)
+    ctx.run(_CALL_SET, call)
     return ctx
 
 

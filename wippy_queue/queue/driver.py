@@ -247,6 +247,23 @@ class Subscription(ABC):
         While the driver's connection is down this waits (the consumer pauses).
         """
 
+    async def receive_many(self, limit: int) -> list[Delivery]:
+        """Wait for the next delivery, then take those ready now (``take_ready``), up to
+        ``limit`` in all: the consumer's fetch loop awaits once per batch instead of
+        once per message. Same errors as ``receive``."""
+        batch = [await self.receive()]
+        while len(batch) < limit:
+            more = self.take_ready()
+            if more is None:
+                break
+            batch.append(more)
+        return batch
+
+    def take_ready(self) -> Delivery | None:
+        """A delivery that ``receive`` would return at once, or None (then ``receive``
+        waits, or says why not). Within the subscription's limit, like ``receive``."""
+        return None
+
     @abstractmethod
     async def close(self) -> None:
         """Stop delivering; deliveries already handed out stay settleable."""

@@ -198,11 +198,14 @@ def stamp_new(
     return Message(id=message_id, body=body, headers=headers)
 
 
-def expired(message: Message, now: float) -> bool:
+def expired(message: Message) -> bool:
+    """Whether its queue's ttl has run out (the clock read only for a message with one)."""
     expires_at = message.headers.get(EXPIRES_AT)
     if expires_at is None:  # the common case, decided first
         return False
-    return isinstance(expires_at, _NUMBER) and type(expires_at) is not bool and expires_at < now
+    if not isinstance(expires_at, _NUMBER) or type(expires_at) is bool:
+        return False
+    return expires_at < time.time()
 
 
 _NUMBER = (int, float)

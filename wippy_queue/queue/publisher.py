@@ -54,8 +54,8 @@ class Publisher:
         message_id: str | None = None,
     ) -> str:
         """Publish ``data`` to ``queue_id`` under the current call context; return its id."""
-        queue = self.queue(queue_id)
-        if _is_empty(data):
+        queue = self._queues.get(queue_id) or self.queue(queue_id)
+        if not (type(data) is dict and data) and _is_empty(data):  # (a call saved per dict)
             raise PublishError(f"refusing to publish empty data {data!r} to {queue_id}")
         headers = user_headers(headers)
         message = stamp_new(message_id, queue.codec.encode(data), headers, queue.ttl_s)

@@ -21,11 +21,13 @@ class Queue:
     #: ``message.tenant`` or ``message.headers.NAME``: what its partitions follow
     partition_by: str | None = None
 
-    @property
+    # cached (the spec is frozen): read at every publish and every delivery, and a
+    # cached value is a plain attribute read after the first
+    @cached_property
     def id(self) -> str:
         return self.spec.id
 
-    @property
+    @cached_property
     def name(self) -> str:
         """The queue's name on its driver."""
         return self.spec.name
@@ -50,7 +52,8 @@ class Queue:
         return "" if value is None else str(value)
 
     async def put(self, message: Message) -> None:
-        await self.driver.publish(self.name, message, self.partition_of(message))
+        partition = "" if self.partition_by is None else self.partition_of(message)
+        await self.driver.publish(self.name, message, partition)
 
     async def info(self) -> QueueInfo:
         """The driver's counts, under the queue's registry ID."""

@@ -187,13 +187,16 @@ class Settler:
         #: deliveries waiting on a hook (an audit write) before they are settled
         self.pending = 0
 
-    async def settle(self, job: Job, delivery: Delivery, outcome: Outcome, started: float) -> None:
-        """Settle ``delivery`` with ``outcome``: now, or once the hooks' writes are done."""
+    async def settle(self, job: Job, delivery: Delivery, started: float, outcome: Outcome) -> None:
+        """Settle ``delivery`` with ``outcome``: now, or once the hooks' writes are done.
+        (``started`` before ``outcome``: the consumer binds the first three positionally,
+        a keyword in a per-message ``partial`` costs a dict per call.)"""
         self._taken.add(delivery)
         if self.auto_ack and delivery.settled:  # acked on delivery, before the handler ran
             self._done(delivery)
             return
-        decided = _Decided(job, delivery, outcome, self.policy.action(delivery.attempt, outcome))
+        action = Action.ACK if outcome.ack else self.policy.action(delivery.attempt, outcome)
+        decided = _Decided(job, delivery, outcome, action)
         waits = self._ask_hooks(decided, started) if self._hooks else ()
         if isinstance(waits, Exception):
             await self._refused(decided, waits)

@@ -76,18 +76,13 @@ class HmacSha256:
         self._inner = hashlib.sha256(key.translate(hmac.trans_36))
         self._outer = hashlib.sha256(key.translate(hmac.trans_5C))
 
-    def hexdigest(self, data: bytes) -> str:
+    def sign(self, message: Message, queue_id: str) -> str:
+        """The hex MAC of the message's canonical envelope bytes (``queue/envelope.py``)."""
         inner = self._inner.copy()
-        inner.update(data)
+        inner.update(signed_bytes(message, queue_id, _UNSIGNED, _UNSIGNED_PREFIX, DL_QUEUE))
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.hexdigest()
-
-    def sign(self, message: Message, queue_id: str) -> str:
-        """The MAC of the message's canonical envelope bytes (``queue/envelope.py``)."""
-        return self.hexdigest(
-            signed_bytes(message, queue_id, _UNSIGNED, _UNSIGNED_PREFIX, DL_QUEUE)
-        )
 
 
 _BLOCK = 64  # SHA-256's block size
@@ -114,6 +109,9 @@ class Stamper:
         if signing_id is not None and signing_id not in self._macs:
             raise ValueError(f"signing key id {signing_id!r} is not one of the keys given")
         self._signing_id = signing_id
+        #: the signing key's MAC and its signatures' ``<key id>:`` prefix, looked up once
+        self._signer = None if signing_id is None else self._macs[signing_id]
+        self._prefix = f"{signing_id}:"
         self._max_age_s = max_age_s
         #: dead-letter queue id -> the queues that dead-letter into it
         self._sources = dict(dead_letter_sources or {})
@@ -127,9 +125,8 @@ class Stamper:
         headers[PUBLISHER] = actor.id
         if actor.tenant is not None:
             headers[PUBLISHER_TENANT] = actor.tenant
-        if self._signing_id is not None:  # the message's timestamp is the stamp's time
-            digest = self._macs[self._signing_id].sign(message, queue_id)
-            headers[SIGNATURE] = self._signing_id + ":" + digest
+        if self._signer is not None:  # the message's timestamp is the stamp's time
+            headers[SIGNATURE] = self._prefix + self._signer.sign(message, queue_id)
 
     def verify(
         self, message: Message, queue_id: str, *, attempt: int = 1, trusted: bool = True
@@ -140,7 +137,12 @@ class Stamper:
         needed to believe it). Untrusted and unverifiable, the stamp is dropped.
         """
         headers = message.headers
-        if STAMP.isdisjoint(headers):
+        # (three lookups: a third of ``STAMP.isdisjoint``, which walks the headers)
+        if (
+            PUBLISHER not in headers
+            and SIGNATURE not in headers
+            and PUBLISHER_TENANT not in headers
+        ):
             return ANONYMOUS
         if not self._macs:
             if not trusted:
@@ -160,7 +162,7 @@ class Stamper:
     def _check_signature(self, message: Message, queue_id: str) -> None:
         headers = message.headers
         signature = headers.get(SIGNATURE)
-        if not isinstance(signature, str) or ":" not in signature:
+        if type(signature) is not str or ":" not in signature:  # (exact types: see message.py)
             raise ForgedProvenance("the publisher stamp is not signed")
         kid, _, given = signature.rpartition(":")
         mac = self._macs.get(kid)

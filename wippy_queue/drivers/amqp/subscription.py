@@ -321,10 +321,9 @@ class AmqpSubscription(Subscription):
         while True:
             if self.closed or not self.driver.running:
                 raise SubscriptionClosed(f"subscription to {self.state.name!r} is closed")
-            if self._buffer:
-                channel, delivered, state = self._buffer.popleft()
-                self.handed += 1
-                return AmqpDelivery(self, channel, delivered, state)
+            delivery = self.take_ready()
+            if delivery is not None:
+                return delivery
             if self._channel is None and self.driver.link.up.is_set():
                 await self._reopen()
                 continue
@@ -336,6 +335,13 @@ class AmqpSubscription(Subscription):
                 pass
             finally:
                 self._waiter = None
+
+    def take_ready(self) -> Delivery | None:
+        if self.closed or not self._buffer:
+            return None
+        channel, delivered, state = self._buffer.popleft()
+        self.handed += 1
+        return AmqpDelivery(self, channel, delivered, state)
 
     async def _reopen(self) -> None:
         try:

@@ -177,14 +177,20 @@ class RedisSubscription(Subscription):
 
     async def receive(self) -> Delivery:
         while True:
-            if self._buffer:
-                delivery = self._buffer.popleft()
-                self._handed[delivery.key] = delivery
+            delivery = self.take_ready()
+            if delivery is not None:
                 return delivery
             if self._closed or not self.driver.running:
                 raise SubscriptionClosed(f"subscription to {self.spec.queue!r} is closed")
             self._arrived.clear()
             await self._arrived.wait()
+
+    def take_ready(self) -> Delivery | None:
+        if not self._buffer:
+            return None
+        delivery = self._buffer.popleft()
+        self._handed[delivery.key] = delivery
+        return delivery
 
     def _free(self) -> int:
         return self.spec.max_unsettled - len(self._handed) - len(self._buffer)

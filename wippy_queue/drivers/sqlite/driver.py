@@ -216,8 +216,9 @@ class SqliteSubscription(Subscription):
         while True:
             if self._closed or not self.driver.running:
                 raise SubscriptionClosed(f"subscription to {self.queue!r} is closed")
-            if self._buffer:
-                return self._buffer.popleft()
+            delivery = self.take_ready()
+            if delivery is not None:
+                return delivery
             if self._error is not None:
                 error, self._error = self._error, None
                 raise error
@@ -234,6 +235,11 @@ class SqliteSubscription(Subscription):
             if next_due is not None:
                 wait_s = min(wait_s, next_due - time.time())
             await self._queue.receivers.wait(wait_s)
+
+    def take_ready(self) -> Delivery | None:
+        if self._closed or not self._buffer:
+            return None
+        return self._buffer.popleft()
 
     def _room_now(self) -> int:
         """Room for more deliveries: read on the writer thread when the claim runs, so a

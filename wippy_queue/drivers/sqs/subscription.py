@@ -219,16 +219,22 @@ class SqsSubscription(Subscription):
         while True:
             if self._closed or not self.driver.running:
                 raise SubscriptionClosed(f"subscription to {self.queue.name!r} is closed")
-            while self._buffer:
-                delivery = self._buffer.popleft()
-                if delivery.expired():  # nobody took it in time: SQS shows it again
-                    self.driver.released(delivery.sqs_id)  # a receive SQS counted, untried
-                    self._room.set()
-                    continue
-                self._unsettled += 1
+            delivery = self.take_ready()
+            if delivery is not None:
                 return delivery
             self._arrived.clear()
             await self._arrived.wait()
+
+    def take_ready(self) -> Delivery | None:
+        while self._buffer and not self._closed:
+            delivery = self._buffer.popleft()
+            if delivery.expired():  # nobody took it in time: SQS shows it again
+                self.driver.released(delivery.sqs_id)  # a receive SQS counted, untried
+                self._room.set()
+                continue
+            self._unsettled += 1
+            return delivery
+        return None
 
     def settled(self) -> None:
         self._unsettled -= 1
