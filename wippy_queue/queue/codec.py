@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
@@ -84,8 +85,9 @@ def _containers(data: Any) -> bool:
     return isinstance(data, _CONTAINERS)
 
 
-def _checked_encode(data: Any, encode: Callable[[Any], bytes], what: str) -> bytes:
-    """``encode(data)`` within the limits; PublishError naming the limit otherwise."""
+def _checked_encode(encode: Callable[[Any], bytes], what: str, data: Any) -> bytes:
+    """``encode(data)`` within the limits; PublishError naming the limit otherwise.
+    (``data`` last: a codec binds the rest with ``partial``, no frame of its own.)"""
     try:
         body = encode(data)
     except RecursionError as err:
@@ -108,7 +110,7 @@ def _checked_encode(data: Any, encode: Callable[[Any], bytes], what: str) -> byt
     return body
 
 
-def _checked_decode(body: bytes, decode: Callable[[bytes], Any], what: str) -> Any:
+def _checked_decode(decode: Callable[[bytes], Any], what: str, body: bytes) -> Any:
     """``decode(body)`` within the limits; DecodeError naming the limit otherwise."""
     if len(body) > MAX_BODY_BYTES:
         raise DecodeError(f"body is {len(body)} bytes, over the {MAX_BODY_BYTES}-byte limit")
@@ -142,10 +144,6 @@ def _json_dump(data: Any) -> bytes:
     return body
 
 
-def _json_encode(data: Any) -> bytes:
-    return _checked_encode(data, _json_dump, "JSON")
-
-
 def _json_parse(body: bytes) -> Any:
     if len(body) < 19 or _LONG_NUMBER.search(body) is None:
         try:
@@ -162,10 +160,6 @@ def _json_parse(body: bytes) -> Any:
         raise DecodeError(f"body is not valid JSON: {err}") from err
 
 
-def _json_decode(body: bytes) -> Any:
-    return _checked_decode(body, _json_parse, "JSON")
-
-
 def _msgpack() -> Codec:
     try:
         import msgpack
@@ -175,16 +169,17 @@ def _msgpack() -> Codec:
     def pack(data: Any) -> bytes:
         return bytes(msgpack.packb(data, use_bin_type=True))
 
-    def encode(data: Any) -> bytes:
-        return _checked_encode(data, pack, "msgpack")
-
-    def decode(body: bytes) -> Any:
-        return _checked_decode(body, lambda b: msgpack.unpackb(b, raw=False), "msgpack")
-
+    encode = partial(_checked_encode, pack, "msgpack")
+    decode = partial(_checked_decode, partial(msgpack.unpackb, raw=False), "msgpack")
     return Codec("application/msgpack", "application/msgpack", encode, decode)
 
 
-JSON = Codec("json", "application/json", _json_encode, _json_decode)
+JSON = Codec(
+    "json",
+    "application/json",
+    partial(_checked_encode, _json_dump, "JSON"),
+    partial(_checked_decode, _json_parse, "JSON"),
+)
 
 #: Names accepted in a queue's ``codec`` field.
 CODEC_NAMES = ("json", "json/plain", "application/json", "application/msgpack", "msgpack")

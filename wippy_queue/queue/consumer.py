@@ -116,7 +116,8 @@ class _Buffer:
 
     def put(self, delivery: Delivery) -> None:
         self._items.append(delivery)
-        self._wake()
+        if self._waiters:
+            self._wake()
 
     def take(self) -> Delivery:
         """The front delivery (IndexError when there is none)."""
