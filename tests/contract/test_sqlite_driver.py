@@ -20,7 +20,7 @@ from wippy_queue.drivers.sqlite.config import SqliteQueueOptions
 from wippy_queue.drivers.sqlite.driver import SqliteDriver
 from wippy_queue.drivers.sqlite.store import Store
 from wippy_queue.errors import DriverError
-from wippy_queue.queue.driver import QueueSpec, SubscribeSpec
+from wippy_queue.queue.driver import LostDelivery, QueueSpec, SubscribeSpec
 from wippy_queue.queue.message import Message, new_message_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -230,6 +230,41 @@ async def test_a_dead_holder_s_lease_counts_in_flight_until_it_is_taken(tmp_path
         assert (again.message.id, again.attempt) == (held.message.id, 2)
         await again.ack()
         await dead.stop()
+
+
+async def test_acks_of_one_turn_share_a_commit_each_with_its_own_result(tmp_path: Path) -> None:
+    """Acks made together are one statement in one commit; a lease taken over fails
+    its own ack only, and an ack whose caller was cancelled still commits."""
+    lease_s = 0.2
+    driver = SqliteDriver("t:disk", tmp_path / "queues.db", poll_interval_s=0.02)
+    await driver.start()
+    try:
+        await driver.declare(spec(lease_s=lease_s))
+        for _ in range(4):
+            await driver.publish("q", msg())
+        late = await (await driver.subscribe(SubscribeSpec("t:late", "q", 1, 1))).receive()
+        await asyncio.sleep(lease_s * 2)  # its lease runs out: another takes the message
+        other = await driver.subscribe(SubscribeSpec("t:other", "q", 4, 4))
+        async with asyncio.timeout(WAIT_S):
+            held = [await other.receive() for _ in range(4)]
+        assert late.message.id in {d.message.id for d in held}
+        retaken = next(d for d in held if d.message.id == late.message.id)
+        rest = [d for d in held if d is not retaken]
+        commits = driver.commits
+        acking = [asyncio.ensure_future(d.ack()) for d in (late, *rest)]
+        await asyncio.sleep(0)  # each has made its ack
+        acking[1].cancel()
+        results = await asyncio.gather(*acking, return_exceptions=True)
+        assert isinstance(results[0], LostDelivery)
+        assert isinstance(results[1], asyncio.CancelledError)
+        assert results[2:] == [None, None]
+        assert driver.commits == commits + 1
+        info = await driver.info("q")
+        assert (info.ready, info.in_flight) == (0, 1), "only the retaken message is left"
+        await retaken.ack()
+        assert (await driver.info("q")).message_count == 0
+    finally:
+        await driver.stop()
 
 
 async def test_expired_drops_are_counted_for_every_process(tmp_path: Path) -> None:

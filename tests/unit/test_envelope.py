@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wippy_queue.queue.codec import DecodeError
 from wippy_queue.queue.envelope import decode_headers, encode_headers, signed_bytes
 from wippy_queue.queue.message import Message
 from wippy_queue.queue.settle import DL_QUEUE
@@ -44,6 +45,25 @@ values = st.one_of(
 @given(st.dictionaries(st.text(), values, max_size=8))
 def test_headers_encode_to_the_standard_librarys_bytes(headers: dict[str, Any]) -> None:
     assert encode_headers(headers) == (reference(headers) if headers else b"{}")
+
+
+@settings(max_examples=1000)
+@given(st.dictionaries(st.text(), values, max_size=8))
+def test_headers_read_back_as_the_standard_library_reads_them(headers: dict[str, Any]) -> None:
+    """Read through orjson where it agrees: the same values, of the same types."""
+    raw = encode_headers(headers)
+    read, expected = decode_headers(raw), json.loads(raw)
+    assert read == expected
+    assert [type(v) for v in read.values()] == [type(v) for v in expected.values()]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"a":NaN}', b'{"a":1e400}', b"[1]", b'{"a":{"b":1}}', b"\xff", b'{"a":', b""],
+)
+def test_headers_that_are_not_ours_are_a_decode_error(raw: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_headers(raw)
 
 
 @pytest.mark.parametrize(

@@ -144,7 +144,9 @@ def _json_dump(data: Any) -> bytes:
     return body
 
 
-def _json_parse(body: bytes) -> Any:
+def parse_json(body: bytes, what: str = "body") -> Any:
+    """JSON as the standard library reads it, through orjson where the two agree (about
+    6x faster); DecodeError naming ``what`` for anything that is not JSON."""
     if len(body) < 19 or _LONG_NUMBER.search(body) is None:
         try:
             return orjson.loads(body)
@@ -157,7 +159,7 @@ def _json_parse(body: bytes) -> Any:
     try:
         return json.loads(body)
     except (UnicodeDecodeError, ValueError) as err:
-        raise DecodeError(f"body is not valid JSON: {err}") from err
+        raise DecodeError(f"{what} is not valid JSON: {err}") from err
 
 
 def _msgpack() -> Codec:
@@ -178,7 +180,7 @@ JSON = Codec(
     "json",
     "application/json",
     partial(_checked_encode, _json_dump, "JSON"),
-    partial(_checked_decode, _json_parse, "JSON"),
+    partial(_checked_decode, parse_json, "JSON"),
 )
 
 #: Names accepted in a queue's ``codec`` field.

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from wippy_queue.queue.codec import DecodeError
+from wippy_queue.queue.codec import DecodeError, parse_json
 from wippy_queue.queue.message import Headers, Message
 
 MAGIC = b"WQ1\n"
@@ -75,9 +75,12 @@ def _valid_value(value: Any) -> bool:
 
 
 def decode_headers(raw: bytes | str) -> Headers:
-    """Headers from ``encode_headers`` bytes; DecodeError when they are not ours."""
+    """Headers from ``encode_headers`` bytes; DecodeError when they are not ours.
+    (Bytes go through the codec's orjson path: once per message read from a broker.)"""
     try:
-        headers = json.loads(raw)
+        headers = json.loads(raw) if isinstance(raw, str) else parse_json(raw, "message headers")
+    except DecodeError:
+        raise
     except (UnicodeDecodeError, ValueError) as err:
         raise DecodeError(f"message headers are not valid JSON: {err}") from err
     except RecursionError as err:  # headers are flat: any nesting is wrong, this much fatal

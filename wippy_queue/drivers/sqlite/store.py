@@ -375,7 +375,7 @@ class Store:
                 ).fetchone()
             return [], row[0]
         token = secrets.randbits(62) + 1
-        marks = ",".join("?" * len(seqs))
+        marks = _marks(seqs)
         attempts = dict(
             self.conn.execute(
                 f"UPDATE messages SET lease = ?, owner = ?, due = ?, attempts = attempts + 1 "
@@ -460,6 +460,25 @@ class Store:
         self.conn.execute("DELETE FROM bodies WHERE seq = ?", (seq,))
         return True
 
+    def ack_many(self, leases: list[tuple[int, int]]) -> frozenset[int]:
+        """Remove the message of each ``(seq, token)`` lease still ours; the seqs removed.
+        A statement per claim (its messages share the token), not two per message."""
+        by_token: dict[int, list[int]] = {}
+        for seq, token in leases:
+            by_token.setdefault(token, []).append(seq)
+        acked: list[int] = []
+        for token, seqs in by_token.items():
+            for chunk in _chunks(seqs):
+                rows = self.conn.execute(
+                    f"DELETE FROM messages WHERE lease = ? AND seq IN ({_marks(chunk)}) "
+                    "RETURNING seq",
+                    (token, *chunk),
+                )
+                acked += [row[0] for row in rows]
+        for chunk in _chunks(acked):
+            self.conn.execute(f"DELETE FROM bodies WHERE seq IN ({_marks(chunk)})", chunk)
+        return frozenset(acked)
+
     def drop(self, queue: str, seq: int, token: int, *, expired: bool) -> bool:
         if not self.ack(seq, token):
             return False
@@ -521,6 +540,18 @@ class Store:
                 (self.now, queue, owner),
             ).rowcount
         return changed
+
+
+#: the most values one ``IN (...)`` list binds (SQLite allows 32,766 variables)
+_CHUNK = 500
+
+
+def _chunks(values: list[int]) -> list[list[int]]:
+    return [values[i : i + _CHUNK] for i in range(0, len(values), _CHUNK)]
+
+
+def _marks(values: list[int]) -> str:
+    return ",".join("?" * len(values))
 
 
 def _message(seq: int, data: bytes) -> Message:

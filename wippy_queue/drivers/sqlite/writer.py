@@ -4,6 +4,9 @@ instance, committed in groups.
 Coroutines submit operations and await futures; the thread takes everything waiting
 (up to ``MAX_BATCH``), runs it in one transaction and commits once, so concurrent
 publishes and settles share one fsync, and the event loop never touches the disk.
+Operations of one kind submitted in the same batch (acks) may ``join`` one
+operation over all their items: one statement for many rows, each caller still
+waiting on its own future.
 A batch that fails is run again one operation per transaction, so only the
 operations that cannot be committed fail (each with an error naming the path), and
 an operation that failed was never committed.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import queue
 import sqlite3
@@ -27,6 +31,7 @@ from wippy_queue.errors import DriverError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+ItemT = TypeVar("ItemT")
 
 MAX_BATCH = 2000
 #: how long one statement waits for another process's lock, and how often a batch that
@@ -57,6 +62,10 @@ class Writer:
         self._requests: queue.SimpleQueue[list[Request[Any]] | None] = queue.SimpleQueue()
         #: submitted on the loop, not yet handed over
         self._pending: list[Request[Any]] = []
+        #: joined operations among them, by kind: (their items, their callers' futures)
+        self._groups: dict[str, tuple[list[Any], list[asyncio.Future[Any]]]] = {}
+        #: submissions so far (joins included): a flush waits until none came for a turn
+        self._submitted = 0
         self._seen = 0
         self._flushing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -77,6 +86,7 @@ class Writer:
         self._exited = loop.create_future()
         self._requests = queue.SimpleQueue()
         self._pending, self._flushing = [], False
+        self._groups.clear()
         self._thread = threading.Thread(
             target=self._run, args=(opened,), name=f"wippy-queue sqlite {self.path.name}"
         )
@@ -91,22 +101,45 @@ class Writer:
             raise DriverError(f"sqlite database {self.path} is closed")
         request = Request(op, self._loop.create_future(), what)
         self._pending.append(request)
+        self._submitted += 1
         if not self._flushing:
             self._flushing = True
-            self._seen = 0
+            self._seen = self._submitted - 1
             self._loop.call_soon(self._flush)
         return request
+
+    def join(
+        self, kind: str, item: ItemT, op: Callable[[Store, list[ItemT]], T], what: str
+    ) -> asyncio.Future[T]:
+        """Add ``item`` to the one ``op`` this batch runs over every item of ``kind``
+        (``op`` is the same for a kind); the caller's own future gets ``op``'s whole
+        result, or its error. Cancelling that future leaves the item in."""
+        group = self._groups.get(kind)
+        if group is None:
+            items: list[ItemT] = []
+            waiters: list[asyncio.Future[T]] = []
+            request = self.submit(lambda store: op(store, items), what)
+            request.future.add_done_callback(functools.partial(_fan_out, waiters))
+            group = self._groups[kind] = (items, waiters)
+        else:
+            self._submitted += 1
+        assert self._loop is not None
+        future: asyncio.Future[T] = self._loop.create_future()
+        group[0].append(item)
+        group[1].append(future)
+        return future
 
     def _flush(self) -> None:
         """Hand what was submitted to the thread once a loop iteration passes with no
         more: the callers a commit woke submit their next operations over a few
         iterations, and one batch for all of them is one commit (one fsync)."""
-        if len(self._pending) != self._seen:
-            self._seen = len(self._pending)
+        if self._submitted != self._seen:
+            self._seen = self._submitted
             assert self._loop is not None
             self._loop.call_soon(self._flush)
             return
         batch, self._pending = self._pending, []
+        self._groups.clear()  # handed over: their items are the thread's now
         self._flushing = False
         self._requests.put(batch)
 
@@ -118,6 +151,7 @@ class Writer:
         if self._pending:
             self._requests.put(self._pending)
             self._pending = []
+            self._groups.clear()
         self._requests.put(None)
         assert self._exited is not None
         await asyncio.shield(self._exited)
@@ -255,6 +289,19 @@ def _rollback(conn: sqlite3.Connection) -> None:
 def _finish(future: asyncio.Future[None] | None) -> None:
     if future is not None and not future.done():
         future.set_result(None)
+
+
+def _fan_out(waiters: list[asyncio.Future[Any]], done: asyncio.Future[Any]) -> None:
+    """A joined operation's result (or error) to each caller still waiting."""
+    error = done.exception()
+    result = None if error is not None else done.result()
+    for waiter in waiters:
+        if waiter.done():  # (its caller was cancelled)
+            continue
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(result)
 
 
 def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
