@@ -267,6 +267,28 @@ async def test_acks_of_one_turn_share_a_commit_each_with_its_own_result(tmp_path
         await driver.stop()
 
 
+async def test_publishes_of_one_turn_share_a_commit_and_a_cancelled_one_is_left_out(
+    tmp_path: Path,
+) -> None:
+    async with started(tmp_path / "queues.db") as driver:
+        sent = [msg(f'{{"n":{i}}}'.encode()) for i in range(3)]
+        commits = driver.commits
+        publishing = [asyncio.ensure_future(driver.publish("q", m)) for m in sent]
+        await asyncio.sleep(0)  # each has joined the batch's publish
+        publishing[1].cancel()
+        results = await asyncio.gather(*publishing, return_exceptions=True)
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], asyncio.CancelledError)
+        assert driver.commits == commits + 1
+        sub = await driver.subscribe(SubscribeSpec("t:c", "q", 5, 5))
+        async with asyncio.timeout(WAIT_S):
+            got = [await sub.receive() for _ in range(2)]
+        assert [(d.message.id, d.message.body) for d in got] == [
+            (m.id, m.body) for m in (sent[0], sent[2])
+        ]
+        assert (await driver.info("q")).message_count == 2
+
+
 async def test_expired_drops_are_counted_for_every_process(tmp_path: Path) -> None:
     path = tmp_path / "queues.db"
     async with started(path) as one, started(path) as two:

@@ -136,7 +136,7 @@ class SqliteDelivery(Delivery):
             acked = subscription.driver.writer.join("ack", self.lease, Store.ack_many, "ack")
         finally:
             subscription.settled()
-        if self._seq not in await acked:
+        if not await acked:
             raise self.lost("ack")
 
     async def _nack(self, *, requeue: bool, delay_s: float, reason: str) -> None:
@@ -473,9 +473,9 @@ class SqliteDriver(Driver):
         max_length = state.max_length
         part = partition if state.partitioned else None
         while True:
-            if await self.call(
-                lambda store: store.publish(queue, message, max_length, part),
-                f"publish of message {message.id} to {queue!r}",
+            publish = (queue, message, max_length, part)
+            if await self.writer.join(
+                "publish", publish, Store.publish_many, "publish", withdraw=True
             ):
                 return
             await state.publishers.wait(self.poll_interval_s)  # full: wait for room

@@ -201,6 +201,10 @@ def _check_ours(conn: sqlite3.Connection, path: Path) -> bool:
     return False
 
 
+#: a publish: (queue, message, its max_length, its partition or None)
+Publish = tuple[str, Message, int | None, str | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """One claimed message: its row, the claim's lease token and its attempt number."""
@@ -310,11 +314,34 @@ class Store:
 
     # -- publish -----------------------------------------------------------------------
 
-    def publish(
-        self, queue: str, message: Message, max_length: int | None, partition: str | None = None
+    def publish_many(self, publishes: list[Publish]) -> list[bool]:
+        """Enqueue each message (into its partition of a partitioned queue; None: the
+        queue has none); for each, False (nothing written) when its queue is full. Rows
+        numbered here (the transaction holds the write lock) and written two statements
+        for all, not two per message."""
+        accepted = [self._admit(*publish) for publish in publishes]
+        seq = self.conn.execute(
+            "SELECT max(coalesce((SELECT max(seq) FROM messages), 0), "
+            "coalesce((SELECT max(seq) FROM bodies), 0))"
+        ).fetchone()[0]
+        rows, bodies = [], []
+        for (queue, message, _, partition), ok in zip(publishes, accepted, strict=True):
+            if ok:
+                seq += 1
+                rows.append((seq, queue, self.now, self.now, partition or ""))
+                bodies.append((seq, pack(message)))
+                self.effects.ready.add(queue)
+        self.conn.executemany(
+            "INSERT INTO messages (seq, queue, due, ready_at, part) VALUES (?, ?, ?, ?, ?)", rows
+        )
+        self.conn.executemany("INSERT INTO bodies (seq, data) VALUES (?, ?)", bodies)
+        return accepted
+
+    def _admit(
+        self, queue: str, message: Message, max_length: int | None, partition: str | None
     ) -> bool:
-        """Enqueue ``message`` (into ``partition`` of a partitioned queue; None: the
-        queue has none); False (nothing written) when ``queue`` is full."""
+        """Whether a bounded queue has room for one more (counted within the batch); the
+        partition recorded as one the queue has."""
         if max_length is not None:
             waiting = self._waiting.get(queue)
             if waiting is None:
@@ -330,14 +357,6 @@ class Store:
                 "INSERT OR IGNORE INTO partitions (queue, part) VALUES (?, ?)", (queue, partition)
             )
             self._parts_new.add((queue, partition))
-        cursor = self.conn.execute(
-            "INSERT INTO messages (queue, due, ready_at, part) VALUES (?, ?, ?, ?)",
-            (queue, self.now, self.now, partition or ""),
-        )
-        self.conn.execute(
-            "INSERT INTO bodies (seq, data) VALUES (?, ?)", (cursor.lastrowid, pack(message))
-        )
-        self.effects.ready.add(queue)
         return True
 
     # -- claim -------------------------------------------------------------------------
@@ -460,9 +479,9 @@ class Store:
         self.conn.execute("DELETE FROM bodies WHERE seq = ?", (seq,))
         return True
 
-    def ack_many(self, leases: list[tuple[int, int]]) -> frozenset[int]:
-        """Remove the message of each ``(seq, token)`` lease still ours; the seqs removed.
-        A statement per claim (its messages share the token), not two per message."""
+    def ack_many(self, leases: list[tuple[int, int]]) -> list[bool]:
+        """Remove the message of each ``(seq, token)`` lease still ours; for each, whether
+        it was. A statement per claim (its messages share the token), not two per message."""
         by_token: dict[int, list[int]] = {}
         for seq, token in leases:
             by_token.setdefault(token, []).append(seq)
@@ -477,7 +496,8 @@ class Store:
                 acked += [row[0] for row in rows]
         for chunk in _chunks(acked):
             self.conn.execute(f"DELETE FROM bodies WHERE seq IN ({_marks(chunk)})", chunk)
-        return frozenset(acked)
+        removed = set(acked)
+        return [seq in removed for seq, _ in leases]
 
     def drop(self, queue: str, seq: int, token: int, *, expired: bool) -> bool:
         if not self.ack(seq, token):

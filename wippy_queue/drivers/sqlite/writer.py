@@ -4,9 +4,9 @@ instance, committed in groups.
 Coroutines submit operations and await futures; the thread takes everything waiting
 (up to ``MAX_BATCH``), runs it in one transaction and commits once, so concurrent
 publishes and settles share one fsync, and the event loop never touches the disk.
-Operations of one kind submitted in the same batch (acks) may ``join`` one
-operation over all their items: one statement for many rows, each caller still
-waiting on its own future.
+Operations of one kind submitted in the same batch (publishes, acks) may ``join``
+one operation over all their items: a statement for many rows, each caller still
+waiting on its own future for its own result.
 A batch that fails is run again one operation per transaction, so only the
 operations that cannot be committed fail (each with an error naming the path), and
 an operation that failed was never committed.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import queue
 import sqlite3
@@ -41,7 +40,7 @@ BUSY_RETRIES = 5
 
 
 class Request(Generic[T]):
-    __slots__ = ("cancelled", "future", "op", "what")
+    __slots__ = ("cancelled", "future", "joined", "op", "what")
 
     def __init__(self, op: Callable[[Store], T], future: asyncio.Future[T], what: str) -> None:
         self.op = op
@@ -49,6 +48,22 @@ class Request(Generic[T]):
         self.what = what
         #: set by the submitter: skip it if the thread has not begun it
         self.cancelled = False
+        #: the callers joined in it (``Writer.join``), told directly when it is done
+        self.joined: _Joined[Any, Any] | None = None
+
+    def resolve(self, result: Any) -> None:
+        """On the loop: the operation committed with ``result``."""
+        if self.joined is not None:
+            self.joined.fan_out(result, None)  # (not a callback: no extra loop turn)
+        elif not self.future.done():
+            self.future.set_result(result)
+
+    def fail(self, error: BaseException) -> None:
+        """On the loop: the operation failed with ``error`` (nothing of it committed)."""
+        if self.joined is not None:
+            self.joined.fan_out(None, error)
+        elif not self.future.done():
+            self.future.set_exception(error)
 
 
 class Writer:
@@ -62,8 +77,8 @@ class Writer:
         self._requests: queue.SimpleQueue[list[Request[Any]] | None] = queue.SimpleQueue()
         #: submitted on the loop, not yet handed over
         self._pending: list[Request[Any]] = []
-        #: joined operations among them, by kind: (their items, their callers' futures)
-        self._groups: dict[str, tuple[list[Any], list[asyncio.Future[Any]]]] = {}
+        #: joined operations among them, by kind
+        self._groups: dict[str, _Joined[Any, Any]] = {}
         #: submissions so far (joins included): a flush waits until none came for a turn
         self._submitted = 0
         self._seen = 0
@@ -109,24 +124,30 @@ class Writer:
         return request
 
     def join(
-        self, kind: str, item: ItemT, op: Callable[[Store, list[ItemT]], T], what: str
+        self,
+        kind: str,
+        item: ItemT,
+        op: Callable[[Store, list[ItemT]], list[T]],
+        what: str,
+        *,
+        withdraw: bool = False,
     ) -> asyncio.Future[T]:
         """Add ``item`` to the one ``op`` this batch runs over every item of ``kind``
-        (``op`` is the same for a kind); the caller's own future gets ``op``'s whole
-        result, or its error. Cancelling that future leaves the item in."""
+        (``op`` is the same for a kind, and returns a result per item, in order); the
+        caller's own future gets its item's result, or the error. A caller cancelled
+        before the batch reaches the thread takes its item out if ``withdraw`` (a
+        publish, as ``submit``'s callers do); otherwise it stays in (a settle)."""
         group = self._groups.get(kind)
         if group is None:
             items: list[ItemT] = []
-            waiters: list[asyncio.Future[T]] = []
             request = self.submit(lambda store: op(store, items), what)
-            request.future.add_done_callback(functools.partial(_fan_out, waiters))
-            group = self._groups[kind] = (items, waiters)
+            group = self._groups[kind] = _Joined(items, request, withdraw)
         else:
             self._submitted += 1
         assert self._loop is not None
         future: asyncio.Future[T] = self._loop.create_future()
-        group[0].append(item)
-        group[1].append(future)
+        group.items.append(item)
+        group.waiters.append(future)
         return future
 
     def _flush(self) -> None:
@@ -138,10 +159,17 @@ class Writer:
             assert self._loop is not None
             self._loop.call_soon(self._flush)
             return
+        self._close_groups()
         batch, self._pending = self._pending, []
-        self._groups.clear()  # handed over: their items are the thread's now
         self._flushing = False
         self._requests.put(batch)
+
+    def _close_groups(self) -> None:
+        """Before a batch is handed over: its joined operations take no more items (the
+        thread's now), less those of callers cancelled meanwhile."""
+        for group in self._groups.values():
+            group.withdraw_cancelled()
+        self._groups.clear()
 
     async def stop(self) -> None:
         """Finish what was submitted, then close the database."""
@@ -149,9 +177,9 @@ class Writer:
             return
         self._open = False
         if self._pending:
+            self._close_groups()
             self._requests.put(self._pending)
             self._pending = []
-            self._groups.clear()
         self._requests.put(None)
         assert self._exited is not None
         await asyncio.shield(self._exited)
@@ -213,7 +241,7 @@ class Writer:
             except queue.Empty:
                 return
             for request in batch or ():
-                self._post(_fail, request.future, error)
+                self._post(request.fail, error)
 
     def _run_batch(self, store: Store, batch: list[Request[Any]]) -> None:
         if not batch:
@@ -264,13 +292,12 @@ class Writer:
         else:
             log.error("sqlite database %s: %s failed", self.path, request.what, exc_info=err)
             error = DriverError(f"sqlite database {self.path}: {request.what} failed: {err!r}")
-        self._post(_fail, request.future, error)
+        self._post(request.fail, error)
 
     def _deliver(self, batch: list[Request[Any]], results: list[Any], effects: Effects) -> None:
         """On the loop: hand each caller its result, then tell the driver what changed."""
         for request, result in zip(batch, results, strict=True):
-            if not request.future.done():
-                request.future.set_result(result)
+            request.resolve(result)
         self._on_commit(effects)
 
 
@@ -291,17 +318,37 @@ def _finish(future: asyncio.Future[None] | None) -> None:
         future.set_result(None)
 
 
-def _fan_out(waiters: list[asyncio.Future[Any]], done: asyncio.Future[Any]) -> None:
-    """A joined operation's result (or error) to each caller still waiting."""
-    error = done.exception()
-    result = None if error is not None else done.result()
-    for waiter in waiters:
-        if waiter.done():  # (its caller was cancelled)
-            continue
-        if error is not None:
-            waiter.set_exception(error)
-        else:
-            waiter.set_result(result)
+class _Joined(Generic[ItemT, T]):
+    """One operation over the items joined in a batch, and each caller's future."""
+
+    __slots__ = ("items", "request", "waiters", "withdraw")
+
+    def __init__(self, items: list[ItemT], request: Request[list[T]], withdraw: bool) -> None:
+        self.items = items
+        self.request = request
+        self.withdraw = withdraw
+        self.waiters: list[asyncio.Future[T]] = []
+        request.joined = self
+
+    def withdraw_cancelled(self) -> None:
+        """On the loop, before the thread has the items: drop those of cancelled
+        callers (when ``withdraw``); with none left the operation is skipped."""
+        if not self.withdraw or not any(w.cancelled() for w in self.waiters):
+            return
+        kept = [(i, w) for i, w in zip(self.items, self.waiters, strict=True) if not w.cancelled()]
+        self.items[:] = [item for item, _ in kept]  # (the same list: the operation reads it)
+        self.waiters = [waiter for _, waiter in kept]
+        self.request.cancelled = not kept
+
+    def fan_out(self, results: list[T] | None, error: BaseException | None) -> None:
+        """The operation's results (or error) to each caller still waiting."""
+        for i, waiter in enumerate(self.waiters):
+            if waiter.done():  # (its caller was cancelled)
+                continue
+            if error is None and results is not None:
+                waiter.set_result(results[i])
+            else:
+                waiter.set_exception(error or DriverError("the operation was not run"))
 
 
 def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
