@@ -24,8 +24,9 @@ import asyncio
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -155,7 +156,10 @@ class Delivery(ABC):
     implement ``_ack``, ``_nack`` and ``_release`` (and ``_extend`` for leases).
     """
 
-    __slots__ = ("attempt", "lease_s", "malformed", "message", "settled")
+    __slots__ = ("_acking", "attempt", "lease_s", "malformed", "message", "settled")
+
+    #: the task of a default ``ack_then`` (held until done: the loop holds tasks weakly)
+    _acking: asyncio.Task[None] | None
 
     def __init__(
         self,
@@ -209,6 +213,22 @@ class Delivery(ABC):
         self._once()
         await self._ack()
 
+    def ack_then(self, done: Callable[[BaseException | None], None]) -> None:
+        """``ack`` without awaiting it: ``done`` is called on the loop once the ack is
+        made (None) or failed (the error). For drivers whose acks go out in groups
+        (``group_commit``): the consumer goes on meanwhile, and a driver that can call
+        back from its own future saves a task per message; this default runs ``_ack``
+        in one. Settling twice raises here, at once."""
+        self._once()
+        self._acking = asyncio.ensure_future(self._ack())  # (held: a task must be)
+        self._acking.add_done_callback(partial(self._report, done))
+
+    def _report(
+        self, done: Callable[[BaseException | None], None], task: asyncio.Future[None]
+    ) -> None:
+        self._acking = None
+        report(done, task)
+
     async def nack(self, *, requeue: bool = True, delay_s: float = 0.0, reason: str = "") -> None:
         """The attempt failed: requeue (after ``delay_s``), or drop it (``requeue=False``)."""
         self._once()
@@ -235,6 +255,11 @@ class Delivery(ABC):
 
     async def _extend(self) -> None:
         return None
+
+
+def report(done: Callable[[BaseException | None], None], future: asyncio.Future[Any]) -> None:
+    """Tell an ``ack_then`` caller how ``future`` ended: None, or its error."""
+    done(asyncio.CancelledError() if future.cancelled() else future.exception())
 
 
 class Subscription(ABC):

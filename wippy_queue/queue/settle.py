@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from wippy_queue.queue.driver import Delivery, LostDelivery
@@ -184,8 +185,11 @@ class Settler:
         self._tasks: set[asyncio.Task[None]] = set()
         #: deliveries whose settle has begun (their credit is returned by that settle)
         self._taken: set[Delivery] = set()
-        #: deliveries waiting on a hook (an audit write) before they are settled
+        #: settles in the background: waiting on a hook (an audit write), or pipelined
         self.pending = 0
+        #: pipelined acks not made yet (``ack_then``), and what ``drain`` waits on
+        self._acking = 0
+        self._acked_all: asyncio.Future[None] | None = None
 
     async def settle(self, job: Job, delivery: Delivery, started: float, outcome: Outcome) -> None:
         """Settle ``delivery`` with ``outcome``: now, or once the hooks' writes are done.
@@ -204,7 +208,11 @@ class Settler:
             self._defer(decided, list(waits))
         elif self.pipelined:  # committed with other workers' settles; the credit waits
             self.pending += 1
-            self._spawn(self._pipelined(decided))
+            if action is Action.ACK:  # no task of its own: the driver calls back
+                self._acking += 1
+                delivery.ack_then(partial(self._acked, decided))
+            else:
+                self._spawn(self._pipelined(decided))
         else:  # no hooks, or done (the record is written): settle now
             await self._apply_or_give_back(decided)
 
@@ -213,6 +221,30 @@ class Settler:
             await self._apply_or_give_back(decided)
         finally:
             self.pending -= 1
+
+    def _acked(self, decided: _Decided, error: BaseException | None) -> None:
+        """A pipelined ack was made (``error`` None) or failed: as ``_apply_or_give_back``
+        (the ack began, so there is nothing to give back)."""
+        self.pending -= 1
+        self._acking -= 1
+        if isinstance(error, LostDelivery):
+            self._lost(decided, error)
+        elif error is not None:
+            self._settle_failed(decided.delivery, error)
+        self._done(decided.delivery)
+        if isinstance(error, Exception) and not isinstance(error, LostDelivery):
+            self._on_error(error)
+        if not self._acking and self._acked_all is not None and not self._acked_all.done():
+            self._acked_all.set_result(None)
+
+    def _settle_failed(self, delivery: Delivery, err: BaseException) -> None:
+        log.error(
+            "consumer %s: settling message %s failed: %s: %s; it goes back to the queue",
+            self.consumer_id,
+            delivery.message.id,
+            type(err).__name__,
+            err,
+        )
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -265,13 +297,7 @@ class Settler:
         except LostDelivery as err:
             self._lost(decided, err)
         except Exception as err:
-            log.error(
-                "consumer %s: settling message %s failed: %s: %s; it goes back to the queue",
-                self.consumer_id,
-                delivery.message.id,
-                type(err).__name__,
-                err,
-            )
+            self._settle_failed(delivery, err)
             try:
                 await self.give_back(delivery)
             except Exception:
@@ -383,7 +409,10 @@ class Settler:
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (bounded) for every deferred settle; give back whatever is still waiting."""
-        waiting = {*self._groups, *self._tasks}
+        waiting: set[asyncio.Future[Any]] = {*self._groups, *self._tasks}
+        if self._acking:
+            self._acked_all = asyncio.get_running_loop().create_future()
+            waiting.add(self._acked_all)
         if waiting:
             await asyncio.wait(waiting, timeout=timeout_s)
         for future in list(self._groups):

@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol
 
@@ -45,6 +45,7 @@ from wippy_queue.queue.driver import (
     SubscribeSpec,
     Subscription,
     SubscriptionClosed,
+    report,
 )
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,18 @@ class AmqpDelivery(Delivery):
         self._uncount()
         if not sent.cancelled():
             sent.exception()  # retrieved here too: its awaiter may have been cancelled
+
+    def ack_then(self, done: Callable[[BaseException | None], None]) -> None:
+        """The batched ack's own future calls back: no task, no shield."""
+        self._once()
+        try:
+            sent = self._live("ack").ack(self._tag)
+        except Exception as err:
+            self._uncount()
+            done(err)
+            return
+        sent.add_done_callback(self._ack_done)
+        sent.add_done_callback(partial(report, done))
 
     async def _nack(self, *, requeue: bool, delay_s: float, reason: str) -> None:
         await _shielded(self._settled(self._nacked(requeue, delay_s, reason)))
