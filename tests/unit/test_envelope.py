@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wippy_queue.queue.codec import DecodeError
-from wippy_queue.queue.envelope import decode_headers, encode_headers, signed_bytes
+from wippy_queue.queue.envelope import decode_headers, encode_headers, pack, signed_bytes, unpack
 from wippy_queue.queue.message import Message
 from wippy_queue.queue.settle import DL_QUEUE
 from wippy_queue.security.provenance import _UNSIGNED, _UNSIGNED_PREFIX, HmacSha256
@@ -97,3 +97,32 @@ def test_the_provenance_hmac_is_hmac_sha256(key: bytes, body: bytes, message_id:
     covered = signed_bytes(message, "app:q", _UNSIGNED, _UNSIGNED_PREFIX, DL_QUEUE)
     expected = hmac.new(key, covered, hashlib.sha256).hexdigest()
     assert HmacSha256(key).sign(message, "app:q") == expected
+
+
+@settings(max_examples=300)
+@given(
+    st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40),
+    st.dictionaries(st.text(st.characters(blacklist_categories=("Cs",))), values, max_size=4),
+    st.binary(max_size=100),
+)
+def test_an_envelope_reads_back_whole_and_a_cut_one_is_a_decode_error(
+    message_id: str, headers: dict[str, Any], body: bytes
+) -> None:
+    packed = pack(Message(message_id, body, headers))
+    back = unpack(packed)
+    assert (back.id, back.headers, back.body) == (
+        message_id,
+        json.loads(encode_headers(headers)),
+        body,
+    )
+    body_at = len(packed) - len(body)
+    for cut in range(body_at):  # inside the magic, the id or the headers
+        with pytest.raises(DecodeError):
+            unpack(packed[:cut])
+
+
+def test_the_envelope_bytes_stay_what_earlier_versions_stored() -> None:
+    """Queues outlive upgrades (an SQLite file, a Redis stream): the layout is fixed."""
+    stored = b'WQ1\n\x00\x00\x00\x03id1\x00\x00\x00\x07{"a":1}body'
+    assert pack(Message("id1", b"body", {"a": 1})) == stored
+    assert unpack(stored) == Message("id1", b"body", {"a": 1})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from typing import Any
 
 import orjson
@@ -20,6 +21,8 @@ from wippy_queue.queue.codec import DecodeError, parse_json
 from wippy_queue.queue.message import Headers, Message
 
 MAGIC = b"WQ1\n"
+#: the size before the id and before the headers
+_SIZE = struct.Struct(">I")
 _ENCODER = json.JSONEncoder(
     separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
 )
@@ -93,37 +96,35 @@ def decode_headers(raw: bytes | str) -> Headers:
     return headers
 
 
-def _field(part: bytes) -> bytes:
-    return len(part).to_bytes(4, "big") + part
-
-
 def pack(message: Message) -> bytes:
-    """The whole message as one blob (for brokers that store one value per message)."""
-    return b"".join(
-        (MAGIC, _field(message.id.encode()), _field(encode_headers(message.headers)), message.body)
-    )
+    """The whole message as one blob (for brokers that store one value per message):
+    the magic, the id and the headers each after its 4-byte size, then the body."""
+    ident, headers = message.id.encode(), encode_headers(message.headers)
+    size = _SIZE.pack
+    return b"".join((MAGIC, size(len(ident)), ident, size(len(headers)), headers, message.body))
 
 
 def unpack(data: bytes) -> Message:
     """The message ``pack`` made; DecodeError for anything else."""
     if not data.startswith(MAGIC):
         raise DecodeError("not a wippy-queue envelope")
-    view, at = memoryview(data), len(MAGIC)
-    parts = []
-    for _ in range(2):
-        if at + 4 > len(data):
-            raise DecodeError("truncated wippy-queue envelope")
-        size = int.from_bytes(view[at : at + 4], "big")
-        at += 4
-        if at + size > len(data):
-            raise DecodeError("truncated wippy-queue envelope")
-        parts.append(bytes(view[at : at + size]))
-        at += size
+    try:  # (slices and one struct read per field: once per message a broker hands over)
+        (id_size,) = _SIZE.unpack_from(data, _ID_AT)
+        headers_at = _ID_AT + 4 + id_size
+        (headers_size,) = _SIZE.unpack_from(data, headers_at)
+    except struct.error:
+        raise DecodeError("truncated wippy-queue envelope") from None
+    body_at = headers_at + 4 + headers_size
+    if body_at > len(data):
+        raise DecodeError("truncated wippy-queue envelope")
     try:
-        message_id = parts[0].decode()
+        message_id = data[_ID_AT + 4 : headers_at].decode()
     except UnicodeDecodeError as err:
         raise DecodeError(f"message id is not UTF-8: {err}") from err
-    return Message(message_id, bytes(view[at:]), decode_headers(parts[1]))
+    return Message(message_id, data[body_at:], decode_headers(data[headers_at + 4 : body_at]))
+
+
+_ID_AT = len(MAGIC)
 
 
 def signed_bytes(
