@@ -88,11 +88,13 @@ async def test_a_stale_message_is_dead_lettered_and_a_requeued_fresh_one_is_not(
     tmp_path: Path,
 ) -> None:
     state = reset()
-    runtime = load(tmp_path, app_entries(signing_key=K1, max_message_age="1s"))
+    # 3 s: a first delivery can take a second on moto's SQS (its long poll looks once a
+    # second); with 1 s the fresh message itself was sometimes stale on arrival
+    runtime = load(tmp_path, app_entries(signing_key=K1, max_message_age="3s"))
     async with runtime:
         stamper = runtime.security.stamper
         old = stamped(stamper, JOBS, b'{"n": "old", "delay": 0}', ago_s=30)  # signed 30 s ago
-        fresh = stamped(stamper, JOBS, b'{"n": "fresh", "delay": 1.5}')  # waits past 1 s
+        fresh = stamped(stamper, JOBS, b'{"n": "fresh", "delay": 3.5}')  # waits past 3 s
         await runtime.queues[JOBS].put(old)
         await runtime.queues[JOBS].put(fresh)
         await runtime.join(JOBS, timeout=10)
