@@ -93,6 +93,18 @@ def test_bench_scripts_start_and_take_svg(script: str) -> None:
     assert "--svg PATH" in done.stdout
 
 
+def test_the_instruction_counter_starts_and_names_its_scenarios() -> None:
+    """(It needs valgrind to count; CI runs only its help.)"""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "instructions.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "{memory,sqlite}" in done.stdout and "--tree" in done.stdout
+
+
 @pytest.mark.timeout(60)
 def test_latency_bench_prints_its_table_on_the_memory_driver(tmp_path: Path) -> None:
     argv = ["--drivers", "memory", "--n", "200", "--repeat", "1", "--warmup", "0"]
