@@ -136,3 +136,24 @@ async def test_the_default_ack_then_runs_the_ack_and_calls_back() -> None:
     assert heard == [None]
     with pytest.raises(DriverError, match="already settled"):
         d.ack_then(heard.append)
+
+
+async def test_an_ack_refused_at_once_is_a_failed_settle_not_a_crash() -> None:
+    """(The driver stopped: the settle fails as an awaited one would, and nothing waits.)"""
+    done: list[str] = []
+    errors: list[Exception] = []
+    s = settler(done, errors)
+
+    class Refused(HeldAck):
+        __slots__ = ()
+
+        def ack_then(self, done: Done) -> None:
+            self._once()
+            raise DriverError("the database is closed")
+
+    d = Refused(1)
+    await s.settle(job(d), d, 0.0, ACK)
+    assert done == ["m1"] and [str(e) for e in errors] == ["the database is closed"]
+    assert s.pending == 0
+    async with asyncio.timeout(1.0):
+        await s.drain(5.0)  # nothing is left to wait for

@@ -210,7 +210,10 @@ class Settler:
             self.pending += 1
             if action is Action.ACK:  # no task of its own: the driver calls back
                 self._acking += 1
-                delivery.ack_then(partial(self._acked, decided))
+                try:
+                    delivery.ack_then(partial(self._acked, decided))
+                except Exception as err:  # refused at once (e.g. its driver has stopped)
+                    self._acked(decided, err)
             else:
                 self._spawn(self._pipelined(decided))
         else:  # no hooks, or done (the record is written): settle now
