@@ -108,7 +108,6 @@ class Stamper:
         self._macs = {kid: HmacSha256(secret.encode()) for kid, secret in (keys or {}).items()}
         if signing_id is not None and signing_id not in self._macs:
             raise ValueError(f"signing key id {signing_id!r} is not one of the keys given")
-        self._signing_id = signing_id
         #: the signing key's MAC and its signatures' ``<key id>:`` prefix, looked up once
         self._signer = None if signing_id is None else self._macs[signing_id]
         self._prefix = f"{signing_id}:"
@@ -118,7 +117,7 @@ class Stamper:
 
     @property
     def signing(self) -> bool:
-        return self._signing_id is not None
+        return self._signer is not None
 
     def stamp(self, message: Message, queue_id: str, actor: Actor) -> None:
         headers = message.headers

@@ -472,14 +472,6 @@ class Store:
 
     # -- settles -----------------------------------------------------------------------
 
-    def ack(self, seq: int, token: int) -> bool:
-        """Remove a message this lease holds; False when the lease is no longer ours."""
-        cursor = self.conn.execute("DELETE FROM messages WHERE seq = ? AND lease = ?", (seq, token))
-        if cursor.rowcount != 1:
-            return False
-        self.conn.execute("DELETE FROM bodies WHERE seq = ?", (seq,))
-        return True
-
     def ack_many(self, leases: list[tuple[int, int]]) -> list[bool]:
         """Remove the message of each ``(seq, token)`` lease still ours; for each, whether
         it was. A statement per claim (its messages share the token), not two per message."""
@@ -501,7 +493,7 @@ class Store:
         return [seq in removed for seq, _ in leases]
 
     def drop(self, queue: str, seq: int, token: int, *, expired: bool) -> bool:
-        if not self.ack(seq, token):
+        if not self.ack_many([(seq, token)])[0]:
             return False
         if expired:
             self.conn.execute("UPDATE queues SET expired = expired + 1 WHERE name = ?", (queue,))
