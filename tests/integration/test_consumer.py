@@ -32,7 +32,9 @@ from wippy_queue import (
     ServiceState,
     SettleError,
 )
+from wippy_queue.drivers.memory import MemoryDelivery
 from wippy_queue.queue import publish, publish_async
+from wippy_queue.queue.consumer import _Buffer
 from wippy_queue.queue.message import Message
 
 pytestmark = pytest.mark.usefixtures("backend")  # every test runs on every driver
@@ -758,6 +760,46 @@ async def test_concurrency_runs_n_handlers_at_once(tmp_path: Path, style: str) -
 
 
 # -- graceful stop -------------------------------------------------------------------
+
+
+@pytest.mark.backends("memory", reason="the interleaving is the consumer's; a fake release")
+async def test_stop_ends_a_worker_whose_give_back_swallowed_the_cancellation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker handed a delivery just as a stop begins gives it back. When that give-back
+    swallows the stop's cancellation (Python 3.11's ``wait_for`` does, inside redis-py),
+    the worker must end, not wait for more work: the stop hung on Redis in CI."""
+    swallowed = asyncio.Event()
+    original_release = MemoryDelivery._release
+
+    async def release(self: MemoryDelivery) -> None:
+        task = asyncio.current_task()
+        if task is not None and task.get_name().endswith("worker-0"):
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                swallowed.set()  # the cancellation goes no further
+        await original_release(self)
+
+    async def handler(data: Any) -> None:
+        raise AssertionError("given back untried")
+
+    async with app(tmp_path, handler, prefetch=1) as runtime:
+        consumer = runtime.consumers[WORKER]
+        original_put = _Buffer.put
+
+        def put_then_stop(self: _Buffer, delivery: Any) -> None:
+            original_put(self, delivery)
+            consumer._stopping = True  # the stop begins before the woken worker runs
+
+        monkeypatch.setattr(MemoryDelivery, "_release", release)
+        monkeypatch.setattr(_Buffer, "put", put_then_stop)
+        await runtime.publish(JOBS, {"n": 1})
+        async with asyncio.timeout(WAIT_S):
+            await runtime.stop(WORKER)
+        assert swallowed.is_set()
+        assert runtime.state(WORKER) is ServiceState.STOPPED
+        assert await returned(runtime)
 
 
 async def test_stop_lets_in_flight_finish_and_returns_prefetched(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The package's imports point one way: each module imports only its own layer or lower.
 
-identity/errors -> registry -> lifecycle -> queue -> drivers/functions ->
+identity/errors/tasks -> registry -> lifecycle -> queue -> drivers/functions ->
 security/audit -> plugins/loading/runtime -> cli/policytools. A module that imports
 upward (even for a type) fails here, naming the import, so the layering stays.
 """
@@ -15,7 +15,7 @@ import wippy_queue
 PACKAGE = Path(wippy_queue.__file__).parent
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "identity", "policies", "files"),
+    ("errors", "identity", "policies", "files", "tasks"),
     ("registry",),
     ("lifecycle",),
     ("queue",),

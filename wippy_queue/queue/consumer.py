@@ -44,6 +44,7 @@ from wippy_queue.queue.outcome import ACK, Outcome, Reason
 from wippy_queue.queue.publisher import BoundPublisher
 from wippy_queue.queue.queue import Queue
 from wippy_queue.queue.settle import RetryPolicy, SettleHook, Settler
+from wippy_queue.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +319,8 @@ class Consumer:
             delivery = buffer.poll() or await buffer.get()
             if self._stopping or (self._gate is not None and not self._gate.is_set()):
                 await settler.give_back(delivery)
+                if self._stopping:
+                    return  # (stop gives back the rest: a worker never waits again)
                 continue
             self._active[task] = delivery
             try:
@@ -434,8 +437,7 @@ class Consumer:
         """
         self._stopping = True
         if self._fetcher is not None:
-            self._fetcher.cancel()
-            await asyncio.gather(self._fetcher, return_exceptions=True)
+            await cancel_and_wait([self._fetcher])
         if self._subscription is not None:
             await self._subscription.close()
         while self._buffer:
@@ -444,9 +446,7 @@ class Consumer:
         unfinished = await self._drain()
         # settles waiting on the audit write: bounded too
         await self._settler.drain(self.stop_timeout_s)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self._leases is not None:
             await self._leases.stop()

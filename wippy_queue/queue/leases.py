@@ -11,11 +11,11 @@ honours is dropped from the keeper and logged; its settle will say ``LostDeliver
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from wippy_queue.errors import DriverError
 from wippy_queue.queue.driver import Delivery, LostDelivery, Subscription
+from wippy_queue.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,5 @@ class LeaseKeeper:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
         self._held.clear()

@@ -65,6 +65,7 @@ from wippy_queue.queue.driver import (
 )
 from wippy_queue.queue.message import Message
 from wippy_queue.registry.entry import Entry
+from wippy_queue.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -165,12 +166,7 @@ class RedisDriver(Driver):
             await subscription.close()
         self._running = False
         self._stopped.set()
-        for task in (self._promoter, self._reconnecting):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(
-            *(t for t in (self._promoter, self._reconnecting) if t), return_exceptions=True
-        )
+        await cancel_and_wait(t for t in (self._promoter, self._reconnecting) if t)
         self._promoter = self._reconnecting = None
         await self._publishes.close()
         for wire in list(self._wires):

@@ -51,6 +51,7 @@ from wippy_queue.queue.driver import (
     Subscription,
     SubscriptionClosed,
 )
+from wippy_queue.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -461,8 +462,7 @@ class RedisSubscription(Subscription):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(UNBLOCK_WAIT_S):
                     await asyncio.shield(fetcher)
-        fetcher.cancel()
-        await asyncio.gather(fetcher, return_exceptions=True)
+        await cancel_and_wait([fetcher])
 
     async def _unblock(self, client: aioredis.Redis) -> None:
         assert self._read_wire is not None
