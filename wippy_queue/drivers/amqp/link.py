@@ -23,6 +23,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from wippy_queue.errors import DriverError
 from wippy_queue.lifecycle.backoff import restart_delay
 from wippy_queue.lifecycle.config import RestartPolicy
+from wippy_queue.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +176,7 @@ class Link:
         self._closing = True
         self.up.clear()
         if self._reconnector is not None:
-            self._reconnector.cancel()
-            with contextlib.suppress(BaseException):
-                await self._reconnector
+            await cancel_and_wait([self._reconnector])
             self._reconnector = None
         connection, self._connection = self._connection, None
         if connection is not None:

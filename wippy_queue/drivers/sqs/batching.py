@@ -27,6 +27,7 @@ from wippy_queue.drivers.sqs.client import Link, SqsClient, Unavailable
 from wippy_queue.drivers.sqs.config import MAX_BATCH
 from wippy_queue.drivers.sqs.wire import Outgoing
 from wippy_queue.errors import DriverError
+from wippy_queue.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,7 @@ class Publisher:
     async def close(self, err: DriverError) -> None:
         """Fail what is not sent yet, let sends in flight finish (bounded by the caller)."""
         if self._runner is not None:
-            self._runner.cancel()
-            await asyncio.gather(self._runner, return_exceptions=True)
+            await cancel_and_wait([self._runner])
             self._runner = None
         _fail(self._pending, err)
         self._pending.clear()

@@ -27,6 +27,7 @@ from botocore.loaders import Loader, create_loader
 from wippy_queue.errors import DriverError
 from wippy_queue.lifecycle.backoff import restart_delay
 from wippy_queue.lifecycle.config import RestartPolicy
+from wippy_queue.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +234,7 @@ class Link:
         self._closed.set()
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait([task])
 
     def reopen(self) -> None:
         self._closed.clear()
