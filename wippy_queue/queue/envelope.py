@@ -41,10 +41,22 @@ _SORTED = orjson.OPT_SORT_KEYS
 _TINY = 1e-4
 
 
-def _stdlib_headers(headers: Headers) -> bytes:
+def _stdlib(value: Any) -> bytes:
     if _FAST is None:
-        return _ENCODER.encode(headers).encode()
-    return "".join(_FAST(headers, 0)).encode()
+        return _ENCODER.encode(value).encode()
+    return "".join(_FAST(value, 0)).encode()
+
+
+def _canonical(value: Any, headers: Headers) -> bytes:
+    """``value`` (``headers`` or a frame holding them) as the standard library's
+    canonical JSON, by orjson unless ``headers`` hold a value where the two differ."""
+    for item in headers.values():
+        if type(item) is float and not (item == 0.0 or _TINY <= abs(item) < math.inf):
+            return _stdlib(value)
+    try:
+        return orjson.dumps(value, option=_SORTED)
+    except TypeError:  # (orjson.JSONEncodeError) big ints, surrogates: as before
+        return _stdlib(value)
 
 
 def encode_headers(headers: Headers) -> bytes:
@@ -58,13 +70,7 @@ def encode_headers(headers: Headers) -> bytes:
     """
     if not headers:
         return b"{}"
-    for value in headers.values():
-        if type(value) is float and not (value == 0.0 or _TINY <= abs(value) < math.inf):
-            return _stdlib_headers(headers)
-    try:
-        return orjson.dumps(headers, option=_SORTED)
-    except TypeError:  # (orjson.JSONEncodeError) big ints, surrogates: as before
-        return _stdlib_headers(headers)
+    return _canonical(headers, headers)
 
 
 #: (a tuple: a ``str | int`` union would be built anew for every header read)
@@ -127,21 +133,37 @@ def unpack(data: bytes) -> Message:
 _ID_AT = len(MAGIC)
 
 
-def signed_bytes(
-    message: Message, queue_id: str, skip: frozenset[str], skip_prefix: str, skip_marker: str
-) -> bytes:
-    """What a provenance signature covers: the length-prefixed id, queue, body and the
-    canonical headers except those in ``skip`` and, when ``skip_marker`` is present,
-    those starting ``skip_prefix`` (the signature itself, the dead-letter bookkeeping).
-    Once per signed publish and per verified delivery: kept to a few C calls."""
-    headers = message.headers
+def _covered(headers: Headers, skip: frozenset[str], skip_prefix: str, skip_marker: str) -> Headers:
+    """``headers`` except those in ``skip`` and, when ``skip_marker`` is present, those
+    starting ``skip_prefix`` (copied only when one is there)."""
     if skip_marker in headers:  # only then can headers with the prefix be ours
         headers = {k: v for k, v in headers.items() if not k.startswith(skip_prefix)}
     for key in skip:  # (a lookup per skipped key: cheaper than isdisjoint's walk)
         if key in headers:
-            headers = {k: v for k, v in headers.items() if k not in skip}
-            break
-    encoded = encode_headers(headers)
+            return {k: v for k, v in headers.items() if k not in skip}
+    return headers
+
+
+def signed_bytes(
+    message: Message, queue_id: str, skip: frozenset[str], skip_prefix: str, skip_marker: str
+) -> bytes:
+    """What a provenance signature covers: the canonical JSON of ``[id, queue,
+    headers]`` (the headers but the skipped ones, see ``_covered``: the signature
+    itself, the dead-letter bookkeeping), then the body. The array ends where the body
+    begins, so no two messages give the same bytes. One orjson call (once per signed
+    publish and per verified delivery): half the cost of the length-prefixed frame
+    before it, which ``signed_bytes_v1`` keeps for stamps made earlier."""
+    headers = _covered(message.headers, skip, skip_prefix, skip_marker)
+    return _canonical((message.id, queue_id, headers), headers) + message.body
+
+
+def signed_bytes_v1(
+    message: Message, queue_id: str, skip: frozenset[str], skip_prefix: str, skip_marker: str
+) -> bytes:
+    """The frame signatures covered before ``signed_bytes``: the length-prefixed id,
+    queue, body and canonical headers. Read only, for messages signed by earlier
+    versions that still wait in a queue."""
+    encoded = encode_headers(_covered(message.headers, skip, skip_prefix, skip_marker))
     ident, queue, body = message.id.encode(), queue_id.encode(), message.body
     return b"%d:%b%d:%b%d:%b%d:%b" % (
         len(ident),

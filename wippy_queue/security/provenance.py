@@ -10,9 +10,10 @@ broker it is dropped, and the message is anonymous.
 
 The signature covers the message id, the queue, the body and every header except
 the signature itself, the ``x_dead_letter_*`` headers added when a message is
-dead-lettered and the ttl expiry, in the canonical envelope encoding every driver
-stores. A message
-whose stamp does not verify is forged: it is denied, never handled.
+dead-lettered and the ttl expiry (``envelope.signed_bytes``: the canonical JSON of
+id, queue and headers, then the body). A stamp signed over the earlier frame
+(``signed_bytes_v1``) by a version before it still verifies. A message whose stamp
+does not verify is forged: it is denied, never handled.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from wippy_queue.identity import Actor
-from wippy_queue.queue.envelope import signed_bytes
+from wippy_queue.queue.envelope import signed_bytes, signed_bytes_v1
 from wippy_queue.queue.message import EXPIRES_AT, PUBLISHER, PUBLISHER_TENANT, TIMESTAMP, Message
 from wippy_queue.queue.settle import DL_QUEUE
 
@@ -58,6 +59,10 @@ ANONYMOUS = Provenance(None, None)
 _UNSIGNED = frozenset((SIGNATURE, EXPIRES_AT))
 
 
+#: what a signature covers, as ``envelope.signed_bytes``
+Frame = Callable[[Message, str, frozenset[str], str, str], bytes]
+
+
 class HmacSha256:
     """HMAC-SHA256 (RFC 2104) from the key's two SHA-256 states, computed once.
 
@@ -76,10 +81,10 @@ class HmacSha256:
         self._inner = hashlib.sha256(key.translate(hmac.trans_36))
         self._outer = hashlib.sha256(key.translate(hmac.trans_5C))
 
-    def sign(self, message: Message, queue_id: str) -> str:
-        """The hex MAC of the message's canonical envelope bytes (``queue/envelope.py``)."""
+    def sign(self, message: Message, queue_id: str, frame: Frame = signed_bytes) -> str:
+        """The hex MAC of the message's canonical bytes (``queue/envelope.py``)."""
         inner = self._inner.copy()
-        inner.update(signed_bytes(message, queue_id, _UNSIGNED, _UNSIGNED_PREFIX, DL_QUEUE))
+        inner.update(frame(message, queue_id, _UNSIGNED, _UNSIGNED_PREFIX, DL_QUEUE))
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.hexdigest()
@@ -180,10 +185,13 @@ class Stamper:
         # the signature does not cover is otherwise dropped from a copy of the headers
         del headers[SIGNATURE]
         try:
-            expected = mac.sign(message, signed_for)
+            holds = hmac.compare_digest(given, mac.sign(message, signed_for)) or (
+                # signed by a version before the current frame, and queued since
+                hmac.compare_digest(given, mac.sign(message, signed_for, signed_bytes_v1))
+            )
         finally:
             headers[SIGNATURE] = signature
-        if not hmac.compare_digest(given, expected):
+        if not holds:
             raise ForgedProvenance("the publisher stamp's signature does not match")
 
     @staticmethod
