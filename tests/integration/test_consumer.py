@@ -996,20 +996,27 @@ async def returned_besides_one(runtime: Runtime) -> bool:
 async def test_stop_and_restart_loses_nothing(tmp_path: Path) -> None:
     handled: Counter[str] = Counter()
     tenth = asyncio.Event()
+    stop_begun = asyncio.Event()
 
     async def handler(data: Any) -> Any:
         handled[wippy_queue.current_message().id] += 1
         if sum(handled.values()) == 10:
             tenth.set()
-        # the stop comes mid-run: the 40 left would take over 0.6 s from here
-        await asyncio.sleep(0.05 if tenth.is_set() else 0)
+        if tenth.is_set():  # the stop comes mid-run: handlers from the tenth on wait for it
+            await stop_begun.wait()
 
     async with app(tmp_path, handler, concurrency=3, prefetch=5) as runtime:
         sent = await publish_many(runtime, 50)
         async with asyncio.timeout(WAIT_S):
             await tenth.wait()
-        await runtime.stop(WORKER)
-        assert 10 <= sum(handled.values()) < 50
+        stopping = asyncio.create_task(runtime.stop(WORKER))
+        async with asyncio.timeout(WAIT_S):
+            while runtime.state(WORKER) is not ServiceState.STOPPING:
+                await asyncio.sleep(0.001)
+        stop_begun.set()  # (a stopping consumer takes no more deliveries)
+        async with asyncio.timeout(WAIT_S):
+            await stopping
+        assert 10 <= sum(handled.values()) <= 12  # the tenth and the two beside it
         await runtime.start(WORKER)
         more = await publish_many(runtime, 10)
         # the driver too: the runtime stops the consumer first, then the driver
