@@ -169,9 +169,11 @@ async def test_a_full_disk_fails_the_publish_loudly_and_commits_nothing(tmp_path
         held = await sub.receive()
         # the file may not grow past its size now: as if the disk were full
         await driver.call(lambda store: _cap_size(store), "test: cap the size")
+        big = msg(b"x" * 200_000)
         with pytest.raises(DriverError, match="disk is full") as caught:
-            await driver.publish("q", msg(b"x" * 200_000))
+            await driver.publish("q", big)
         assert str(driver.path) in str(caught.value)
+        assert f"message {big.id} was not published to queue 'q'" in str(caught.value)
         assert (await driver.info("q")).message_count == 1  # nothing of it committed
         await held.ack()  # what needs no room still works
         assert (await driver.info("q")).message_count == 0

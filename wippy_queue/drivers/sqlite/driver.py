@@ -487,9 +487,15 @@ class SqliteDriver(Driver):
         part = partition if state.partitioned else None
         while True:
             publish = (queue, message, max_length, part)
-            if await self.writer.join(
-                "publish", publish, Store.publish_many, "publish", withdraw=True
-            ):
+            try:
+                published = await self.writer.join(
+                    "publish", publish, Store.publish_many, "publish", withdraw=True
+                )
+            except DriverError as err:  # (the batch's error: each caller names its own)
+                raise DriverError(
+                    f"{err}; message {message.id} was not published to queue {queue!r}"
+                ) from err
+            if published:
                 return
             await state.publishers.wait(self.poll_interval_s)  # full: wait for room
             if not self._running:
