@@ -581,6 +581,37 @@ async def test_hung_handler_times_out_as_a_nack(tmp_path: Path) -> None:
 
 
 @pytest.mark.backends("memory", reason="the time limit is the consumer's: the driver plays no part")
+async def test_a_handler_that_swallowed_its_timeout_is_cancelled_again(tmp_path: Path) -> None:
+    """Python 3.11's ``wait_for`` (inside redis-py and others) can drop the timeout's
+    cancellation; a handler that then hangs is cancelled again a ``timeout`` later and
+    nacked as timed out, instead of holding its worker until the consumer stops. One
+    that swallowed it and returned keeps its result."""
+    swallowed: list[int] = []
+    attempts: list[int] = []
+
+    async def handler(data: Any) -> Any:
+        attempts.append(wippy_queue.current_message().attempt)
+        if (data["n"] == 1 and len(attempts) == 1) or data["n"] == 2:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                swallowed.append(data["n"])  # the cancellation goes no further
+            if data["n"] == 1:
+                await asyncio.Event().wait()  # and it hangs
+        return None
+
+    async with app(tmp_path, handler, timeout=0.1, max_attempts=3) as runtime:
+        await runtime.publish(JOBS, {"n": 1})
+        await runtime.join(JOBS, timeout=WAIT_S)
+        assert attempts == [1, 2]  # timed out at the second cancellation, then handled
+        await runtime.publish(JOBS, {"n": 2})
+        await runtime.join(JOBS, timeout=WAIT_S)
+        assert await waiting(runtime, "dead") == []
+    assert swallowed == [1, 2]
+    assert attempts == [1, 2, 1]  # the second returned after swallowing: acked
+
+
+@pytest.mark.backends("memory", reason="the time limit is the consumer's: the driver plays no part")
 async def test_each_concurrent_call_gets_its_own_time_limit(tmp_path: Path) -> None:
     """One timer serves every worker: a call that began after a hung one is not cut
     short when the hung one's time runs out, and a hung call is cut at its own."""

@@ -99,6 +99,14 @@ class _Credits:
             waiter.set_result(None)
 
 
+def _uncancel(task: asyncio.Task[Any], times: int) -> int:
+    """Take back ``times`` cancellation requests; the number still pending."""
+    left = task.cancelling()
+    for _ in range(times):
+        left = task.uncancel()
+    return left
+
+
 class _Buffer:
     """The prefetched deliveries and the workers waiting for one: what
     ``asyncio.Queue`` does for a worker, in a third of the calls (it is on every
@@ -421,11 +429,13 @@ class Consumer:
         try:
             result = await self.handler.call(data)
         except asyncio.CancelledError:
-            if deadlines.end(task) and task.uncancel() == 0:
+            cancels = deadlines.end(task)
+            if cancels and _uncancel(task, cancels) == 0:
                 raise TimeoutError from None
             raise
-        if deadlines.end(task):  # it swallowed the cancellation: its result stands
-            task.uncancel()
+        cancels = deadlines.end(task)
+        if cancels:  # it swallowed the cancellations: its result stands
+            _uncancel(task, cancels)
         return result
 
     async def stop(self) -> None:
