@@ -166,7 +166,6 @@ class _MemoryQueue:
         ready, delayed = self.ready_count, len(self.delayed)
         return QueueInfo(
             queue=self.name,
-            message_count=ready + self.in_flight + delayed,
             consumer_count=len(self.subscriptions),
             ready=ready,
             in_flight=self.in_flight,

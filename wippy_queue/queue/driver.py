@@ -108,19 +108,23 @@ class SubscribeSpec:
 class QueueInfo:
     """Truthful counts for one queue.
 
-    ``message_count`` is every message the queue still owes a handler:
-    ``ready + in_flight + delayed``. ``expired`` counts messages dropped unhandled
-    because their ``ttl`` ran out (with no dead-letter queue to go to).
+    ``expired`` counts messages dropped unhandled because their ``ttl`` ran out (with
+    no dead-letter queue to go to).
     """
 
     queue: str
-    message_count: int
     consumer_count: int
     ready: int
     in_flight: int
     delayed: int = 0
     expired: int = 0
     exact: bool = True
+
+    @property
+    def message_count(self) -> int:
+        """Every message the queue still owes a handler (derived: no driver can count
+        it apart from its parts)."""
+        return self.ready + self.in_flight + self.delayed
 
     @property
     def idle(self) -> bool:

@@ -433,7 +433,6 @@ class AmqpDriver(Driver):
         handed = held.handed
         return QueueInfo(
             queue=queue,
-            message_count=ready + handed + delayed,
             consumer_count=consumers,
             ready=ready,
             in_flight=handed,

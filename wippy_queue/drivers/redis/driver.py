@@ -396,7 +396,6 @@ class RedisDriver(Driver):
             raise DriverError(f"driver {self.entry_id}: reading {queue!r} failed: {expired}")
         return QueueInfo(
             queue=queue,
-            message_count=ready + pending + delayed,
             consumer_count=int(live),
             ready=ready,
             in_flight=pending,

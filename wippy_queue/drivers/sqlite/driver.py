@@ -531,7 +531,6 @@ class SqliteDriver(Driver):
         ready, in_flight = ready + buffered, in_flight - buffered
         return QueueInfo(
             queue=queue,
-            message_count=ready + in_flight + delayed,
             consumer_count=consumers,
             ready=ready,
             in_flight=in_flight,

@@ -399,7 +399,6 @@ class SqsDriver(Driver):
             subscriptions |= state.subscriptions
         return QueueInfo(
             queue=queue,
-            message_count=ready + in_flight + delayed,
             consumer_count=len(subscriptions),
             ready=ready,
             in_flight=in_flight,
