@@ -210,12 +210,8 @@ class Consumer:
         self._leases: LeaseKeeper | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._fetcher: asyncio.Task[None] | None = None
-        self._buffer = _Buffer()
-        self._credits = _Credits(prefetch + concurrency)
         self._active: dict[asyncio.Task[Any], Delivery] = {}
-        #: every delivery taken and not yet settled (buffered, running, awaiting a hook)
-        self._unsettled: set[Delivery] = set()
-        self._settler = self._new_settler()
+        self._fresh_run()
         self._failures = FailureLog(entry_id, log)
         self._stopping = False
         #: the loop it runs on, kept: looking it up costs a system call (getpid)
@@ -225,8 +221,13 @@ class Consumer:
         #: resolves with the error if the consumer dies while running (the supervisor restarts it)
         self.failed: asyncio.Future[BaseException] | None = None
 
-    def _new_settler(self) -> Settler:
-        return Settler(
+    def _fresh_run(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """What one run (start to stop) fills: made anew by each start."""
+        self._buffer = _Buffer(loop)
+        self._credits = _Credits(self.prefetch + self.concurrency, wake_at=self.prefetch // 2)
+        #: every delivery taken and not yet settled (buffered, running, awaiting a hook)
+        self._unsettled: set[Delivery] = set()
+        self._settler = Settler(
             self.entry_id,
             self.queue,
             self.retry,
@@ -267,11 +268,8 @@ class Consumer:
         except BaseException:
             await self.handler.close()
             raise
-        self._credits = _Credits(self.prefetch + self.concurrency, wake_at=self.prefetch // 2)
-        self._settler = self._new_settler()
+        self._fresh_run(loop)
         self._leases = LeaseKeeper(self.entry_id, self._subscription)
-        self._buffer = _Buffer(loop)
-        self._unsettled = set()
         self._fetcher = asyncio.create_task(self._fetch(), name=f"{self.entry_id}:fetch")
         self._tasks = [
             asyncio.create_task(self._work(), name=f"{self.entry_id}:worker-{i}")
