@@ -17,13 +17,15 @@ from typing import Any
 CANCEL_AGAIN_S = 0.1
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
+async def cancel_and_wait(
+    tasks: Iterable[asyncio.Future[Any]], again_s: float = CANCEL_AGAIN_S
+) -> None:
     """Cancel ``tasks`` and wait until every one is done, cancelling again each
-    ``CANCEL_AGAIN_S`` those that are not; their results and errors are dropped."""
+    ``again_s`` those that are not; their results and errors are dropped."""
     tasks = list(tasks)
     pending = {task for task in tasks if not task.done()}
     while pending:
         for task in pending:
             task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=CANCEL_AGAIN_S)
+        _, pending = await asyncio.wait(pending, timeout=again_s)
     await asyncio.gather(*tasks, return_exceptions=True)  # (marks their errors seen)

@@ -873,6 +873,34 @@ async def test_stop_lets_in_flight_finish_and_returns_prefetched(tmp_path: Path)
     assert attempts == [1] * 10  # prefetched messages came back untried
 
 
+@pytest.mark.backends("memory", reason="the stop is the consumer's: the driver plays no part")
+async def test_stop_ends_a_handler_that_swallowed_the_stops_cancellation(tmp_path: Path) -> None:
+    """A handler outliving ``stop_timeout`` whose cancellation a library swallowed (Python
+    3.11's ``wait_for``) and that then hangs is cancelled again: the stop ends, its
+    message goes back."""
+    started = asyncio.Event()
+    swallowed: list[bool] = []
+
+    async def handler(data: Any) -> Any:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed.append(True)  # the cancellation goes no further
+        await asyncio.Event().wait()  # and it hangs
+
+    async with app(tmp_path, handler, stop_timeout=0.05) as runtime:
+        stuck = await runtime.publish(JOBS, {"n": 1})
+        async with asyncio.timeout(WAIT_S):
+            await started.wait()
+        with pytest.raises(LifecycleError) as caught:
+            async with asyncio.timeout(WAIT_S):
+                await runtime.stop(WORKER)
+        assert stuck in str(caught.value)
+        assert swallowed == [True]
+        await eventually(partial(returned, runtime))
+
+
 async def test_handler_outliving_stop_timeout_is_cancelled_and_its_message_returns(
     tmp_path: Path,
 ) -> None:

@@ -470,7 +470,9 @@ class Consumer:
             )
 
     async def _drain(self) -> list[str]:
-        """Wait for in-flight handlers; cancel the late ones, returning their messages."""
+        """Wait for in-flight handlers; cancel the late ones, returning their messages
+        (cancelled again each ``stop_timeout`` while one runs on: a library may have
+        swallowed the cancellation, see ``tasks.py``)."""
         busy = list(self._active)
         if not busy:
             return []
@@ -480,7 +482,5 @@ class Consumer:
             delivery = self._active.get(task)
             if delivery is not None:
                 unfinished.append(delivery.message.id)
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+        await cancel_and_wait(pending, self.stop_timeout_s)
         return unfinished
