@@ -4,6 +4,7 @@ dead letters, timeouts, backpressure, concurrency, graceful stop, publish checks
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -1267,3 +1268,57 @@ async def test_a_handler_failing_on_our_own_error_is_logged_without_a_traceback(
     }
     assert "traceback" not in failed["PublishError"]  # its message says it all
     assert "ValueError" in failed and "traceback" in failed["ValueError"]
+
+
+# -- no garbage collector per message ---------------------------------------------
+
+
+def ours(garbage: list[Any]) -> Counter[str]:
+    """The objects of this package among cyclic garbage, by type."""
+    return Counter(
+        type(obj).__qualname__ for obj in garbage if type(obj).__module__.startswith("wippy_queue")
+    )
+
+
+@pytest.mark.parametrize("style", ["sync", "async"])
+async def test_a_handled_message_is_freed_without_the_garbage_collector(
+    tmp_path: Path, style: str
+) -> None:
+    """A message's objects (its job, handle, delivery) form no reference cycle: freed as
+    soon as it is settled, they never wait for (and pay for) a collection. A cycle per
+    message once made the collector cost a fifth of the CPU per message."""
+    handled = asyncio.Event()
+    count = 0
+
+    def note() -> None:
+        nonlocal count
+        wippy_queue.current_message().header("n")  # the handle is used, as handlers do
+        count += 1
+        if count == 60:
+            handled.set()
+
+    def sync_handler(data: Any) -> None:
+        note()
+
+    async def async_handler(data: Any) -> None:
+        note()
+
+    handler = sync_handler if style == "sync" else async_handler
+    async with app(tmp_path, handler, concurrency=2) as runtime:
+        await publish_many(runtime, 10)  # warm-up: what a first message sets up stays
+        await runtime.join(JOBS, timeout=WAIT_S)
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            await publish_many(runtime, 50)
+            async with asyncio.timeout(WAIT_S):
+                await handled.wait()
+            await runtime.join(JOBS, timeout=WAIT_S)
+            gc.collect()
+            left = ours(gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert left == Counter(), f"cyclic garbage of 50 messages: {dict(left)}"

@@ -14,7 +14,7 @@ import concurrent.futures
 import math
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from wippy_queue.errors import SettleError
 from wippy_queue.queue.message import ATTEMPTS, Headers, HeaderValue, Message
@@ -50,7 +50,9 @@ class MessageHandle:
         self._attempt = attempt
         self.data = data
         self.queue_id = queue_id
-        self._settle = settle
+        #: None once released: a handle kept past its handler holds nothing of the
+        #: consumer's, and breaks the cycle job -> handle -> settle -> job (no GC work)
+        self._settle: Settle | None = settle
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._decision: Outcome | None = None
@@ -59,11 +61,14 @@ class MessageHandle:
 
     def _live(self) -> Message:
         if self._released:
-            raise SettleError(
-                f"message {self._message.id} was released when its handler returned; "
-                "use it only inside the handler"
-            )
+            self._gone()
         return self._message
+
+    def _gone(self) -> NoReturn:
+        raise SettleError(
+            f"message {self._message.id} was released when its handler returned; "
+            "use it only inside the handler"
+        )
 
     @property
     def id(self) -> str:
@@ -109,19 +114,24 @@ class MessageHandle:
         if self._decision is not None:
             done = "acked" if self._decision.ack else "nacked"
             raise SettleError(f"message {message.id} was already {done}; settle a message once")
+        settle = self._settle
+        if settle is None:  # released since _live() (a timed-out handler's thread)
+            self._gone()
         self._decision = outcome
         if threading.get_ident() == self._loop_thread:
-            self._pending = self._loop.create_task(self._settle(outcome))  # type: ignore[arg-type]
+            self._pending = self._loop.create_task(settle(outcome))  # type: ignore[arg-type]
         else:
-            coro = self._settle(outcome)
+            coro = settle(outcome)
             self._pending = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
 
     async def finish(self, outcome: Outcome) -> Outcome:
         """Release the handle and settle with ``outcome`` unless the handler already did."""
         self._released = True
+        settle, self._settle = self._settle, None
         if self._pending is None:
+            assert settle is not None, "finish() a handle once"
             self._decision = outcome
-            await self._settle(outcome)
+            await settle(outcome)
         elif isinstance(self._pending, asyncio.Future):
             await self._pending
         else:
@@ -131,3 +141,4 @@ class MessageHandle:
 
     def release(self) -> None:
         self._released = True
+        self._settle = None

@@ -168,7 +168,7 @@ class Writer:
         """Before a batch is handed over: its joined operations take no more items (the
         thread's now), less those of callers cancelled meanwhile."""
         for group in self._groups.values():
-            group.withdraw_cancelled()
+            group.close()
         self._groups.clear()
 
     async def stop(self) -> None:
@@ -325,20 +325,23 @@ class _Joined(Generic[ItemT, T]):
 
     def __init__(self, items: list[ItemT], request: Request[list[T]], withdraw: bool) -> None:
         self.items = items
-        self.request = request
+        #: until the batch is handed over (``close``): the request holds this group
+        self.request: Request[list[T]] | None = request
         self.withdraw = withdraw
         self.waiters: list[asyncio.Future[T]] = []
         request.joined = self
 
-    def withdraw_cancelled(self) -> None:
-        """On the loop, before the thread has the items: drop those of cancelled
-        callers (when ``withdraw``); with none left the operation is skipped."""
-        if not self.withdraw or not any(w.cancelled() for w in self.waiters):
+    def close(self) -> None:
+        """On the loop, as the batch goes to the thread: no more items, and those of
+        cancelled callers dropped (when ``withdraw``; with none left the operation is
+        skipped). Lets go of the request, so that the two are no reference cycle."""
+        request, self.request = self.request, None
+        if request is None or not self.withdraw or not any(w.cancelled() for w in self.waiters):
             return
         kept = [(i, w) for i, w in zip(self.items, self.waiters, strict=True) if not w.cancelled()]
         self.items[:] = [item for item, _ in kept]  # (the same list: the operation reads it)
         self.waiters = [waiter for _, waiter in kept]
-        self.request.cancelled = not kept
+        request.cancelled = not kept
 
     def fan_out(self, results: list[T] | None, error: BaseException | None) -> None:
         """The operation's results (or error) to each caller still waiting."""
