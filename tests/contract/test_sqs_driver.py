@@ -296,6 +296,28 @@ async def test_a_stop_never_waits_for_a_long_poll_and_hides_nothing() -> None:
     assert time.monotonic() - started < 5
 
 
+async def test_a_stop_ends_a_poll_that_swallowed_its_cancellation() -> None:
+    """Python 3.11's ``wait_for`` (inside HTTP clients) can drop a cancellation: the
+    stop cancels a late poll again instead of waiting for it as long as it runs."""
+    swallowed = asyncio.Event()
+
+    async def poll_swallowing_one_cancel() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.set()
+        await asyncio.sleep(3600)  # the second cancellation ends it
+
+    driver = new_driver()
+    await driver.start()
+    poller = asyncio.create_task(poll_swallowing_one_cancel())
+    driver.pollers.add(poller)
+    await asyncio.sleep(0)  # (it is running)
+    async with asyncio.timeout(WAIT_S):
+        await driver.stop()
+    assert swallowed.is_set() and poller.cancelled()
+
+
 async def test_a_handler_running_past_its_lease_keeps_its_message(tmp_path: Path) -> None:
     handled: list[tuple[str, int]] = []
 

@@ -53,6 +53,7 @@ from wippy_queue.queue.driver import (
 )
 from wippy_queue.queue.message import Message
 from wippy_queue.registry.entry import Entry
+from wippy_queue.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,7 @@ class SqsDriver(Driver):
         pollers = list(self.pollers)
         if pollers:
             _, late = await asyncio.wait(pollers, timeout=STOP_GRACE_S)
-            for task in late:  # a long poll still out: cut it short
-                task.cancel()
+            await cancel_and_wait(late)  # a long poll still out: cut it short
             await asyncio.gather(*pollers, return_exceptions=True)
         flushing = [queue.settles.flush() for queue in queues]
         flushing += [queue.publisher.close(self.not_running_error()) for queue in queues]
