@@ -20,6 +20,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
+from wippy_queue.drivers.amqp.frames import connection_class
 from wippy_queue.errors import DriverError
 from wippy_queue.lifecycle.backoff import restart_delay
 from wippy_queue.lifecycle.config import RestartPolicy
@@ -91,6 +92,7 @@ class Link:
                 self.url,
                 timeout=CONNECT_TIMEOUT_S,
                 client_properties={"connection_name": self.name},
+                connection_class=connection_class(),
             )
         except CONNECT_ERRORS as err:
             raise DriverError(

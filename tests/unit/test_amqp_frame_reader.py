@@ -1,0 +1,157 @@
+"""The AMQP driver's buffered frame reader reads exactly what aiormq's own reader reads."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiormq.connection import FrameReceiver
+from aiormq.exceptions import AMQPConnectionError, InvalidFrameError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pamqp import frame
+from pamqp.body import ContentBody
+from pamqp.commands import Basic, Channel
+from pamqp.header import ContentHeader
+from pamqp.heartbeat import Heartbeat
+
+from wippy_queue.drivers.amqp.frames import BufferedFrames
+
+SHORT = st.text(max_size=40)
+TAG = st.integers(min_value=0, max_value=2**63 - 1)
+TABLE = st.dictionaries(
+    st.text(min_size=1, max_size=10),
+    st.one_of(
+        st.booleans(),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        st.text(max_size=30),
+    ),
+    max_size=4,
+)
+PROPERTIES = st.builds(
+    Basic.Properties,
+    content_type=st.one_of(st.none(), st.just("application/json")),
+    headers=st.one_of(st.none(), TABLE),
+    delivery_mode=st.one_of(st.none(), st.sampled_from([1, 2])),
+    message_id=st.one_of(st.none(), SHORT),
+    correlation_id=st.one_of(st.none(), SHORT),
+    priority=st.one_of(st.none(), st.integers(0, 9)),
+)
+FRAMES = st.one_of(
+    st.builds(
+        Basic.Deliver,
+        consumer_tag=SHORT,
+        delivery_tag=TAG,
+        redelivered=st.booleans(),
+        exchange=st.sampled_from(["", "amq.direct", "wq.holding-5000"]),
+        routing_key=SHORT,
+    ),
+    st.builds(Basic.Ack, delivery_tag=TAG, multiple=st.booleans()),
+    st.builds(Basic.Nack, delivery_tag=TAG, multiple=st.booleans(), requeue=st.booleans()),
+    st.builds(ContentHeader, st.just(0), st.integers(0, 2**40), PROPERTIES),
+    st.builds(ContentBody, st.binary(max_size=300)),
+    st.builds(Channel.Close, st.just(406), SHORT, st.just(60), st.just(40)),
+    st.builds(Basic.ConsumeOk, consumer_tag=SHORT),
+    st.just(Heartbeat()),
+)
+
+
+def wire(frames: list[tuple[int, Any]]) -> bytes:
+    return b"".join(
+        bytes(frame.marshal(f, 0 if isinstance(f, Heartbeat) else ch)) for ch, f in frames
+    )
+
+
+def stream(data: bytes, cuts: list[int], eof: bool = True) -> asyncio.StreamReader:
+    """A reader fed ``data`` in pieces cut at ``cuts``."""
+    reader = asyncio.StreamReader()
+    at = 0
+    for cut in sorted({c % (len(data) + 1) for c in cuts} | {len(data)}):
+        reader.feed_data(data[at:cut])
+        at = cut
+    if eof:
+        reader.feed_eof()
+    return reader
+
+
+async def read_all(receiver: FrameReceiver) -> list[tuple[int, int, bytes]]:
+    """Every frame until the stream ends, each as it would be written again."""
+    return [
+        (weight, channel, bytes(frame.marshal(f, channel))) async for weight, channel, f in receiver
+    ]
+
+
+async def outcome(receiver: FrameReceiver) -> tuple[list[tuple[int, int, bytes]], str | None]:
+    """The frames read, as they would be written again, and the error that ended the
+    reading (None: the stream ended between frames)."""
+    read: list[tuple[int, int, bytes]] = []
+    try:
+        async for weight, channel, got in receiver:
+            read.append((weight, channel, bytes(frame.marshal(got, channel))))
+    except (AMQPConnectionError, InvalidFrameError) as err:
+        return read, type(err).__name__
+    return read, None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    frames=st.lists(st.tuples(st.integers(1, 65535), FRAMES), max_size=12),
+    cuts=st.lists(st.integers(min_value=0), max_size=8),
+)
+def test_every_frame_is_read_as_aiormq_reads_it(
+    frames: list[tuple[int, Any]], cuts: list[int]
+) -> None:
+    data = wire(frames)
+
+    async def both() -> tuple[Any, Any]:
+        ours = await outcome(BufferedFrames(stream(data, cuts)))
+        theirs = await outcome(FrameReceiver(stream(data, cuts)))
+        return ours, theirs
+
+    ours, theirs = asyncio.run(both())
+    assert ours == theirs
+    if ours[1] is None:
+        assert len(ours[0]) == len(frames)
+
+
+async def test_a_stream_cut_within_a_frame_is_a_lost_connection() -> None:
+    data = wire([(1, Basic.Ack(7, False)), (1, ContentBody(b"x" * 100))])
+    for receiver_class in (BufferedFrames, FrameReceiver):
+        receiver = receiver_class(stream(data[:-10], []))
+        with pytest.raises(AMQPConnectionError, match="unexpectedly closed"):
+            await read_all(receiver)
+
+
+async def test_a_frame_without_its_end_byte_is_an_invalid_frame() -> None:
+    data = bytearray(wire([(1, Basic.Ack(7, False))]))
+    data[-1] = 0
+    for receiver_class in (BufferedFrames, FrameReceiver):
+        with pytest.raises(InvalidFrameError):
+            await read_all(receiver_class(stream(bytes(data), [])))
+
+
+async def test_a_malformed_delivery_is_an_invalid_frame_not_a_crash() -> None:
+    deliver = bytearray(wire([(1, Basic.Deliver("ctag", 1, False, "", "q"))]))
+    deliver[11] = 200  # the consumer tag's length now runs past the frame
+    with pytest.raises(InvalidFrameError):
+        await read_all(BufferedFrames(stream(bytes(deliver), [])))
+    bad_utf8 = bytearray(wire([(1, Basic.Deliver("ctag", 1, False, "", "q"))]))
+    bad_utf8[12] = 0xFF
+    with pytest.raises(InvalidFrameError):
+        await read_all(BufferedFrames(stream(bytes(bad_utf8), [])))
+
+
+async def test_frames_arriving_one_read_at_a_time_wait_for_the_rest() -> None:
+    """A frame split across reads is returned once its last byte has arrived."""
+    data = wire([(3, ContentBody(b"payload"))])
+    reader = asyncio.StreamReader()
+    receiver = BufferedFrames(reader)
+    pending = asyncio.ensure_future(receiver.get_frame())
+    for byte in data[:-1]:
+        reader.feed_data(bytes([byte]))
+        await asyncio.sleep(0)
+        assert not pending.done()
+    reader.feed_data(data[-1:])
+    weight, channel, body = await asyncio.wait_for(pending, 5)
+    assert (weight, channel, body.value) == (len(data), 3, b"payload")
