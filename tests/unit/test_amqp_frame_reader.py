@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 from typing import Any
 
 import pytest
@@ -16,27 +17,48 @@ from pamqp.commands import Basic, Channel
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
-from wippy_queue.drivers.amqp.frames import BufferedFrames
+from wippy_queue.drivers.amqp.frames import (
+    FRAME,
+    FRAME_END,
+    HEADER,
+    HEADER_START,
+    HEADERS,
+    BufferedFrames,
+)
 
 SHORT = st.text(max_size=40)
 TAG = st.integers(min_value=0, max_value=2**63 - 1)
-TABLE = st.dictionaries(
-    st.text(min_size=1, max_size=10),
-    st.one_of(
-        st.booleans(),
-        st.integers(min_value=-(2**63), max_value=2**63 - 1),
-        st.text(max_size=30),
-    ),
-    max_size=4,
+#: header values the reader decodes itself (strings, booleans, integers of every
+#: width, floats) and some it leaves to pamqp (nested tables, lists, None)
+VALUES = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.text(max_size=30),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
 )
-PROPERTIES = st.builds(
-    Basic.Properties,
-    content_type=st.one_of(st.none(), st.just("application/json")),
-    headers=st.one_of(st.none(), TABLE),
-    delivery_mode=st.one_of(st.none(), st.sampled_from([1, 2])),
-    message_id=st.one_of(st.none(), SHORT),
-    correlation_id=st.one_of(st.none(), SHORT),
-    priority=st.one_of(st.none(), st.integers(0, 9)),
+OTHER_VALUES = st.one_of(
+    st.none(),
+    st.lists(st.integers(0, 9), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(0, 9), max_size=2),
+)
+TABLE = st.dictionaries(
+    st.text(min_size=1, max_size=10), st.one_of(VALUES, VALUES, OTHER_VALUES), max_size=5
+)
+PROPERTIES = st.one_of(
+    st.builds(  # what our publishes carry
+        Basic.Properties,
+        content_type=st.one_of(st.none(), st.just("application/json")),
+        headers=st.one_of(st.none(), TABLE),
+        delivery_mode=st.one_of(st.none(), st.sampled_from([1, 2])),
+        message_id=st.one_of(st.none(), SHORT),
+    ),
+    st.builds(  # and what other clients may add
+        Basic.Properties,
+        headers=st.one_of(st.none(), TABLE),
+        correlation_id=st.one_of(st.none(), SHORT),
+        priority=st.one_of(st.none(), st.integers(0, 9)),
+        app_id=st.one_of(st.none(), SHORT),
+    ),
 )
 FRAMES = st.one_of(
     st.builds(
@@ -94,7 +116,7 @@ async def outcome(receiver: FrameReceiver) -> tuple[list[tuple[int, int, bytes]]
     return read, None
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     frames=st.lists(st.tuples(st.integers(1, 65535), FRAMES), max_size=12),
     cuts=st.lists(st.integers(min_value=0), max_size=8),
@@ -155,3 +177,14 @@ async def test_frames_arriving_one_read_at_a_time_wait_for_the_rest() -> None:
     reader.feed_data(data[-1:])
     weight, channel, body = await asyncio.wait_for(pending, 5)
     assert (weight, channel, body.value) == (len(data), 3, b"payload")
+
+
+async def test_a_header_string_that_is_not_utf8_is_read_as_bytes_as_pamqp_reads_it() -> None:
+    entries = b"\x03key" + b"S" + struct.pack(">I", 2) + b"\xff\xfe"
+    payload = HEADER_START.pack(60, 0, 5, HEADERS) + struct.pack(">I", len(entries)) + entries
+    data = FRAME.pack(HEADER, 1, len(payload)) + payload + bytes((FRAME_END,))
+    headers = []
+    for receiver_class in (BufferedFrames, FrameReceiver):
+        _, _, header = await receiver_class(stream(data, [])).get_frame()
+        headers.append(header.properties.headers)
+    assert headers == [{"key": b"\xff\xfe"}] * 2

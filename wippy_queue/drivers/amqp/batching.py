@@ -13,7 +13,6 @@ order. A publish still returns only once the broker has confirmed it.
 from __future__ import annotations
 
 import asyncio
-import struct
 import uuid
 from collections import deque
 from typing import Any
@@ -24,12 +23,19 @@ from pamqp import encode, frame
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
-_FRAME = struct.Struct(">BHI")
-_END = b"\xce"
-_METHOD, _HEADER, _BODY = 1, 2, 3
-#: class 60 (basic), weight 0
-_HEADER_START = struct.Struct(">HHQH")
-_CONTENT_TYPE, _HEADERS, _DELIVERY_MODE, _MESSAGE_ID = 1 << 15, 1 << 13, 1 << 12, 1 << 7
+from wippy_queue.drivers.amqp.frames import (
+    BODY,
+    CONTENT_TYPE,
+    DELIVERY_MODE,
+    FRAME,
+    FRAME_END,
+    HEADER,
+    HEADER_START,
+    HEADERS,
+    MESSAGE_ID,
+)
+
+_END = bytes((FRAME_END,))
 #: the properties the fast header encoder writes; any other set goes through pamqp
 _FAST = frozenset({"content_type", "headers", "delivery_mode", "message_id"})
 #: the properties the fast encoder does not write
@@ -37,7 +43,7 @@ _OTHERS = tuple(name for name in Basic.Properties.attributes() if name not in _F
 
 
 def _frame(kind: int, channel: int, payload: bytes) -> bytes:
-    return _FRAME.pack(kind, channel, len(payload)) + payload + _END
+    return FRAME.pack(kind, channel, len(payload)) + payload + _END
 
 
 def _shortstr(value: str) -> bytes:
@@ -63,19 +69,19 @@ def header_frame(channel: int, size: int, properties: Basic.Properties) -> bytes
     content_type, headers = properties.content_type, properties.headers
     mode, message_id = properties.delivery_mode, properties.message_id
     if content_type:
-        flags |= _CONTENT_TYPE
+        flags |= CONTENT_TYPE
         parts.append(_shortstr(content_type))
     if headers is not None:
-        flags |= _HEADERS
+        flags |= HEADERS
         parts.append(encode.field_table(headers))
     if mode is not None:
-        flags |= _DELIVERY_MODE
+        flags |= DELIVERY_MODE
         parts.append(bytes((mode,)))
     if message_id:
-        flags |= _MESSAGE_ID
+        flags |= MESSAGE_ID
         parts.append(_shortstr(message_id))
-    payload = _HEADER_START.pack(60, 0, size, flags) + b"".join(parts)
-    return _frame(_HEADER, channel, payload)
+    payload = HEADER_START.pack(60, 0, size, flags) + b"".join(parts)
+    return _frame(HEADER, channel, payload)
 
 
 class Batcher:
@@ -113,7 +119,7 @@ class Batcher:
         parts.append(header_frame(number, len(body), properties))
         step = raw.max_content_size
         for start in range(0, len(body), step):
-            parts.append(_frame(_BODY, number, body[start : start + step]))
+            parts.append(_frame(BODY, number, body[start : start + step]))
         raw.delivery_tag += 1
         tag = raw.delivery_tag
         confirmation: asyncio.Future[Any] = raw.create_future()

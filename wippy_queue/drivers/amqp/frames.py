@@ -34,14 +34,42 @@ from pamqp.commands import Basic
 from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
 
-#: frame type, channel, payload size
-_FRAME_HEADER = struct.Struct(">BHI")
-_METHOD, _HEADER, _BODY = 1, 2, 3
-_FRAME_END = 0xCE
+#: frame type, channel, payload size (then the payload and FRAME_END)
+FRAME = struct.Struct(">BHI")
+FRAME_END = 0xCE
+METHOD, HEADER, BODY = 1, 2, 3
+#: a content header's class id, weight, body size and first property flags
+HEADER_START = struct.Struct(">HHQH")
+#: the property flags of what our publishes carry (decoded here; any other: pamqp)
+CONTENT_TYPE, HEADERS, DELIVERY_MODE, MESSAGE_ID = 1 << 15, 1 << 13, 1 << 12, 1 << 7
+_OURS = CONTENT_TYPE | HEADERS | DELIVERY_MODE | MESSAGE_ID
 #: a method frame's class and method ids, as one number
 _METHOD_ID = struct.Struct(">I")
 _DELIVER, _ACK = (60 << 16) | 60, (60 << 16) | 80
 _LONGLONG = struct.Struct(">Q")
+_LONG = struct.Struct(">I")
+#: header table values of fixed size, by type code, decoded as pamqp decodes them
+#: (``L`` too is signed there); ``t`` and ``S`` below; any other type: pamqp
+_NUMBERS = {
+    ord(code): struct.Struct(fmt)
+    for code, fmt in (
+        ("b", ">b"),
+        ("B", ">B"),
+        ("s", ">h"),
+        ("u", ">H"),
+        ("I", ">l"),
+        ("i", ">L"),
+        ("l", ">q"),
+        ("L", ">q"),
+        ("f", ">f"),
+        ("d", ">d"),
+    )
+}
+_BOOL, _LONG_STR = ord("t"), ord("S")
+#: Basic.Properties as pamqp's ContentHeader starts them, before the flagged are set
+_PROPERTIES = tuple(
+    (name, "" if name == "cluster_id" else None) for name in Basic.Properties.attributes()
+)
 #: what one read may take from the socket's buffer
 READ_SIZE = 1 << 20
 #: consumed bytes kept at the front of the buffer before it is compacted
@@ -81,20 +109,79 @@ def _method(payload: bytes) -> Any:
     return None
 
 
+def _table(data: bytes, at: int, end: int) -> dict[str, Any] | None:
+    """A header table of the common value types; None if it holds another (pamqp)."""
+    table: dict[str, Any] = {}
+    while at < end:
+        key, at = _short_str(data, at)
+        code = data[at]
+        at += 1
+        if code == _LONG_STR:
+            size = _LONG.unpack_from(data, at)[0]
+            raw = data[at + 4 : at + 4 + size]
+            at += 4 + size
+            try:
+                table[key] = raw.decode()
+            except UnicodeDecodeError:
+                table[key] = raw  # (as pamqp gives it)
+        elif code == _BOOL:
+            table[key] = bool(data[at])
+            at += 1
+        else:
+            number = _NUMBERS.get(code)
+            if number is None:
+                return None
+            table[key] = number.unpack_from(data, at)[0]
+            at += number.size
+    if at != end:
+        raise ValueError("a header table value runs past the table")
+    return table
+
+
+def _content_header(payload: bytes) -> ContentHeader | None:
+    """A content header with only our publishes' properties and common header
+    values, made as pamqp makes it; None for any other (pamqp decodes it)."""
+    class_id, weight, body_size, flags = HEADER_START.unpack_from(payload)
+    if flags & ~_OURS:
+        return None
+    properties = Basic.Properties.__new__(Basic.Properties)
+    for name, default in _PROPERTIES:
+        setattr(properties, name, default)
+    at = HEADER_START.size
+    if flags & CONTENT_TYPE:
+        properties.content_type, at = _short_str(payload, at)
+    if flags & HEADERS:
+        end = at + 4 + _LONG.unpack_from(payload, at)[0]
+        if end > len(payload):
+            raise ValueError("the header table runs past the frame")
+        table = _table(payload, at + 4, end)
+        if table is None:
+            return None
+        properties.headers, at = table, end
+    if flags & DELIVERY_MODE:
+        properties.delivery_mode = payload[at]
+        at += 1
+    if flags & MESSAGE_ID:
+        properties.message_id, at = _short_str(payload, at)
+    header = ContentHeader.__new__(ContentHeader)
+    header.class_id, header.weight, header.body_size = class_id, weight, body_size
+    header.properties = properties
+    return header
+
+
 def decode(kind: int, payload: bytes, whole: bytes | bytearray) -> Any:
     """The frame of ``kind`` carrying ``payload`` (``whole``: the frame's bytes, for
     pamqp). Malformed: ``InvalidFrameError``, as aiormq's reader raises."""
     try:
-        if kind == _BODY and payload:  # (an empty one is pamqp's error)
+        decoded: Any = None
+        if kind == BODY and payload:  # (an empty one is pamqp's error)
             return ContentBody(payload)
-        if kind == _METHOD:
-            method = _method(payload)
-            if method is not None:
-                return method
-        elif kind == _HEADER:
-            header = ContentHeader()
-            header.unmarshal(payload)
-            return header
+        if kind == METHOD:
+            decoded = _method(payload)
+        elif kind == HEADER:
+            decoded = _content_header(payload)
+        if decoded is not None:
+            return decoded
         return pamqp_frame.unmarshal(bytes(whole))[2]
     except PAMQPException as err:
         raise InvalidFrameError(str(err)) from err
@@ -115,14 +202,14 @@ class BufferedFrames(FrameReceiver):
         buffer = self._buffer
         while True:
             at = self._at
-            if len(buffer) - at >= _FRAME_HEADER.size:
-                kind, channel, size = _FRAME_HEADER.unpack_from(buffer, at)
-                end = at + _FRAME_HEADER.size + size + 1
+            if len(buffer) - at >= FRAME.size:
+                kind, channel, size = FRAME.unpack_from(buffer, at)
+                end = at + FRAME.size + size + 1
                 if len(buffer) >= end:
-                    if buffer[end - 1] != _FRAME_END:
+                    if buffer[end - 1] != FRAME_END:
                         raise InvalidFrameError(f"frame of type {kind} does not end in 0xCE")
                     self._at = end
-                    payload = bytes(buffer[at + _FRAME_HEADER.size : end - 1])
+                    payload = bytes(buffer[at + FRAME.size : end - 1])
                     return end - at, channel, decode(kind, payload, buffer[at:end])
             if at >= _COMPACT_AT or at == len(buffer):
                 del buffer[:at]
