@@ -85,9 +85,9 @@ def _valid_value(value: Any) -> bool:
 
 def decode_headers(raw: bytes | str) -> Headers:
     """Headers from ``encode_headers`` bytes; DecodeError when they are not ours.
-    (Bytes go through the codec's orjson path: once per message read from a broker.)"""
+    (Through the codec's orjson path, text too: once per message read from a broker.)"""
     try:
-        headers = json.loads(raw) if isinstance(raw, str) else parse_json(raw, "message headers")
+        headers = parse_json(raw.encode() if isinstance(raw, str) else raw, "message headers")
     except DecodeError:
         raise
     except (UnicodeDecodeError, ValueError) as err:
