@@ -66,10 +66,6 @@ _NUMBERS = {
     )
 }
 _BOOL, _LONG_STR = ord("t"), ord("S")
-#: Basic.Properties as pamqp's ContentHeader starts them, before the flagged are set
-_PROPERTIES = tuple(
-    (name, "" if name == "cluster_id" else None) for name in Basic.Properties.attributes()
-)
 #: what one read may take from the socket's buffer
 READ_SIZE = 1 << 20
 #: consumed bytes kept at the front of the buffer before it is compacted
@@ -144,9 +140,7 @@ def _content_header(payload: bytes) -> ContentHeader | None:
     class_id, weight, body_size, flags = HEADER_START.unpack_from(payload)
     if flags & ~_OURS:
         return None
-    properties = Basic.Properties.__new__(Basic.Properties)
-    for name, default in _PROPERTIES:
-        setattr(properties, name, default)
+    properties = Basic.Properties()  # (as pamqp's ContentHeader starts them)
     at = HEADER_START.size
     if flags & CONTENT_TYPE:
         properties.content_type, at = _short_str(payload, at)
