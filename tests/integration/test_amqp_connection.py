@@ -46,27 +46,25 @@ async def round_trip(link: Link) -> aiormq.Connection:
     return connection
 
 
+async def drivers_connection() -> aiormq.Connection:
+    """The aiormq connection of a driver's link, after a round trip on it."""
+    link = Link("t:rabbit", amqp_support.URL, RestartPolicy())
+    await link.open()
+    try:
+        return await round_trip(link)
+    finally:
+        await link.close()
+
+
 async def test_the_drivers_connection_reads_through_the_buffered_reader() -> None:
     """If an aiormq release drops the hook, the driver falls back to aiormq's reader:
     this fails so that the loss of the saving is noticed."""
     assert frames.HOOKABLE, "aiormq no longer has Connection.__reader: the hook is gone"
-    link = Link("t:rabbit", amqp_support.URL, RestartPolicy())
-    await link.open()
-    try:
-        connection = await round_trip(link)
-    finally:
-        await link.close()
-    assert isinstance(connection, frames.BufferedConnection)
+    assert isinstance(await drivers_connection(), frames.BufferedConnection)
 
 
 async def test_without_the_hook_the_driver_connects_as_aio_pika_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(frames, "HOOKABLE", False)
-    link = Link("t:rabbit", amqp_support.URL, RestartPolicy())
-    await link.open()
-    try:
-        connection = await round_trip(link)
-    finally:
-        await link.close()
-    assert not isinstance(connection, frames.BufferedConnection)
+    assert not isinstance(await drivers_connection(), frames.BufferedConnection)
