@@ -13,6 +13,7 @@ order. A publish still returns only once the broker has confirmed it.
 from __future__ import annotations
 
 import asyncio
+import struct
 import uuid
 from collections import deque
 from typing import Any
@@ -36,6 +37,20 @@ from wippy_queue.drivers.amqp.frames import (
 )
 
 _END = bytes((FRAME_END,))
+#: table integers by range, smallest first: pamqp's choice of type
+_INTEGERS = tuple(
+    (low, high, code, struct.Struct(fmt))
+    for low, high, code, fmt in (
+        (-(2**7), 2**7 - 1, b"b", ">b"),
+        (-(2**15), 2**15 - 1, b"s", ">h"),
+        (0, 2**16 - 1, b"u", ">H"),
+        (-(2**31), 2**31 - 1, b"I", ">l"),
+        (0, 2**32 - 1, b"i", ">L"),
+        (-(2**63), 2**63 - 1, b"l", ">q"),
+    )
+)
+_FLOAT = struct.Struct(">f")  # (the table's floats are 32-bit)
+_LENGTH = struct.Struct(">I")
 #: the properties the fast header encoder writes; any other set goes through pamqp
 _FAST = frozenset({"content_type", "headers", "delivery_mode", "message_id"})
 #: the properties the fast encoder does not write
@@ -49,6 +64,43 @@ def _frame(kind: int, channel: int, payload: bytes) -> bytes:
 def _shortstr(value: str) -> bytes:
     raw = value.encode()
     return bytes((len(raw),)) + raw
+
+
+def _integer(value: int) -> bytes | None:
+    """A table integer in the smallest type that holds it, as pamqp chooses."""
+    for low, high, code, packer in _INTEGERS:
+        if low <= value <= high:
+            return code + packer.pack(value)
+    return None
+
+
+def _table(table: dict[str, Any]) -> bytes:
+    """The headers table as pamqp encodes it (sorted keys, the same value types),
+    directly for str, bool, int and float values; pamqp encodes any other table."""
+    if not table or encode.DEPRECATED_RABBITMQ_SUPPORT:
+        return encode.field_table(table)
+    parts = []
+    for key, value in sorted(table.items()):
+        raw_key = key.encode()
+        if len(raw_key) > 128:  # (pamqp truncates it, with a warning)
+            return encode.field_table(table)
+        parts.append(bytes((len(raw_key),)) + raw_key)
+        if isinstance(value, bool):
+            parts.append(b"t\x01" if value else b"t\x00")
+        elif isinstance(value, int):
+            number = _integer(value)
+            if number is None:
+                return encode.field_table(table)  # (pamqp's error for it)
+            parts.append(number)
+        elif isinstance(value, float):
+            parts.append(b"f" + _FLOAT.pack(value))
+        elif isinstance(value, str):
+            raw = value.encode()
+            parts.append(b"S" + _LENGTH.pack(len(raw)) + raw)
+        else:
+            return encode.field_table(table)
+    body = b"".join(parts)
+    return _LENGTH.pack(len(body)) + body
 
 
 def _only_fast(properties: Basic.Properties) -> bool:
@@ -73,7 +125,7 @@ def header_frame(channel: int, size: int, properties: Basic.Properties) -> bytes
         parts.append(_shortstr(content_type))
     if headers is not None:
         flags |= HEADERS
-        parts.append(encode.field_table(headers))
+        parts.append(_table(headers))
     if mode is not None:
         flags |= DELIVERY_MODE
         parts.append(bytes((mode,)))
