@@ -24,6 +24,7 @@ from wippy_queue.drivers.amqp.frames import (
     HEADER_START,
     HEADERS,
     BufferedFrames,
+    BundledDeliver,
 )
 
 SHORT = st.text(max_size=40)
@@ -188,3 +189,69 @@ async def test_a_header_string_that_is_not_utf8_is_read_as_bytes_as_pamqp_reads_
         _, _, header = await receiver_class(stream(data, [])).get_frame()
         headers.append(header.properties.headers)
     assert headers == [{"key": b"\xff\xfe"}] * 2
+
+
+# -- a delivery read with its content ------------------------------------------------
+
+DELIVER = Basic.Deliver("ctag", 42, True, "", "jobs")
+
+
+def delivery_frames(body: bytes, channel: int = 1, step: int = 100) -> bytes:
+    """A delivery as the broker writes it: method, header, body in ``step`` frames."""
+    parts = [bytes(frame.marshal(DELIVER, channel))]
+    header = ContentHeader(0, len(body), Basic.Properties(message_id="m1", headers={"a": 1}))
+    parts.append(bytes(frame.marshal(header, channel)))
+    parts += [
+        bytes(frame.marshal(ContentBody(body[i : i + step]), channel))
+        for i in range(0, len(body), step)
+    ]
+    return b"".join(parts)
+
+
+def everyone(channel: int, consumer_tag: str) -> bool:
+    return True
+
+
+@pytest.mark.parametrize("body", [b"", b"x" * 50, bytes(range(256)) * 3])
+async def test_a_delivery_whose_frames_are_all_here_is_read_with_its_content(
+    body: bytes,
+) -> None:
+    data = delivery_frames(body)
+    receiver = BufferedFrames(stream(data, []), everyone)
+    weight, channel, got = await receiver.get_frame()
+    assert isinstance(got, BundledDeliver) and (weight, channel) == (len(data), 1)
+    assert (got.consumer_tag, got.delivery_tag, got.redelivered, got.routing_key) == (
+        "ctag",
+        42,
+        True,
+        "jobs",
+    )
+    assert got.header.body_size == len(body) and got.body == body
+    assert got.header.properties.message_id == "m1"
+    with pytest.raises(StopAsyncIteration):
+        await receiver.get_frame()
+
+
+async def test_a_delivery_is_read_frame_by_frame_unless_all_of_it_is_here_and_wanted() -> None:
+    """Its body still on the way, another channel's frame between its own, or a
+    consumer that reads frames itself: the frames come one by one, as aiormq's."""
+    body = b"y" * 250
+    whole = delivery_frames(body)
+    other = bytes(frame.marshal(Basic.Ack(1, False), 2))
+    header_end = len(whole) - 3 * (8 + 100) + 50  # (the last body frame is 50 bytes)
+    cases = [
+        (whole[:-10], whole[-10:], everyone),  # its last body frame not read yet
+        (whole[:header_end] + other + whole[header_end:], b"", everyone),
+        (whole, b"", lambda channel, tag: False),  # not one of ours
+    ]
+    for first, rest, bundles in cases:
+        reader = asyncio.StreamReader()
+        reader.feed_data(first)
+        receiver = BufferedFrames(reader, bundles)
+        _, _, got = await receiver.get_frame()
+        assert type(got) is Basic.Deliver
+        reader.feed_data(rest)
+        reader.feed_eof()
+        later = [f async for _, _, f in receiver]
+        bodies = b"".join(f.value for f in later if isinstance(f, ContentBody))
+        assert isinstance(later[0], ContentHeader) and bodies == body

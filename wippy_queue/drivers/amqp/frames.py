@@ -5,9 +5,13 @@ a ``BytesIO``, and decodes it with pamqp's generic ``unmarshal``: about a sixth 
 instructions a consumed message costs (three frames a delivery, one per confirm).
 ``BufferedFrames`` reads whatever the socket has into one buffer and cuts every
 complete frame from it; the frames of a delivery (``basic.deliver``, its content
-body) and publisher confirms (``basic.ack``) are decoded here, the content header
-by pamqp's header class, every other frame by pamqp. The same frames come out in the
-same order with the same errors (a property test holds it to aiormq's reader).
+header when it carries what our publishes write, its body) and publisher confirms
+(``basic.ack``) are decoded here, every other frame by pamqp. The same frames come
+out in the same order with the same errors (a property test holds it to aiormq's
+reader). One exception: a delivery to a consumer of the driver's (a channel whose
+callback ``deliver.py`` replaced) whose header and body are in the buffer already
+comes out as one ``BundledDeliver``, so that its content does not go through the
+channel's frame queue frame by frame (about an eighth of a message's instructions).
 
 Only the driver's connection reads this way: ``DriverConnection`` is the aio-pika
 connection class the link connects with, and it opens a ``BufferedConnection``,
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -71,6 +76,8 @@ READ_SIZE = 1 << 20
 #: consumed bytes kept at the front of the buffer before it is compacted
 _COMPACT_AT = 1 << 16
 
+#: a channel attribute: the consumer tags whose deliveries it takes with their content
+DIRECT_ROUTES = "wippy_direct_routes"
 #: aiormq's reader task method (name-mangled), which ``BufferedConnection`` wraps
 _READER = "_Connection__reader"
 HOOKABLE = callable(getattr(aiormq.Connection, _READER, None))
@@ -186,29 +193,72 @@ def decode(kind: int, payload: bytes, whole: bytes | bytearray) -> Any:
 class BufferedFrames(FrameReceiver):
     """aiormq's frame receiver, reading the socket in large pieces (see the module)."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        bundles: Callable[[int, str], bool] | None = None,
+    ) -> None:
         super().__init__(reader)
         self.started = True  # (the handshake is done when the reader task starts)
         self._buffer = bytearray()
         self._at = 0
+        #: whether a delivery on (channel, consumer tag) is handed over with its content
+        self._bundles = bundles
+
+    def _cut(self, at: int) -> tuple[int, int, bytes, int] | None:
+        """The complete frame at ``at`` (kind, channel, payload, end), or None."""
+        buffer = self._buffer
+        if len(buffer) - at < FRAME.size:
+            return None
+        kind, channel, size = FRAME.unpack_from(buffer, at)
+        end = at + FRAME.size + size + 1
+        if len(buffer) < end:
+            return None
+        if buffer[end - 1] != FRAME_END:
+            raise InvalidFrameError(f"frame of type {kind} does not end in 0xCE")
+        return kind, channel, bytes(buffer[at + FRAME.size : end - 1]), end
 
     async def get_frame(self) -> ReceivedFrame:
         buffer = self._buffer
         while True:
             at = self._at
-            if len(buffer) - at >= FRAME.size:
-                kind, channel, size = FRAME.unpack_from(buffer, at)
-                end = at + FRAME.size + size + 1
-                if len(buffer) >= end:
-                    if buffer[end - 1] != FRAME_END:
-                        raise InvalidFrameError(f"frame of type {kind} does not end in 0xCE")
-                    self._at = end
-                    payload = bytes(buffer[at + FRAME.size : end - 1])
-                    return end - at, channel, decode(kind, payload, buffer[at:end])
+            cut = self._cut(at)
+            if cut is not None:
+                kind, channel, payload, end = cut
+                self._at = end
+                frame = decode(kind, payload, buffer[at:end])
+                if self._bundles is not None and type(frame) is Basic.Deliver:
+                    bundled = self._bundled(channel, frame)
+                    if bundled is not None:
+                        return self._at - at, channel, bundled
+                return end - at, channel, frame
             if at >= _COMPACT_AT or at == len(buffer):
                 del buffer[:at]
                 self._at = 0
             await self._read_more()
+
+    def _bundled(self, channel: int, deliver: Any) -> BundledDeliver | None:
+        """The delivery with its header and body when its consumer takes them so and
+        they are all in the buffer already (the broker writes them together); None:
+        its frames are read one by one, as aiormq reads them."""
+        assert self._bundles is not None
+        if not self._bundles(channel, deliver.consumer_tag):
+            return None
+        cut = self._cut(self._at)
+        if cut is None or cut[0] != HEADER or cut[1] != channel:
+            return None
+        at = cut[3]
+        header = decode(HEADER, cut[2], self._buffer[self._at : at])
+        left, parts = header.body_size, []
+        while left > 0:
+            cut = self._cut(at)
+            if cut is None or cut[0] != BODY or cut[1] != channel or len(cut[2]) > left:
+                return None
+            parts.append(cut[2])
+            left -= len(cut[2])
+            at = cut[3]
+        self._at = at
+        return BundledDeliver(deliver, header, parts[0] if len(parts) == 1 else b"".join(parts))
 
     async def _read_more(self) -> None:
         """More bytes into the buffer; the end of the stream between frames ends the
@@ -230,12 +280,32 @@ class BufferedFrames(FrameReceiver):
         )
 
 
+class BundledDeliver(Basic.Deliver):
+    """A ``basic.deliver`` read with its content: the consumer callback of a channel
+    that takes deliveries so (``DIRECT_ROUTES``) reads no more frames for it."""
+
+    __slots__ = ("body", "header")
+
+    def __init__(self, deliver: Any, header: ContentHeader, body: bytes) -> None:
+        self.consumer_tag = deliver.consumer_tag
+        self.delivery_tag = deliver.delivery_tag
+        self.redelivered = deliver.redelivered
+        self.exchange = deliver.exchange
+        self.routing_key = deliver.routing_key
+        self.header = header
+        self.body = body
+
+
 class BufferedConnection(aiormq.Connection):
     """aiormq's connection whose reader task reads through ``BufferedFrames``."""
 
     def _Connection__reader(self, frame_receiver: FrameReceiver) -> Any:
         reader = getattr(super(), _READER)
-        return reader(BufferedFrames(frame_receiver.reader))
+        return reader(BufferedFrames(frame_receiver.reader, self._bundles))
+
+    def _bundles(self, channel: int, consumer_tag: str) -> bool:
+        routes = getattr(self.channels.get(channel), DIRECT_ROUTES, None)
+        return routes is not None and consumer_tag in routes
 
 
 class _Underlay(UnderlayConnection):
