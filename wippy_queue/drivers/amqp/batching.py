@@ -28,15 +28,14 @@ from wippy_queue.drivers.amqp.frames import (
     BODY,
     CONTENT_TYPE,
     DELIVERY_MODE,
-    FRAME,
-    FRAME_END,
     HEADER,
     HEADER_START,
     HEADERS,
+    LENGTH,
     MESSAGE_ID,
+    framed,
 )
 
-_END = bytes((FRAME_END,))
 #: table integers by range, smallest first: pamqp's choice of type
 _INTEGERS = tuple(
     (low, high, code, struct.Struct(fmt))
@@ -50,15 +49,10 @@ _INTEGERS = tuple(
     )
 )
 _FLOAT = struct.Struct(">f")  # (the table's floats are 32-bit)
-_LENGTH = struct.Struct(">I")
 #: the properties the fast header encoder writes; any other set goes through pamqp
 _FAST = frozenset({"content_type", "headers", "delivery_mode", "message_id"})
 #: the properties the fast encoder does not write
 _OTHERS = tuple(name for name in Basic.Properties.attributes() if name not in _FAST)
-
-
-def _frame(kind: int, channel: int, payload: bytes) -> bytes:
-    return FRAME.pack(kind, channel, len(payload)) + payload + _END
 
 
 def _shortstr(value: str) -> bytes:
@@ -96,11 +90,11 @@ def _table(table: dict[str, Any]) -> bytes:
             parts.append(b"f" + _FLOAT.pack(value))
         elif isinstance(value, str):
             raw = value.encode()
-            parts.append(b"S" + _LENGTH.pack(len(raw)) + raw)
+            parts.append(b"S" + LENGTH.pack(len(raw)) + raw)
         else:
             return encode.field_table(table)
     body = b"".join(parts)
-    return _LENGTH.pack(len(body)) + body
+    return LENGTH.pack(len(body)) + body
 
 
 def _only_fast(properties: Basic.Properties) -> bool:
@@ -133,7 +127,7 @@ def header_frame(channel: int, size: int, properties: Basic.Properties) -> bytes
         flags |= MESSAGE_ID
         parts.append(_shortstr(message_id))
     payload = HEADER_START.pack(60, 0, size, flags) + b"".join(parts)
-    return _frame(HEADER, channel, payload)
+    return framed(HEADER, channel, payload)
 
 
 class Batcher:
@@ -171,7 +165,7 @@ class Batcher:
         parts.append(header_frame(number, len(body), properties))
         step = raw.max_content_size
         for start in range(0, len(body), step):
-            parts.append(_frame(BODY, number, body[start : start + step]))
+            parts.append(framed(BODY, number, body[start : start + step]))
         raw.delivery_tag += 1
         tag = raw.delivery_tag
         confirmation: asyncio.Future[Any] = raw.create_future()

@@ -42,6 +42,7 @@ from pamqp.header import ContentHeader
 #: frame type, channel, payload size (then the payload and FRAME_END)
 FRAME = struct.Struct(">BHI")
 FRAME_END = 0xCE
+FRAME_END_BYTE = bytes((FRAME_END,))
 METHOD, HEADER, BODY = 1, 2, 3
 #: a content header's class id, weight, body size and first property flags
 HEADER_START = struct.Struct(">HHQH")
@@ -52,7 +53,8 @@ _OURS = CONTENT_TYPE | HEADERS | DELIVERY_MODE | MESSAGE_ID
 _METHOD_ID = struct.Struct(">I")
 _DELIVER, _ACK = (60 << 16) | 60, (60 << 16) | 80
 _LONGLONG = struct.Struct(">Q")
-_LONG = struct.Struct(">I")
+#: a table's (or long string's) length
+LENGTH = struct.Struct(">I")
 #: header table values of fixed size, by type code, decoded as pamqp decodes them
 #: (``L`` too is signed there); ``t`` and ``S`` below; any other type: pamqp
 _NUMBERS = {
@@ -83,6 +85,11 @@ _READER = "_Connection__reader"
 HOOKABLE = callable(getattr(aiormq.Connection, _READER, None))
 
 ReceivedFrame = tuple[int, int, Any]
+
+
+def framed(kind: int, channel: int, payload: bytes) -> bytes:
+    """A frame's bytes: header, payload, end byte."""
+    return FRAME.pack(kind, channel, len(payload)) + payload + FRAME_END_BYTE
 
 
 def _short_str(data: bytes, at: int) -> tuple[str, int]:
@@ -120,7 +127,7 @@ def _table(data: bytes, at: int, end: int) -> dict[str, Any] | None:
         code = data[at]
         at += 1
         if code == _LONG_STR:
-            size = _LONG.unpack_from(data, at)[0]
+            size = LENGTH.unpack_from(data, at)[0]
             raw = data[at + 4 : at + 4 + size]
             at += 4 + size
             try:
@@ -152,7 +159,7 @@ def _content_header(payload: bytes) -> ContentHeader | None:
     if flags & CONTENT_TYPE:
         properties.content_type, at = _short_str(payload, at)
     if flags & HEADERS:
-        end = at + 4 + _LONG.unpack_from(payload, at)[0]
+        end = at + 4 + LENGTH.unpack_from(payload, at)[0]
         if end > len(payload):
             raise ValueError("the header table runs past the frame")
         table = _table(payload, at + 4, end)
@@ -170,9 +177,9 @@ def _content_header(payload: bytes) -> ContentHeader | None:
     return header
 
 
-def decode(kind: int, payload: bytes, whole: bytes | bytearray) -> Any:
-    """The frame of ``kind`` carrying ``payload`` (``whole``: the frame's bytes, for
-    pamqp). Malformed: ``InvalidFrameError``, as aiormq's reader raises."""
+def decode(kind: int, channel: int, payload: bytes) -> Any:
+    """The frame of ``kind`` on ``channel`` carrying ``payload``. Malformed:
+    ``InvalidFrameError``, as aiormq's reader raises."""
     try:
         decoded: Any = None
         if kind == BODY and payload:  # (an empty one is pamqp's error)
@@ -183,7 +190,8 @@ def decode(kind: int, payload: bytes, whole: bytes | bytearray) -> Any:
             decoded = _content_header(payload)
         if decoded is not None:
             return decoded
-        return pamqp_frame.unmarshal(bytes(whole))[2]
+        # (the frame's bytes again: rare frames only)
+        return pamqp_frame.unmarshal(framed(kind, channel, payload))[2]
     except PAMQPException as err:
         raise InvalidFrameError(str(err)) from err
     except (struct.error, ValueError, IndexError) as err:  # (as pamqp wraps them)
@@ -226,7 +234,7 @@ class BufferedFrames(FrameReceiver):
             if cut is not None:
                 kind, channel, payload, end = cut
                 self._at = end
-                frame = decode(kind, payload, buffer[at:end])
+                frame = decode(kind, channel, payload)
                 if self._bundles is not None and type(frame) is Basic.Deliver:
                     bundled = self._bundled(channel, frame)
                     if bundled is not None:
@@ -248,7 +256,7 @@ class BufferedFrames(FrameReceiver):
         if cut is None or cut[0] != HEADER or cut[1] != channel:
             return None
         at = cut[3]
-        header = decode(HEADER, cut[2], self._buffer[self._at : at])
+        header = decode(HEADER, channel, cut[2])
         left, parts = header.body_size, []
         while left > 0:
             cut = self._cut(at)
