@@ -4,13 +4,15 @@ Settling is single-shot: the first ``ack``/``nack`` wins, a second raises
 SettleError, and once the handler has returned the handle is released and every
 method raises. ``ack``/``nack`` are plain methods so that async handlers, sync
 handlers (in a worker thread) and Lua all use them the same way; the actual
-settle runs on the event loop.
+settle runs on the event loop. A thread's decision goes to the loop ahead of its
+handler's result; one that arrives after the call was given up on (timed out, cut
+off by a stop) is logged, not settled a second time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import logging
 import math
 import threading
 from collections.abc import Awaitable, Callable
@@ -21,6 +23,8 @@ from wippy_queue.queue.message import ATTEMPTS, Headers, HeaderValue, Message
 from wippy_queue.queue.outcome import ACK, Outcome, Reason
 
 Settle = Callable[[Outcome], Awaitable[None]]
+
+log = logging.getLogger(__name__)
 
 
 class MessageHandle:
@@ -56,7 +60,7 @@ class MessageHandle:
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._decision: Outcome | None = None
-        self._pending: asyncio.Future[None] | concurrent.futures.Future[None] | None = None
+        self._pending: asyncio.Future[None] | None = None
         self._released = False
 
     def _live(self) -> Message:
@@ -120,9 +124,22 @@ class MessageHandle:
         self._decision = outcome
         if threading.get_ident() == self._loop_thread:
             self._pending = self._loop.create_task(settle(outcome))  # type: ignore[arg-type]
-        else:
-            coro = settle(outcome)
-            self._pending = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+        else:  # decided on the loop, in order with finish(): never settled twice
+            self._loop.call_soon_threadsafe(self._decided_in_thread, settle, outcome)
+
+    def _decided_in_thread(self, settle: Settle, outcome: Outcome) -> None:
+        """On the loop: a handler thread's ack or nack. Before its handler's result it
+        is settled (its thread posted it first); after finish() (the call was given up
+        on, e.g. timed out) the message is settled already and the decision too late."""
+        if self._released:  # (finish() settled it, or a stop gave it back)
+            log.warning(
+                "message %s: its handler's %s came after the handler was given up on; "
+                "the message was settled without it",
+                self._message.id,
+                "ack" if outcome.ack else "nack",
+            )
+            return
+        self._pending = self._loop.create_task(settle(outcome))  # type: ignore[arg-type]
 
     async def finish(self, outcome: Outcome) -> Outcome:
         """Release the handle and settle with ``outcome`` unless the handler already did."""
@@ -132,10 +149,8 @@ class MessageHandle:
             assert settle is not None, "finish() a handle once"
             self._decision = outcome
             await settle(outcome)
-        elif isinstance(self._pending, asyncio.Future):
-            await self._pending
         else:
-            await asyncio.wrap_future(self._pending)
+            await self._pending
         assert self._decision is not None
         return self._decision
 
