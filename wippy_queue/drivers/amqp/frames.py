@@ -255,9 +255,11 @@ class BufferedFrames(FrameReceiver):
         cut = self._cut(self._at)
         if cut is None or cut[0] != HEADER or cut[1] != channel:
             return None
-        at = cut[3]
-        header = decode(HEADER, channel, cut[2])
-        left, parts = header.body_size, []
+        at, header_payload = cut[3], cut[2]
+        if len(header_payload) < HEADER_START.size:
+            return None  # (malformed: read alone, it is the error)
+        # the body size first: the header is decoded once, when the body is here too
+        left, parts = HEADER_START.unpack_from(header_payload)[2], []
         while left > 0:
             cut = self._cut(at)
             if cut is None or cut[0] != BODY or cut[1] != channel or len(cut[2]) > left:
@@ -265,6 +267,7 @@ class BufferedFrames(FrameReceiver):
             parts.append(cut[2])
             left -= len(cut[2])
             at = cut[3]
+        header = decode(HEADER, channel, header_payload)
         self._at = at
         return BundledDeliver(deliver, header, parts[0] if len(parts) == 1 else b"".join(parts))
 
