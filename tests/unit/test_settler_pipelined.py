@@ -1,6 +1,7 @@
 """Pipelined acks (drivers that commit settles in groups): the settler starts the ack
-with ``Delivery.ack_then`` and goes on; the consumer's credit comes back only once the
-driver says the ack was made, lost or failed, and a stop waits for the ones still out."""
+with ``Delivery.ack_then`` and goes on; the consumer's credit comes back as soon as the
+driver has the ack (once, whatever becomes of it), the next messages are handled while
+it commits, and a stop waits for the ones still out and never gives one back."""
 
 from __future__ import annotations
 
@@ -70,17 +71,29 @@ def job(delivery: Delivery) -> Job:
     return Job("t:c", "t:q", None, delivery.message, None, 1)
 
 
-async def test_the_credit_comes_back_when_the_driver_says_the_ack_was_made() -> None:
+async def test_the_credit_comes_back_once_the_driver_has_the_ack() -> None:
     done: list[str] = []
     s = settler(done, [])
     deliveries = [HeldAck(n) for n in range(3)]
     for d in deliveries:
         await s.settle(job(d), d, 0.0, ACK)  # returns at once: the worker goes on
-    assert done == [] and s.pending == 3
+    assert done == ["m0", "m1", "m2"] and s.pending == 3  # committing, credits back
     for d in reversed(deliveries):
         assert d.finish is not None
         d.finish(None)
-    assert done == ["m2", "m1", "m0"] and s.pending == 0
+    assert done == ["m0", "m1", "m2"] and s.pending == 0  # not a second time
+
+
+async def test_a_stop_never_gives_back_a_message_whose_ack_is_out() -> None:
+    """(A worker cancelled just after its settle: the ack stands, no second credit.)"""
+    done: list[str] = []
+    s = settler(done, [])
+    d = HeldAck(1)
+    await s.settle(job(d), d, 0.0, ACK)
+    await s.cut_off(d)
+    assert d.finish is not None
+    d.finish(None)
+    assert done == ["m1"]
 
 
 async def test_a_lost_ack_is_told_to_the_hooks_and_a_failed_one_to_the_consumer() -> None:
@@ -95,7 +108,7 @@ async def test_a_lost_ack_is_told_to_the_hooks_and_a_failed_one_to_the_consumer(
     lost.finish(LostDelivery("its lease was taken over"))
     broken = DriverError("the disk is full")
     failed.finish(broken)
-    assert done == ["m1", "m2"]  # each gives its credit back either way
+    assert done == ["m1", "m2"]  # each gave its credit back once, when handed over
     assert hook.told == [("m1", Action.ACK, "its lease was taken over")]
     assert errors == [broken]  # a lost ack is no error: the message comes again
 

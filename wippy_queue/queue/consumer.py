@@ -1,7 +1,8 @@
 """A consumer: a prefetch buffer, ``concurrency`` workers, settle from the result.
 
-Backpressure: a consumer holds at most ``prefetch + concurrency`` unsettled
-deliveries (a credit is taken before each receive and returned after settle). A
+Backpressure: a consumer holds at most ``prefetch + concurrency`` undecided
+deliveries (a credit is taken before each receive and returned after settle, or once
+a group-committing driver has taken the ack over: it commits meanwhile). A
 handler with a backlog (threads: see ``Handler.backlog``) takes more calls than it
 runs at once; the consumer's workers are then ``concurrency + backlog``, and the
 handler runs ``concurrency`` of their calls at a time.
@@ -244,7 +245,8 @@ class Consumer:
 
     @property
     def held(self) -> int:
-        """Unsettled deliveries this consumer holds (never above prefetch + concurrency)."""
+        """Deliveries this consumer holds undecided or settling (never above prefetch +
+        concurrency; an ack a group-committing driver took over no longer counts)."""
         return len(self._unsettled)
 
     async def start(self) -> None:

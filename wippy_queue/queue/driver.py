@@ -58,7 +58,9 @@ class Capabilities:
     #: deliveries are leases: extended while a handler runs, back after a timeout
     leases: bool = False
     #: settles are committed in groups (one commit and fsync for many): the consumer lets
-    #: a worker take its next message while its settle commits, so settles can share one
+    #: a worker take its next message while its settle commits, so settles can share one,
+    #: and an ack the driver has taken gives its credit back (the next messages are
+    #: handled while it commits)
     group_commit: bool = False
 
 

@@ -8,7 +8,9 @@
 - ``Settler``: the one path every delivery of a consumer is settled through: now,
   or once the settle hooks (the audit record) are written; a refused or failed
   settle gives the message back untried. It holds the consumer's credit for each
-  delivery until it is settled, so backpressure holds across deferred settles.
+  delivery until it is settled, so backpressure holds across deferred settles; an
+  ack that a group-committing driver has taken over gives its credit back at once
+  (it commits with the next batch while the consumer takes the next messages).
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ class Settler:
             await self._refused(decided, waits)
         elif waits:
             self._defer(decided, list(waits))
-        elif self.pipelined:  # committed with other workers' settles; the credit waits
+        elif self.pipelined:  # committed with other workers' settles
             self.pending += 1
             if action is Action.ACK:  # no task of its own: the driver calls back
                 self._acking += 1
@@ -214,6 +216,11 @@ class Settler:
                     delivery.ack_then(partial(self._acked, decided))
                 except Exception as err:  # refused at once (e.g. its driver has stopped)
                     self._acked(decided, err)
+                # decided, and the driver's to commit: the consumer may take the next
+                # messages while it does (the delivery stays taken: a stop cannot give
+                # it back). Its lease is held until the commit, so a queue may show up
+                # to one more batch of acks in flight meanwhile.
+                self._done_callback(delivery)
             else:
                 self._spawn(self._pipelined(decided))
         else:  # no hooks, or done (the record is written): settle now
@@ -227,14 +234,14 @@ class Settler:
 
     def _acked(self, decided: _Decided, error: BaseException | None) -> None:
         """A pipelined ack was made (``error`` None) or failed: as ``_apply_or_give_back``
-        (the ack began, so there is nothing to give back)."""
+        (the ack began, so there is nothing to give back; its credit is back already)."""
         self.pending -= 1
         self._acking -= 1
         if isinstance(error, LostDelivery):
             self._lost(decided, error)
         elif error is not None:
             self._settle_failed(decided.delivery, error)
-        self._done(decided.delivery)
+        self._taken.discard(decided.delivery)
         if isinstance(error, Exception) and not isinstance(error, LostDelivery):
             self._on_error(error)
         if not self._acking and self._acked_all is not None and not self._acked_all.done():
