@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from conftest import write
 
 from wippy_queue import Runtime
+from wippy_queue.drivers.sqlite import writer
 from wippy_queue.drivers.sqlite.config import SqliteQueueOptions
 from wippy_queue.drivers.sqlite.driver import SqliteDriver
 from wippy_queue.drivers.sqlite.store import Store
@@ -289,6 +291,113 @@ async def test_publishes_of_one_turn_share_a_commit_and_a_cancelled_one_is_left_
             (m.id, m.body) for m in (sent[0], sent[2])
         ]
         assert (await driver.info("q")).message_count == 2
+
+
+# -- synchronous full: the writer syncs the log itself ----------------------------------
+
+
+class HeldSync:
+    """Stands in for the writer's log sync: records what it syncs and, while ``hold``
+    is set, waits (on the writer thread) until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.synced: list[str] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.hold = False
+        self.fail: OSError | None = None
+
+    def __call__(self, fd: int) -> None:
+        self.synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        self.entered.set()
+        if self.hold:
+            self.release.wait(WAIT_S * 2)  # (past the test's own timeouts)
+        if self.fail is not None:
+            error, self.fail = self.fail, None
+            raise error
+        os.fsync(fd)
+
+
+@pytest.fixture
+def held_sync(monkeypatch: pytest.MonkeyPatch) -> HeldSync:
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("reads /proc/self/fd (Linux) to see which file is synced")
+    sync = HeldSync()
+    monkeypatch.setattr(writer, "sync_file", sync)
+    return sync
+
+
+async def entered(sync: HeldSync) -> None:
+    async with asyncio.timeout(WAIT_S):
+        while not sync.entered.is_set():
+            await asyncio.sleep(0.001)
+
+
+async def test_a_publish_returns_only_once_its_commit_is_synced(
+    tmp_path: Path, held_sync: HeldSync
+) -> None:
+    async with started(tmp_path / "queues.db") as driver:
+        held_sync.hold = True
+        held_sync.entered.clear()
+        publishing = asyncio.ensure_future(driver.publish("q", msg()))
+        await entered(held_sync)
+        for _ in range(20):  # (its result is posted only after the sync returns)
+            await asyncio.sleep(0)
+        assert not publishing.done(), "a publish returned before its commit was on disk"
+        held_sync.release.set()
+        async with asyncio.timeout(WAIT_S):
+            await publishing
+        assert held_sync.synced and set(held_sync.synced) == {f"{tmp_path / 'queues.db'}-wal"}
+
+
+async def test_a_claim_is_handed_over_before_the_sync_its_acks_after(
+    tmp_path: Path, held_sync: HeldSync
+) -> None:
+    """The overlap that lets a drain handle the next messages while the acks sync."""
+    async with started(tmp_path / "queues.db") as driver:
+        for _ in range(2):
+            await driver.publish("q", msg())
+        sub = await driver.subscribe(SubscribeSpec("t:c", "q", 1, 1))
+        async with asyncio.timeout(WAIT_S):
+            first = await sub.receive()  # (handed over before its own commit's sync,
+            await driver.info("q")  # which is done once a later operation's result is in)
+        held_sync.hold = True
+        held_sync.entered.clear()
+        acking = asyncio.ensure_future(first.ack())  # its room claims the second message
+        async with asyncio.timeout(WAIT_S):
+            second = await sub.receive()  # handed over before the sync (which is held)
+        await entered(held_sync)
+        assert not acking.done(), "the ack returned before its commit was on disk"
+        held_sync.release.set()
+        async with asyncio.timeout(WAIT_S):
+            await acking
+            await second.ack()
+        assert (await driver.info("q")).message_count == 0
+
+
+async def test_a_failed_sync_fails_what_waited_for_it_naming_the_file(
+    tmp_path: Path, held_sync: HeldSync
+) -> None:
+    path = tmp_path / "queues.db"
+    async with started(path) as driver:
+        held_sync.fail = OSError(5, "Input/output error")
+        with pytest.raises(DriverError) as failed:
+            await driver.publish("q", msg())
+        assert str(path) in str(failed.value) and "could not be synced" in str(failed.value)
+        await driver.publish("q", msg())  # the next sync works: so does the publish
+
+
+async def test_with_synchronous_normal_nothing_is_synced_at_a_commit(
+    tmp_path: Path, held_sync: HeldSync
+) -> None:
+    driver = SqliteDriver("t:disk", tmp_path / "queues.db", synchronous="normal")
+    await driver.start()
+    try:
+        await driver.declare(spec())
+        await driver.publish("q", msg())
+    finally:
+        await driver.stop()
+    assert held_sync.synced == []
 
 
 async def test_expired_drops_are_counted_for_every_process(tmp_path: Path) -> None:

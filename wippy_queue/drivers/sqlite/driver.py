@@ -285,7 +285,8 @@ class SqliteSubscription(Subscription):
                 return [], None
             return store.claim(queue, limit, lease_s, owner, consumer, partition, partitioned)
 
-        request = self.driver.submit(claim, f"claim from {queue!r}")
+        # (handed over before the commit is synced: handled while the acks with it sync)
+        request = self.driver.submit(claim, f"claim from {queue!r}", synced=False)
         done: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
 
         def claimed(future: asyncio.Future[tuple[list[Claimed], float | None]]) -> None:
@@ -405,8 +406,8 @@ class SqliteDriver(Driver):
         """Transactions committed with changes so far (each one fsync with synchronous full)."""
         return self.writer.commits
 
-    def submit(self, op: Callable[[Store], T], what: str) -> Request[T]:
-        return self.writer.submit(op, what)
+    def submit(self, op: Callable[[Store], T], what: str, *, synced: bool = True) -> Request[T]:
+        return self.writer.submit(op, what, synced=synced)
 
     async def call(self, op: Callable[[Store], T], what: str) -> T:
         request = self.submit(op, what)

@@ -4,6 +4,11 @@ instance, committed in groups.
 Coroutines submit operations and await futures; the thread takes everything waiting
 (up to ``MAX_BATCH``), runs it in one transaction and commits once, so concurrent
 publishes and settles share one fsync, and the event loop never touches the disk.
+With ``synchronous: full`` the thread syncs the write-ahead log itself after the
+commit, and hands a claim's result over before that sync, every other result after it:
+the consumer handles the claimed messages while the acks that came with the claim
+reach the disk (a power cut in between forgets the claim: the messages are ready again,
+as if never claimed; what was published or settled is on disk before it returns).
 Operations of one kind submitted in the same batch (publishes, acks) may ``join``
 one operation over all their items: a statement for many rows, each caller still
 waiting on its own future for its own result.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -24,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from wippy_queue.drivers.sqlite.store import Effects, Store, open_database, translate
+from wippy_queue.drivers.sqlite.store import Effects, Store, open_database, open_wal, translate
 from wippy_queue.errors import DriverError
 
 log = logging.getLogger(__name__)
@@ -37,15 +43,21 @@ MAX_BATCH = 2000
 #: still found the file locked is tried again before its operations fail
 BUSY_TIMEOUT_S = 10.0
 BUSY_RETRIES = 5
+#: how the log is synced (what SQLite's ``full`` calls on Linux; fsync where there is none)
+sync_file = getattr(os, "fdatasync", os.fsync)
 
 
 class Request(Generic[T]):
-    __slots__ = ("cancelled", "future", "joined", "op", "what")
+    __slots__ = ("cancelled", "future", "joined", "op", "synced", "what")
 
-    def __init__(self, op: Callable[[Store], T], future: asyncio.Future[T], what: str) -> None:
+    def __init__(
+        self, op: Callable[[Store], T], future: asyncio.Future[T], what: str, synced: bool = True
+    ) -> None:
         self.op = op
         self.future = future
         self.what = what
+        #: its result waits until its commit is on disk (False: a claim, see above)
+        self.synced = synced
         #: set by the submitter: skip it if the thread has not begun it
         self.cancelled = False
         #: the callers joined in it (``Writer.join``), told directly when it is done
@@ -85,6 +97,8 @@ class Writer:
         self._flushing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        #: the write-ahead log, synced by the thread after each commit (synchronous full)
+        self._wal: int | None = None
         self._exited: asyncio.Future[None] | None = None
         self._open = False
         #: transactions committed with changes (each an fsync under synchronous full)
@@ -110,11 +124,12 @@ class Writer:
         await opened
         self._open = True
 
-    def submit(self, op: Callable[[Store], T], what: str) -> Request[T]:
-        """Queue ``op``; its result (or error) arrives on ``request.future``."""
+    def submit(self, op: Callable[[Store], T], what: str, *, synced: bool = True) -> Request[T]:
+        """Queue ``op``; its result (or error) arrives on ``request.future``: once its
+        commit is on disk, or once committed if not ``synced``."""
         if not self._open or self._loop is None:
             raise DriverError(f"sqlite database {self.path} is closed")
-        request = Request(op, self._loop.create_future(), what)
+        request = Request(op, self._loop.create_future(), what, synced)
         self._pending.append(request)
         self._submitted += 1
         if not self._flushing:
@@ -203,6 +218,7 @@ class Writer:
             self._post(_finish, self._exited)
             return
         self._post(_finish, opened)
+        self._wal = open_wal(conn, self.path) if self.synchronous == "full" else None
         store = Store(conn, self.path)
         try:
             self._serve(store)
@@ -211,6 +227,9 @@ class Writer:
                 conn.close()
             except sqlite3.Error as err:
                 log.warning("sqlite database %s: closing it failed: %s", self.path, err)
+            if self._wal is not None:
+                os.close(self._wal)
+                self._wal = None
             self._fail_rest()
             self._post(_finish, self._exited)
 
@@ -248,7 +267,7 @@ class Writer:
             return
         for attempt in range(BUSY_RETRIES + 1):
             try:
-                results = self._transaction(store, batch)
+                results, changed = self._transaction(store, batch)
             except sqlite3.OperationalError as err:
                 if _busy(err) and attempt < BUSY_RETRIES:
                     log.warning("sqlite database %s is locked by another process", self.path)
@@ -258,10 +277,36 @@ class Writer:
             except Exception as err:
                 self._failed(store, batch, err)
                 return
-            self._post(self._deliver, batch, results, store.effects)
+            if self._wal is not None and changed:
+                self._sync(self._wal, batch, results, store.effects)
+            else:
+                self._post(self._deliver, batch, results, store.effects)
             return
 
-    def _transaction(self, store: Store, batch: list[Request[Any]]) -> list[Any]:
+    def _sync(
+        self, wal: int, batch: list[Request[Any]], results: list[Any], effects: Effects
+    ) -> None:
+        """Hand the claims their results, sync the log, then hand over the rest (a sync
+        that fails fails them: they may be in the file, but are not known on disk)."""
+        now = [i for i, request in enumerate(batch) if not request.synced]
+        if now:
+            self._post(self._deliver, [batch[i] for i in now], [results[i] for i in now], None)
+            later = [i for i, request in enumerate(batch) if request.synced]
+            batch, results = [batch[i] for i in later], [results[i] for i in later]
+        try:
+            sync_file(wal)
+        except OSError as err:
+            log.error("sqlite database %s: syncing its write-ahead log failed: %s", self.path, err)
+            error = DriverError(
+                f"sqlite database {self.path}: its commit could not be synced to disk "
+                f"({err}); the operation may or may not be on disk: check the disk"
+            )
+            for request in batch:
+                self._post(request.fail, error)
+            return
+        self._post(self._deliver, batch, results, effects)
+
+    def _transaction(self, store: Store, batch: list[Request[Any]]) -> tuple[list[Any], bool]:
         conn = store.conn
         store.begin()
         conn.execute("BEGIN IMMEDIATE")
@@ -276,7 +321,7 @@ class Writer:
             raise
         if changed:
             self.commits += 1
-        return results
+        return results, changed
 
     def _failed(self, store: Store, batch: list[Request[Any]], err: Exception) -> None:
         """A batch could not be committed: alone, each operation succeeds or fails alone."""
@@ -294,11 +339,14 @@ class Writer:
             error = DriverError(f"sqlite database {self.path}: {request.what} failed: {err!r}")
         self._post(request.fail, error)
 
-    def _deliver(self, batch: list[Request[Any]], results: list[Any], effects: Effects) -> None:
+    def _deliver(
+        self, batch: list[Request[Any]], results: list[Any], effects: Effects | None
+    ) -> None:
         """On the loop: hand each caller its result, then tell the driver what changed."""
         for request, result in zip(batch, results, strict=True):
             request.resolve(result)
-        self._on_commit(effects)
+        if effects is not None:
+            self._on_commit(effects)
 
 
 def _busy(err: sqlite3.Error) -> bool:
