@@ -293,6 +293,30 @@ async def test_publishes_of_one_turn_share_a_commit_and_a_cancelled_one_is_left_
         assert (await driver.info("q")).message_count == 2
 
 
+async def test_a_pipelined_ack_is_told_without_a_future_and_a_failing_callback_harms_no_other(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with started(tmp_path / "queues.db") as driver:
+        for _ in range(3):
+            await driver.publish("q", msg())
+        sub = await driver.subscribe(SubscribeSpec("t:c", "q", 3, 3))
+        async with asyncio.timeout(WAIT_S):
+            held = [await sub.receive() for _ in range(3)]
+        heard: list[BaseException | None] = []
+
+        def broken(error: BaseException | None) -> None:
+            raise RuntimeError("a bug in the caller")
+
+        held[0].ack_then(heard.append)
+        held[1].ack_then(broken)
+        awaited = asyncio.ensure_future(held[2].ack())  # (joins the same statement)
+        async with asyncio.timeout(WAIT_S):
+            await awaited
+        assert heard == [None]
+        assert "a settle's callback failed" in caplog.text
+        assert (await driver.info("q")).message_count == 0
+
+
 # -- synchronous full: the writer syncs the log itself ----------------------------------
 
 

@@ -132,25 +132,30 @@ class SqliteDelivery(Delivery):
     async def _ack(self) -> None:
         """Joins the batch's other acks: one statement removes them all (see ``_settle``
         on cancellation: the ack stays in)."""
-        if not await self._join_acks():
+        subscription = self._subscription
+        try:
+            acked = subscription.driver.writer.join("ack", self.lease, Store.ack_many, "ack")
+        finally:
+            subscription.settled()
+        if not await acked:
             raise self.lost("ack")
 
     def ack_then(self, done: Callable[[BaseException | None], None]) -> None:
         self._once()
-        self._join_acks().add_done_callback(partial(self._acked, done))
-
-    def _join_acks(self) -> asyncio.Future[bool]:
         subscription = self._subscription
+        then = partial(self._acked, done)
         try:
-            return subscription.driver.writer.join("ack", self.lease, Store.ack_many, "ack")
+            subscription.driver.writer.join_then("ack", self.lease, Store.ack_many, "ack", then)
         finally:
             subscription.settled()
 
     def _acked(
-        self, done: Callable[[BaseException | None], None], acked: asyncio.Future[bool]
+        self,
+        done: Callable[[BaseException | None], None],
+        acked: bool | None,
+        error: BaseException | None,
     ) -> None:
-        error = acked.exception()
-        done(error if error is not None or acked.result() else self.lost("ack"))
+        done(error if error is not None or acked else self.lost("ack"))
 
     async def _nack(self, *, requeue: bool, delay_s: float, reason: str) -> None:
         seq, token, queue = self._seq, self._token, self._subscription.queue

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")
+#: a joined caller's callback: (its result, or the error)
+Then = Callable[[T | None, BaseException | None], None]
 
 MAX_BATCH = 2000
 #: how long one statement waits for another process's lock, and how often a batch that
@@ -152,6 +154,27 @@ class Writer:
         caller's own future gets its item's result, or the error. A caller cancelled
         before the batch reaches the thread takes its item out if ``withdraw`` (a
         publish, as ``submit``'s callers do); otherwise it stays in (a settle)."""
+        assert self._loop is not None
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._group(kind, op, what, withdraw).add(item, future)
+        return future
+
+    def join_then(
+        self,
+        kind: str,
+        item: ItemT,
+        op: Callable[[Store, list[ItemT]], list[T]],
+        what: str,
+        then: Then[T],
+    ) -> None:
+        """``join`` for a settle nobody awaits (it stays in): ``then(result, error)`` is
+        called on the loop when the operation is done, without a future and the loop
+        turn its callback would take (a pipelined ack, once per message)."""
+        self._group(kind, op, what, False).add(item, then)
+
+    def _group(
+        self, kind: str, op: Callable[[Store, list[ItemT]], list[T]], what: str, withdraw: bool
+    ) -> _Joined[ItemT, T]:
         group = self._groups.get(kind)
         if group is None:
             items: list[ItemT] = []
@@ -159,11 +182,7 @@ class Writer:
             group = self._groups[kind] = _Joined(items, request, withdraw)
         else:
             self._submitted += 1
-        assert self._loop is not None
-        future: asyncio.Future[T] = self._loop.create_future()
-        group.items.append(item)
-        group.waiters.append(future)
-        return future
+        return group
 
     def _flush(self) -> None:
         """Hand what was submitted to the thread once a loop iteration passes with no
@@ -367,7 +386,8 @@ def _finish(future: asyncio.Future[None] | None) -> None:
 
 
 class _Joined(Generic[ItemT, T]):
-    """One operation over the items joined in a batch, and each caller's future."""
+    """One operation over the items joined in a batch, and each caller's future (or
+    callback)."""
 
     __slots__ = ("items", "request", "waiters", "withdraw")
 
@@ -376,30 +396,46 @@ class _Joined(Generic[ItemT, T]):
         #: until the batch is handed over (``close``): the request holds this group
         self.request: Request[list[T]] | None = request
         self.withdraw = withdraw
-        self.waiters: list[asyncio.Future[T]] = []
+        self.waiters: list[asyncio.Future[T] | Then[T]] = []
         request.joined = self
+
+    def add(self, item: ItemT, waiter: asyncio.Future[T] | Then[T]) -> None:
+        self.items.append(item)
+        self.waiters.append(waiter)
 
     def close(self) -> None:
         """On the loop, as the batch goes to the thread: no more items, and those of
         cancelled callers dropped (when ``withdraw``; with none left the operation is
         skipped). Lets go of the request, so that the two are no reference cycle."""
         request, self.request = self.request, None
-        if request is None or not self.withdraw or not any(w.cancelled() for w in self.waiters):
+        if request is None or not self.withdraw or not any(map(_cancelled, self.waiters)):
             return
-        kept = [(i, w) for i, w in zip(self.items, self.waiters, strict=True) if not w.cancelled()]
+        kept = [(i, w) for i, w in zip(self.items, self.waiters, strict=True) if not _cancelled(w)]
         self.items[:] = [item for item, _ in kept]  # (the same list: the operation reads it)
         self.waiters = [waiter for _, waiter in kept]
         request.cancelled = not kept
 
     def fan_out(self, results: list[T] | None, error: BaseException | None) -> None:
         """The operation's results (or error) to each caller still waiting."""
+        if error is None and results is None:
+            error = DriverError("the operation was not run")
         for i, waiter in enumerate(self.waiters):
-            if waiter.done():  # (its caller was cancelled)
+            if not isinstance(waiter, asyncio.Future):
+                try:
+                    waiter(None if results is None else results[i], error)
+                except Exception:  # (one caller's bug must not keep the rest waiting)
+                    log.exception("a settle's callback failed")
+            elif waiter.done():  # (its caller was cancelled)
                 continue
-            if error is None and results is not None:
+            elif error is None and results is not None:
                 waiter.set_result(results[i])
             else:
-                waiter.set_exception(error or DriverError("the operation was not run"))
+                assert error is not None
+                waiter.set_exception(error)
+
+
+def _cancelled(waiter: asyncio.Future[Any] | Then[Any]) -> bool:
+    return isinstance(waiter, asyncio.Future) and waiter.cancelled()
 
 
 def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
