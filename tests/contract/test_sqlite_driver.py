@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import write
@@ -20,7 +21,7 @@ from wippy_queue import Runtime
 from wippy_queue.drivers.sqlite import writer
 from wippy_queue.drivers.sqlite.config import SqliteQueueOptions
 from wippy_queue.drivers.sqlite.driver import SqliteDriver
-from wippy_queue.drivers.sqlite.store import Store
+from wippy_queue.drivers.sqlite.store import Store, open_database
 from wippy_queue.errors import DriverError
 from wippy_queue.queue.driver import LostDelivery, QueueSpec, SubscribeSpec
 from wippy_queue.queue.message import Message, new_message_id
@@ -111,6 +112,33 @@ async def test_a_database_of_something_else_is_refused_and_left_alone(tmp_path: 
     message = await start_fails(path)
     assert "not a wippy-queue database" in message and "users" in message
     assert path.read_bytes() == before
+
+
+def test_a_new_file_made_by_another_process_meanwhile_is_known_as_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes starting on a new file: the other one makes it between the
+    statements that look at it (a race a run of two processes hit: read as "not ours")."""
+    path = tmp_path / "queues.db"
+    connect = sqlite3.connect
+
+    class Raced(sqlite3.Connection):
+        looks = 0
+        raced = False
+
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            if not sql.startswith("PRAGMA busy_timeout"):
+                Raced.looks += 1
+            if Raced.looks == 2 and not Raced.raced:  # after the first look, before the next
+                Raced.raced = True
+                monkeypatch.setattr(sqlite3, "connect", connect)
+                open_database(path, "full", 10.0).close()
+            return super().execute(sql, *args)
+
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: connect(*a, **k, factory=Raced))
+    with contextlib.closing(open_database(path, "full", 10.0)) as conn:
+        assert Raced.raced
+        assert conn.execute("SELECT count(*) FROM queues").fetchone()[0] == 0
 
 
 @pytest.mark.parametrize(

@@ -207,10 +207,12 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
 
 
 def _check_ours(conn: sqlite3.Connection, path: Path) -> bool:
-    """True if the database is empty (ours to make); NotOurs unless it is ours."""
+    """True if the database is empty (ours to make); NotOurs unless it is ours.
+    The tables are read first: another process may make the file between these reads
+    (it writes tables and id in one commit), and tables seen mean its id is seen too."""
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")]
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")]
     if app_id == 0 and not tables:
         return True
     if app_id != APPLICATION_ID:
