@@ -23,7 +23,13 @@ from wippy_queue.drivers.sqlite.config import SqliteQueueOptions
 from wippy_queue.drivers.sqlite.driver import SqliteDriver
 from wippy_queue.drivers.sqlite.store import Store, open_database
 from wippy_queue.errors import DriverError
-from wippy_queue.queue.driver import LostDelivery, QueueSpec, SubscribeSpec
+from wippy_queue.queue.driver import (
+    Delivery,
+    LostDelivery,
+    QueueSpec,
+    SubscribeSpec,
+    Subscription,
+)
 from wippy_queue.queue.message import Message, new_message_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -321,15 +327,22 @@ async def test_publishes_of_one_turn_share_a_commit_and_a_cancelled_one_is_left_
         assert (await driver.info("q")).message_count == 2
 
 
+async def take(
+    driver: SqliteDriver, *, sent: int, limit: int
+) -> tuple[Subscription, list[Delivery]]:
+    """Publish ``sent`` messages to ``q``; subscribe with room for ``limit`` and take them."""
+    for _ in range(sent):
+        await driver.publish("q", msg())
+    sub = await driver.subscribe(SubscribeSpec("t:c", "q", limit, limit))
+    async with asyncio.timeout(WAIT_S):
+        return sub, [await sub.receive() for _ in range(limit)]
+
+
 async def test_a_pipelined_ack_is_told_without_a_future_and_a_failing_callback_harms_no_other(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with started(tmp_path / "queues.db") as driver:
-        for _ in range(3):
-            await driver.publish("q", msg())
-        sub = await driver.subscribe(SubscribeSpec("t:c", "q", 3, 3))
-        async with asyncio.timeout(WAIT_S):
-            held = [await sub.receive() for _ in range(3)]
+        _, held = await take(driver, sent=3, limit=3)
         heard: list[BaseException | None] = []
 
         def broken(error: BaseException | None) -> None:
@@ -407,12 +420,9 @@ async def test_a_claim_is_handed_over_before_the_sync_its_acks_after(
 ) -> None:
     """The overlap that lets a drain handle the next messages while the acks sync."""
     async with started(tmp_path / "queues.db") as driver:
-        for _ in range(2):
-            await driver.publish("q", msg())
-        sub = await driver.subscribe(SubscribeSpec("t:c", "q", 1, 1))
-        async with asyncio.timeout(WAIT_S):
-            first = await sub.receive()  # (handed over before its own commit's sync,
-            await driver.info("q")  # which is done once a later operation's result is in)
+        sub, [first] = await take(driver, sent=2, limit=1)
+        # (handed over before its own commit's sync, done once a later result is in)
+        await driver.info("q")
         held_sync.hold = True
         held_sync.entered.clear()
         acking = asyncio.ensure_future(first.ack())  # its room claims the second message
