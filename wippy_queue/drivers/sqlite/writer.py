@@ -11,7 +11,7 @@ reach the disk (a power cut in between forgets the claim: the messages are ready
 as if never claimed; what was published or settled is on disk before it returns).
 Operations of one kind submitted in the same batch (publishes, acks) may ``join``
 one operation over all their items: a statement for many rows, each caller still
-waiting on its own future for its own result.
+waiting on its own future (or told by its callback: ``join_then``) for its own result.
 A batch that fails is run again one operation per transaction, so only the
 operations that cannot be committed fail (each with an error naming the path), and
 an operation that failed was never committed.
