@@ -14,7 +14,8 @@ one operation over all their items: a statement for many rows, each caller still
 waiting on its own future (or told by its callback: ``join_then``) for its own result.
 A batch that fails is run again one operation per transaction, so only the
 operations that cannot be committed fail (each with an error naming the path), and
-an operation that failed was never committed.
+an operation that failed was never committed (but for a commit whose sync failed:
+its operations fail and may be in the file).
 """
 
 from __future__ import annotations
