@@ -18,6 +18,7 @@ import pytest
 from conftest import write
 
 from wippy_queue import Runtime
+from wippy_queue.drivers.sqlite import driver as sqlite_driver
 from wippy_queue.drivers.sqlite import writer
 from wippy_queue.drivers.sqlite.config import SqliteQueueOptions
 from wippy_queue.drivers.sqlite.driver import SqliteDriver
@@ -356,6 +357,26 @@ async def test_a_pipelined_ack_is_told_without_a_future_and_a_failing_callback_h
         assert heard == [None]
         assert "a settle's callback failed" in caplog.text
         assert (await driver.info("q")).message_count == 0
+
+
+async def test_a_join_ends_as_the_last_ack_commits_not_at_the_next_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_driver, "IDLE_POLL_S", 3600.0)  # no poll would end it
+    async with started(tmp_path / "queues.db") as driver:
+        _, held = await take(driver, sent=2, limit=2)
+        joining = asyncio.ensure_future(driver.wait_idle("q"))
+        await held[0].ack()
+        async with asyncio.timeout(WAIT_S):
+            while not driver._idlers._futures:  # (parked until a commit removes one)
+                await asyncio.sleep(0.001)
+        assert not joining.done(), "idle with a message still held"
+        await held[1].ack()
+        async with asyncio.timeout(WAIT_S):
+            await joining
+        with pytest.raises(TimeoutError, match="not idle after"):
+            await driver.publish("q", msg())
+            await driver.wait_idle("q", timeout_s=0.05)
 
 
 # -- synchronous full: the writer syncs the log itself ----------------------------------

@@ -49,6 +49,9 @@ T = TypeVar("T")
 EXPIRED = "expired"
 #: the most messages one claim leases
 CLAIM_MAX = 256
+#: how often ``wait_idle`` looks again when no commit here removed a message (other
+#: processes' acks)
+IDLE_POLL_S = 0.02
 
 
 class _Waiters:
@@ -390,6 +393,9 @@ class SqliteDriver(Driver):
         self.owner = secrets.randbits(62) + 1
         self._queues: dict[str, _Queue] = {}
         self._running = False
+        #: commits here that removed messages so far, and who waits for one
+        self._removals = 0
+        self._idlers = _Waiters()
 
     @classmethod
     def from_entry(cls, entry: Entry) -> SqliteDriver:
@@ -449,6 +455,9 @@ class SqliteDriver(Driver):
             await self.writer.stop()
 
     def _committed(self, effects: Effects) -> None:
+        if effects.removed:
+            self._removals += 1
+            self._idlers.wake_all()
         for name in effects.ready:
             queue = self._queues.get(name)
             if queue is not None:
@@ -523,6 +532,20 @@ class SqliteDriver(Driver):
         if not self._running:
             raise self.not_running_error()
         return not await self.call(lambda store: store.holds_any(queue), f"idle check of {queue!r}")
+
+    async def wait_idle(self, queue: str, *, timeout_s: float | None = None) -> None:
+        """Look again as soon as a commit here removed a message (the last ack of a
+        drain ends a join at once), else every ``IDLE_POLL_S`` (other processes')."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    seen = self._removals
+                    if await self.idle(queue):
+                        return
+                    if self._removals == seen:  # (one during the look: look again now)
+                        await self._idlers.wait(IDLE_POLL_S)
+        except TimeoutError:
+            raise TimeoutError(f"queue {queue!r} not idle after {timeout_s}s") from None
 
     async def info(self, queue: str) -> QueueInfo:
         state = self._queue(queue)

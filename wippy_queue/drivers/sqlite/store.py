@@ -255,6 +255,8 @@ class Effects:
     due: list[tuple[str, float]] = field(default_factory=list)
     #: how many commits (each one fsync with synchronous full)
     commits: int = 0
+    #: messages were removed (acked, dropped): a queue may have become idle
+    removed: bool = False
 
 
 class Store:
@@ -516,6 +518,8 @@ class Store:
                 acked += [row[0] for row in rows]
         for chunk in _chunks(acked):
             self.conn.execute(f"DELETE FROM bodies WHERE seq IN ({_marks(chunk)})", chunk)
+        if acked:
+            self.effects.removed = True
         removed = set(acked)
         return [seq in removed for seq, _ in leases]
 
