@@ -388,7 +388,7 @@ class SqliteDriver(Driver):
         super().__init__(entry_id)
         self.path = Path(path)
         self.poll_interval_s = poll_interval_s
-        self.writer = Writer(self.path, synchronous, self._committed)
+        self.writer = Writer(self.path, synchronous, self._committed, self._broken)
         #: this instance, as the owner of the leases it takes
         self.owner = secrets.randbits(62) + 1
         self._queues: dict[str, _Queue] = {}
@@ -431,8 +431,14 @@ class SqliteDriver(Driver):
     async def start(self) -> None:
         if self._running:
             return
+        self.failed = asyncio.get_running_loop().create_future()
         await self.writer.start()
         self._running = True
+
+    def _broken(self, error: DriverError) -> None:
+        """The writer stopped writing (a failed sync): the supervisor restarts us."""
+        if self.failed is not None and not self.failed.done():
+            self.failed.set_result(error)
 
     async def stop(self) -> None:
         if not self._running:

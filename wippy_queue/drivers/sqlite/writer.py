@@ -84,10 +84,19 @@ class Request(Generic[T]):
 class Writer:
     """Runs ``Store`` operations on its own thread, in group-committed transactions."""
 
-    def __init__(self, path: Path, synchronous: str, on_commit: Callable[[Effects], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str,
+        on_commit: Callable[[Effects], None],
+        on_broken: Callable[[DriverError], None] = lambda error: None,
+    ) -> None:
         self.path = path
         self.synchronous = synchronous
         self._on_commit = on_commit
+        #: told (on the loop) when a sync failed: nothing more is written until a restart
+        self._on_broken = on_broken
+        self._broken: DriverError | None = None
         #: batches handed to the thread (None: stop)
         self._requests: queue.SimpleQueue[list[Request[Any]] | None] = queue.SimpleQueue()
         #: submitted on the loop, not yet handed over
@@ -239,6 +248,7 @@ class Writer:
             return
         self._post(_finish, opened)
         self._wal = open_wal(conn, self.path) if self.synchronous == "full" else None
+        self._broken = None
         store = Store(conn, self.path)
         try:
             self._serve(store)
@@ -285,6 +295,10 @@ class Writer:
     def _run_batch(self, store: Store, batch: list[Request[Any]]) -> None:
         if not batch:
             return
+        if self._broken is not None:
+            for request in batch:
+                self._post(request.fail, self._broken)
+            return
         for attempt in range(BUSY_RETRIES + 1):
             try:
                 results, changed = self._transaction(store, batch)
@@ -323,6 +337,13 @@ class Writer:
             )
             for request in batch:
                 self._post(request.fail, error)
+            # After a failed sync the kernel may count the lost pages as written, so a
+            # later sync that succeeds proves nothing: write no more until a restart.
+            self._broken = DriverError(
+                f"sqlite database {self.path}: a commit could not be synced to disk ({err}); "
+                "nothing more is written until the driver is restarted: check the disk"
+            )
+            self._post(self._on_broken, self._broken)
             return
         self._post(self._deliver, batch, results, effects)
 
