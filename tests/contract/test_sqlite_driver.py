@@ -458,6 +458,20 @@ async def test_a_claim_is_handed_over_before_the_sync_its_acks_after(
         assert (await driver.info("q")).message_count == 0
 
 
+async def test_a_commit_of_claims_alone_is_not_synced(tmp_path: Path, held_sync: HeldSync) -> None:
+    """(A power cut that forgets a claim loses nothing: the message is ready again.)"""
+    async with started(tmp_path / "queues.db") as driver:
+        await driver.publish("q", msg())
+        sub = await driver.subscribe(SubscribeSpec("t:c", "q", 1, 1))
+        synced = len(held_sync.synced)
+        async with asyncio.timeout(WAIT_S):
+            delivery = await sub.receive()
+        await driver.info("q")  # (after the claim's commit: nothing left to sync for it)
+        assert len(held_sync.synced) == synced, "a commit of a claim alone was synced"
+        await delivery.ack()
+        assert len(held_sync.synced) == synced + 1, "an ack returned unsynced"
+
+
 async def test_a_failed_sync_fails_what_waited_for_it_naming_the_file(
     tmp_path: Path, held_sync: HeldSync
 ) -> None:

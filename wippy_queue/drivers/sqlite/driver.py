@@ -414,7 +414,8 @@ class SqliteDriver(Driver):
 
     @property
     def commits(self) -> int:
-        """Transactions committed with changes so far (each one fsync with synchronous full)."""
+        """Transactions committed with changes so far (each one fsync with synchronous
+        full, but for one of claims alone)."""
         return self.writer.commits
 
     def submit(self, op: Callable[[Store], T], what: str, *, synced: bool = True) -> Request[T]:

@@ -253,7 +253,7 @@ class Effects:
     room: set[str] = field(default_factory=set)
     #: (queue, time) of delayed messages (wake their receivers then)
     due: list[tuple[str, float]] = field(default_factory=list)
-    #: how many commits (each one fsync with synchronous full)
+    #: how many commits (each one fsync with synchronous full, but one of claims alone)
     commits: int = 0
     #: messages were removed (acked, dropped): a queue may have become idle
     removed: bool = False
