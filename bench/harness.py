@@ -176,6 +176,13 @@ class Row:
         """Median CPU microseconds per message."""
         return statistics.median(self.cpu_us_runs)
 
+    def paired_ratio(self, other: Row) -> float:
+        """The median of the per-round ratios of this row's rate to ``other``'s. Rows
+        run interleaved, so the two runs of a round share the machine's state of that
+        moment, and their ratio cancels a drift that moves both (the two medians, taken
+        apart, do not): on these shared VMs a row's rate moves by 1.5x within one run."""
+        return statistics.median(a / b for a, b in zip(self.rates, other.rates, strict=True))
+
     def bar(self) -> Bar:
         return Bar(self.key, self.median, self.low, self.high)
 
@@ -202,6 +209,13 @@ def measure(
                 f" {row.cpu_us_runs[-1]:>7.1f} CPU µs/msg",
                 file=sys.stderr,
             )
+
+
+#: the line under a table with a paired column
+PAIRED_NOTE = (
+    "Paired: the median of the per-round ratios to the faster peer (rows run interleaved, "
+    "so each round's runs share the machine's state of that moment)."
+)
 
 
 def select(rows: list[R], only: list[str] | None) -> list[R]:

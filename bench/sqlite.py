@@ -271,17 +271,18 @@ def table(done: list[SqliteRow]) -> str:
     peers = [r for r in done if r.peer]
     best = max(peers, key=lambda r: r.median) if peers else None
     header = ["system", "configuration", "median msg/s", "range msg/s", "CPU µs/msg"]
-    header += ["fsyncs/msg", "commits/msg", "vs faster peer"]
+    header += ["fsyncs/msg", "commits/msg", "vs faster peer", "paired"]
     body = []
     for row in done:
         fsyncs = "n/a" if row.fsyncs_per_msg is None else f"{row.fsyncs_per_msg:.3f}"
         commits = f"{statistics.median(row.commits) / row.n:.3f}" if row.commits else "-"
         ratio = f"{row.median / best.median:.1f}x" if best else "n/a"
+        paired = f"{row.paired_ratio(best):.1f}x" if best else "n/a"
         rates = [f"{row.median:,.0f}", row.rate_range, f"{row.cpu_us:,.0f}"]
-        body.append([row.system, row.config, *rates, fsyncs, commits, ratio])
+        body.append([row.system, row.config, *rates, fsyncs, commits, ratio, paired])
     lines = [harness.markdown_table(header, body, left=2), ""]
     if best:
-        lines.append(f"Faster peer: {best.system} ({best.config}).")
+        lines.append(f"Faster peer: {best.system} ({best.config}). {harness.PAIRED_NOTE}")
     return "\n".join(lines)
 
 

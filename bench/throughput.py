@@ -285,6 +285,10 @@ def _ratio(row: SystemRow, best: SystemRow | None) -> str:
     return f"{row.median / best.median:.2f}x" if best else "n/a"
 
 
+def _paired(row: SystemRow, best: SystemRow | None) -> str:
+    return f"{row.paired_ratio(best):.2f}x" if best else "n/a"
+
+
 def _cells(row: SystemRow) -> list[str]:
     return [row.system, row.config, f"{row.median:,.0f}", row.rate_range, f"{row.cpu_us:,.1f}"]
 
@@ -293,9 +297,12 @@ def table(rows: list[SystemRow]) -> str:
     best = _fastest([r for r in rows if r.peer])
     best_bounded = _fastest([r for r in rows if r.peer and r.bounded])
     header = ["system", "configuration", "median msg/s", "range msg/s", "CPU µs/msg"]
-    header += ["vs faster peer", "vs faster peer at concurrency 4"]
-    body = [[*_cells(row), _ratio(row, best), _ratio(row, best_bounded)] for row in rows]
-    lines = [harness.markdown_table(header, body, left=2), ""]
+    header += ["vs faster peer", "paired", "vs faster peer at concurrency 4"]
+    body = [
+        [*_cells(row), _ratio(row, best), _paired(row, best), _ratio(row, best_bounded)]
+        for row in rows
+    ]
+    lines = [harness.markdown_table(header, body, left=2), "", harness.PAIRED_NOTE + "  "]
     for label, peer in (("Faster peer", best), ("Faster peer at concurrency 4", best_bounded)):
         if peer:
             lines.append(f"{label}: {peer.system} ({peer.config}).  ")

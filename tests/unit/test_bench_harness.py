@@ -180,3 +180,14 @@ def test_redis_bench_runs_its_rows_on_the_server() -> None:
     assert done.returncode == 0, done.stderr
     printed = [line.split(" | ")[0] for line in done.stdout.splitlines() if line.startswith("| ")]
     assert printed[1:] == [rows[k] for k in keys]
+
+
+def test_the_paired_ratio_is_the_median_of_the_rounds_ratios() -> None:
+    """A drift that slows both rows in one round moves the medians apart, not the
+    rounds' ratios."""
+    ours, peer = harness.Row("ours"), harness.Row("peer")
+    for row, walls in ((ours, [1.0, 2.0, 2.0]), (peer, [3.0, 6.0, 4.0])):
+        row.n = 60
+        row.timings = [harness.Timing(wall_s=w, cpu_s=0.1) for w in walls]
+    assert ours.paired_ratio(peer) == pytest.approx(3.0)  # rounds: 60/20, 30/10, 30/15
+    assert ours.median / peer.median == pytest.approx(2.0)  # medians: 30 against 15
