@@ -200,8 +200,13 @@ async def _delayed_by_another_runtime(entry: Path) -> QueueInfo:
         await observer.start("app:rabbit")
         try:
             await consumer.publish("app:jobs", {"n": 1})
+            # (while the consumer moves it, the copy may be in its holding queue before the
+            # consumer's census stops counting the delivery: one look then counts it twice,
+            # the safe way for a join; the move ends within a confirm's round trip)
             async with asyncio.timeout(WAIT_S):
-                while (info := await observer.info("app:jobs")).delayed == 0:
+                while (info := await observer.info("app:jobs")).delayed == 0 or (
+                    info.message_count > 1
+                ):
                     await asyncio.sleep(0.02)
             return info
         finally:
