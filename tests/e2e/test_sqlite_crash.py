@@ -130,14 +130,19 @@ def lines(out: Path) -> list[str]:
     return text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
 
 
-def wait_until(condition: Callable[[], bool], what: str, process: subprocess.Popen[str]) -> None:
+def wait_until(condition: Callable[[], bool], what: str, *processes: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + WAIT_S
     while not condition():
-        if process.poll() is not None:
-            _, err = process.communicate()
-            pytest.fail(f"the process exited ({process.returncode}) before {what}: {err}")
+        for process in processes:
+            if process.poll() is not None:
+                _, err = process.communicate()
+                pytest.fail(f"a process exited ({process.returncode}) before {what}: {err}")
         if time.monotonic() > deadline:
-            pytest.fail(f"not {what} after {WAIT_S}s")
+            said = []
+            for process in processes:  # (what they logged says why)
+                process.kill()
+                said.append(process.communicate()[1][-3000:])
+            pytest.fail(f"not {what} after {WAIT_S}s; the processes said: {said}")
         time.sleep(0.01)
 
 
@@ -243,9 +248,9 @@ def test_two_processes_on_one_file_handle_each_message_once(tmp_path: Path) -> N
             finally:
                 await driver.stop()
 
-        wait_until(lambda: db.exists() and asyncio.run(both_consuming()), "both consume", one)
+        wait_until(lambda: db.exists() and asyncio.run(both_consuming()), "both consume", one, two)
         asyncio.run(publish(db, range(total), sleep=0.005))
-        wait_until(lambda: len(lines(out)) >= total, f"{total} handled", two)
+        wait_until(lambda: len(lines(out)) >= total, f"{total} handled", one, two)
         for process in (one, two):
             process.send_signal(signal.SIGTERM)
         for process in (one, two):

@@ -144,7 +144,7 @@ def open_database(path: Path, synchronous: str, busy_timeout_s: float) -> sqlite
         raise translate(err, path, "opening it") from err
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        _prepare(conn, path)
+        _prepare(conn, path, busy_timeout_s)
         conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     except DriverError:
         conn.close()
@@ -179,11 +179,11 @@ def open_wal(conn: sqlite3.Connection, path: Path) -> int | None:
     return wal
 
 
-def _prepare(conn: sqlite3.Connection, path: Path) -> None:
+def _prepare(conn: sqlite3.Connection, path: Path, busy_timeout_s: float) -> None:
     """Check the file is ours (or empty: make it ours), touching nothing of a file that
     is not, then turn on write-ahead logging."""
     _check_ours(conn, path)
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    mode = _turn_on_wal(conn, busy_timeout_s)
     if str(mode).lower() != "wal":
         raise DriverError(
             f"sqlite database {path}: write-ahead logging cannot be turned on (journal mode "
@@ -204,6 +204,27 @@ def _prepare(conn: sqlite3.Connection, path: Path) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _turn_on_wal(conn: sqlite3.Connection, busy_timeout_s: float) -> str:
+    """``PRAGMA journal_mode = WAL``, tried again while the file is busy: connections
+    opening a new file at the same moment (two processes starting) can make the switch
+    fail with SQLITE_BUSY at once, without waiting (its busy handler is not asked)."""
+    deadline = time.monotonic() + busy_timeout_s
+    pause_s = 0.001
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as err:
+            if not busy(err) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause_s)
+        pause_s = min(pause_s * 2, 0.05)
+
+
+def busy(err: sqlite3.Error) -> bool:
+    """Another connection holds the lock this one needs."""
+    return (getattr(err, "sqlite_errorname", "") or "").startswith("SQLITE_BUSY")
 
 
 def _check_ours(conn: sqlite3.Connection, path: Path) -> bool:

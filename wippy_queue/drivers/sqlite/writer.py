@@ -31,7 +31,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from wippy_queue.drivers.sqlite.store import Effects, Store, open_database, open_wal, translate
+from wippy_queue.drivers.sqlite.store import (
+    Effects,
+    Store,
+    busy,
+    open_database,
+    open_wal,
+    translate,
+)
 from wippy_queue.errors import DriverError
 
 log = logging.getLogger(__name__)
@@ -304,7 +311,7 @@ class Writer:
             try:
                 results, changed = self._transaction(store, batch)
             except sqlite3.OperationalError as err:
-                if _busy(err) and attempt < BUSY_RETRIES:
+                if busy(err) and attempt < BUSY_RETRIES:
                     log.warning("sqlite database %s is locked by another process", self.path)
                     continue
                 self._failed(store, batch, err)
@@ -394,10 +401,6 @@ class Writer:
             request.resolve(result)
         if effects is not None:
             self._on_commit(effects)
-
-
-def _busy(err: sqlite3.Error) -> bool:
-    return (getattr(err, "sqlite_errorname", "") or "").startswith("SQLITE_BUSY")
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
