@@ -9,6 +9,7 @@ confirm with the timed benches (instructions are not time: a system call or a ca
 miss costs more than its count says).
 
     python bench/instructions.py memory              # this tree
+    python bench/instructions.py memory-sync         # a plain ``def`` handler (threads)
     python bench/instructions.py sqlite --tree /tmp/base   # another checkout's code
 """
 
@@ -31,12 +32,14 @@ sys.path.insert(0, {bench!r})
 sys.path.insert(0, {tmp!r})
 import harness
 n, kind = int(sys.argv[1]), sys.argv[2]
-source = "import itertools\\ndone = itertools.count()\\nasync def noop(data):\\n    next(done)\\n"
+source = ("import itertools\\ndone = itertools.count()\\nasync def noop(data):\\n    next(done)\\n"
+          "def noop_sync(data):\\n    next(done)\\n")
 open({tmp!r} + "/wippy_icount_handlers.py", "w").write(source)
-noop = {{"name": "noop", "kind": "function.python", "source": "wippy_icount_handlers:noop"}}
+method = "noop_sync" if kind == "memory-sync" else "noop"
+noop = {{"name": "noop", "kind": "function.python", "source": "wippy_icount_handlers:" + method}}
 disk = {{"name": "disk", "kind": "queue.driver.sqlite", "path": "q.db"}}
-driver = None if kind == "memory" else disk
-document = harness.bench_entries(noop, max_length=n if kind == "memory" else None, driver=driver,
+driver = disk if kind == "sqlite" else None
+document = harness.bench_entries(noop, max_length=None if kind == "sqlite" else n, driver=driver,
                                  consume_at_start=False)
 if kind == "sqlite":
     document["entries"][3]["prefetch"] = 100
@@ -90,7 +93,7 @@ def instructions(tree: Path | None, kind: str, n: int, tmp: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
-    parser.add_argument("scenario", choices=("memory", "sqlite"))
+    parser.add_argument("scenario", choices=("memory", "memory-sync", "sqlite"))
     parser.add_argument("--tree", type=Path, help="a checkout whose wippy_queue to count")
     parser.add_argument("--small", type=int, default=1_000, help="messages in the first run")
     parser.add_argument("--large", type=int, default=4_000, help="messages in the second run")
