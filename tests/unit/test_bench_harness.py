@@ -102,7 +102,7 @@ def test_the_instruction_counter_starts_and_names_its_scenarios() -> None:
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
-    assert "{memory,sqlite}" in done.stdout and "--tree" in done.stdout
+    assert "{memory,memory-sync,sqlite}" in done.stdout and "--tree" in done.stdout
 
 
 @pytest.mark.timeout(60)
