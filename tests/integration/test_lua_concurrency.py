@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from lua_support import World, body_of, drive, lua_handler, run, write_app
 
 from wippy_queue.functions.lua.host import Host
@@ -121,3 +122,32 @@ def test_a_consumer_with_four_workers_uses_four_states_at_most(tmp_path: Path) -
     for seen in per_state.values():  # each state counted only its own calls
         assert sorted(seen) == list(range(1, len(seen) + 1))
     assert result["dead"] == []
+
+
+def test_a_timeout_counts_from_when_a_call_starts_not_from_when_it_waits(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One Lua state for two workers: the quick message waits in the pool behind the
+    slow one for longer than the consumer's timeout, then runs and is acked; only
+    the slow one, which ran past the timeout, is stopped (by itself: its thread is
+    not given up on) and dead-lettered."""
+    lua = """
+        local time = require("time")
+        local queue = require("queue")
+        return function(body)
+            if body.slow then time.sleep(30) end  -- woken early when it times out
+            queue.publish("app:out", {n = body.n})
+        end
+    """
+    root = write_app(
+        tmp_path,
+        lua,
+        handler={"modules": ["time", "queue"], "pool": {"type": "static", "size": 1}},
+        consumer={"concurrency": 2, "prefetch": 4, "timeout": 0.5},
+    )
+    result = run(drive(root, [{"n": 1, "slow": True}, {"n": 2}]))
+    assert [body_of(m)["n"] for m in result["out"]] == [2]
+    (dead,) = result["dead"]
+    assert body_of(dead)["n"] == 1
+    assert "within 0.5s" in str(dead.headers)
+    assert not [r for r in caplog.records if "outlived its caller" in r.getMessage()]

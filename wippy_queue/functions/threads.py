@@ -11,8 +11,9 @@ process from exiting.
 A thread cannot be stopped from outside, so a call whose caller stopped waiting
 (timed out, cancelled) keeps its thread busy until it returns. With
 ``replace_abandoned=True`` the caller reports that with ``stopped_waiting``: if the
-call is still running, its thread is abandoned (it ends once the call returns) and
-a new one takes its place, so ``count`` threads stay free for new work. Abandoned
+call is still running (``grace_s`` later: a call that can be asked to stop, as a Lua
+call can, gets that long to do so), its thread is abandoned (it ends once the call
+returns) and a new one takes its place, so ``count`` threads stay free for new work. Abandoned
 threads still running are bounded by ``MAX_ABANDONED_PER_THREAD`` x ``count``; past
 that, nothing is replaced and an error says the process should be restarted.
 
@@ -70,6 +71,7 @@ class HandlerThreads:
         *,
         replace_abandoned: bool = False,
         timeout_s: float | None = None,
+        grace_s: float = 0.0,
     ) -> None:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         #: the event loop that submits and the results it has to take
@@ -88,6 +90,8 @@ class HandlerThreads:
         #: threads given up on whose call may still be running
         self._abandoned: list[_Worker] = []
         self._timeout_s = timeout_s
+        #: how long a call given up on keeps its thread (it may stop by itself meanwhile)
+        self._grace_s = grace_s
         #: submitted calls not known to be done, and the timer that times them
         self._timed: set[asyncio.Future[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -170,10 +174,19 @@ class HandlerThreads:
     def stopped_waiting(self, future: asyncio.Future[Any]) -> None:
         """Say that nobody waits for ``future`` any more (call from the event loop).
 
-        Only with ``replace_abandoned``: if its call is running, the thread is
-        abandoned and replaced, unless too many abandoned threads are still running.
+        Only with ``replace_abandoned``: if its call is running (``grace_s`` later,
+        when the pool has one), the thread is abandoned and replaced, unless too many
+        abandoned threads are still running.
         """
         if not self._replace or self._closed:
+            return
+        if self._grace_s:
+            self._loop.call_later(self._grace_s, self._give_up, future)
+        else:
+            self._give_up(future)
+
+    def _give_up(self, future: asyncio.Future[Any]) -> None:
+        if self._closed:
             return
         for index, worker in enumerate(self._workers):
             if worker.running is future:

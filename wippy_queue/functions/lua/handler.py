@@ -1,7 +1,9 @@
 """``LuaHandler``: a consumer's pool of Lua states, one per worker thread.
 
 lupa calls are synchronous, so each call runs in a consumer's handler threads (as
-sync Python handlers do), with the call context copied in. In its thread, Lua is
+sync Python handlers do), with the call context copied in; prefetched calls wait in
+the threads' queue and the consumer's ``timeout`` counts from a call's start, not
+from when it was queued (see ``Handler.backlog``). In its thread, Lua is
 plain blocking code: ``time.sleep`` blocks only that thread and wakes early on
 cancellation, ``queue.publish`` hands the publish to the event loop and waits.
 lupa releases the GIL while Lua runs, so the loop and other workers keep going.
@@ -66,12 +68,24 @@ class LuaHandler(Handler):
         size = self.program.config.states(concurrency)
         self._local = threading.local()
         name = "lua-" + self.entry_id.replace(":", "-")
-        self._threads = HandlerThreads(size, name, replace_abandoned=True)
+        self._threads = HandlerThreads(
+            size, name, replace_abandoned=True, timeout_s=timeout_s, grace_s=self._stop_grace_s
+        )
         try:
             await self._threads.submit(self._state)
         except BaseException:
             await self.close()
             raise
+
+    def backlog(self, prefetch: int) -> int:
+        """Prefetched calls wait in the thread queue, as a plain Python function's do
+        (see Handler): a thread that ends a call starts the next without waiting for
+        the event loop, and one wake-up of the loop takes many results."""
+        return prefetch
+
+    def drop_backlog(self) -> None:
+        if self._threads is not None:
+            self._threads.cancel_waiting()
 
     async def close(self) -> None:
         for token in list(self._tokens):
@@ -91,10 +105,10 @@ class LuaHandler(Handler):
             return await future
         except asyncio.CancelledError:
             token.cancel()  # the Lua call stops at its next hook, sleep or publish
-            # ...or its thread is given up on, if it has not stopped by then
-            asyncio.get_running_loop().call_later(
-                self._stop_grace_s, threads.stopped_waiting, future
-            )
+            threads.stopped_waiting(future)  # ...or its thread is given up on after the grace
+            raise
+        except TimeoutError:  # the pool timed it out (and gives up on it after the grace)
+            token.cancel()
             raise
         finally:
             self._tokens.discard(token)
