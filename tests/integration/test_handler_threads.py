@@ -275,3 +275,24 @@ async def test_cancel_waiting_cancels_only_the_calls_not_started() -> None:
     finally:
         release.set()
         threads.close()
+
+
+async def test_an_untimed_call_outlives_the_timeout_of_the_calls_beside_it() -> None:
+    """Set-up work (a Lua handler's first state) is submitted ``timed=False``: the timer
+    that fails a handler call running past ``timeout_s`` leaves it alone."""
+    release = threading.Event()
+    threads = HandlerThreads(2, "setup", replace_abandoned=True, timeout_s=0.1)
+    try:
+        setup = Hang(release)
+        untimed = threads.submit(setup, timed=False)
+        assert await asyncio.to_thread(setup.started.wait, WAIT_S)
+        hang = Hang(release)
+        timed = threads.submit(hang)
+        async with asyncio.timeout(WAIT_S):
+            with pytest.raises(TimeoutError, match=r"ran past 0\.1s"):
+                await timed  # the set-up call has run longer than that by now
+            release.set()
+            assert await untimed == "late"
+    finally:
+        release.set()
+        threads.close()

@@ -96,11 +96,12 @@ class HandlerThreads:
         self._timed: set[asyncio.Future[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """Run ``fn(*args)`` in a thread under the caller's context; await the result."""
+    def submit(self, fn: Callable[..., Any], *args: Any, timed: bool = True) -> asyncio.Future[Any]:
+        """Run ``fn(*args)`` in a thread under the caller's context; await the result.
+        ``timed=False``: never held to ``timeout_s`` (set-up work, not a handler call)."""
         future = self._loop.create_future()
         self._jobs.put((future, contextvars.copy_context(), fn, args))
-        if self._timeout_s is not None:
+        if self._timeout_s is not None and timed:
             self._timed.add(future)
             if self._timer is None:  # nothing submitted now can run out sooner
                 self._timer = self._loop.call_later(self._timeout_s, self._watch)
@@ -117,7 +118,7 @@ class HandlerThreads:
         for worker in list(self._workers):
             future = worker.running
             started = worker.started  # read after running: it belongs to that call
-            if future is None or future.done():
+            if future is None or future.done() or future not in self._timed:
                 continue
             if now - started >= timeout_s:
                 future.set_exception(TimeoutError(f"the call ran past {timeout_s:g}s"))

@@ -72,7 +72,7 @@ class LuaHandler(Handler):
             size, name, replace_abandoned=True, timeout_s=timeout_s, grace_s=self._stop_grace_s
         )
         try:
-            await self._threads.submit(self._state)
+            await self._threads.submit(self._state, timed=False)  # (a load is not a call)
         except BaseException:
             await self.close()
             raise
