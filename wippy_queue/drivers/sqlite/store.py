@@ -427,12 +427,12 @@ class Store:
         nacked while another live consumer may take them; with none, the time the next
         one falls due (None: nothing to wait for)."""
         if partition is not None:
-            seqs = self._claimable(queue, limit, consumer, partition)
+            found = self._claimable(queue, limit, consumer, partition)
         elif partitioned:
-            seqs = self._claimable_in_turn(queue, limit, consumer)
+            found = self._claimable_in_turn(queue, limit, consumer)
         else:
-            seqs = self._claimable(queue, limit, consumer, None)
-        if not seqs:
+            found = self._claimable(queue, limit, consumer, None)
+        if not found:
             if partition is None:
                 row = self.conn.execute(
                     "SELECT min(due) FROM messages WHERE queue = ? AND due > ?",
@@ -445,22 +445,25 @@ class Store:
                 ).fetchone()
             return [], row[0]
         token = secrets.randbits(62) + 1
+        seqs = [seq for seq, _ in found]
         marks = _marks(seqs)
-        attempts = dict(
-            self.conn.execute(
-                f"UPDATE messages SET lease = ?, owner = ?, due = ?, attempts = attempts + 1 "
-                f"WHERE seq IN ({marks}) RETURNING seq, attempts",
-                (token, owner, self.now + lease_s, *seqs),
-            ).fetchall()
+        # (no RETURNING: it made the statement dearer; the write lock is held, so
+        # each attempt count is the one read above, plus this one)
+        self.conn.execute(
+            f"UPDATE messages SET lease = ?, owner = ?, due = ?, attempts = attempts + 1 "
+            f"WHERE seq IN ({marks})",
+            (token, owner, self.now + lease_s, *seqs),
         )
         bodies = dict(
             self.conn.execute(f"SELECT seq, data FROM bodies WHERE seq IN ({marks})", seqs)
         )
         self._waiting.pop(queue, None)
         self.effects.room.add(queue)
-        return [Claimed(s, token, attempts[s], _message(s, bodies.get(s, b""))) for s in seqs], None
+        return [
+            Claimed(s, token, tried + 1, _message(s, bodies.get(s, b""))) for s, tried in found
+        ], None
 
-    def _claimable_in_turn(self, queue: str, limit: int, consumer: str) -> list[int]:
+    def _claimable_in_turn(self, queue: str, limit: int, consumer: str) -> list[tuple[int, int]]:
         """Every partition's claimable messages, interleaved: the first of each partition
         (starting at this queue's turn), then the second of each, ..."""
         parts = [
@@ -476,40 +479,44 @@ class Store:
         found = [
             self._claimable(queue, limit, consumer, part) for part in parts[turn:] + parts[:turn]
         ]
-        seqs: list[int] = []
+        picked: list[tuple[int, int]] = []
         for rank in range(limit):
             for claimable in found:
                 if rank < len(claimable):
-                    seqs.append(claimable[rank])
-            if len(seqs) >= limit or not any(rank < len(c) for c in found):
+                    picked.append(claimable[rank])
+            if len(picked) >= limit or not any(rank < len(c) for c in found):
                 break
-        return seqs[:limit]
+        return picked[:limit]
 
-    def _claimable(self, queue: str, limit: int, consumer: str, partition: str | None) -> list[int]:
-        seqs: list[int] = []
+    def _claimable(
+        self, queue: str, limit: int, consumer: str, partition: str | None
+    ) -> list[tuple[int, int]]:
+        """(seq, attempts so far) of up to ``limit`` claimable messages, in queue order."""
+        found: list[tuple[int, int]] = []
         others: set[str] | None = None  # live consumers, looked up when first needed
         if partition is None:
             rows = self.conn.execute(
-                "SELECT seq, nackers, part FROM messages WHERE queue = ? AND due <= ? ORDER BY due",
+                "SELECT seq, nackers, part, attempts FROM messages WHERE queue = ? AND due <= ? "
+                "ORDER BY due",
                 (queue, self.now),
             )
         else:
             rows = self.conn.execute(
-                "SELECT seq, nackers, part FROM messages WHERE queue = ? AND part = ? "
+                "SELECT seq, nackers, part, attempts FROM messages WHERE queue = ? AND part = ? "
                 "AND due <= ? ORDER BY due",
                 (queue, partition, self.now),
             )
-        for seq, nackers, part in rows:
+        for seq, nackers, part, attempts in rows:
             if nackers is not None and f"{SEP}{consumer}{SEP}" in nackers:
                 if others is None or partition is None:
                     others = self._live(queue, part) - {consumer}
                 if not others <= set(nackers.strip(SEP).split(SEP)):
                     continue  # someone who has not nacked it may take it
-            seqs.append(seq)
-            if len(seqs) >= limit:
+            found.append((seq, attempts))
+            if len(found) >= limit:
                 break
         rows.close()
-        return seqs
+        return found
 
     def _live(self, queue: str, partition: str) -> set[str]:
         """The live consumers that may take a message of ``partition``."""
