@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from lua_support import World, body_of, drive, lua_handler, run, write_app
 
+from wippy_queue import Runtime
 from wippy_queue.functions.lua.host import Host
 from wippy_queue.functions.lua.modules import HostFunctions, ModuleSpec
 
@@ -151,3 +152,48 @@ def test_a_timeout_counts_from_when_a_call_starts_not_from_when_it_waits(
     assert body_of(dead)["n"] == 1
     assert "within 0.5s" in str(dead.headers)
     assert not [r for r in caplog.records if "outlived its caller" in r.getMessage()]
+
+
+def test_a_stop_gives_back_the_calls_waiting_for_a_state_untried(tmp_path: Path) -> None:
+    """As for a plain Python function: the calls queued behind the running one go back
+    at once, untried, while it finishes; after a restart each message runs once."""
+    lua = """
+        local time = require("time")
+        local queue = require("queue")
+        return function(body)
+            if body.n == 0 then time.sleep(4) end  -- still running when the stop comes
+            local msg = queue.message()
+            queue.publish("app:out", {n = body.n, attempt = msg:header("attempts")})
+        end
+    """
+    root = write_app(
+        tmp_path,
+        lua,
+        handler={"modules": ["time", "queue"]},
+        consumer={"concurrency": 1, "prefetch": 5},
+    )
+
+    async def go() -> list[Any]:
+        runtime = Runtime.load(root)
+        async with runtime:
+            for n in range(5):
+                await runtime.publish("app:jobs", {"n": n})
+
+            async def counts() -> tuple[int, int]:
+                info = await runtime.info("app:jobs")
+                return info.ready, info.in_flight
+
+            async with asyncio.timeout(3.5):  # all five taken: one running, four queued
+                while await counts() != (0, 5):
+                    await asyncio.sleep(0.005)
+            stopping = asyncio.create_task(runtime.stop("app:worker"))
+            async with asyncio.timeout(3.5):  # the four are back while the first runs
+                while await counts() != (4, 1):
+                    await asyncio.sleep(0.005)
+            await stopping
+            await runtime.start("app:worker")
+            await runtime.join("app:jobs", timeout=10)
+            return [body_of(m) for m in runtime.drivers["app:mem"].dead_letters("out")]
+
+    bodies = run(go())
+    assert sorted((b["n"], b["attempt"]) for b in bodies) == [(n, 1) for n in range(5)]
