@@ -13,9 +13,10 @@ A thread cannot be stopped from outside, so a call whose caller stopped waiting
 ``replace_abandoned=True`` the caller reports that with ``stopped_waiting``: if the
 call is still running (``grace_s`` later: a call that can be asked to stop, as a Lua
 call can, gets that long to do so), its thread is abandoned (it ends once the call
-returns) and a new one takes its place, so ``count`` threads stay free for new work. Abandoned
-threads still running are bounded by ``MAX_ABANDONED_PER_THREAD`` x ``count``; past
-that, nothing is replaced and an error says the process should be restarted.
+returns) and a new one takes its place, so ``count`` threads stay free for new work.
+Abandoned threads still running are bounded by ``MAX_ABANDONED_PER_THREAD`` x
+``count``; past that, nothing is replaced and an error says the process should be
+restarted.
 
 Calls may be submitted faster than threads free up: they wait in the queue, and a
 thread takes the next one as soon as it is done, without a trip through the event
