@@ -329,10 +329,7 @@ class MemoryDriver(Driver):
             )
 
     def _queue(self, name: str) -> _MemoryQueue:
-        try:
-            return self._queues[name]
-        except KeyError:
-            raise DriverError(f"queue {name!r} is not declared on driver {self.entry_id}") from None
+        return self.declared(self._queues, name)
 
     async def publish(self, queue: str, message: Message, partition: str = "") -> None:
         if not self._running:

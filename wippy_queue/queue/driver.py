@@ -24,15 +24,17 @@ import asyncio
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
 from wippy_queue.errors import DriverError
 from wippy_queue.queue.message import Message, exact_headers, exact_id
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +368,15 @@ class Driver(ABC):
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"queue {queue!r} not idle after {timeout_s}s")
             await asyncio.sleep(0.02)
+
+    def declared(self, queues: Mapping[str, T], queue: str) -> T:
+        """What this driver keeps of ``queue`` (``queues[queue]``); a DriverError naming
+        the queue and the driver if it was never declared here."""
+        try:
+            return queues[queue]
+        except KeyError:
+            error = f"queue {queue!r} is not declared on driver {self.entry_id}"
+            raise DriverError(error) from None
 
     def not_running_error(self) -> DriverError:
         return DriverError(

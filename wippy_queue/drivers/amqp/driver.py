@@ -258,12 +258,7 @@ class AmqpDriver(Driver):
             raise translate(err, f"declaring queue {spec.name!r}") from err
 
     def _state(self, queue: str) -> QueueState:
-        try:
-            return self._queues[queue]
-        except KeyError:
-            raise DriverError(
-                f"queue {queue!r} is not declared on driver {self.entry_id}"
-            ) from None
+        return self.declared(self._queues, queue)
 
     # -- publishing -----------------------------------------------------------------
 

@@ -283,12 +283,7 @@ class RedisDriver(Driver):
             self.partitioned.add(spec.name)
 
     def _options(self, queue: str) -> RedisQueueOptions:
-        try:
-            return self.queues[queue]
-        except KeyError:
-            raise DriverError(
-                f"queue {queue!r} is not declared on driver {self.entry_id}"
-            ) from None
+        return self.declared(self.queues, queue)
 
     async def publish(self, queue: str, message: Message, partition: str = "") -> None:
         if not self._running:

@@ -496,10 +496,7 @@ class SqliteDriver(Driver):
         state.partitioned = state.partitioned or spec.partitioned
 
     def _queue(self, name: str) -> _Queue:
-        try:
-            return self._queues[name]
-        except KeyError:
-            raise DriverError(f"queue {name!r} is not declared on driver {self.entry_id}") from None
+        return self.declared(self._queues, name)
 
     async def publish(self, queue: str, message: Message, partition: str = "") -> None:
         if not self._running:

@@ -224,10 +224,7 @@ class SqsDriver(Driver):
         return url, dict(got.get("Attributes", {}))
 
     def _queue(self, name: str) -> SqsQueue:
-        try:
-            return self._queues[name]
-        except KeyError:
-            raise DriverError(f"queue {name!r} is not declared on driver {self.entry_id}") from None
+        return self.declared(self._queues, name)
 
     async def partition(self, queue: str, partition: str) -> SqsQueue:
         """The SQS queue of ``partition`` of the partitioned ``queue`` (made if new)."""
