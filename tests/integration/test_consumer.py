@@ -613,6 +613,32 @@ async def test_a_handler_that_swallowed_its_timeout_is_cancelled_again(tmp_path:
 
 
 @pytest.mark.backends("memory", reason="the time limit is the consumer's: the driver plays no part")
+async def test_a_handler_that_raises_leaves_no_deadline_behind(tmp_path: Path) -> None:
+    """A call that ends in an exception ends its time limit too: one left behind would
+    cancel the worker when it ran out, idle or on another message, and with
+    concurrency 1 nothing more would be handled."""
+    handled: list[int] = []
+    second = asyncio.Event()
+
+    async def handler(data: Any) -> Any:
+        handled.append(data["n"])
+        if data["n"] == 0:
+            raise ValueError("boom")
+        second.set()
+
+    async with app(tmp_path, handler, timeout=0.1, max_attempts=1) as runtime:
+        await runtime.publish(JOBS, {"n": 0})
+        await runtime.join(JOBS, timeout=WAIT_S)
+        await asyncio.sleep(0.25)  # past the first call's time limit, the worker idle
+        await runtime.publish(JOBS, {"n": 1})
+        async with asyncio.timeout(WAIT_S):
+            await second.wait()
+        await runtime.join(JOBS, timeout=WAIT_S)
+        assert runtime.state("t:worker").value == "running"
+    assert handled == [0, 1]
+
+
+@pytest.mark.backends("memory", reason="the time limit is the consumer's: the driver plays no part")
 async def test_each_concurrent_call_gets_its_own_time_limit(tmp_path: Path) -> None:
     """One timer serves every worker: a call that began after a hung one is not cut
     short when the hung one's time runs out, and a hung call is cut at its own."""

@@ -428,10 +428,13 @@ class Consumer:
         deadlines.begin(task)
         try:
             result = await self.handler.call(data)
-        except asyncio.CancelledError:
+        except BaseException as err:
+            # Every way out ends the call's deadline: one left behind would cancel this
+            # worker wherever it is when the time runs out (idle, or on another message).
             cancels = deadlines.end(task)
-            if cancels and _uncancel(task, cancels) == 0:
-                raise TimeoutError from None
+            if cancels and _uncancel(task, cancels) == 0:  # its time ran out: a timeout
+                cause = None if isinstance(err, asyncio.CancelledError) else err
+                raise TimeoutError from cause
             raise
         cancels = deadlines.end(task)
         if cancels:  # it swallowed the cancellations: its result stands
