@@ -20,6 +20,7 @@ def test_a_denial_backs_off_doubling_to_its_cap() -> None:
     policy = RetryPolicy(deny_initial_s=0.02, deny_max_s=0.05)
     denied = Outcome.nack(Reason.PERMISSION_DENIED)
     assert [policy.delay_s(n, denied) for n in range(1, 6)] == [0.02, 0.04, 0.05, 0.05, 0.05]
+    assert policy.delay_s(10**7, denied) == 0.05  # denied forever: no overflow
     assert policy.delay_s(1, Outcome.nack(Reason.HANDLER_ERROR, delay_s=3.0)) == 3.0
 
 

@@ -105,21 +105,26 @@ class RetryPolicy:
         return self.retry_delay_s(attempt)
 
     def backoff_s(self, attempt: int) -> float:
-        return min(self.deny_initial_s * 2.0 ** max(attempt - 1, 0), self.deny_max_s)
+        return _grown(self.deny_initial_s, 2.0, attempt, self.deny_max_s)
 
     def retry_delay_s(self, attempt: int) -> float:
         """Seconds a message waits after its failed attempt number ``attempt`` (1-based)."""
         if self.retry_max_s <= 0:
             return 0.0
-        try:
-            base = self.retry_initial_s * self.retry_factor ** max(attempt - 1, 0)
-        except OverflowError:  # a message retried forever reaches huge attempt numbers
-            base = self.retry_max_s
-        base = min(base, self.retry_max_s)
+        base = _grown(self.retry_initial_s, self.retry_factor, attempt, self.retry_max_s)
         if self.retry_jitter:
             spread = base * self.retry_jitter
             base += (self.rng or random).uniform(-spread, spread)
         return min(max(base, 0.0), self.retry_max_s)
+
+
+def _grown(initial_s: float, factor: float, attempt: int, max_s: float) -> float:
+    """``initial_s`` grown by ``factor`` per attempt after the first, at most ``max_s``
+    (a message retried forever reaches attempt numbers whose power overflows)."""
+    try:
+        return min(initial_s * factor ** max(attempt - 1, 0), max_s)
+    except OverflowError:
+        return max_s
 
 
 def dead_letter_message(
