@@ -56,6 +56,7 @@ def app(
     retry_delay: Any = 0,
     auto_ack: bool = False,
     auto_start: bool = True,
+    dead_max_length: int | None = None,
 ) -> Runtime:
     """A runtime with queue ``t:jobs`` consumed by ``t:worker`` calling ``handler``.
 
@@ -82,13 +83,16 @@ def app(
     }
     if timeout is not None:
         consumer["timeout"] = timeout
+    dead_options: dict[str, Any] = {}
+    if dead_max_length is not None:  # (the memory driver's bound)
+        dead_options["driver_options"] = {"memory": {"max_length": dead_max_length}}
     document = {
         "version": "1.0",
         "namespace": "t",
         "entries": [
             backend.driver_entry("mem"),
             jobs,
-            backend.queue_entry("dead"),
+            backend.queue_entry("dead", **dead_options),
             backend.queue_entry("results"),
             # the source is a placeholder: the test's callable is injected below
             {"name": "fn", "kind": "function.python", "source": "builtins:print"},
@@ -926,6 +930,34 @@ async def test_stop_ends_a_handler_that_swallowed_the_stops_cancellation(tmp_pat
         assert stuck in str(caught.value)
         assert swallowed == [True]
         await eventually(partial(returned, runtime))
+
+
+@pytest.mark.backends("memory", reason="a bounded memory queue makes the dead letter wait")
+async def test_a_stop_cutting_off_a_dead_letter_waiting_for_room_gives_the_message_back(
+    tmp_path: Path,
+) -> None:
+    """The dead-letter queue is full, so the failed message's dead letter waits for room
+    when the stop comes: the message goes back to its queue (before, it was left in
+    flight for good, neither dead-lettered, acked nor released)."""
+
+    handled = asyncio.Event()
+
+    async def fails(data: Any) -> Any:
+        handled.set()
+        return False
+
+    runtime = app(tmp_path, fails, max_attempts=1, stop_timeout=0.05, dead_max_length=1)
+    async with runtime:
+        await runtime.publish("t:dead", {"filler": True})  # nobody consumes it: full
+        await runtime.publish(JOBS, {"n": 1})
+        async with asyncio.timeout(WAIT_S):
+            await handled.wait()  # its dead letter now waits for room
+        assert (await runtime.info(JOBS)).in_flight == 1
+        with pytest.raises(LifecycleError):
+            async with asyncio.timeout(WAIT_S):
+                await runtime.stop(WORKER)
+        await eventually(partial(returned, runtime))
+        assert len(await waiting(runtime, "dead")) == 1  # the filler alone
 
 
 async def test_handler_outliving_stop_timeout_is_cancelled_and_its_message_returns(

@@ -309,6 +309,13 @@ class Settler:
         delivery = decided.delivery
         try:
             await self.apply(delivery, decided.outcome, decided.action)
+        except asyncio.CancelledError:
+            # Cut off (a stop) before the driver had the settle, e.g. while the dead
+            # letter waited for room in a full queue: back to the queue, never stranded
+            # (``cut_off`` leaves a settle that has begun to that settle).
+            if not delivery.settled:
+                await asyncio.shield(self.give_back(delivery))
+            raise
         except LostDelivery as err:
             self._lost(decided, err)
         except Exception as err:
