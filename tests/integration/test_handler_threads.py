@@ -261,6 +261,20 @@ async def test_a_timed_call_runs_out_from_its_start_and_frees_its_thread() -> No
         threads.close()
 
 
+async def test_a_call_raising_stop_iteration_fails_instead_of_never_ending() -> None:
+    """``next()`` on an empty iterator in a plain handler: a future refuses
+    StopIteration, so the call fails with an error saying so (before, it never ended,
+    and the results behind it in the same hand-over waited with it)."""
+    threads = HandlerThreads(1, "stop-iteration")
+    try:
+        async with asyncio.timeout(WAIT_S):
+            with pytest.raises(RuntimeError, match="StopIteration"):
+                await threads.submit(next, iter(()))
+            assert await threads.submit(len, "abc") == 3
+    finally:
+        threads.close()
+
+
 async def test_cancel_waiting_cancels_only_the_calls_not_started() -> None:
     release = threading.Event()
     threads = HandlerThreads(1, "waiting")

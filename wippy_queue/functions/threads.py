@@ -246,6 +246,9 @@ class HandlerThreads:
             result, error = None, None
             try:
                 result = ctx.run(fn, *args)
+            except StopIteration as err:  # (a future refuses it: the call would never end)
+                error = RuntimeError(f"the handler raised StopIteration: {err!r}")
+                error.__cause__ = err
             except BaseException as err:
                 error = err
             worker.running = None
