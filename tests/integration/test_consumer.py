@@ -616,6 +616,23 @@ async def test_a_handler_that_swallowed_its_timeout_is_cancelled_again(tmp_path:
     assert attempts == [1, 2, 1]  # the second returned after swallowing: acked
 
 
+async def test_a_handler_s_own_timeout_error_without_a_time_limit_is_its_error(
+    tmp_path: Path,
+) -> None:
+    """A consumer with no ``timeout`` did not time the handler out: a TimeoutError the
+    handler raised (its own HTTP client's, say) is a handler error like any other."""
+
+    async def times_out(data: Any) -> Any:
+        raise TimeoutError("upstream did not answer")
+
+    async with app(tmp_path, times_out, max_attempts=1) as runtime:
+        await runtime.publish(JOBS, {"n": 1})
+        await runtime.join(JOBS, timeout=WAIT_S)
+        (dead,) = await waiting(runtime, "dead", expect=1)
+    assert dead.headers["x_dead_letter_reason"] == "handler_error"
+    assert "upstream did not answer" in str(dead.headers["x_dead_letter_error"])
+
+
 @pytest.mark.backends("memory", reason="the time limit is the consumer's: the driver plays no part")
 async def test_a_handler_that_raises_leaves_no_deadline_behind(tmp_path: Path) -> None:
     """A call that ends in an exception ends its time limit too: one left behind would

@@ -243,7 +243,8 @@ class HandlerThreads:
                 if worker.abandoned:
                     return
                 continue
-            result, error = None, None
+            result: Any = None
+            error: BaseException | None = None
             try:
                 result = ctx.run(fn, *args)
             except StopIteration as err:  # (a future refuses it: the call would never end)

@@ -396,15 +396,18 @@ class Consumer:
                 result = await self.handler.call(job.data)
             else:
                 result = await self._call_within(self._deadlines, job.data)
-        except TimeoutError:
-            log.error(
-                "consumer %s: handler timed out after %.3gs on message %s",
-                self.entry_id,
-                self.timeout_s,
-                job.message.id,
-            )
-            return Outcome.nack(Reason.TIMEOUT, f"handler did not finish within {self.timeout_s}s")
         except Exception as err:
+            if isinstance(err, TimeoutError) and self.timeout_s is not None:
+                log.error(
+                    "consumer %s: handler timed out after %.3gs on message %s",
+                    self.entry_id,
+                    self.timeout_s,
+                    job.message.id,
+                )
+                return Outcome.nack(
+                    Reason.TIMEOUT, f"handler did not finish within {self.timeout_s}s"
+                )
+            # (a handler's own TimeoutError, with no time limit here, is its error)
             # our own errors (a publish refused, the audit trail down) say what happened;
             # a traceback is for the handler's own bugs (Lua errors included), once each
             own = isinstance(err, WippyQueueError) and not isinstance(err, HandlerError)
