@@ -602,3 +602,37 @@ async def test_a_schema_1_file_is_upgraded_and_keeps_its_messages(tmp_path: Path
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
+
+
+async def test_messages_from_before_a_queue_had_partitions_are_still_claimed(
+    tmp_path: Path,
+) -> None:
+    """A queue declared without partitions, then with them (or a schema 1 file): its
+    earlier messages are the '' partition, which ``partitions`` never listed; a consumer
+    of every partition takes them in turn with the others (before, they stayed ready
+    for good once the queue had two partitions)."""
+    path = tmp_path / "queues.db"
+    async with started(path) as driver:
+        earlier = [msg() for _ in range(3)]
+        for message in earlier:
+            await driver.publish("q", message)
+    partitioned = QueueSpec("t:q", "q", SqliteQueueOptions(), partitioned=True)
+    driver = SqliteDriver("t:disk", path, poll_interval_s=0.02)
+    await driver.start()
+    try:
+        await driver.declare(partitioned)
+        later = {"a": msg(), "b": msg()}
+        for partition, message in later.items():
+            await driver.publish("q", message, partition=partition)
+        subscription = await driver.subscribe(SubscribeSpec("t:c", "q", 1, 1))
+        taken = []
+        async with asyncio.timeout(WAIT_S):
+            for _ in range(5):
+                delivery = await subscription.receive()
+                taken.append(delivery.message.id)
+                await delivery.ack()
+        assert set(taken) == {m.id for m in earlier} | {m.id for m in later.values()}
+        assert (await driver.info("q")).message_count == 0
+        await subscription.close()
+    finally:
+        await driver.stop()

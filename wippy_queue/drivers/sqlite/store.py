@@ -472,6 +472,8 @@ class Store:
                 "SELECT part FROM partitions WHERE queue = ? ORDER BY part", (queue,)
             )
         ]
+        if "" not in parts:  # messages without a partition (e.g. published before the
+            parts.insert(0, "")  # queue had any, or from schema 1) are listed or not
         if len(parts) <= 1:  # one partition (every unpartitioned queue): queue order
             return self._claimable(queue, limit, consumer, None)
         turn = self._turn.get(queue, 0) % len(parts)
