@@ -841,6 +841,48 @@ async def test_concurrency_runs_n_handlers_at_once(tmp_path: Path, style: str) -
 # -- graceful stop -------------------------------------------------------------------
 
 
+@pytest.mark.backends("memory", reason="a release made to fail by hand")
+async def test_a_release_that_fails_at_stop_does_not_stop_the_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop gives the prefetched messages back one by one; one whose release fails
+    (its broker gone) is logged, and the rest still go back, the running handler still
+    finishes and the consumer stops (before, the stop raised at that release and left
+    the rest, the workers and the handler as they were)."""
+    started, finish = asyncio.Event(), asyncio.Event()
+
+    async def handler(data: Any) -> None:
+        started.set()
+        await finish.wait()
+
+    original_release = MemoryDelivery._release
+
+    async def release(self: MemoryDelivery) -> None:
+        if json.loads(self.message.body)["n"] == 1:
+            raise wippy_queue.DriverError("the broker is gone")
+        await original_release(self)
+
+    async with app(tmp_path, handler, prefetch=3) as runtime:
+        for n in range(3):
+            await runtime.publish(JOBS, {"n": n})
+        async with asyncio.timeout(WAIT_S):
+            await started.wait()  # n 0 runs; n 1 and 2 wait in the buffer
+        monkeypatch.setattr(MemoryDelivery, "_release", release)
+        consumer = runtime.consumers[WORKER]
+        stopping = asyncio.ensure_future(runtime.stop(WORKER))
+
+        async def stop_begun() -> bool:
+            return consumer._stopping
+
+        await eventually(stop_begun)
+        finish.set()
+        async with asyncio.timeout(WAIT_S):
+            await stopping
+        assert runtime.state(WORKER) is ServiceState.STOPPED
+        info = await runtime.info(JOBS)
+        assert (info.ready, info.in_flight) == (1, 1)  # n 2 back; n 1's release failed
+
+
 @pytest.mark.backends("memory", reason="the interleaving is the consumer's; a fake release")
 async def test_stop_ends_a_worker_whose_give_back_swallowed_the_cancellation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

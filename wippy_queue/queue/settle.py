@@ -286,15 +286,28 @@ class Settler:
         retry = Outcome.nack(Reason.MIDDLEWARE_ERROR, str(err), delay_s)
         await self._apply_or_give_back(_Decided(decided.job, delivery, retry, Action.NACK))
 
-    async def give_back(self, delivery: Delivery) -> None:
-        """Back to the queue untried (prefetched, cut off by a stop, refused): no attempt."""
+    async def give_back(self, delivery: Delivery) -> Exception | None:
+        """Back to the queue untried (prefetched, cut off by a stop, refused): no attempt.
+        A release that fails is logged and returned, not raised: whoever gives back
+        several goes on with the rest (the broker hands the message out again once its
+        lease or channel ends)."""
         try:
             if not delivery.settled:
                 await delivery.release()
         except LostDelivery as err:  # it comes back by itself
             log.info("consumer %s: %s", self.consumer_id, err)
+        except Exception as err:
+            log.error(
+                "consumer %s: giving message %s back failed: %s: %s",
+                self.consumer_id,
+                delivery.message.id,
+                type(err).__name__,
+                err,
+            )
+            return err
         finally:
             self._done(delivery)
+        return None
 
     async def cut_off(self, delivery: Delivery) -> None:
         """Its handler was cancelled (a stop): give it back unless its settle has begun."""
@@ -320,14 +333,7 @@ class Settler:
             self._lost(decided, err)
         except Exception as err:
             self._settle_failed(delivery, err)
-            try:
-                await self.give_back(delivery)
-            except Exception:
-                log.exception(
-                    "consumer %s: giving message %s back failed",
-                    self.consumer_id,
-                    delivery.message.id,
-                )
+            await self.give_back(delivery)
             self._on_error(err)
             return
         self._done(delivery)
@@ -425,12 +431,16 @@ class Settler:
                     decided.delivery.message.id,
                     error or "cancelled",
                 )
-                await self.give_back(decided.delivery)
+                failed = await self.give_back(decided.delivery)
+                if failed is not None:  # (the rest of the group still goes back)
+                    self._on_error(failed)
             else:
                 await self._apply_or_give_back(decided)
 
     async def drain(self, timeout_s: float) -> None:
-        """Wait (bounded) for every deferred settle; give back whatever is still waiting."""
+        """Wait (bounded) for every deferred settle; give back whatever is still waiting.
+        A settle still running after that (a dead letter waiting for room in a full
+        queue) is given ``timeout_s`` more, then cut off: its message goes back."""
         waiting: set[asyncio.Future[Any]] = {*self._groups, *self._tasks}
         if self._acking:
             self._acked_all = asyncio.get_running_loop().create_future()
@@ -441,7 +451,11 @@ class Settler:
             future.cancel()  # _ready runs: its items are given back
         await asyncio.sleep(0)  # let the done callbacks schedule their tasks
         if self._tasks:
-            await asyncio.wait(set(self._tasks))
+            _, late = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            for task in late:
+                task.cancel()  # (see _apply_or_give_back: back to the queue)
+            if late:
+                await asyncio.wait(late, timeout=timeout_s)
 
 
 @dataclass(slots=True)
