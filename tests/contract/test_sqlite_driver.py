@@ -636,3 +636,70 @@ async def test_messages_from_before_a_queue_had_partitions_are_still_claimed(
         await subscription.close()
     finally:
         await driver.stop()
+
+
+async def test_a_claimed_ahead_message_found_lost_at_renewal_is_never_handed_out(
+    tmp_path: Path,
+) -> None:
+    """A process stalled past its leases: another took over the message it had claimed
+    ahead, and the renewal says so; that message leaves the buffer (before, the next
+    receive handed it out while the other process held it)."""
+    path = tmp_path / "queues.db"
+    short = QueueSpec("t:q", "q", SqliteQueueOptions(visibility_timeout=0.2))
+    one = SqliteDriver("t:one", path, poll_interval_s=0.02)
+    two = SqliteDriver("t:two", path, poll_interval_s=0.02)
+    await one.start()
+    await two.start()
+    try:
+        for driver in (one, two):
+            await driver.declare(short)
+        for _ in range(2):
+            await one.publish("q", msg())
+        stalled = await one.subscribe(SubscribeSpec("t:c", "q", 1, 2))
+        async with asyncio.timeout(WAIT_S):
+            held = await stalled.receive()
+        assert stalled.buffered == 1  # the second, claimed ahead
+        other = await two.subscribe(SubscribeSpec("t:c", "q", 2, 2))
+        async with asyncio.timeout(WAIT_S):  # both leases run out: taken over
+            taken = [await other.receive() for _ in range(2)]
+        with pytest.raises(LostDelivery):
+            await stalled.extend([held])
+        assert stalled.buffered == 0
+        for delivery in taken:
+            await delivery.ack()
+        await stalled.close()
+        await other.close()
+    finally:
+        await one.stop()
+        await two.stop()
+
+
+def test_a_stale_lease_acked_beside_the_one_that_took_its_message_over_is_not_done(
+    tmp_path: Path,
+) -> None:
+    """Two acks of one row in one batch, the first under a lease that ran out: only
+    the current lease's is done; the stale one is told it was lost (before, both were
+    reported acked, by row)."""
+    path = tmp_path / "queues.db"
+    conn = open_database(path, "normal", 1.0)
+    store = Store(conn, path)
+
+    def tx(op: Any) -> Any:
+        store.begin()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            return op()
+        finally:
+            conn.execute("COMMIT")
+
+    try:
+        tx(lambda: store.declare("q", None, 30.0))
+        tx(lambda: store.publish_many([("q", msg(), None, None)]))
+        (stale,), _ = tx(lambda: store.claim("q", 1, 0.05, 1, "t:c"))
+        store.now += 1.0  # its lease has run out
+        (fresh,), _ = tx(lambda: store.claim("q", 1, 30.0, 2, "t:c"))
+        assert fresh.seq == stale.seq and fresh.attempt == 2
+        acks = [(stale.seq, stale.token), (fresh.seq, fresh.token)]
+        assert tx(lambda: store.ack_many(acks)) == [False, True]
+    finally:
+        conn.close()

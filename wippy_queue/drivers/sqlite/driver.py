@@ -341,6 +341,11 @@ class SqliteSubscription(Subscription):
         )
         kept = await asyncio.shield(request.future)
         lost = [d for d, ok in zip(held, kept, strict=True) if not ok]
+        for delivery in lost:
+            if delivery in self._buffer:  # never handed out now: another process has it
+                self._buffer.remove(delivery)
+                delivery.settled = True
+                self.settled()
         if lost:
             ids = ", ".join(d.message.id for d in lost)
             raise LostDelivery(

@@ -537,7 +537,7 @@ class Store:
         by_token: dict[int, list[int]] = {}
         for seq, token in leases:
             by_token.setdefault(token, []).append(seq)
-        acked: list[int] = []
+        removed: set[tuple[int, int]] = set()
         for token, seqs in by_token.items():
             for chunk in _chunks(seqs):
                 rows = self.conn.execute(
@@ -545,13 +545,15 @@ class Store:
                     "RETURNING seq",
                     (token, *chunk),
                 )
-                acked += [row[0] for row in rows]
+                removed.update((row[0], token) for row in rows)
+        acked = [seq for seq, _ in removed]
         for chunk in _chunks(acked):
             self.conn.execute(f"DELETE FROM bodies WHERE seq IN ({_marks(chunk)})", chunk)
         if acked:
             self.effects.removed = True
-        removed = set(acked)
-        return [seq in removed for seq, _ in leases]
+        # (by lease, not by row: a stale lease acked in the batch of the one that took
+        # its message over is not done, though the row went)
+        return [lease in removed for lease in leases]
 
     def drop(self, queue: str, seq: int, token: int, *, expired: bool) -> bool:
         if not self.ack_many([(seq, token)])[0]:
