@@ -703,3 +703,22 @@ def test_a_stale_lease_acked_beside_the_one_that_took_its_message_over_is_not_do
         assert tx(lambda: store.ack_many(acks)) == [False, True]
     finally:
         conn.close()
+
+
+async def test_a_subscription_whose_handlers_hold_all_its_credit_stays_live(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It claims nothing while its handlers run, yet counts as a live consumer past the
+    liveness window (``info``, and the nackers rule that keeps a foreign tenant's
+    consumer from using up a message's attempts); before, only a claim renewed it."""
+    from wippy_queue.drivers.sqlite import store as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "CONSUMER_TTL_S", 0.3)
+    monkeypatch.setattr(sqlite_driver, "CONSUMER_TTL_S", 0.3)
+    async with started(tmp_path / "queues.db") as driver:
+        sub, [held] = await take(driver, sent=2, limit=1)  # no room: no more claims
+        assert (await driver.info("q")).consumer_count == 1
+        await asyncio.sleep(0.6)  # twice the window, the handler still busy
+        assert (await driver.info("q")).consumer_count == 1
+        await held.ack()
+        await sub.close()

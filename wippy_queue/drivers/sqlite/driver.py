@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections import deque
@@ -43,6 +44,8 @@ from wippy_queue.queue.driver import (
 )
 from wippy_queue.queue.message import Message
 from wippy_queue.registry.entry import Entry
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -206,7 +209,6 @@ class SqliteSubscription(Subscription):
         self.partition = spec.partition
         #: this subscription's row in ``consumers`` (what makes it count as live)
         self.id = secrets.randbits(62) + 1
-        self._alive_at = time.monotonic()
         self._max_unsettled = max(spec.max_unsettled, 1)
         #: claimed, not yet handed out
         self._buffer: deque[SqliteDelivery] = deque()
@@ -279,15 +281,10 @@ class SqliteSubscription(Subscription):
         """Lease messages into the buffer, as many as there is room for when the claim
         runs; resolves with the time the next message falls due."""
         queue, lease_s, owner = self.queue, self._queue.lease_s, self.driver.owner
-        consumer, subscription, partition = self.consumer, self.id, self.partition
+        consumer, partition = self.consumer, self.partition
         partitioned = self._queue.partitioned
-        keep_alive = time.monotonic() - self._alive_at > CONSUMER_TTL_S / 3
-        if keep_alive:
-            self._alive_at = time.monotonic()
 
         def claim(store: Store) -> tuple[list[Claimed], float | None]:
-            if keep_alive:
-                store.subscribe(subscription, queue, consumer, partition)
             limit = self._room_now()
             if not limit:
                 return [], None
@@ -401,6 +398,9 @@ class SqliteDriver(Driver):
         #: commits here that removed messages so far, and who waits for one
         self._removals = 0
         self._idlers = _Waiters()
+        #: how often this instance's subscriptions are renewed in ``consumers``
+        self.keep_alive_s = CONSUMER_TTL_S / 3
+        self._keeper: asyncio.Task[None] | None = None
 
     @classmethod
     def from_entry(cls, entry: Entry) -> SqliteDriver:
@@ -440,6 +440,28 @@ class SqliteDriver(Driver):
         self.failed = asyncio.get_running_loop().create_future()
         await self.writer.start()
         self._running = True
+        self._keeper = asyncio.get_running_loop().create_task(
+            self._keep_alive(), name=f"{self.entry_id} keep-alive"
+        )
+
+    async def _keep_alive(self) -> None:
+        """Renew the ``consumers`` row of every subscription here, claiming or not: a
+        consumer whose handlers hold all its credit claims nothing while they run, and
+        must still count as live (``info``'s consumers; the nackers rule, which lets a
+        consumer skip a message only while another live one may take it)."""
+        while True:
+            await asyncio.sleep(self.keep_alive_s)
+            rows = [
+                (s.id, s.queue, s.consumer, s.partition)
+                for state in self._queues.values()
+                for s in state.subscriptions
+            ]
+            if not rows:
+                continue
+            try:
+                await self.call(partial(_renew, rows), "keep-alive")
+            except DriverError as err:  # (the writer is down: it says so itself)
+                log.debug("sqlite %s: keep-alive not written: %s", self.entry_id, err)
 
     def _broken(self, error: DriverError) -> None:
         """The writer stopped writing (a failed sync): the supervisor restarts us."""
@@ -450,6 +472,11 @@ class SqliteDriver(Driver):
         if not self._running:
             return
         self._running = False
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+            self._keeper = None
         for queue in self._queues.values():
             queue.close()
         for queue in self._queues.values():
@@ -575,6 +602,11 @@ class SqliteDriver(Driver):
             delayed=delayed,
             expired=expired,
         )
+
+
+def _renew(rows: list[tuple[int, str, str, str | None]], store: Store) -> None:
+    for row in rows:
+        store.subscribe(*row)
 
 
 def _check_same(spec: QueueSpec, old: SqliteQueueOptions, new: SqliteQueueOptions) -> None:
