@@ -12,8 +12,8 @@ envelope in ``bodies`` (so a lease change never rewrites a large body). A messag
 
 ``nackers`` lists the consumers (registry IDs) that nacked a message: they skip it
 while a live consumer that has not nacked it exists (``consumers``: each
-subscription of every process, kept alive by its polls), so on a queue shared by
-tenants a foreign tenant's consumer cannot use up a message's attempts while its
+subscription of every process, renewed by its process every few seconds), so on a
+queue shared by tenants a foreign tenant's consumer cannot use up a message's attempts while its
 own tenant's consumer waits; once every live consumer has nacked it, anyone takes it.
 
 So one index, ``(queue, due)``, finds what to claim in queue order, expired leases
@@ -89,8 +89,8 @@ MIGRATE_1 = (
     "ALTER TABLE consumers ADD COLUMN part TEXT",
 )
 
-#: a subscription counts as live this long after it last claimed (or polled); a
-#: process that died stops counting after this
+#: a subscription counts as live this long after its process last renewed it (a
+#: third of this apart, see ``SqliteDriver``); a process that died stops counting then
 CONSUMER_TTL_S = 10.0
 #: separates the consumer IDs in ``messages.nackers``
 SEP = "\x1f"
