@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +273,40 @@ async def test_a_call_raising_stop_iteration_fails_instead_of_never_ending() -> 
                 await threads.submit(next, iter(()))
             assert await threads.submit(len, "abc") == 3
     finally:
+        threads.close()
+
+
+async def test_a_call_returning_as_it_is_given_up_on_leaves_every_thread_timed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A timed-out call that returns between the loop's look at its thread and the
+    thread's replacement: its thread either keeps its place or ends, and every call
+    after is timed (before, it went on taking calls beside its replacement, unwatched,
+    so a call that hung there was never timed out)."""
+    returned, hang = threading.Event(), threading.Event()
+    threads = HandlerThreads(1, "race", replace_abandoned=True, timeout_s=0.1)
+    looked = HandlerThreads.abandoned_running
+
+    def returns_meanwhile(self: HandlerThreads) -> int:  # read between the two looks
+        returned.set()
+        deadline = time.monotonic() + WAIT_S
+        while any(w.running is not None for w in self._workers):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        return looked.fget(self)  # type: ignore[attr-defined, no-any-return]
+
+    monkeypatch.setattr(HandlerThreads, "abandoned_running", property(returns_meanwhile))
+    try:
+        async with asyncio.timeout(WAIT_S):
+            with pytest.raises(TimeoutError):
+                await threads.submit(returned.wait, WAIT_S)
+        monkeypatch.undo()
+        calls = [threads.submit(hang.wait, WAIT_S) for _ in range(2)]
+        async with asyncio.timeout(1.0):  # each times out after 0.1 s of running
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, TimeoutError) for r in results), results
+    finally:
+        hang.set()
         threads.close()
 
 

@@ -49,16 +49,26 @@ _Result = tuple[asyncio.Future[Any], Any, BaseException | None]
 
 class _Worker:
     """One thread and the future of the call it runs (its thread writes ``running``,
-    the event loop reads it; ``abandoned`` goes the other way)."""
+    the event loop reads it; ``abandoned`` goes the other way). Ending a call and
+    giving up on it are each done under ``lock``: a call that returns just as the loop
+    gives up on it either keeps its thread (the loop sees it ended) or ends it (the
+    thread sees it abandoned), never neither."""
 
-    __slots__ = ("abandoned", "running", "started", "thread")
+    __slots__ = ("abandoned", "lock", "running", "started", "thread")
 
     def __init__(self, run: Callable[[_Worker], None], name: str) -> None:
         self.running: asyncio.Future[Any] | None = None
         #: when the running call started (``time.monotonic``); written before ``running``
         self.started = 0.0
         self.abandoned = False
+        self.lock = threading.Lock()
         self.thread = threading.Thread(target=run, args=(self,), name=name, daemon=True)
+
+    def end_call(self) -> bool:
+        """On its thread: the call is over; whether the thread was given up on."""
+        with self.lock:
+            self.running = None
+            return self.abandoned
 
 
 class HandlerThreads:
@@ -192,7 +202,7 @@ class HandlerThreads:
             return
         for index, worker in enumerate(self._workers):
             if worker.running is future:
-                self._abandon(index, worker)
+                self._abandon(index, worker, future)
                 return
 
     @property
@@ -201,7 +211,7 @@ class HandlerThreads:
         self._abandoned = [w for w in self._abandoned if w.thread.is_alive()]
         return len(self._abandoned)
 
-    def _abandon(self, index: int, worker: _Worker) -> None:
+    def _abandon(self, index: int, worker: _Worker, future: asyncio.Future[Any]) -> None:
         name = worker.thread.name
         limit = MAX_ABANDONED_PER_THREAD * self._count
         if self.abandoned_running >= limit:
@@ -218,7 +228,10 @@ class HandlerThreads:
                 )
             return
         self._leak_reported = False
-        worker.abandoned = True
+        with worker.lock:
+            if worker.running is not future:
+                return  # it returned meanwhile: its thread takes the next call
+            worker.abandoned = True
         self._abandoned.append(worker)
         self._workers[index] = self._start_worker()
         log.warning(
@@ -239,8 +252,7 @@ class HandlerThreads:
             worker.started = time.monotonic()
             worker.running = future  # before the check: stopped_waiting cannot miss it
             if future.done():  # cancelled before it started
-                worker.running = None
-                if worker.abandoned:
+                if worker.end_call():
                     return
                 continue
             result: Any = None
@@ -252,10 +264,10 @@ class HandlerThreads:
                 error.__cause__ = err
             except BaseException as err:
                 error = err
-            worker.running = None
+            abandoned = worker.end_call()
             if not self._done(future, result, error):
                 return  # the loop is closed: nobody waits any more
-            if worker.abandoned:
+            if abandoned:
                 return  # a replacement took this thread's place
 
     def close(self) -> None:
