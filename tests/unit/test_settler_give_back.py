@@ -116,3 +116,27 @@ async def test_a_stop_cuts_off_a_settle_stuck_past_its_time_and_gives_it_back() 
         await s.drain(0.05)
     assert delivery.done == ["release"]  # back to its queue, not stranded in flight
     assert done == ["m0"]
+
+
+async def test_a_stop_leaves_a_batch_shared_with_other_consumers_alone() -> None:
+    """Two consumers' records share one audit write; one consumer stops before it is
+    done: its message goes back, and the other's is still acked once the write is
+    (before, the stop cancelled the shared write's future: the other consumer's
+    message went back too, though its record said ack)."""
+    hook = Batch()
+    done_one: list[str] = []
+    done_two: list[str] = []
+    one = settler(hook, done_one, [])
+    two = settler(hook, done_two, [])
+    stopping, going_on = Held(0), Held(1)
+    await one.settle(job(stopping), stopping, 0.0, ACK)
+    await two.settle(job(going_on), going_on, 0.0, ACK)
+    async with asyncio.timeout(WAIT_S):
+        await one.drain(0.01)
+    assert stopping.done == ["release"] and done_one == ["m0"]
+    assert hook.future is not None and not hook.future.done()
+    hook.future.set_result(None)  # the write is done
+    async with asyncio.timeout(WAIT_S):
+        while not done_two:
+            await asyncio.sleep(0)
+    assert going_on.done == ["ack"]

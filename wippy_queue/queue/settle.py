@@ -417,19 +417,19 @@ class Settler:
 
     def _ready(self, future: asyncio.Future[Any]) -> None:
         items = self._groups.pop(future, [])
-        self._spawn(self._settle_group(future, items))
+        error = "cancelled" if future.cancelled() else future.exception()
+        self._spawn(self._settle_group(items, error))
 
-    async def _settle_group(self, future: asyncio.Future[Any], items: list[_Decided]) -> None:
-        error = None if future.cancelled() else future.exception()
+    async def _settle_group(self, items: list[_Decided], error: object | None) -> None:
         for decided in items:
             self.pending -= 1
-            if future.cancelled() or error is not None:
+            if error is not None:
                 # e.g. the audit trail cannot be written: nothing is acked unaudited
                 log.error(
                     "consumer %s: message %s given back unsettled: %s",
                     self.consumer_id,
                     decided.delivery.message.id,
-                    error or "cancelled",
+                    error,
                 )
                 failed = await self.give_back(decided.delivery)
                 if failed is not None:  # (the rest of the group still goes back)
@@ -447,9 +447,11 @@ class Settler:
             waiting.add(self._acked_all)
         if waiting:
             await asyncio.wait(waiting, timeout=timeout_s)
-        for future in list(self._groups):
-            future.cancel()  # _ready runs: its items are given back
-        await asyncio.sleep(0)  # let the done callbacks schedule their tasks
+        for future, items in list(self._groups.items()):
+            # (never cancelled: an audit batch's future is shared with other consumers)
+            future.remove_done_callback(self._ready)
+            del self._groups[future]
+            self._spawn(self._settle_group(items, "not written within the stop timeout"))
         if self._tasks:
             _, late = await asyncio.wait(set(self._tasks), timeout=timeout_s)
             for task in late:
