@@ -69,6 +69,9 @@ class LeaseKeeper:
                     pass
         except DriverError as err:  # the broker is unreachable: try again next round
             log.warning("consumer %s: extending leases failed: %s", self._consumer_id, err)
+        except Exception:  # a driver's bug: said, and tried again next round (a keeper
+            # that died here would let every lease it holds run out from then on)
+            log.exception("consumer %s: extending leases failed", self._consumer_id)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
