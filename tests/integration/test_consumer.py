@@ -36,6 +36,7 @@ from wippy_queue import (
 from wippy_queue.drivers.memory import MemoryDelivery
 from wippy_queue.queue import publish, publish_async
 from wippy_queue.queue.consumer import _Buffer
+from wippy_queue.queue.driver import LostDelivery
 from wippy_queue.queue.message import Message
 
 pytestmark = pytest.mark.usefixtures("backend")  # every test runs on every driver
@@ -207,6 +208,37 @@ async def test_auto_ack_acks_before_the_handler_runs(tmp_path: Path) -> None:
         await runtime.join(JOBS, timeout=WAIT_S)
         assert await waiting(runtime, "dead") == []
         assert (await runtime.info(JOBS)).message_count == 0
+
+
+@pytest.mark.backends("memory", reason="a lost ack made by hand")
+async def test_an_auto_ack_the_broker_refuses_skips_the_message_and_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another consumer took the message over before its auto-ack: it is not run
+    here, the refusal is logged, and the consumer goes on (before, it failed and
+    restarted, as for a bug of ours)."""
+    handled: list[int] = []
+    original_ack = MemoryDelivery._ack
+
+    async def ack(self: MemoryDelivery) -> None:
+        if json.loads(self.message.body)["n"] == 0:
+            raise LostDelivery("taken over by another consumer")
+        await original_ack(self)
+
+    async def handler(data: Any) -> None:
+        handled.append(data["n"])
+
+    monkeypatch.setattr(MemoryDelivery, "_ack", ack)
+    async with app(tmp_path, handler, auto_ack=True) as runtime:
+        for n in range(2):
+            await runtime.publish(JOBS, {"n": n})
+
+        async def second_handled() -> bool:
+            return handled == [1]
+
+        await eventually(second_handled)
+    assert "not run: taken over by another consumer" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 # -- the message handle --------------------------------------------------------------

@@ -31,6 +31,7 @@ from wippy_queue.queue.codec import DecodeError
 from wippy_queue.queue.deadlines import Deadlines
 from wippy_queue.queue.driver import (
     Delivery,
+    LostDelivery,
     SubscribeSpec,
     Subscription,
     SubscriptionClosed,
@@ -366,7 +367,12 @@ class Consumer:
             await settle(Outcome.nack(Reason.EXPIRED, "its queue's ttl ran out"))
             return
         if self.auto_ack:
-            await delivery.ack()
+            try:
+                await delivery.ack()
+            except LostDelivery as err:  # another consumer took it over: not run here
+                log.warning("consumer %s: message %s not run: %s", self.entry_id, message.id, err)
+                await settle(ACK)  # (acked already: only its credit comes back)
+                return
         loop = self._loop
         assert loop is not None, "start() the consumer first"
         handle = job.handle = MessageHandle(
