@@ -722,3 +722,30 @@ async def test_a_subscription_whose_handlers_hold_all_its_credit_stays_live(
         assert (await driver.info("q")).consumer_count == 1
         await held.ack()
         await sub.close()
+
+
+async def test_a_stop_cancelled_midway_still_closes_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while a subscription closes, the stop still stops the writer thread
+    and closes the file (before, the thread stayed, its connection open, and a restart
+    started a second one beside it)."""
+    driver = SqliteDriver("t:disk", tmp_path / "queues.db", poll_interval_s=0.02)
+    await driver.start()
+    await driver.declare(spec())
+    subscription = await driver.subscribe(SubscribeSpec("t:c", "q", 1, 1))
+    closing = asyncio.Event()
+
+    async def close_slowly() -> None:
+        closing.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(subscription, "close", close_slowly)
+    stopping = asyncio.ensure_future(driver.stop())
+    async with asyncio.timeout(WAIT_S):
+        await closing.wait()
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(WAIT_S):
+            await stopping
+    assert not driver.writer.open

@@ -44,6 +44,7 @@ from wippy_queue.queue.driver import (
 )
 from wippy_queue.queue.message import Message
 from wippy_queue.registry.entry import Entry
+from wippy_queue.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -472,24 +473,20 @@ class SqliteDriver(Driver):
         if not self._running:
             return
         self._running = False
-        if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
-            self._keeper = None
-        for queue in self._queues.values():
-            queue.close()
-        for queue in self._queues.values():
-            for subscription in list(queue.subscriptions):
-                await subscription.close()
-        names = list(self._queues)
-        owner = self.owner
-        try:
+        names, owner = list(self._queues), self.owner
+        try:  # (the writer stops even if this stop is cancelled midway)
+            if self._keeper is not None:
+                keeper, self._keeper = self._keeper, None
+                await cancel_and_wait([keeper])
+            for queue in self._queues.values():
+                queue.close()
+            for queue in self._queues.values():
+                for subscription in list(queue.subscriptions):
+                    await subscription.close()
             # a clean stop hands back the messages this instance delayed, ready now (as the
             # memory driver does); after a crash they wait out their delay instead
-            await self.call(lambda store: store.undelay(owner, names), "stop")
-        except DriverError:
-            pass
+            with contextlib.suppress(DriverError):
+                await self.call(lambda store: store.undelay(owner, names), "stop")
         finally:
             await self.writer.stop()
 
