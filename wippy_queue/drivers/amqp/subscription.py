@@ -192,6 +192,13 @@ class AmqpDelivery(Delivery):
                 await driver.hold(state, delay_s, self.message.body, properties)
             else:
                 await driver.publish_raw(state.name, self.message.body, properties)
+        except Exception:
+            # The broker refused the copy (a full bounded queue): the original goes back
+            # as it is, or its channel would hold it, and a prefetch slot, until it closed.
+            with contextlib.suppress(Exception):
+                await self._live("give back").nack(self._tag, requeue=True)
+            raise
+        else:
             self._uncount()  # the copy is on the broker: count that one, not this
         finally:
             state.moving.discard(moved)
