@@ -206,9 +206,13 @@ class RedisSubscription(Subscription):
             if free >= self._refill_at or self._closed:
                 return free
             self._room.clear()
-            if free <= 0:
+            if free <= 0:  # still say it is alive while its handlers hold everything
                 deadline = None
-                await self._room.wait()
+                try:
+                    async with asyncio.timeout(max(self._beat_at - time.monotonic(), 0.0)):
+                        await self._room.wait()
+                except TimeoutError:
+                    await self._beat_quietly()
                 continue
             loop = asyncio.get_running_loop()
             deadline = deadline or loop.time() + REFILL_WAIT_S
@@ -226,6 +230,13 @@ class RedisSubscription(Subscription):
             lambda c: c.zadd(self.keys.members, {self.name: now_ms}),
             f"joining queue {self.spec.queue!r}",
         )
+
+    async def _beat_quietly(self) -> None:
+        """``_beat`` between reads: a failure waits for the next one (reads see it)."""
+        try:
+            await self._beat()
+        except (DriverError, RedisError, *CONNECTION_ERRORS) as err:
+            log.debug("subscription %s: heartbeat not written: %s", self.name, err)
 
     async def _fetch(self) -> None:
         while not self._closed and self.driver.running:
@@ -261,8 +272,13 @@ class RedisSubscription(Subscription):
         except CONNECTION_ERRORS as err:
             self.driver.connection_lost(err)
             return []
-        except DriverError:
-            return None
+        except DriverError as err:
+            if not self.driver.running:
+                return None
+            # (the server refused a command: READONLY after a failover, OOM, BUSY)
+            log.error("subscription %s: reading failed: %s; retrying", self.name, err)
+            await asyncio.sleep(1.0)
+            return []
         except RedisError as err:
             if "NOGROUP" in str(err):  # a stream (or its group) was deleted: make it again
                 with contextlib.suppress(RedisError, DriverError, *CONNECTION_ERRORS):
@@ -354,12 +370,18 @@ class RedisSubscription(Subscription):
     async def _counts(
         self, client: aioredis.Redis, stream: str, ids: Sequence[bytes]
     ) -> dict[bytes, int]:
-        """Each entry's delivery count, from the group's pending list."""
-        low, high = min(ids), max(ids)
-        rows = await client.xpending_range(
-            stream, GROUP, min=low, max=high, count=len(ids) * 4, consumername=self.name
-        )
-        return {_bytes(row["message_id"]): int(row["times_delivered"]) for row in rows}
+        """Each entry's delivery count, from the group's pending list: one exact look
+        per entry, in one round trip (a range would also hold this member's other
+        entries, and could leave a claimed one out of its reply)."""
+        async with client.pipeline(transaction=False) as pipe:
+            for eid in ids:
+                pipe.xpending_range(stream, GROUP, min=eid, max=eid, count=1)
+            replies = await pipe.execute()
+        return {
+            _bytes(row["message_id"]): int(row["times_delivered"])
+            for rows in replies
+            for row in rows
+        }
 
     # -- settling ---------------------------------------------------------------------
 
@@ -489,8 +511,8 @@ class RedisSubscription(Subscription):
                 for row in rows
                 if (stream, _text(row["message_id"])) not in self._handed
             ]
-        if ops:
-            await self._flush_settles(ops)
+        if ops:  # (through the batcher: one flush on the settle wire at a time)
+            await asyncio.gather(*(self._settles.submit(op) for op in ops))
         if not self._handed:
             await self._leave()
 
