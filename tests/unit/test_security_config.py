@@ -139,6 +139,20 @@ def test_an_undefined_name_is_named_before_an_index_it_breaks(tmp_path: Path) ->
     assert "p.domx" in problem.message and "index" not in problem.message
 
 
+def test_an_index_under_a_first_match_effect_is_a_load_error(tmp_path: Path) -> None:
+    """The index keeps rules in sets, not in file order: under ``priority(p.eft)`` the
+    first match, and so allow or deny, would change from run to run (with the hash
+    seed); refused, naming the effect's line."""
+    model = tmp_path / "first_match.conf"
+    text = RBAC.read_text()
+    effect = next(line for line in text.splitlines() if line.startswith("e = "))
+    model.write_text(text.replace(effect, "e = priority(p.eft) || deny"))
+    entry = casbin("t", model, rules=["g, a, b, c"], index=["message.tenant"])
+    problem = only_problem(tmp_path, app(entry))
+    assert (problem.file, problem.line) == (str(model), line_of(model, "e = "))
+    assert "first-match effect" in problem.message and problem.entry_id == "app:t"
+
+
 def test_a_policy_line_with_the_wrong_field_count_names_file_and_line(tmp_path: Path) -> None:
     csv = tmp_path / "tenants.csv"
     csv.write_text(

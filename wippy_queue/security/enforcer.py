@@ -61,6 +61,9 @@ class ModelInfo:
     policy_tokens: tuple[str, ...] = ()
     matcher: str = ""
     matcher_line: int = 1
+    #: the ``e =`` policy effect, and its line
+    effect: str = ""
+    effect_line: int = 1
 
 
 def read_model(text: str, file: str) -> ModelInfo:
@@ -93,6 +96,7 @@ def read_model(text: str, file: str) -> ModelInfo:
     tokens = tuple(t.strip() for t in request[0].split(","))
     policy = sections["policy_definition"].get("p", ("", 1))[0]
     matcher, matcher_line = sections["matchers"].get("m", ("", 1))
+    effect, effect_line = sections["policy_effect"].get("e", ("", 1))
     return ModelInfo(
         tokens,
         request[1],
@@ -100,6 +104,8 @@ def read_model(text: str, file: str) -> ModelInfo:
         tuple(t.strip() for t in policy.split(",")),
         matcher,
         matcher_line,
+        effect,
+        effect_line,
     )
 
 

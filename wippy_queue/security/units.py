@@ -147,8 +147,25 @@ def _check_index(info: ModelInfo, index: Sequence[int], model_file: str, entry_i
     """An index filters rules by exact value: the matcher must demand that equality.
 
     Otherwise the filter could hide a rule the matcher would have matched (a pattern,
-    a deny), and hiding a deny rule is an allow.
+    a deny), and hiding a deny rule is an allow. Nor can a first-match effect
+    (``priority``) use one: the index keeps rules in sets, not in file order, so which
+    rule comes first (an allow, or the deny above it) would change from run to run.
     """
+    if "priority(" in info.effect.replace(" ", "").lower():
+        raise PolicyLoadError(
+            [
+                Problem(
+                    f"'index' cannot serve the first-match effect {info.effect!r}: the index "
+                    "does not keep the rules in file order, so the first match would change "
+                    "from run to run; remove 'index' or use an effect such as "
+                    "'some(where (p.eft == allow)) && !some(where (p.eft == deny))'",
+                    model_file,
+                    info.effect_line,
+                    entry_id,
+                    "index",
+                )
+            ]
+        )
     conjuncts = {" ".join(c.split()) for c in info.matcher.split("&&")}
     for i in dict.fromkeys(index):
         r = info.request_tokens[i]
