@@ -374,10 +374,16 @@ def test_an_index_asks_only_the_tenants_rules(tmp_path: Path) -> None:
     request = consume("app:jobs", "t1500", actor=Actor("w1500"))
 
     def cost(unit: CasbinUnit) -> float:
-        started = time.perf_counter()
-        for _ in range(5):
-            assert unit.decide(request).effect == "allow"
-        return time.perf_counter() - started
+        """The quickest of three rounds, after one untimed decision (a pause of the
+        machine or the collector in one round is not the unit's cost)."""
+        assert unit.decide(request).effect == "allow"
+        rounds = []
+        for _ in range(3):
+            started = time.perf_counter()
+            for _ in range(5):
+                assert unit.decide(request).effect == "allow"
+            rounds.append(time.perf_counter() - started)
+        return min(rounds)
 
     assert cost(indexed) * 20 < cost(plain)
 
