@@ -32,9 +32,13 @@ def _cmp(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
         if left is None or right is None:
             return False
         try:
-            return op(float(left), float(right))
+            a, b = float(left), float(right)
         except (TypeError, ValueError):
             return op(str(left), str(right))
+        if a != a or b != b:  # NaN ("nan" in a header) has no order: a deny on it
+            # would never hold, so deciding on it is an error, and an error denies
+            raise ValueError(f"cannot order {left!r} and {right!r}: not a number")
+        return op(a, b)
 
     return compare
 

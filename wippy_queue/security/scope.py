@@ -43,13 +43,13 @@ class Scope:
 
     def check(self, request: Request) -> Decision:
         self.checks += 1
-        key = self._key(request)
-        if key is not None:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self.hits += 1
-                return cached
         try:
+            key = self._key(request)
+            if key is not None:
+                cached = self._cache.get(key)
+                if cached is not None:
+                    self.hits += 1
+                    return cached
             decision = self._decide(request)
         except WippyQueueError as err:  # ours says what is wrong: no traceback
             log.error("scope %s: deciding %s failed: %s", self.name, request.action, err)

@@ -78,6 +78,8 @@ _UNHASHABLE = object()
 def _hashable(value: Any) -> Any:
     """A cache-key part for ``value``, typed (``1``, ``1.0`` and ``True`` are equal in Python
     but not to every condition); ``_UNHASHABLE`` when it cannot be part of a key."""
+    if type(value) is float:  # (by its bits: -0.0 == 0.0, yet str() tells them apart)
+        return ("float", value.hex())
     if isinstance(value, _PLAIN):
         return (type(value).__name__, value)
     if isinstance(value, _SEQUENCES):
