@@ -338,6 +338,24 @@ async def test_torn_last_line_is_reported_and_the_chain_continues(trail_file: Pa
     assert tail[1]["message_id"] == "after" and tail[2]["event"] == CLOSED
 
 
+async def test_a_last_record_cut_off_before_its_newline_is_ended_not_joined(
+    trail_file: Path,
+) -> None:
+    """A write that a full disk or a size limit cut just before the record's newline
+    leaves a whole last record on an unended line: the next start ends the line first
+    (before, it wrote its first record onto that line, and the file failed
+    verification from then on)."""
+    trail_file.write_bytes(trail_file.read_bytes()[:-1])
+    assert verify_file(trail_file).ok
+    trail = AuditTrail(trail_file)
+    await trail.open()
+    await trail.record({"event": "consume", "message_id": "after", "outcome": "ack"})
+    await trail.close()
+    result = verify_file(trail_file)
+    assert result.ok and result.closed, result.summary()
+    assert result.torn_lines == []
+
+
 def test_records_cut_from_the_end_show_as_a_file_not_closed(trail_file: Path) -> None:
     """A chain cannot tell a cut end from a writer still running or crashed: verify
     says the file was not closed, and names its last seq and hash to compare."""

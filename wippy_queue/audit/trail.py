@@ -85,6 +85,15 @@ class _Clock:
         return self._stamp
 
 
+def _ends_a_line(path: Path) -> bool:
+    """Whether the file's last byte is a newline (an empty file ends one too)."""
+    with open(path, "rb") as file:
+        if file.seek(0, os.SEEK_END) == 0:
+            return True
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"
+
+
 @dataclass(slots=True)
 class _Batch:
     """Records queued for one write; they share one future (group commit)."""
@@ -230,6 +239,8 @@ class AuditTrail:
             if state.trailing_torn is not None:
                 first = {"event": RESUMED, "torn_line": state.trailing_torn, **start}
                 prefix = b"\n"
+            elif not _ends_a_line(self.path):  # a whole last record cut off before its
+                prefix = b"\n"  # newline (a full disk, a size limit): ended, not joined
         else:
             self._file_id = str(uuid.uuid4())
             first = {"event": HEADER, "version": 1, "file_id": self._file_id, **start}
