@@ -16,9 +16,8 @@ through (``audit_recovered``) reopens the gate.
 
 When the path no longer names the open file (deleted, moved, its folder replaced:
 ``st_dev``/``st_ino`` of the path and of the open file differ), checked before a
-record is written (every ``attempt`` record, before its handler runs; others at most
-once a millisecond: a ``stat()`` costs as much as the write) and before every batch
-and fsync, the trail is lost for good: the gate stays
+record is written (at most once a millisecond: a ``stat()`` costs as much as the
+write) and before every batch and fsync, the trail is lost for good: the gate stays
 closed until a restart, and the chain's head is saved beside the path (``head.py``)
 so that the restart's new file names the lost one as its predecessor instead of
 passing for a fresh start.
