@@ -205,6 +205,27 @@ def test_concurrency_and_prefetch_at_or_below_zero_fall_back_to_defaults(tmp_pat
         assert (config.concurrency, config.prefetch) == expected, name
 
 
+@pytest.mark.parametrize("written", ["nan", ".nan", ".inf", "inf", "-.inf"])
+def test_a_duration_that_is_not_a_finite_number_is_a_problem(tmp_path: Path, written: str) -> None:
+    """``retry_delay: nan`` passed every bound (a failed message retried at once, in a
+    tight loop); infinities are no duration either."""
+    write(tmp_path / "handler.py", HANDLER)
+    path = write(
+        tmp_path / "app.yaml",
+        f"""
+        namespace: app
+        entries:
+          - {{name: mem, kind: queue.driver.memory}}
+          - {{name: q, kind: queue.queue, driver: mem, retry_delay: {written}}}
+        """,
+    )
+    with pytest.raises(ConfigError) as caught:
+        Runtime.load(path)
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.entry_id) == (str(path), "app:q")
+    assert "retry_delay" in str(problem) and "finite" in problem.message
+
+
 def test_unset_environment_variable_without_default_is_a_problem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -33,6 +34,8 @@ def parse_duration(value: Any) -> float:
             seconds = sum(float(n) * _UNITS[u] for n, u in parts)
     else:
         raise ValueError(f"expected a duration such as 10s or 500ms, got {value!r}")
+    if not math.isfinite(seconds):  # (nan would pass every bound: a retry loop at once)
+        raise ValueError(f"a duration must be a finite number of seconds, got {value!r}")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative, got {value!r}")
     return seconds
