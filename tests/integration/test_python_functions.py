@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import write
 
-from wippy_queue import Runtime
+from wippy_queue import ConfigError, Runtime
 
 ENTRIES = """
 namespace: t
@@ -41,3 +42,27 @@ async def test_a_handler_file_runs_once_per_runtime_and_afresh_in_the_next(
     third = Runtime.load(tmp_path)
     assert {await c.handler.call({}) for c in second.consumers.values()} == {1}
     assert {await c.handler.call({}) for c in third.consumers.values()} == {101}
+
+
+@pytest.mark.parametrize("raises", ["import sys; sys.exit(3)", "raise BaseException('odd')"])
+def test_a_handler_file_that_exits_at_import_is_a_load_problem(tmp_path: Path, raises: str) -> None:
+    """``sys.exit()`` (or another non-Exception) at a handler file's top level: a load
+    problem naming the file and entry (before, ``validate`` and ``run`` exited with
+    its code, saying nothing, or printed a traceback)."""
+    write(tmp_path / "h.py", raises + "\n\ndef handle(data):\n    return None\n")
+    path = write(
+        tmp_path / "app.yaml",
+        """
+        namespace: app
+        entries:
+          - {name: mem, kind: queue.driver.memory}
+          - {name: q, kind: queue.queue, driver: mem}
+          - {name: fn, kind: function.python, source: "file://h.py", method: handle}
+          - {name: c, kind: queue.consumer, queue: q, func: fn}
+        """,
+    )
+    with pytest.raises(ConfigError) as caught:
+        Runtime.load(path)
+    (problem,) = caught.value.problems
+    assert problem.entry_id == "app:fn" and "h.py" in problem.message
+    assert "importing" in problem.message

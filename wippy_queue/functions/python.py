@@ -70,7 +70,9 @@ def _load_file(path: Path, entry_id: str) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as err:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # (sys.exit() at import too: a load error, not an exit)
         sys.modules.pop(name, None)
         raise HandlerError(f"importing {path} failed: {type(err).__name__}: {err}") from err
     return module
@@ -97,7 +99,9 @@ def resolve(
         where = module_name
         try:
             module = importlib.import_module(module_name)
-        except Exception as err:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # (sys.exit() at import too)
             raise HandlerError(
                 f"cannot import module {module_name!r}: {type(err).__name__}: {err}"
             ) from err
