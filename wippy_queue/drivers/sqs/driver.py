@@ -303,8 +303,12 @@ class SqsDriver(Driver):
             return SqsSubscription(self, await self.partition(spec.queue, spec.partition), spec)
         reader = SqsSubscription(self, state, spec, every_partition=True)
         self.readers.add(reader)
-        for found in await self.partitions_of(spec.queue):
-            reader.add(found)
+        try:
+            for found in await self.partitions_of(spec.queue):
+                reader.add(found)
+        except BaseException:  # (a reader nobody holds would take messages for ever)
+            await reader.close()
+            raise
         return reader
 
     async def receive(self, queue: SqsQueue, count: int) -> list[dict[str, Any]]:
