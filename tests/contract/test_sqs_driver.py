@@ -470,3 +470,49 @@ async def test_a_subscribe_to_every_partition_that_fails_leaves_no_reader_behind
         with pytest.raises(DriverError, match="unreachable"):
             await driver.subscribe(SubscribeSpec("t:c", queue, 1, 1))
         assert driver.readers == set()
+
+
+async def test_a_lease_at_sqs_s_12_hour_limit_does_not_stop_the_others_renewing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SQS refuses to hide a message past 12 hours from its receive: that one lease
+    says so (DriverError), and every other held message is still renewed (before, the
+    first such answer stopped the round: the later batches were never sent and their
+    leases ran out while they were being handled)."""
+    async with running() as driver:
+        queue = name()
+        await declare(driver, queue)
+        for _ in range(11):
+            await driver.publish(queue, msg())
+        sub = await driver.subscribe(SubscribeSpec("t:c", queue, 0, 11))
+        async with asyncio.timeout(WAIT_S):
+            held = [await sub.receive() for _ in range(11)]
+        at_limit = held[0].receipt
+        call = driver.client.call
+
+        async def as_sqs_answers(op: str, **fields: Any) -> Any:
+            result = await call(op, **fields)
+            if op == "ChangeMessageVisibilityBatch":
+                for entry in fields["Entries"]:
+                    if entry["ReceiptHandle"] == at_limit:
+                        result["Successful"] = [
+                            s for s in result["Successful"] if s["Id"] != entry["Id"]
+                        ]
+                        result.setdefault("Failed", []).append(
+                            {
+                                "Id": entry["Id"],
+                                "SenderFault": True,
+                                "Code": "InvalidParameterValue",
+                                "Message": "Total VisibilityTimeout for the message is beyond "
+                                "the limit [43200 seconds]",
+                            }
+                        )
+            return result
+
+        monkeypatch.setattr(driver.client, "call", as_sqs_answers)
+        before = [d.deadline for d in held]
+        with pytest.raises(DriverError, match="at most"):
+            await sub.extend(held)
+        renewed = [d.deadline > b for d, b in zip(held, before, strict=True)]
+        assert renewed == [False] + [True] * 10
+        await sub.close()
