@@ -226,6 +226,27 @@ def test_a_duration_that_is_not_a_finite_number_is_a_problem(tmp_path: Path, wri
     assert "retry_delay" in str(problem) and "finite" in problem.message
 
 
+def test_a_field_given_beside_data_and_under_it_is_a_problem(tmp_path: Path) -> None:
+    """Which one was meant cannot be told: said, naming the field, never picked."""
+    path = write(
+        tmp_path / "app.yaml",
+        """
+        namespace: app
+        entries:
+          - name: mem
+            kind: queue.driver.memory
+            lifecycle: {auto_start: true}
+            data:
+              lifecycle: {auto_start: false}
+        """,
+    )
+    with pytest.raises(ConfigError) as caught:
+        Runtime.load(path)
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.entry_id) == (str(path), "app:mem")
+    assert "lifecycle" in str(problem) and "twice" in problem.message
+
+
 def test_unset_environment_variable_without_default_is_a_problem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -336,6 +336,16 @@ def _raw_entry(
     data = {k: v for k, v in item.items() if k not in ("name", "kind", "meta", "data")}
     lines = dict(item.key_lines)
     explicit = _mapping(item, "data", file, entry_id, problems)
+    for key in sorted(explicit.keys() & data.keys()):  # (which was meant: say, never pick)
+        problems.append(
+            Problem(
+                f"{key!r} is given twice, beside 'data' and under it; keep one",
+                file,
+                explicit.key_lines.get(key, item.line),
+                entry_id,
+                key,
+            )
+        )
     data.update(explicit)
     lines.update(explicit.key_lines)
     return RawEntry(file, item.line, namespace, name, kind, meta, data, lines, frozenset(fields))
