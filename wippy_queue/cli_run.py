@@ -236,7 +236,14 @@ def freeze_startup_heap() -> None:
 
 
 def _warn_if_nothing_starts(runtime: Runtime) -> None:
-    if ServiceState.RUNNING not in runtime.states().values():
+    states = runtime.states()
+    if ServiceState.RUNNING in states.values():
+        return
+    idle = (ServiceState.UNKNOWN, ServiceState.STOPPED)  # never started, or stopped
+    waiting = sorted(s for s, state in states.items() if state not in idle)
+    if waiting:  # (started, and failed or retrying: their own lines said why)
+        log.warning("nothing runs yet: %s did not start (see above)", ", ".join(waiting))
+    else:
         log.warning("no service has lifecycle.auto_start: true, so nothing runs; set it")
 
 

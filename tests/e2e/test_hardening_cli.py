@@ -340,3 +340,20 @@ def test_a_run_where_nothing_auto_starts_says_so(tmp_path: Path) -> None:
     done = wippy_queue("run", str(tmp_path), "--timeout", "0.1")
     assert done.returncode == 0, done.stderr
     assert "no service has lifecycle.auto_start: true, so nothing runs" in done.stderr
+
+
+def test_a_run_whose_services_fail_to_start_does_not_say_none_auto_starts(
+    tmp_path: Path,
+) -> None:
+    """Before, every run with nothing running said "no service has auto_start", even
+    when they had it and their start failed."""
+    write(
+        tmp_path / "app.yaml",
+        "namespace: app\nentries:\n"
+        "  - name: drv\n    kind: queue.driver.redis\n    url: redis://127.0.0.1:1/0\n"
+        "    lifecycle: {auto_start: true, start_timeout: 1s, startup: optional,\n"
+        "                restart: {initial_delay: 10s, max_attempts: 1}}\n",
+    )
+    done = wippy_queue("run", str(tmp_path), "--timeout", "0.1")
+    assert "nothing runs yet: app:drv did not start" in done.stderr
+    assert "no service has lifecycle.auto_start" not in done.stderr
