@@ -327,6 +327,23 @@ async def test_optional_service_failing_to_start_does_not_block_boot(
     assert set(sup.states().values()) == {ServiceState.STOPPED}
 
 
+async def test_an_optional_dependency_retrying_keeps_retrying_after_a_dependent_tried_it(
+    delays: list[tuple[int, float]],
+) -> None:
+    """An optional driver that did not start retries in the background; a consumer's
+    start tries it first (replacing that retry) and fails with it: the driver's retries
+    go on (before, they were gone, and the driver never came back)."""
+    sup, fakes, _journal = supervisor(
+        ("driver", lifecycle(startup="optional", restart=FAST), ()),
+        ("consumer", lifecycle(startup="optional", restart=FAST), ("driver",)),
+    )
+    fakes["driver"].fail_starts = 3  # boot, the consumer's try, then one retry
+    await sup.start_all()
+    await fakes["driver"].wait_for("started")
+    assert sup.get("driver").state is ServiceState.RUNNING
+    await sup.stop_all()
+
+
 # -- restarts ------------------------------------------------------------------------
 
 

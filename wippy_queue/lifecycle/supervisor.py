@@ -88,8 +88,14 @@ class Supervisor:
             if self._services[dep].state is not ServiceState.RUNNING:
                 await self.start(dep)
         if unit.state is not ServiceState.RUNNING:
+            retrying = unit.watcher is not None
             await self._cancel_watcher(unit)  # a pending restart: this start replaces it
-            await self._start_one(unit)
+            try:
+                await self._start_one(unit)
+            except LifecycleError:
+                if retrying:  # (it failed too: the retries it replaced go on, or none would)
+                    unit.watcher = asyncio.create_task(self._restart(unit))
+                raise
 
     async def _start_one(self, unit: Supervised) -> None:
         unit.state = ServiceState.STARTING
