@@ -349,25 +349,16 @@ class SqsDriver(Driver):
                 lost.append(delivery.message.id)
             else:
                 by_queue.setdefault(delivery.queue, []).append(delivery)
-        limited: list[str] = []  # (said once every batch is sent: the others are renewed)
         for queue, held in by_queue.items():
             for at in range(0, len(held), MAX_BATCH):
-                lost += await self._extend_batch(queue, held[at : at + MAX_BATCH], limited)
-        if limited:
-            raise DriverError(
-                f"message(s) {', '.join(limited)}: SQS keeps a message hidden at most "
-                f"{MAX_VISIBILITY_S}s from its receive: its lease cannot be extended further"
-            )
+                lost += await self._extend_batch(queue, held[at : at + MAX_BATCH])
         if lost:
             raise LostDelivery(
                 f"leases of message(s) {', '.join(lost)} ran out before they were extended; "
                 "they go (or went) to another consumer"
             )
 
-    async def _extend_batch(
-        self, queue: SqsQueue, batch: list[SqsDelivery], limited: list[str]
-    ) -> list[str]:
-        """The ids of the leases lost; those past SQS's 12-hour limit go to ``limited``."""
+    async def _extend_batch(self, queue: SqsQueue, batch: list[SqsDelivery]) -> list[str]:
         sent_at = time.monotonic()
         entries = [
             {"Id": str(i), "ReceiptHandle": d.receipt, "VisibilityTimeout": queue.lease_s}
@@ -386,9 +377,11 @@ class SqsDriver(Driver):
         for failed in result.get("Failed", ()):
             delivery = batch[int(failed["Id"])]
             if "limit" in str(failed.get("Message", "")).lower():
-                limited.append(delivery.message.id)
-            else:
-                lost.append(delivery.message.id)
+                raise DriverError(
+                    f"message {delivery.message.id}: SQS keeps a message hidden at most "
+                    f"{MAX_VISIBILITY_S}s from its receive: its lease cannot be extended further"
+                )
+            lost.append(delivery.message.id)
         return lost
 
     async def info(self, queue: str) -> QueueInfo:
