@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -414,59 +413,3 @@ def test_the_readme_entries_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert isinstance(driver, SqsDriver)
     assert (driver.config.region, driver.config.endpoint_url) == ("us-east-1", None)
     assert runtime.queues["app:tasks"].spec.option("visibility_timeout") == 30
-
-
-async def test_a_cancelled_info_does_not_cancel_the_acks_it_flushes() -> None:
-    """``info`` (what a join polls) sends the settles waiting first; a caller that gives
-    up (``join(timeout=...)`` running out) must not take the acks in flight with it
-    (before, the delete was cancelled mid-call and the acked message came back)."""
-    async with running(settle_linger="1s") as driver:
-        queue = name()
-        await declare(driver, queue)
-        await driver.publish(queue, msg())
-        sub = await driver.subscribe(SubscribeSpec("t:c", queue, 1, 1))
-        async with asyncio.timeout(WAIT_S):
-            delivery = await sub.receive()
-        await sub.close()
-        await delivery.ack()  # waits for the linger, or for a flush
-        polling = asyncio.ensure_future(driver.info(queue))
-        await asyncio.sleep(0)  # its flush has started the delete
-        polling.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await polling
-        async with asyncio.timeout(WAIT_S):
-            await driver.info(queue)  # nothing is waiting now
-        got = await driver.client.call(
-            "GetQueueAttributes",
-            QueueUrl=await url_of(driver, queue),
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )
-        counts = got["Attributes"]
-        assert counts["ApproximateNumberOfMessagesNotVisible"] == "0", "the ack was lost"
-        assert counts["ApproximateNumberOfMessages"] == "0"
-
-
-async def test_a_subscribe_to_every_partition_that_fails_leaves_no_reader_behind(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Listing the partitions failed (SQS unreachable): the subscribe raises, and the
-    reader it had begun is closed (before, it went on polling and took messages that
-    nothing would ever hand out)."""
-    async with running() as driver:
-        queue = name()
-        await driver.declare(
-            QueueSpec(
-                f"t:{queue}",
-                queue,
-                SqsQueueOptions(visibility_timeout=LEASE_S),
-                partitioned=True,
-            )
-        )
-
-        async def unreachable(queue: str) -> list[Any]:
-            raise DriverError("SQS ListQueues: endpoint unreachable")
-
-        monkeypatch.setattr(driver, "partitions_of", unreachable)
-        with pytest.raises(DriverError, match="unreachable"):
-            await driver.subscribe(SubscribeSpec("t:c", queue, 1, 1))
-        assert driver.readers == set()

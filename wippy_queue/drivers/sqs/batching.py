@@ -216,9 +216,8 @@ class Settles:
             self._timer.cancel()
             self._timer = None
         self._start_all()
-        if self._sends:  # (wait, never gather: a cancelled caller must not cancel sends
-            # that other callers' settles ride on; ``stop`` cuts late ones off itself)
-            await asyncio.wait(set(self._sends))
+        if self._sends:
+            await asyncio.gather(*self._sends, return_exceptions=True)
 
     async def _send_deletes(self, batch: list[Settle]) -> None:
         await self._send("DeleteMessageBatch", batch, lambda item: {})

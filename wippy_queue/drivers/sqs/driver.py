@@ -303,12 +303,8 @@ class SqsDriver(Driver):
             return SqsSubscription(self, await self.partition(spec.queue, spec.partition), spec)
         reader = SqsSubscription(self, state, spec, every_partition=True)
         self.readers.add(reader)
-        try:
-            for found in await self.partitions_of(spec.queue):
-                reader.add(found)
-        except BaseException:  # (a reader nobody holds would take messages for ever)
-            await reader.close()
-            raise
+        for found in await self.partitions_of(spec.queue):
+            reader.add(found)
         return reader
 
     async def receive(self, queue: SqsQueue, count: int) -> list[dict[str, Any]]:
